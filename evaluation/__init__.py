@@ -1,0 +1,16 @@
+"""Evaluation of medfm models: embeddings, zero-shot, retrieval and indexes, probes, metrics, reports.
+
+Submodules (import what you need; none imports torch-heavy engine parts at import time
+except :mod:`.embed`):
+
+* :mod:`.metrics` — classification metrics (scikit-learn), patient cluster bootstrap CIs, DeLong.
+* :mod:`.retrieval` — Recall@k / MRR / mAP / ranks with many-to-many ground truth; BIOSCAN accuracy.
+* :mod:`.index` — persistent faiss index with the building model's fingerprint.
+* :mod:`.zeroshot` — prompt sets, prompt ensembling, multi-class / multi-label / prototype zero-shot.
+* :mod:`.probes` — linear probe, kNN, few-shot, patient-grouped splits with a leakage check.
+* :mod:`.embed` — embed a manifest with a model; the on-disk embeddings format.
+* :mod:`.report` — ``results.json`` + ``report.md`` + PNG plots.
+"""
+from .index import VectorIndex, model_fingerprint  # noqa: F401
+from .metrics import classification_metrics, cluster_bootstrap, delong_test, metrics_with_ci  # noqa: F401
+from .retrieval import bioscan_accuracy, cross_modal_retrieval, ground_truth, retrieval_metrics  # noqa: F401

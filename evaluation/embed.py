@@ -1,0 +1,218 @@
+"""Embed a manifest (or a list of values) with a model; the on-disk embeddings format.
+
+Embeddings file (one format, ``.safetensors``)::
+
+    tensor   "embeddings"   (N, D) float32, L2-normalised, row i belongs to ids[i]
+    metadata (strings)      "format": "medfm-embeddings", "format_version": "1",
+                            "modality", "model_fingerprint", "model_dir",
+                            "ids": JSON list of N sample ids (manifest ``id``),
+                            "skipped": JSON list of {"id", "reason"} for unreadable samples,
+                            "absent": JSON list of ids whose cell for the modality is empty
+
+Read it back with :func:`load_embeddings` (or ``safetensors.numpy.load_file`` +
+``safe_open(...).metadata()``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from medfm.errors import CheckpointError, ConfigError, DataError, MedFMError
+
+from .index import model_fingerprint
+
+FORMAT = "medfm-embeddings"
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class Embeddings:
+    """``emb (N, D)`` float32 with ``ids (N,)``; ``skipped`` = [{"id", "reason"}]; ``absent`` = [id]."""
+
+    ids: List[str]
+    emb: np.ndarray
+    skipped: List[Dict[str, str]] = field(default_factory=list)
+    absent: List[str] = field(default_factory=list)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(model_dir: Any):
+    """``(model in eval mode, fingerprint)`` of a checkpoint directory."""
+    import medfm
+
+    d = Path(str(model_dir))
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: model directory not found")
+    fp = model_fingerprint(d)
+    model = medfm.load_pretrained(d)
+    model.eval()
+    return model, fp
+
+
+def require_modality(model: Any, modality: str) -> Any:
+    """The model's adapter for ``modality`` or a :class:`ConfigError` listing the available ones."""
+    adapters = getattr(model, "adapters", {})
+    if modality not in adapters:
+        raise ConfigError(f"the model has no {modality!r} modality; it has: {', '.join(sorted(adapters)) or '(none)'}")
+    return adapters[modality]
+
+
+def logit_scale(model: Any, cap: float = 100.0) -> float:
+    """``exp(model.logit_scale)`` clamped at ``cap`` (CLIP's convention); 100 when absent."""
+    ls = getattr(model, "logit_scale", None)
+    return float(min(cap, float(torch.exp(ls.detach()).item()))) if ls is not None else cap
+
+
+@torch.no_grad()
+def encode_batch_items(model: Any, modality: str, items: List[Dict[str, Any]]) -> np.ndarray:
+    """Collate preprocessed items with the modality's adapter and encode → ``(B, D)`` float32."""
+    batch = model.adapters[modality].collate(items)
+    z = model.encode(modality, batch["x"], batch.get("mask"))
+    return z.float().cpu().numpy()
+
+
+def encode_values(model: Any, modality: str, values: Sequence[Any], *, batch_size: int = 64,
+                  source: str = "query") -> np.ndarray:
+    """Encode raw cells (texts, sequences, file paths) of ``modality`` → ``(N, D)`` float32.
+
+    Any unreadable value raises :class:`DataError` naming it (this is for prompts and queries,
+    where skipping silently would change the answer).
+    """
+    adapter = require_modality(model, modality)
+    out = []
+    for s in range(0, len(values), batch_size):
+        items = []
+        for j, v in enumerate(values[s:s + batch_size]):
+            label = v if adapter.input_kind == "path" else f"{source}[{s + j}]"
+            items.append(adapter.load(v, train=False, sample_id=str(label)))
+        out.append(encode_batch_items(model, modality, items))
+    if not out:
+        return np.zeros((0, getattr(model, "embed_dim", 0)), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+@torch.no_grad()
+def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: int = 32,
+                   base_dir: Optional[Any] = None, column: Optional[str] = None, num_workers: int = 0,
+                   progress: bool = True) -> Embeddings:
+    """Embed every row of ``df`` that holds ``modality``.
+
+    Rows whose cell is empty are listed in ``absent``; rows that cannot be read are
+    skipped and listed with their reason in ``skipped`` (never silently dropped).
+
+    Returns:
+        :class:`Embeddings` with ``emb (N_ok, embed_dim)`` in manifest order.
+    """
+    from medfm.data import ManifestDataset, MultiModalCollate
+
+    adapter = require_modality(model, modality)
+    col = column or modality
+    if col not in df.columns:
+        raise DataError(f"manifest has no column {col!r} for modality {modality!r}",
+                        source=df.attrs.get("source", "manifest"), field=col)
+    adapters = {modality: adapter}
+    ds = ManifestDataset(df, adapters, train=False, columns={modality: col}, base_dir=base_dir)
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                    collate_fn=MultiModalCollate(adapters))
+    ids: List[str] = []
+    embs: List[np.ndarray] = []
+    skipped: List[Dict[str, str]] = []
+    bar = tqdm(total=len(ds), desc=f"embed {modality}", unit="sample", disable=not progress)
+    for batch in dl:
+        for sid, _mod, reason in batch.get("errors", []):
+            skipped.append({"id": str(sid), "reason": str(reason)})
+        present = batch["present"].get(modality)
+        if present is not None and bool(present.any()):
+            inp = batch["inputs"][modality]
+            z = model.encode(modality, inp["x"], inp.get("mask"))
+            embs.append(z.float().cpu().numpy())
+            ids.extend(str(i) for i, p in zip(batch["id"], present.tolist()) if p)
+        bar.update(len(batch["id"]) + batch.get("n_skipped", 0))
+    bar.close()
+    seen = set(ids) | {s["id"] for s in skipped}
+    absent = [str(i) for i in df["id"] if str(i) not in seen]
+    dim = getattr(model, "embed_dim", 0)
+    emb = np.concatenate(embs).astype(np.float32) if embs else np.zeros((0, dim), dtype=np.float32)
+    return Embeddings(ids, emb, skipped, absent, {"modality": modality})
+
+
+def save_embeddings(path: Any, emb: Embeddings, *, modality: str, model_fingerprint: Optional[str] = None,
+                    model_dir: Optional[str] = None) -> Path:
+    """Write :class:`Embeddings` as one safetensors file (see the module docstring)."""
+    p = Path(str(path))
+    if p.suffix != ".safetensors":
+        raise ConfigError(f"{p}: embeddings are written as .safetensors; name the file *.safetensors")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "modality": modality,
+            "model_fingerprint": model_fingerprint or "", "model_dir": str(model_dir or ""),
+            "ids": json.dumps(emb.ids), "skipped": json.dumps(emb.skipped), "absent": json.dumps(emb.absent)}
+    save_file({"embeddings": np.ascontiguousarray(emb.emb, dtype=np.float32)}, str(p), metadata=meta)
+    return p
+
+
+def load_embeddings(path: Any) -> Embeddings:
+    """Read a file written by :func:`save_embeddings`."""
+    p = Path(str(path))
+    if not p.is_file():
+        raise DataError("embeddings file not found", source=str(p))
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            meta = f.metadata() or {}
+            arr = f.get_tensor("embeddings")
+    except MedFMError:
+        raise
+    except Exception as e:
+        raise DataError(f"not a medfm embeddings file: {e}", source=str(p)) from None
+    if meta.get("format") != FORMAT:
+        raise DataError("not a medfm embeddings file (format tag missing)", source=str(p))
+    ids = json.loads(meta["ids"])
+    return Embeddings(ids, arr, json.loads(meta.get("skipped", "[]")), json.loads(meta.get("absent", "[]")),
+                      {k: v for k, v in meta.items() if k not in ("ids", "skipped", "absent")})
+
+
+# ------------------------------------------------------- helpers for the CLI
+def open_manifest(path: Any, *, split: Optional[str] = None, require: Sequence[str] = ()) -> pd.DataFrame:
+    """``read_manifest`` + optional split selection + required columns (DataError naming them)."""
+    from medfm.data import read_manifest, select_split
+
+    df = read_manifest(path)
+    for col in require:
+        if col not in df.columns:
+            raise DataError(f"column {col!r} not in the manifest (columns: {list(df.columns)})",
+                            source=str(path), field=col)
+    df = select_split(df, split)
+    if len(df) == 0:
+        raise DataError(f"no rows{' in split ' + repr(split) if split else ''}", source=str(path))
+    return df
+
+
+def base_record(task: str, model_dir: Any, fingerprint: str, manifest_path: Any, df: pd.DataFrame,
+                **extra: Any) -> Dict[str, Any]:
+    """The common head of every ``results.json`` (model identity, manifest hash, task)."""
+    rec = {"task": task, "model": {"dir": str(model_dir), "fingerprint": fingerprint},
+           "manifest": {"path": str(manifest_path), "sha256": df.attrs.get("sha256")}}
+    rec.update(extra)
+    return rec
+
+
+def rows_for(df: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
+    """Manifest rows of ``ids``, in that order."""
+    return df.set_index(df["id"].astype(str)).loc[list(ids)].reset_index(drop=True)
+
+
+def report_skipped(emb: Embeddings, what: str, limit: int = 10) -> str:
+    """One line on skipped samples for the terminal (ids only, never their content)."""
+    if not emb.skipped:
+        return ""
+    ids = ", ".join(s["id"] for s in emb.skipped[:limit]) + (" …" if len(emb.skipped) > limit else "")
+    return f"skipped {len(emb.skipped)} unreadable {what} sample(s): {ids}"

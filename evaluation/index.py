@@ -1,0 +1,201 @@
+"""A persistent faiss vector index that remembers which model made it.
+
+On disk (one directory)::
+
+    index.faiss     faiss.write_index of the index (inner product on L2-normalised vectors)
+    index.json      {"format": 1, "kind", "params", "dim", "n", "metric": "inner_product",
+                     "model_fingerprint", "model_dir", "modality", "metadata_columns"}
+    metadata.parquet  one row per vector, in index order: "id" plus non-PHI label columns
+
+The kind is chosen by gallery size (:func:`choose_index`): exact ``IndexFlatIP`` up
+to ``flat_max`` vectors (50k), ``IndexHNSWFlat`` (inner product) above. ``ivf``
+(``IndexIVFFlat``) can be asked for explicitly. Searching with a model whose
+:func:`model_fingerprint` differs from the recorded one is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from medfm.errors import CheckpointError, ConfigError, DataError
+
+FORMAT_VERSION = 1
+FINGERPRINT_FILES = ("config.json", "model.safetensors")
+
+
+def model_fingerprint(model_dir: Any) -> str:
+    """sha256 over the model directory's ``config.json`` and ``model.safetensors`` (hex, 64 chars)."""
+    d = Path(str(model_dir))
+    h = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        p = d / name
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing; not a medfm model directory")
+        h.update(name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def choose_index(n: int, dim: int, *, kind: str = "auto", flat_max: int = 50_000) -> Dict[str, Any]:
+    """The index kind and parameters for ``n`` vectors of ``dim`` dimensions.
+
+    ``flat``: exact. ``hnsw``: M=32, efConstruction=80, efSearch=128 (recall@10 ≥ 0.95
+    on clustered 512-d data, see ``benchmarks/bench_index.py``). ``ivf``: nlist ≈ 4·√n,
+    nprobe = max(8, nlist/64).
+    """
+    if kind == "auto":
+        kind = "flat" if n <= flat_max else "hnsw"
+    if kind == "flat":
+        return {"kind": "flat", "params": {}}
+    if kind == "hnsw":
+        return {"kind": "hnsw", "params": {"M": 32, "efConstruction": 80, "efSearch": 128}}
+    if kind == "ivf":
+        nlist = int(max(1, min(n // 39, 4 * round(math.sqrt(n)))))
+        return {"kind": "ivf", "params": {"nlist": nlist, "nprobe": int(max(8, min(nlist, nlist // 64)))}}
+    raise ConfigError(f"unknown index kind {kind!r}; use auto, flat, hnsw or ivf")
+
+
+def build_faiss(emb: np.ndarray, spec: Dict[str, Any], *, seed: int = 0) -> "faiss.Index":
+    """Build and fill the faiss index described by ``spec`` from ``emb (N, D)`` float32."""
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    n, d = x.shape
+    kind, p = spec["kind"], spec.get("params", {})
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(p.get("M", 32)), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(p.get("efConstruction", 80))
+        index.hnsw.efSearch = int(p.get("efSearch", 128))
+    elif kind == "ivf":
+        quant = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quant, d, int(p["nlist"]), faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        train = x
+        max_train = int(p.get("max_train", 64 * int(p["nlist"])))
+        if n > max_train:
+            train = x[np.random.default_rng(seed).choice(n, max_train, replace=False)]
+        index.train(train)
+        index.nprobe = int(p.get("nprobe", 8))
+    else:
+        raise ConfigError(f"unknown index kind {kind!r}")
+    index.add(x)
+    return index
+
+
+def set_search_params(index: "faiss.Index", spec: Dict[str, Any]) -> None:
+    """Restore search-time parameters (efSearch, nprobe) after :func:`faiss.read_index`."""
+    p = spec.get("params", {})
+    if spec["kind"] == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = int(p.get("efSearch", 128))
+    elif spec["kind"] == "ivf":
+        faiss.extract_index_ivf(index).nprobe = int(p.get("nprobe", 8))
+
+
+class VectorIndex:
+    """Vectors + ids + metadata + the identity of the model that embedded them.
+
+    Args:
+        index: a filled faiss index.
+        metadata: DataFrame, one row per vector in index order, with an ``id`` column.
+        info: the ``index.json`` content.
+    """
+
+    def __init__(self, index: "faiss.Index", metadata: pd.DataFrame, info: Dict[str, Any]):
+        self.index = index
+        self.metadata = metadata.reset_index(drop=True)
+        self.info = info
+
+    @classmethod
+    def build(cls, emb: np.ndarray, ids: Sequence[str], *, metadata: Optional[pd.DataFrame] = None,
+              model_fingerprint: Optional[str] = None, model_dir: Optional[str] = None,
+              modality: Optional[str] = None, kind: str = "auto", flat_max: int = 50_000,
+              spec: Optional[Dict[str, Any]] = None) -> "VectorIndex":
+        """Build from ``emb (N, D)``; ``metadata`` (N rows, non-PHI columns) is stored beside."""
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or len(emb) == 0:
+            raise DataError("empty gallery: no embeddings to index", source=modality or "gallery")
+        if len(ids) != len(emb):
+            raise DataError(f"{len(ids)} ids for {len(emb)} embeddings", source=modality or "gallery")
+        spec = spec or choose_index(len(emb), emb.shape[1], kind=kind, flat_max=flat_max)
+        index = build_faiss(emb, spec)
+        meta = pd.DataFrame({"id": [str(i) for i in ids]})
+        if metadata is not None:
+            extra = metadata.reset_index(drop=True).drop(columns=["id"], errors="ignore")
+            meta = pd.concat([meta, extra.astype(str).where(extra.notna(), None)], axis=1)
+        info = {"format": FORMAT_VERSION, "kind": spec["kind"], "params": spec.get("params", {}),
+                "dim": int(emb.shape[1]), "n": int(len(emb)), "metric": "inner_product",
+                "model_fingerprint": model_fingerprint, "model_dir": model_dir, "modality": modality,
+                "metadata_columns": [c for c in meta.columns if c != "id"]}
+        return cls(index, meta, info)
+
+    # ------------------------------------------------------------------ disk
+    def save(self, directory: Any) -> Path:
+        d = Path(str(directory))
+        d.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(d / "index.faiss"))
+        self.metadata.to_parquet(d / "metadata.parquet", index=False)
+        (d / "index.json").write_text(json.dumps(self.info, indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: Any) -> "VectorIndex":
+        d = Path(str(directory))
+        for name in ("index.json", "index.faiss", "metadata.parquet"):
+            if not (d / name).is_file():
+                raise CheckpointError(f"{d / name}: missing; not a medfm index directory")
+        info = json.loads((d / "index.json").read_text())
+        if info.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"{d}: index format {info.get('format')!r} not supported")
+        index = faiss.read_index(str(d / "index.faiss"))
+        set_search_params(index, info)
+        meta = pd.read_parquet(d / "metadata.parquet")
+        if len(meta) != index.ntotal:
+            raise CheckpointError(f"{d}: {len(meta)} metadata rows for {index.ntotal} vectors")
+        return cls(index, meta, info)
+
+    # ---------------------------------------------------------------- search
+    def check_model(self, fingerprint: str, model_dir: Any = None) -> None:
+        """Refuse a model other than the one that built the index (:class:`CheckpointError`)."""
+        mine = self.info.get("model_fingerprint")
+        if mine is not None and fingerprint != mine:
+            raise CheckpointError(
+                f"index was built by model {mine[:16]}… ({self.info.get('model_dir')}) but the query "
+                f"model {model_dir or ''} has fingerprint {fingerprint[:16]}…; rebuild the index with this model"
+            )
+
+    def search(self, queries: np.ndarray, k: int = 10):
+        """``queries (Q, D)`` → ``scores (Q, k')``, ``positions (Q, k')`` with k' = min(k, n)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.info["dim"]:
+            raise DataError(f"query has dimension {q.shape[1]}, index has {self.info['dim']}", source="query")
+        k = min(int(k), self.index.ntotal)
+        scores, pos = self.index.search(q, k)
+        return scores, pos
+
+    def search_records(self, queries: np.ndarray, k: int = 10) -> List[List[Dict[str, Any]]]:
+        """Like :meth:`search` but returns, per query, ``[{"rank", "id", "score", **metadata}]``."""
+        scores, pos = self.search(queries, k)
+        out = []
+        for srow, prow in zip(scores, pos):
+            hits = []
+            for r, (s, p) in enumerate(zip(srow, prow)):
+                if p < 0:
+                    continue
+                rec = {"rank": r + 1, "score": float(s)}
+                rec.update({k2: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v)
+                            for k2, v in self.metadata.iloc[int(p)].items()})
+                hits.append(rec)
+            out.append(hits)
+        return out
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)

@@ -1,0 +1,156 @@
+"""Probes on frozen embeddings: linear (C chosen on validation), kNN, few-shot; patient-safe splits.
+
+Splits: the manifest's ``split`` column (``train``; ``val``/``valid``/``validation``/``dev``;
+``test``) when present, otherwise a deterministic patient-grouped split
+(:class:`sklearn.model_selection.GroupShuffleSplit`). When a manifest has no
+validation rows, validation patients are carved out of the training patients the
+same way. A patient whose samples fall in two splits is refused.
+
+Shapes: ``X (N, D)`` float embeddings, ``y (N,)`` int class indices in ``[0, C)``;
+probabilities are ``(N, C)`` over all C classes even when a split lacks some.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.model_selection import GroupShuffleSplit
+from sklearn.neighbors import KNeighborsClassifier
+
+from medfm.errors import DataError
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test"}
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))
+
+
+def encode_labels(values: Sequence[Any]) -> Tuple[np.ndarray, List[str]]:
+    """Label cells → ``(y (N,) int, class_names)``; empty cells → -1. Names sorted."""
+    s = pd.Series(list(values), dtype=object)
+    missing = s.isna() | (s.astype(str).str.strip() == "")
+    names = sorted(set(s[~missing].astype(str)))
+    lut = {n: i for i, n in enumerate(names)}
+    y = np.array([-1 if m else lut[str(v)] for v, m in zip(s, missing)], dtype=np.int64)
+    return y, names
+
+
+def _group_split(idx: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    if len(np.unique(groups[idx])) < 2:
+        raise DataError("need at least two patients to split", source="manifest", field="patient_id")
+    gss = GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
+    a, b = next(gss.split(idx, groups=groups[idx]))
+    return idx[a], idx[b]
+
+
+def resolve_splits(df: pd.DataFrame, *, split_column: str = "split", test_size: float = 0.2,
+                   val_size: float = 0.1, seed: int = 0, source: str = "manifest") -> np.ndarray:
+    """``(N,)`` array of ``"train" | "val" | "test"`` (``""`` for rows of other splits).
+
+    Uses ``df[split_column]`` when present; otherwise patients are split with
+    GroupShuffleSplit (``test_size`` of patients to test, then ``val_size`` of the rest to val).
+    Always ends with :func:`check_no_leakage`.
+    """
+    groups = df["patient_id"].astype(str).to_numpy()
+    n = len(df)
+    if split_column in df.columns and df[split_column].notna().any():
+        raw = df[split_column].astype(str).str.strip().str.lower()
+        splits = np.array([SPLIT_ALIASES.get(v, "") for v in raw], dtype=object)
+        if not (splits == "test").any():
+            raise DataError("the split column has no 'test' rows", source=source, field=split_column)
+    else:
+        splits = np.full(n, "train", dtype=object)
+        tr, te = _group_split(np.arange(n), groups, test_size, seed)
+        splits[te] = "test"
+    if not (splits == "val").any():
+        tr_idx = np.flatnonzero(splits == "train")
+        if len(np.unique(groups[tr_idx])) >= 2:
+            _, va = _group_split(tr_idx, groups, val_size / max(1e-9, 1 - test_size), seed + 1)
+            splits[va] = "val"
+    check_no_leakage(groups, splits, source=source)
+    return splits
+
+
+def check_no_leakage(patient_ids: Sequence[Any], splits: Sequence[str], source: str = "manifest") -> None:
+    """Raise :class:`DataError` naming a patient whose samples are in more than one split."""
+    df = pd.DataFrame({"p": np.asarray(patient_ids).astype(str), "s": np.asarray(splits).astype(str)})
+    df = df[df["s"] != ""]
+    per = df.groupby("p")["s"].nunique()
+    bad = per[per > 1]
+    if len(bad):
+        pid = bad.index[0]
+        where = sorted(df.loc[df["p"] == pid, "s"].unique())
+        raise DataError(f"patient {pid!r} has samples in several splits {where} ({len(bad)} such patient(s)); "
+                        f"samples of one patient must stay in one split", source=source, field="patient_id")
+
+
+def full_proba(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` expanded to all ``n_classes`` columns ``(N, C)``."""
+    p = model.predict_proba(X)
+    out = np.zeros((len(X), n_classes), dtype=np.float64)
+    out[:, np.asarray(model.classes_).astype(int)] = p
+    return out
+
+
+def _logreg(C: float, seed: int) -> LogisticRegression:
+    return LogisticRegression(C=C, max_iter=2000, random_state=seed)
+
+
+def linear_probe(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+                 X_test: np.ndarray, n_classes: int, *, Cs: Iterable[float] = DEFAULT_CS,
+                 seed: int = 0, refit_on_val: bool = True) -> Dict[str, Any]:
+    """Logistic regression with the inverse regularisation ``C`` chosen on validation accuracy.
+
+    Ties go to the smallest C (strongest regularisation). The final model is refit on
+    train + val with the chosen C (``refit_on_val``).
+
+    Returns:
+        ``{"C": float, "val_accuracy": {C: acc}, "proba": (N_test, C) , "model": LogisticRegression}``.
+    """
+    val_acc: Dict[float, float] = {}
+    for C in Cs:
+        m = _logreg(C, seed).fit(X_train, y_train)
+        val_acc[float(C)] = float(accuracy_score(y_val, m.predict(X_val))) if len(y_val) else 0.0
+    best = max(val_acc, key=lambda c: (val_acc[c], -c))
+    if refit_on_val and len(y_val):
+        Xf, yf = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
+    else:
+        Xf, yf = X_train, y_train
+    model = _logreg(best, seed).fit(Xf, yf)
+    return {"C": best, "val_accuracy": val_acc, "proba": full_proba(model, X_test, n_classes), "model": model}
+
+
+def knn_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, n_classes: int,
+              k: int = 20) -> np.ndarray:
+    """Cosine kNN (uniform vote over ``k`` neighbours) → class probabilities ``(N_test, C)``."""
+    m = KNeighborsClassifier(n_neighbors=min(k, len(X_train)), metric="cosine").fit(X_train, y_train)
+    return full_proba(m, X_test, n_classes)
+
+
+def few_shot(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
+             n_classes: int, *, shots: Sequence[int] = (1, 5, 10), seeds: Sequence[int] = range(5),
+             C: float = 1.0) -> Dict[str, float]:
+    """k examples per class drawn from train, logistic regression, repeated over seeds.
+
+    Classes with fewer than k training examples contribute all they have.
+    Returns ``{"<k>shot_accuracy_mean", "<k>shot_accuracy_sd", "<k>shot_balanced_accuracy_mean", ...}``.
+    """
+    out: Dict[str, float] = {}
+    classes = np.unique(y_train)
+    for k in shots:
+        accs, baccs = [], []
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            idx = np.concatenate([rng.permutation(np.flatnonzero(y_train == c))[:k] for c in classes])
+            if len(np.unique(y_train[idx])) < 2:
+                continue
+            m = _logreg(C, seed).fit(X_train[idx], y_train[idx])
+            pred = m.predict(X_test)
+            accs.append(accuracy_score(y_test, pred))
+            baccs.append(balanced_accuracy_score(y_test, pred))
+        for name, vals in (("accuracy", accs), ("balanced_accuracy", baccs)):
+            out[f"{k}shot_{name}_mean"] = float(np.mean(vals)) if vals else float("nan")
+            out[f"{k}shot_{name}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+    return out

@@ -1,0 +1,39 @@
+"""``medfm pretrain CONFIG --out DIR``: contrastive and/or masked pretraining on a manifest."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def run(args) -> int:
+    from ...train import Trainer
+    from ...train.distributed import cleanup
+    from ..common import load_run_config
+
+    config, config_dir = load_run_config(args)
+    if args.max_steps is not None:
+        config.setdefault("train", {})["max_steps"] = args.max_steps
+    if args.manifest is not None:
+        config.setdefault("data", {})["manifest"] = str(Path(args.manifest).resolve())
+    if args.no_progress:
+        config.setdefault("train", {})["progress"] = False
+    try:
+        trainer = Trainer(config, Path(args.out), config_dir=config_dir)
+        last = trainer.fit()
+        if trainer.dist.is_main:
+            print(json.dumps({"out": str(args.out), **{k: last[k] for k in ("step", "loss", "n_skipped") if k in last}}))
+    finally:
+        cleanup()
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pretrain", help="contrastive and/or masked pretraining on a manifest")
+    from ..common import add_config_args
+
+    add_config_args(p)
+    p.add_argument("--out", required=True, help="output directory (checkpoint loadable by from_pretrained)")
+    p.add_argument("--manifest", help="override data.manifest")
+    p.add_argument("--max-steps", type=int, help="override train.max_steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

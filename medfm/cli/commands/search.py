@@ -1,0 +1,75 @@
+"""``medfm search``: query a persistent index with a file or a text, using the model that built it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search", help="query an index built by 'medfm index build'",
+        description="Encodes the query with the model that built the index (its fingerprint is checked: an "
+                    "index built by another model is refused) and prints ranked ids, scores and metadata.")
+    p.add_argument("--index", required=True, help="index directory")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help="a query file (or, for inline modalities such as dna, a file holding the value)")
+    q.add_argument("--text", help="a query text, encoded with the text tower")
+    p.add_argument("--query-modality", default=None,
+                   help="modality of --query (default: the index's); --text uses --text-modality")
+    p.add_argument("--text-modality", default="text")
+    p.add_argument("--model", default=None, help="model directory (default: the one recorded in the index)")
+    p.add_argument("-k", "--k", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def _query_value(adapter, path: str):
+    from medfm.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("query file not found", source=str(p))
+    suffixes = [s.lower() for s in getattr(adapter, "suffixes", ())]
+    if adapter.input_kind == "path" or any(p.name.lower().endswith(s) for s in suffixes):
+        return str(p)
+    try:
+        text = p.read_text().strip()
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"cannot read query file as {adapter.name} text: {e}", source=str(p)) from None
+    if not text:
+        raise DataError("query file is empty", source=str(p))
+    return text
+
+
+def run(args) -> int:
+    from medfm.errors import ConfigError, UsageError
+    from medfm.evaluation.embed import encode_values, load_model, require_modality
+    from medfm.evaluation.index import VectorIndex, model_fingerprint
+
+    if args.k < 1:
+        raise UsageError("-k must be at least 1")
+    index = VectorIndex.load(args.index)
+    model_dir = args.model or index.info.get("model_dir")
+    if not model_dir:
+        raise ConfigError("the index records no model directory; pass --model DIR")
+    index.check_model(model_fingerprint(model_dir), model_dir)
+    model, _ = load_model(model_dir)
+    if args.text is not None:
+        modality = args.text_modality
+        require_modality(model, modality)
+        value, label = args.text, "text"
+    else:
+        modality = args.query_modality or index.info.get("modality")
+        adapter = require_modality(model, modality)
+        value, label = _query_value(adapter, args.query), args.query
+    z = encode_values(model, modality, [value], source=label)
+    hits = index.search_records(z, args.k)[0]
+    if args.json:
+        print(json.dumps({"query": label if args.text is None else args.text, "query_modality": modality,
+                          "index_modality": index.info.get("modality"), "results": hits}, indent=2))
+        return 0
+    cols = index.info.get("metadata_columns", [])
+    print("\t".join(["rank", "id", "score"] + cols))
+    for h in hits:
+        print("\t".join([str(h["rank"]), str(h["id"]), f"{h['score']:.4f}"] + [str(h.get(c, "")) for c in cols]))
+    return 0

@@ -1,0 +1,77 @@
+"""On-disk cache of preprocessed tensors, keyed by input content and preprocessing config."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def content_hash(source: Any) -> str:
+    """Hash of what a manifest cell points to: file bytes, every file of a folder, or the inline value."""
+    h = hashlib.blake2b(digest_size=20)
+    p = Path(str(source)) if isinstance(source, (str, os.PathLike)) else None
+    if p is not None and len(str(source)) < 4096 and p.exists():
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    else:
+        h.update(repr(source).encode())
+    return h.hexdigest()
+
+
+class PreprocessCache:
+    """Deterministic (eval-mode) preprocessing results stored as safetensors files.
+
+    The key is the content hash of the input plus the adapter's ``cache_signature()``,
+    so editing a file or a preprocessing option makes a new entry. Only tensors are
+    cached; non-tensor metadata is kept in a JSON sidecar.
+    """
+
+    def __init__(self, directory: os.PathLike):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, source: Any, signature: Dict[str, Any]) -> str:
+        sig = json.dumps(signature, sort_keys=True, default=str)
+        return hashlib.blake2b((content_hash(source) + sig).encode(), digest_size=20).hexdigest()
+
+    def get_or_compute(self, source: Any, signature: Dict[str, Any], compute: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        key = self.key(source, signature)
+        path = self.dir / key[:2] / f"{key}.safetensors"
+        if path.is_file():
+            try:
+                item: Dict[str, Any] = dict(load_file(str(path)))
+                meta_path = path.with_suffix(".json")
+                if meta_path.is_file():
+                    item.update(json.loads(meta_path.read_text()))
+                self.hits += 1
+                return item
+            except Exception:  # a torn or foreign file: recompute
+                pass
+        self.misses += 1
+        item = compute()
+        tensors = {k: v.contiguous() for k, v in item.items() if isinstance(v, torch.Tensor)}
+        meta = {k: v for k, v in item.items() if not isinstance(v, torch.Tensor)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        try:
+            meta_json = json.dumps(meta)
+        except TypeError:
+            meta_json = None
+        if meta_json is not None:
+            mtmp = path.with_name(f".{key}.{os.getpid()}.json.tmp")
+            mtmp.write_text(meta_json)
+            os.replace(mtmp, path.with_suffix(".json"))
+        os.replace(tmp, path)
+        return item

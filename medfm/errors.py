@@ -1,0 +1,40 @@
+"""Errors a user can cause. Every message names the thing that is wrong.
+
+``MedFMError`` is the root. The CLI turns ``UsageError`` into exit code 2 and any
+other ``MedFMError`` into exit code 1 with the message alone (no traceback).
+"""
+from __future__ import annotations
+
+
+class MedFMError(Exception):
+    """Base class of every error medfm raises on purpose."""
+
+
+class UsageError(MedFMError):
+    """A wrong command line, config key or name (exit code 2)."""
+
+
+class ConfigError(UsageError):
+    """A config value that cannot work (unknown key, wrong type, unknown registry name)."""
+
+
+class DataError(MedFMError):
+    """Input data that cannot be used.
+
+    Args:
+        message: what is wrong, in words.
+        source: the file, record or sample id concerned. Never a patient identifier
+            taken from a DICOM header: callers pass a path or a manifest id.
+        field: the column, header field or lead concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.reason = message
+        self.source = None if source is None else str(source)
+        self.field = field
+        parts = [p for p in (self.source, field) if p]
+        super().__init__(": ".join(parts + [message]) if parts else message)
+
+
+class CheckpointError(MedFMError):
+    """A checkpoint directory that is missing files, or was made by another model."""

@@ -1,0 +1,168 @@
+"""The contract between the engine and a modality adapter.
+
+An adapter turns what a manifest cell holds (a path, or an inline value such as a
+DNA sequence or a report) into tensors the engine can encode:
+
+    cell ──read()──► Record(data, meta) ──preprocess(train)──► {"x": Tensor, ["mask": Tensor]}
+                                                        ──collate([...])──► batched dict
+
+``x`` (and the optional ``mask``: 1 for a real token, 0 for padding, shape ``(L,)``)
+are what ``model.encode(modality, x, mask)`` receives; every other key an adapter
+returns is metadata, kept out of the model.
+
+Adapters also say how their tensors are cut into tokens: :meth:`tower_config`
+returns the config of the tower (token embedder, pooling, masked-modelling
+target) that the engine builds for the modality. Adding a modality is one module
+in ``modalities/`` with a class decorated by :func:`medfm.registry.register_modality`.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError, MedFMError
+
+
+@dataclass
+class Record:
+    """What ``read`` returns: the data in canonical units plus metadata.
+
+    ``data`` is an ``np.ndarray`` for imaging and signals, a ``str`` for sequences
+    and text. ``meta`` holds spacing, sampling rate, lead names, ... — never
+    patient-identifying header fields.
+    """
+
+    data: Any
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+class ModalityAdapter:
+    """Base class of every modality adapter.
+
+    Class attributes:
+        name: registry name (``"ct"``, ``"ecg"``, ...).
+        input_kind: ``"path"`` when a manifest cell holds a file path, ``"value"``
+            when it holds the data inline (DNA sequence, report text).
+        suffixes: file suffixes the adapter reads, lower case, with the dot.
+    """
+
+    name: ClassVar[str] = ""
+    input_kind: ClassVar[str] = "path"
+    suffixes: ClassVar[Sequence[str]] = ()
+    #: default options; subclasses extend. Unknown keys passed to __init__ are errors.
+    defaults: ClassVar[Dict[str, Any]] = {}
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ConfigError(
+                f"modality {self.name!r}: unknown option(s) {unknown}; known: {sorted(self.defaults)}"
+            )
+        merged = copy.deepcopy(dict(self.defaults))
+        merged.update(copy.deepcopy(options))
+        self.options: Dict[str, Any] = merged
+
+    # ------------------------------------------------------------------ reading
+    def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
+        """Read one cell into a :class:`Record`. Raise :class:`DataError` naming ``source``.
+
+        ``row`` is the whole manifest row, for adapters that need a side column
+        (a sampling rate or spacing given in the manifest).
+        """
+        raise NotImplementedError
+
+    def preprocess(self, record: Record, *, train: bool = False, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
+        """Canonicalise a record into tensors: ``{"x": Tensor, ["mask": Tensor], ...}``.
+
+        ``train=True`` applies the random augmentations (using ``rng``); eval is
+        deterministic.
+        """
+        raise NotImplementedError
+
+    def load(self, source: Any, *, train: bool = False, rng: Optional[np.random.Generator] = None,
+             sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        """``preprocess(read(source))``; any failure becomes a :class:`DataError` naming the sample."""
+        label = sample_id if sample_id is not None else (source if self.input_kind == "path" else None)
+        try:
+            item = self.preprocess(self.read(source, sample_id=sample_id, row=row), train=train, rng=rng)
+        except MedFMError as e:
+            if isinstance(e, DataError) and e.source is None and label is not None:
+                raise DataError(e.reason, source=str(label), field=e.field) from e
+            raise
+        except Exception as e:  # a reader library failed in its own words
+            raise DataError(f"cannot read {self.name} input: {type(e).__name__}: {e}", source=str(label)) from e
+        check_finite(item, self.name, label)
+        return item
+
+    def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
+        """Train-time random part of preprocessing, applied to an eval-mode item.
+
+        Adapters whose ``preprocess(record, train=True)`` is ``augment(preprocess(record,
+        train=False), rng)`` implement this, which lets the engine cache the deterministic
+        part on disk (:class:`medfm.data.cache.PreprocessCache`) and re-draw augmentations
+        every epoch. Default: no augmentation.
+        """
+        return item
+
+    def source_from_row(self, row: Mapping[str, Any], column: str) -> Any:
+        """The cell this modality reads from a manifest row (``None`` = absent).
+
+        Default: ``row[column]``. An adapter may build its input from other columns
+        (a taxonomy string from rank columns).
+        """
+        return row.get(column)
+
+    # ---------------------------------------------------------------- batching
+    def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Batch preprocessed items. Default: stack tensors, list everything else."""
+        out: Dict[str, Any] = {}
+        for key in items[0]:
+            vals = [it[key] for it in items]
+            out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+        return out
+
+    # --------------------------------------------------------- model building
+    def tower_config(self) -> Dict[str, Any]:
+        """The tower the engine builds for this modality (see ``medfm.models.towers``)."""
+        raise NotImplementedError
+
+    def fit(self, values: Iterable[Any]) -> None:
+        """Learn data-dependent state (a tokenizer) from the training cells. Default: nothing."""
+
+    def save_pretrained(self, directory: os.PathLike) -> None:
+        """Write adapter state (tokenizer files) into ``directory``. Default: nothing."""
+
+    def load_pretrained(self, directory: os.PathLike) -> None:
+        """Read what :meth:`save_pretrained` wrote. Default: nothing."""
+
+    def cache_signature(self) -> Dict[str, Any]:
+        """What determines preprocessing output, for the on-disk cache key."""
+        return {"modality": self.name, "options": self.options}
+
+    def config(self) -> Dict[str, Any]:
+        """Options to rebuild this adapter (stored in a checkpoint's ``config.json``)."""
+        return copy.deepcopy(self.options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"
+
+
+def check_finite(item: Mapping[str, Any], modality: str, source: Any) -> None:
+    """Raise :class:`DataError` when a float tensor of ``item`` holds NaN or inf."""
+    for key, val in item.items():
+        if isinstance(val, torch.Tensor) and val.is_floating_point() and not torch.isfinite(val).all():
+            raise DataError(f"{modality} input has non-finite values after preprocessing", source=str(source), field=key)
+
+
+def require_file(path: Any, *, what: str = "file") -> Path:
+    """Return ``Path(path)`` or raise :class:`DataError` when it does not exist."""
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise DataError(f"{what} not found", source=str(p))
+    return p

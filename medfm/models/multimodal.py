@@ -1,0 +1,202 @@
+"""``MultiModalModel``: one tower per modality, projections into one shared space."""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_directory, deep_merge, write_json
+from ..layers.trunk import Trunk
+from ..registry import TOWERS, get_modality
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "medfm"
+FORMAT_VERSION = 1
+
+DEFAULT_CONFIG: Dict[str, Any] = {
+    "embed_dim": 256,
+    "trunk": {"width": 192, "depth": 4, "heads": 3, "mlp_ratio": 4.0, "drop_path": 0.0, "shared": True},
+    "decoder": {"width": 128, "depth": 2, "heads": 4},
+    "modalities": {},
+    "towers": {},
+    "init_logit_scale": math.log(1 / 0.07),
+    "init_logit_bias": -10.0,
+}
+
+
+class MultiModalModel(nn.Module):
+    """Per-modality towers → projection to ``embed_dim`` → L2 normalisation.
+
+    Args:
+        config: resolved model config (see :func:`medfm.create_model`); ``config["towers"]``
+            must hold a full tower config per modality.
+        adapters: modality adapters keyed by name (kept with the model so a checkpoint
+            carries its preprocessing and tokenizers).
+    """
+
+    def __init__(self, config: Mapping[str, Any], adapters: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        self.config = copy.deepcopy(dict(config))
+        self.adapters: Dict[str, Any] = dict(adapters or {})
+        self.embed_dim = int(self.config["embed_dim"])
+        tcfg = dict(self.config["trunk"])
+        shared = bool(tcfg.pop("shared", True))
+        self.towers = nn.ModuleDict()
+        self.projections = nn.ModuleDict()
+        shared_trunk = None
+        for name, tower_cfg in self.config["towers"].items():
+            tower_cfg = dict(tower_cfg)
+            kind = tower_cfg.pop("type", "vit")
+            cls = TOWERS.get(kind)
+            params = inspect.signature(cls).parameters
+            if "trunk" in params:
+                own = tower_cfg.pop("trunk", None)
+                if own is not None:
+                    trunk = Trunk(**deep_merge(tcfg, own))
+                elif shared:
+                    shared_trunk = shared_trunk or Trunk(**tcfg)
+                    trunk = shared_trunk
+                else:
+                    trunk = Trunk(**tcfg)
+                tower_cfg["trunk"] = trunk
+                tower_cfg.setdefault("decoder", self.config.get("decoder"))
+            self.towers[name] = cls(**tower_cfg)
+            self.projections[name] = nn.Linear(self.towers[name].width, self.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(self.config.get("init_logit_scale", math.log(1 / 0.07)))))
+        self.logit_bias = nn.Parameter(torch.tensor(float(self.config.get("init_logit_bias", -10.0))))
+
+    # ------------------------------------------------------------------ api
+    @property
+    def modalities(self):
+        return list(self.towers.keys())
+
+    def tower(self, modality: str) -> nn.Module:
+        if modality not in self.towers:
+            raise ConfigError(f"this model has no {modality!r} tower; it has: {', '.join(self.towers)}")
+        return self.towers[modality]
+
+    def forward_features(self, modality: str, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tokens of one modality: ``(B, N, width)``."""
+        return self.tower(modality).forward_features(x, mask)
+
+    def encode(self, modality: str, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+               normalize: bool = True) -> torch.Tensor:
+        """Embed one modality's batch ``x`` (``(B, ...)`` as its adapter makes it) → ``(B, embed_dim)``."""
+        tower = self.tower(modality)
+        pooled = tower.pool(tower.forward_features(x, mask), mask)
+        z = self.projections[modality](pooled)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def masked_loss(self, modality: str, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                    mask_ratio: Optional[float] = None) -> Dict[str, Any]:
+        """MAE or MLM loss of one modality's batch; ``{"loss": scalar, ...}``."""
+        return self.tower(modality).masked_loss(x, mask=mask, mask_ratio=mask_ratio)
+
+    def encode_batch(self, batch: Mapping[str, Any], modalities=None) -> Dict[str, torch.Tensor]:
+        """Embed every modality of a collated batch.
+
+        Returns ``{modality: (B, embed_dim)}`` for each modality of the model (or of
+        ``modalities``), L2-normalised, with zero rows where the sample lacks it.
+        """
+        b = len(batch["id"])
+        out: Dict[str, torch.Tensor] = {}
+        ref = self.logit_scale
+        for mod in modalities or self.modalities:
+            present = batch["present"].get(mod)
+            inputs = batch["inputs"].get(mod)
+            full = ref.new_zeros(b, self.embed_dim)
+            if present is not None and inputs is not None and bool(present.any()):
+                z = self.encode(mod, inputs["x"], inputs.get("mask"))
+                idx = present.nonzero(as_tuple=True)[0].to(z.device)
+                full = full.to(z.dtype).index_copy(0, idx, z)
+            out[mod] = full
+        return out
+
+    def forward(self, batch: Mapping[str, Any], objective: nn.Module) -> Dict[str, Any]:
+        """Run ``objective(self, batch, cache)``; the entry point DDP/FSDP wrap."""
+        return objective(self, batch, {})
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for tower in self.towers.values():
+            if hasattr(tower, "set_grad_checkpointing"):
+                tower.set_grad_checkpointing(enable)
+
+    # --------------------------------------------------------- checkpoints
+    def save_pretrained(self, directory: os.PathLike, extra: Optional[Dict[str, Any]] = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``modalities/<name>/`` adapter files).
+
+        Everything is written into a temporary sibling first and then moved into
+        ``directory`` entry by entry with ``os.replace``, weights before config, so a
+        crash never leaves a config pointing at torn weights. Other files already in
+        ``directory`` (metrics, training checkpoints) are kept.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = directory.parent / f".{directory.name}.staging"
+        with atomic_directory(staging) as tmp:
+            cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config_with_adapters()}
+            if extra:
+                cfg.update(extra)
+            save_model(self, str(tmp / WEIGHTS_NAME))
+            for name, adapter in self.adapters.items():
+                sub = tmp / "modalities" / name
+                sub.mkdir(parents=True, exist_ok=True)
+                adapter.save_pretrained(sub)
+            write_json(tmp / CONFIG_NAME, cfg)
+        for entry in (WEIGHTS_NAME, "modalities", CONFIG_NAME):
+            src, dst = staging / entry, directory / entry
+            if not src.exists():
+                continue
+            if src.is_dir() and dst.exists():
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+        shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    def config_with_adapters(self) -> Dict[str, Any]:
+        cfg = copy.deepcopy(self.config)
+        cfg["modalities"] = {name: a.config() for name, a in self.adapters.items()}
+        return cfg
+
+    @classmethod
+    def from_pretrained(cls, directory: os.PathLike, strict: bool = True) -> "MultiModalModel":
+        """Load what :meth:`save_pretrained` wrote. Reads safetensors only — never unpickles."""
+        directory = Path(directory)
+        cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{directory}: not a medfm checkpoint (no {CONFIG_NAME})")
+        with open(cfg_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+        if meta.get("format") != FORMAT or "model" not in meta:
+            raise CheckpointError(f"{cfg_path}: not a medfm model config")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{cfg_path}: format version {meta['format_version']} is newer than this medfm")
+        config = meta["model"]
+        adapters = {}
+        for name, options in config.get("modalities", {}).items():
+            adapter = get_modality(name, **options)
+            sub = directory / "modalities" / name
+            if sub.is_dir():
+                adapter.load_pretrained(sub)
+            adapters[name] = adapter
+        model = cls(config, adapters)
+        if not weights.is_file():
+            raise CheckpointError(f"{directory}: {WEIGHTS_NAME} is missing")
+        missing, unexpected = load_model(model, str(weights), strict=False)
+        if strict and (missing or unexpected):
+            raise CheckpointError(
+                f"{weights}: weights do not match the config; missing: {sorted(missing)[:10]}, "
+                f"unexpected: {sorted(unexpected)[:10]}")
+        return model

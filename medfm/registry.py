@@ -1,0 +1,107 @@
+"""Name → factory registries, in the spirit of timm's ``register_model``.
+
+Four registries live here: modality adapters, token embedders, towers and
+objectives, plus named model configurations. Modality adapters are found only
+through :data:`MODALITIES`; the engine imports ``medfm.modalities`` (and any
+``medfm.modalities`` entry point of third-party packages) the first time a
+modality is looked up, so that ``medfm/`` never imports a modality by name.
+"""
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+from .errors import ConfigError
+
+
+class Registry:
+    """A mapping of names to classes or functions, filled by decorators.
+
+    Example:
+        >>> EMBEDDERS = Registry("token embedder")
+        >>> @EMBEDDERS.register("patch2d")
+        ... class PatchEmbed2D: ...
+    """
+
+    def __init__(self, kind: str, loader: Optional[Callable[[], None]] = None):
+        self.kind = kind
+        self._items: Dict[str, Any] = {}
+        self._loader = loader
+        self._loaded = loader is None
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            self._loader()
+
+    def register(self, name: Optional[str] = None, *, override: bool = False) -> Callable[[Any], Any]:
+        def deco(obj: Any) -> Any:
+            key = name or getattr(obj, "name", None) or obj.__name__
+            if key in self._items and not override and self._items[key] is not obj:
+                raise ValueError(f"{self.kind} {key!r} is already registered")
+            self._items[key] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> Any:
+        self._ensure_loaded()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._items)) or '(none)'}"
+            ) from None
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_loaded()
+        return name in self._items
+
+    def names(self) -> List[str]:
+        self._ensure_loaded()
+        return sorted(self._items)
+
+    def items(self) -> Iterable:
+        self._ensure_loaded()
+        return sorted(self._items.items())
+
+
+def _load_modalities() -> None:
+    importlib.import_module("medfm.modalities")
+    try:
+        eps = metadata.entry_points(group="medfm.modalities")
+    except TypeError:  # pragma: no cover - python < 3.10
+        eps = metadata.entry_points().get("medfm.modalities", [])
+    for ep in eps:
+        ep.load()
+
+
+def _load_objectives() -> None:
+    importlib.import_module("medfm.objectives")
+
+
+def _load_models() -> None:
+    importlib.import_module("medfm.models")
+
+
+MODALITIES = Registry("modality", loader=_load_modalities)
+EMBEDDERS = Registry("token embedder", loader=_load_models)
+TOWERS = Registry("tower", loader=_load_models)
+OBJECTIVES = Registry("objective", loader=_load_objectives)
+MODELS = Registry("model config", loader=_load_models)
+
+register_modality = MODALITIES.register
+register_embedder = EMBEDDERS.register
+register_tower = TOWERS.register
+register_objective = OBJECTIVES.register
+register_model = MODELS.register
+
+
+def get_modality(name: str, **options: Any):
+    """Instantiate the adapter registered as ``name`` with ``options``."""
+    return MODALITIES.get(name)(**options)
+
+
+def list_modalities() -> List[str]:
+    return MODALITIES.names()

@@ -1,0 +1,150 @@
+"""CT adapter (``ct``): DICOM series / multi-frame DICOM / NIfTI / .npy/.npz → HU-window channels.
+
+``read`` gives a :class:`~medfm.modality.Record` whose ``data`` is a ``(D, H, W)``
+float32 volume in Hounsfield units, reoriented to RAS (axes ``D, H, W`` = S, A, R
+index directions) with ``meta`` = spacing (mm, along D, H, W), affine, format and
+whitelisted non-identifying DICOM fields. ``preprocess`` resamples to
+``target_spacing``, crops/pads to ``size`` (air = -1024 HU padding; random crop in
+training), maps each HU window to one channel in [0, 1] and returns
+``{"x": (C, D, H, W)}`` with ``C = len(windows)`` (1 when ``windows`` is empty: raw HU,
+z-scored).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+
+from medfm.errors import ConfigError, DataError
+from medfm.modality import ModalityAdapter, Record, require_file
+from medfm.registry import register_modality
+
+from . import imaging as im
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_nifti(path: Path) -> im.Volume:
+    """NIfTI through MONAI's ``LoadImage`` with its ``NibabelReader`` → :class:`imaging.Volume`."""
+    from monai.transforms import LoadImage
+
+    try:
+        mt = LoadImage(reader="NibabelReader", image_only=True)(str(path))
+    except Exception as e:  # nibabel/MONAI raise many types for damaged files
+        raise DataError(f"unreadable NIfTI: {type(e).__name__}: {e}", source=str(path)) from e
+    arr = np.asarray(mt.as_tensor() if hasattr(mt, "as_tensor") else mt, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    im.check_array(arr, 3, source=path, what="NIfTI volume")
+    aff = np.asarray(mt.affine, dtype=np.float64)
+    sp = np.sqrt((aff[:3, :3] ** 2).sum(0))
+    return im.Volume(np.ascontiguousarray(arr.transpose(2, 1, 0)), (float(sp[2]), float(sp[1]), float(sp[0])), aff, {})
+
+
+@register_modality("ct")
+class CTAdapter(ModalityAdapter):
+    """Computed tomography volumes in Hounsfield units.
+
+    Options (``defaults``): ``series_uid`` (choose a series in a folder holding
+    several), ``spacing_column`` (manifest column with ``"d,h,w"`` mm spacing for
+    .npy/.npz), ``npz_key``, ``orient`` (reorient to RAS), ``target_spacing`` (mm along
+    D, H, W or None), ``size`` (D, H, W), ``windows`` (names from
+    :data:`imaging.HU_WINDOWS` or ``[center, width]``), ``normalize``, ``flip_dims``
+    (train-time flips over D/H/W = 0/1/2), ``jitter``, ``spacing_tolerance``,
+    ``patch_size``, ``mask_ratio``, ``pool``.
+    """
+
+    name = "ct"
+    input_kind = "path"
+    suffixes = (".dcm", ".nii", ".nii.gz", ".npy", ".npz", "")
+    defaults: Dict[str, Any] = {
+        "series_uid": None,
+        "spacing_column": "ct_spacing",
+        "npz_key": None,
+        "orient": True,
+        "target_spacing": [1.5, 1.5, 1.5],
+        "size": [160, 224, 224],
+        "windows": ["lung", "mediastinum", "bone"],
+        "normalize": "none",
+        "flip_dims": [2],
+        "jitter": 0.05,
+        "spacing_tolerance": 0.1,
+        "patch_size": [4, 16, 16],
+        "mask_ratio": 0.75,
+        "pool": "mean",
+    }
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self._windows = im.resolve_windows(self.options["windows"])
+        if len(self.options["size"]) != 3 or len(self.options["patch_size"]) != 3:
+            raise ConfigError("ct: size and patch_size need 3 values (D, H, W)")
+
+    # ------------------------------------------------------------------ read
+    def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
+        """Path → ``Record(data=(D, H, W) HU float32, meta)``."""
+        path = require_file(source, what="CT input")
+        sfx = _suffix(path)
+        if path.is_dir():
+            vol, fmt = im.read_dicom_series(path, series_uid=self.options["series_uid"],
+                                            spacing_tolerance=self.options["spacing_tolerance"]), "dicom-series"
+        elif sfx in NIFTI_SUFFIXES:
+            vol, fmt = read_nifti(path), "nifti"
+        elif sfx in ARRAY_SUFFIXES:
+            vol, fmt = self._read_array(path, row, sample_id), "array"
+        else:
+            vol, fmt = im.read_dicom_file_volume(path), "dicom"
+        im.check_array(vol.data, 3, source=path, what="CT volume")
+        if fmt != "array" and self.options["orient"]:
+            vol = im.to_ras_spacing(vol, None, orient=True)
+        meta = {"format": fmt, "spacing": tuple(vol.spacing), "shape": tuple(vol.data.shape),
+                "affine": vol.affine.tolist(), **vol.meta}
+        return Record(vol.data, meta)
+
+    def _read_array(self, path: Path, row: Optional[Mapping[str, Any]], sample_id: Optional[str]) -> im.Volume:
+        col = self.options["spacing_column"]
+        arr = im.read_array_file(path, key=self.options["npz_key"])
+        im.check_array(arr, 3, source=path, what="CT array")
+        if row is None or col not in row:
+            raise DataError(f"a .npy/.npz CT needs its spacing (mm, 'd,h,w') in manifest column {col!r}",
+                            source=im.sample_source(path, sample_id), field=col)
+        sd, sh, sw = im.parse_spacing(row[col], 3, source=im.sample_source(path, sample_id), field=col)
+        return im.Volume(arr, (sd, sh, sw), np.diag([sw, sh, sd, 1.0]), {})
+
+    # ------------------------------------------------------------ preprocess
+    def preprocess(self, record: Record, *, train: bool = False, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
+        """HU volume → ``{"x": (C, D, H, W) float32, "spacing": (sd, sh, sw)}``."""
+        o = self.options
+        if train and rng is None:
+            rng = np.random.default_rng()
+        vol = im.Volume(np.asarray(record.data, dtype=np.float32), tuple(record.meta["spacing"]),
+                        np.asarray(record.meta.get("affine", np.diag(list(record.meta["spacing"])[::-1] + [1.0]))), {})
+        if o["target_spacing"] is not None:
+            vol = im.to_ras_spacing(vol, o["target_spacing"], orient=False)
+        x = torch.from_numpy(vol.data)
+        x = im.crop_or_pad(x, o["size"], pad_value=-1024.0, rng=rng if train else None)
+        if self._windows:
+            x = im.hu_windows(x, self._windows)
+            x = im.normalize(x, o["normalize"])
+        else:
+            x = im.normalize(x[None], o["normalize"] if o["normalize"] != "none" else "zscore")
+        if train:
+            x = im.random_flip(x, [1 + d for d in o["flip_dims"]], rng)
+            if o["jitter"]:
+                x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
+        return {"x": x.float().contiguous(), "spacing": tuple(float(s) for s in vol.spacing)}
+
+    # ----------------------------------------------------------------- model
+    def tower_config(self) -> Dict[str, Any]:
+        o = self.options
+        emb = {"type": "patch3d", "in_chans": max(1, len(self._windows)), "input_size": list(o["size"]),
+               "patch_size": list(o["patch_size"])}
+        return im.vit_tower(emb, mask_ratio=o["mask_ratio"], pool=o["pool"])

@@ -1,0 +1,245 @@
+"""DNA barcodes (``dna``): FASTA/TSV readers, IUPAC clean-up, k-mer or BPE tokenisation.
+
+A manifest's ``dna`` cell holds the sequence inline (``input_kind = "value"``). Whole
+files are read with :func:`read_fasta` (plain or gzipped, Biopython) and
+:func:`read_sequence_table` (BIOSCAN/BOLD TSV or CSV with a ``nucleotides`` or
+``dna_barcode`` column and taxonomy columns).
+
+Pipeline (BarcodeBERT defaults)::
+
+    raw ──clean_sequence──► A/C/G/T/N string ──truncate 660──► [random offset < k when train]
+        ──pad with N to 660──► non-overlapping 6-mers ──► ids (L,) + mask (L,)
+
+Output of ``preprocess``: ``{"x": LongTensor (L,), "mask": LongTensor (L,), "length": int}``;
+``collate`` right-pads with ``[PAD]`` (id 0).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medfm.errors import ConfigError, DataError
+from medfm.modality import ModalityAdapter, Record, require_file
+from medfm.registry import register_modality
+
+from . import tokenizers as tk
+
+#: IUPAC ambiguity codes (mapped to N).
+IUPAC_AMBIGUOUS = "RYSWKMBDHVN"
+SEQUENCE_COLUMNS = ("nucleotides", "dna_barcode", "sequence", "seq")
+TAXONOMY_COLUMNS = ("phylum_name", "class_name", "order_name", "family_name", "subfamily_name", "genus_name",
+                    "species_name", "dna_bin", "bin_uri")
+
+_TABLE = str.maketrans({**{c: "N" for c in IUPAC_AMBIGUOUS}, "U": "T"})
+_GAPS = re.compile(r"[-.\s]")
+_INVALID = re.compile(r"[^ACGTN]")
+
+
+def clean_sequence(seq: Any, *, source: Optional[str] = None) -> str:
+    """Uppercase, U→T, drop gaps (``-``, ``.``, whitespace), IUPAC ambiguity codes → N.
+
+    Raises:
+        DataError: another character (names the record and the character), or no A/C/G/T at all.
+    """
+    if seq is None or (isinstance(seq, float) and np.isnan(seq)):
+        raise DataError("empty DNA sequence", source=source, field="sequence")
+    s = _GAPS.sub("", str(seq).upper()).translate(_TABLE)
+    bad = _INVALID.search(s)
+    if bad:
+        raise DataError(f"invalid nucleotide {bad.group()!r} at position {bad.start()}", source=source, field="sequence")
+    if not any(c in s for c in "ACGT"):
+        raise DataError("sequence has no A/C/G/T", source=source, field="sequence")
+    return s
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt") if path.suffix.lower() == ".gz" else open(path, "rt")
+
+
+def read_fasta(path: os.PathLike, *, clean: bool = True) -> List[Tuple[str, str]]:
+    """All records of a FASTA file (``.gz`` too) as ``[(record_id, sequence)]``, cleaned when ``clean``."""
+    from Bio import SeqIO
+
+    p = require_file(path, what="FASTA file")
+    out = []
+    with _open_text(p) as fh:
+        for rec in SeqIO.parse(fh, "fasta"):
+            seq = str(rec.seq)
+            out.append((rec.id, clean_sequence(seq, source=f"{p}:{rec.id}") if clean else seq))
+    if not out:
+        raise DataError("no FASTA records", source=str(p))
+    return out
+
+
+def read_sequence_table(path: os.PathLike, *, clean: bool = True, id_column: Optional[str] = None) -> pd.DataFrame:
+    """A TSV/CSV (``.gz`` too) of barcodes → DataFrame with a cleaned ``nucleotides`` column.
+
+    The sequence column is the first of ``nucleotides``, ``dna_barcode``, ``sequence``,
+    ``seq``; taxonomy columns are kept as they are.
+    """
+    p = require_file(path, what="sequence table")
+    name = p.name.lower().removesuffix(".gz")
+    sep = "\t" if name.endswith((".tsv", ".txt")) else ","
+    df = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=True)
+    col = next((c for c in SEQUENCE_COLUMNS if c in df.columns), None)
+    if col is None:
+        raise DataError(f"no sequence column (one of {list(SEQUENCE_COLUMNS)})", source=str(p), field="columns")
+    if clean:
+        ids = df[id_column] if id_column else df.get("processid", pd.Series(range(len(df))).astype(str))
+        df["nucleotides"] = [clean_sequence(s, source=f"{p}:{i}") for s, i in zip(df[col], ids)]
+    elif col != "nucleotides":
+        df["nucleotides"] = df[col]
+    return df
+
+
+@register_modality("dna")
+class DNAAdapter(ModalityAdapter):
+    """DNA barcode adapter.
+
+    Options:
+        k, stride: k-mer size (4, 5, 6 ...) and step (``None`` = k, non-overlapping).
+        max_length: nucleotides kept (660 as BarcodeBERT); ``pad_with_n`` pads shorter ones with N.
+        tokenizer: ``"kmer"`` (fixed vocabulary) or ``"bpe"`` (learnt in :meth:`fit`, ``bpe_vocab_size``).
+        alphabet: letters of the k-mer vocabulary (``"ACGTN"``; ``"ACGT"`` sends N-k-mers to ``[UNK]``).
+        add_special_tokens: wrap in ``[CLS] ... [SEP]``.
+        random_offset: random start in ``[0, k)`` for training views.
+        tower: ``"vit"`` (tokens embedder + shared trunk) or ``"hf"`` (a BERT, ``model_dir`` to load
+            a BarcodeBERT-style ``BertForMaskedLM`` from disk; ``hf_config`` for the built-in one).
+        mask_ratio, pool: masked-token ratio (0.5 as BarcodeBERT) and pooling.
+    """
+
+    name = "dna"
+    input_kind = "value"
+    suffixes = (".fasta", ".fa", ".fna", ".fas", ".fasta.gz", ".fa.gz", ".tsv", ".csv")
+    defaults: Dict[str, Any] = {
+        "k": 6, "stride": None, "max_length": 660, "pad_with_n": True, "tokenizer": "kmer", "alphabet": "ACGTN",
+        "bpe_vocab_size": 512, "add_special_tokens": True, "random_offset": True,
+        "tower": "vit", "model_dir": None, "hf_config": {}, "mask_ratio": 0.5, "pool": "mean",
+    }
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.options
+        if o["tokenizer"] not in ("kmer", "bpe"):
+            raise ConfigError(f"dna: tokenizer must be 'kmer' or 'bpe', got {o['tokenizer']!r}")
+        if o["tower"] not in ("vit", "hf"):
+            raise ConfigError(f"dna: tower must be 'vit' or 'hf', got {o['tower']!r}")
+        if int(o["k"]) < 1 or (o["stride"] is not None and int(o["stride"]) < 1) or int(o["max_length"]) < 1:
+            raise ConfigError("dna: k, stride and max_length must be positive")
+        self.k = int(o["k"])
+        self.stride = int(o["stride"] or o["k"])
+        self.tokenizer = (tk.build_kmer_tokenizer(self.k, alphabet=o["alphabet"], add_special_tokens=False)
+                          if o["tokenizer"] == "kmer" else None)
+
+    # ------------------------------------------------------------------ reading
+    def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
+        """An inline sequence → ``Record(cleaned str, {"raw_length": n})``."""
+        seq = clean_sequence(source, source=sample_id)
+        return Record(seq, {"raw_length": len(seq)})
+
+    # ----------------------------------------------------------- tokenisation
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ConfigError("dna: the BPE tokenizer is not trained; call fit(sequences) or load_pretrained(dir)")
+        return self.tokenizer
+
+    def _specials(self, ids: List[int]) -> List[int]:
+        return [tk.CLS_ID] + ids + [tk.SEP_ID] if self.options["add_special_tokens"] else ids
+
+    def prepare(self, seq: str, offset: int = 0) -> str:
+        """Truncate to ``max_length``, drop ``offset`` leading nucleotides, pad with N (when ``pad_with_n``)."""
+        n = int(self.options["max_length"])
+        s = seq[:n][offset:]
+        if self.options["pad_with_n"] and len(s) < n:
+            s = s + "N" * (n - len(s))
+        return s
+
+    def encode(self, seq: str) -> List[int]:
+        """Token ids (specials included) of an already prepared sequence."""
+        tok = self._require_tokenizer()
+        if self.options["tokenizer"] == "bpe":
+            ids = tok.encode(seq).ids
+        elif self.stride == self.k:
+            ids = tok.encode(seq[: len(seq) - len(seq) % self.k]).ids
+        else:
+            ids = tok.encode(tk.kmerize(seq, self.k, self.stride), is_pretokenized=True).ids
+        return self._specials(ids)
+
+    def encode_batch(self, seqs: List[str]) -> List[List[int]]:
+        """Batched :meth:`encode` (the Rust tokenizer in parallel)."""
+        tok = self._require_tokenizer()
+        if self.options["tokenizer"] == "bpe":
+            encs = tok.encode_batch(seqs)
+        elif self.stride == self.k:
+            encs = tok.encode_batch([s[: len(s) - len(s) % self.k] for s in seqs])
+        else:
+            encs = tok.encode_batch([tk.kmerize(s, self.k, self.stride) for s in seqs], is_pretokenized=True)
+        return [self._specials(e.ids) for e in encs]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids → nucleotides (special tokens skipped)."""
+        return self._require_tokenizer().decode(list(int(i) for i in ids), skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the token embedding: the k-mer vocabulary, or the planned BPE size (before or after fit)."""
+        if self.options["tokenizer"] == "bpe":
+            return int(self.options["bpe_vocab_size"])
+        return self._require_tokenizer().get_vocab_size()
+
+    def max_tokens(self) -> int:
+        """Longest token sequence :meth:`preprocess` can produce (for the position embedding)."""
+        n = int(self.options["max_length"])
+        if self.options["tokenizer"] == "bpe":
+            core = n
+        else:
+            core = (n - self.k) // self.stride + 1
+        return core + (2 if self.options["add_special_tokens"] else 0)
+
+    def preprocess(self, record: Record, *, train: bool = False, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
+        seq = record.data
+        offset = 0
+        if train and self.options["random_offset"] and self.options["tokenizer"] == "kmer" and self.k > 1:
+            rng = rng if rng is not None else np.random.default_rng()
+            offset = int(rng.integers(0, self.k))
+        ids = torch.tensor(self.encode(self.prepare(seq, offset)), dtype=torch.long)
+        return {"x": ids, "mask": torch.ones_like(ids), "length": min(len(seq), int(self.options["max_length"]))}
+
+    def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return tk.collate_token_items(items, tk.PAD_ID)
+
+    # --------------------------------------------------------- model building
+    def tower_config(self) -> Dict[str, Any]:
+        o = self.options
+        masked = {"kind": "mlm", "mask_ratio": float(o["mask_ratio"])}
+        if o["tower"] == "hf":
+            hf = {"max_position_embeddings": max(512, self.max_tokens())}
+            hf.update(o["hf_config"] or {})
+            return {"type": "hf", "model_dir": o["model_dir"], "hf_config": hf, "pool": o["pool"], "masked": masked,
+                    "mask_id": tk.MASK_ID, "pad_id": tk.PAD_ID, "vocab_size": self.vocab_size,
+                    "special_ids": list(range(len(tk.SPECIAL_TOKENS)))}
+        return {"type": "vit", "pool": o["pool"], "masked": masked,
+                "embedder": {"type": "tokens", "vocab_size": self.vocab_size, "max_len": self.max_tokens(),
+                             "pad_id": tk.PAD_ID, "mask_id": tk.MASK_ID}}
+
+    def fit(self, values: Iterable[Any]) -> None:
+        """Train the BPE tokenizer on the training sequences (k-mer vocabularies are fixed: nothing to learn)."""
+        if self.options["tokenizer"] != "bpe":
+            return
+        seqs: Iterator[str] = (clean_sequence(v)[: int(self.options["max_length"])] for v in values
+                               if isinstance(v, str) and v.strip())
+        self.tokenizer = tk.train_bpe_tokenizer(seqs, vocab_size=int(self.options["bpe_vocab_size"]),
+                                                alphabet=self.options["alphabet"], add_special_tokens=False)
+
+    def save_pretrained(self, directory: os.PathLike) -> None:
+        tk.save_tokenizer(self._require_tokenizer(), directory, "dna_", self.config())
+
+    def load_pretrained(self, directory: os.PathLike) -> None:
+        self.tokenizer, _ = tk.load_tokenizer(directory, "dna_")

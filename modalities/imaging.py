@@ -1,0 +1,577 @@
+"""Shared 2D/3D imaging mechanics for the ``ct``, ``xray``, ``oct`` and ``fundus`` adapters.
+
+One job per section, so that no adapter copies another:
+
+* DICOM: safe reading (:func:`read_dicom`), pixels with the modality LUT
+  (:func:`dicom_pixels`), a PHI-free header summary (:func:`safe_dicom_meta`),
+  series grouping/sorting with gap detection (:func:`read_dicom_series`).
+* Intensity: HU windows as channels (:func:`hu_windows`), per-volume
+  normalisation (:func:`normalize`), optional CLAHE (:func:`clahe`).
+* Geometry: 2D resize keeping aspect + pad to a square (:func:`resize_pad_square`),
+  frame resampling for volumes (:func:`resample_volume`), crop/pad
+  (:func:`crop_or_pad`).
+* Augmentation with an explicit ``numpy.random.Generator``: flips and intensity
+  jitter (:func:`random_flip`, :func:`intensity_jitter`).
+
+Patient-identifying DICOM fields (PatientName, PatientID, BirthDate, ...) are never
+copied into metadata or error messages: errors name the file path or manifest id.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medfm.errors import ConfigError, DataError
+
+#: DICOM keywords that may be copied into metadata (no patient identifiers).
+SAFE_DICOM_FIELDS = (
+    "Modality", "PhotometricInterpretation", "Rows", "Columns", "BitsStored",
+    "SamplesPerPixel", "NumberOfFrames", "SeriesInstanceUID", "ViewPosition", "BodyPartExamined",
+)
+
+#: Named HU windows as (center, width).
+HU_WINDOWS: Dict[str, Tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "soft_tissue": (40.0, 400.0),
+    "abdomen": (60.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom", "")
+
+
+# ---------------------------------------------------------------------- DICOM
+def read_dicom(path: os.PathLike, *, stop_before_pixels: bool = False):
+    """``pydicom.dcmread`` with failures turned into :class:`DataError` naming ``path``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as e:
+        raise DataError(f"not a DICOM file ({e})", source=str(path)) from e
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"unreadable or truncated DICOM: {type(e).__name__}: {e}", source=str(path)) from e
+
+
+def dicom_pixels(ds, path: os.PathLike, *, modality_lut: bool = True) -> np.ndarray:
+    """Pixel data as float32 with the modality LUT (slope/intercept → HU for CT) applied.
+
+    Returns ``(H, W)``, ``(F, H, W)`` or ``(..., 3)`` for colour, as pydicom decodes it.
+    A missing pixel decoder (JPEG without pylibjpeg/gdcm), truncated pixel data or
+    no pixel data at all become a :class:`DataError` naming ``path``.
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DataError("DICOM has no pixel data", source=str(path), field="PixelData")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # pydicom raises RuntimeError/ValueError/NotImplementedError by handler
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(ts, "name", str(ts))
+        raise DataError(f"cannot decode pixel data (transfer syntax {name}): {type(e).__name__}: {e}",
+                        source=str(path), field="PixelData") from e
+    if modality_lut:
+        arr = apply_modality_lut(arr, ds)
+    return np.asarray(arr, dtype=np.float32)
+
+
+def safe_dicom_meta(ds) -> Dict[str, Any]:
+    """Whitelisted, non-identifying header fields (see :data:`SAFE_DICOM_FIELDS`)."""
+    out: Dict[str, Any] = {}
+    for key in SAFE_DICOM_FIELDS:
+        val = ds.get(key)
+        if val is None or val == "":
+            continue
+        out[key] = val if isinstance(val, (int, float)) else str(val)
+    return out
+
+
+def _floats(val: Any, n: int, path: Any, field: str) -> np.ndarray:
+    try:
+        arr = np.asarray([float(v) for v in val], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"malformed {field}", source=str(path), field=field) from e
+    if arr.shape != (n,):
+        raise DataError(f"{field} must have {n} values, got {arr.size}", source=str(path), field=field)
+    return arr
+
+
+@dataclass
+class Volume:
+    """A 3D scalar volume with geometry.
+
+    Attributes:
+        data: ``(D, H, W)`` float32 — slices, rows, columns.
+        spacing: ``(sd, sh, sw)`` voxel size in mm along (D, H, W).
+        affine: ``(4, 4)`` voxel index ``(w, h, d, 1)`` → RAS world mm (MONAI/NIfTI convention).
+        meta: non-identifying metadata.
+    """
+
+    data: np.ndarray
+    spacing: Tuple[float, float, float]
+    affine: np.ndarray
+    meta: Dict[str, Any]
+
+
+def lps_affine(origin: np.ndarray, row_cos: np.ndarray, col_cos: np.ndarray, normal: np.ndarray,
+               spacing: Tuple[float, float, float]) -> np.ndarray:
+    """Affine mapping ``(column i, row j, slice k)`` → RAS mm from DICOM (LPS) geometry.
+
+    ``spacing`` is ``(slice, row, column)`` spacing. DICOM's row direction cosine is
+    the direction of increasing column index.
+    """
+    sd, sh, sw = spacing
+    aff = np.eye(4)
+    aff[:3, 0] = row_cos * sw
+    aff[:3, 1] = col_cos * sh
+    aff[:3, 2] = normal * sd
+    aff[:3, 3] = origin
+    aff[:2, :] *= -1.0  # LPS → RAS
+    return aff
+
+
+def read_dicom_series(folder: os.PathLike, *, series_uid: Optional[str] = None,
+                      spacing_tolerance: float = 0.1) -> Volume:
+    """Read one DICOM series from ``folder`` into a :class:`Volume` in HU.
+
+    Slices are ordered by ImagePositionPatient projected on the slice normal
+    (cross product of the ImageOrientationPatient cosines), not by file name or
+    InstanceNumber. Several series → ``series_uid`` chooses; without it a
+    :class:`DataError` lists the SeriesInstanceUIDs. Duplicate positions or a
+    spacing deviating from the median by more than ``spacing_tolerance`` (relative)
+    — a missing slice — raise :class:`DataError`.
+    """
+    from pydicom.errors import InvalidDicomError  # noqa: F401  (documented dependency)
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.name.upper() != "DICOMDIR")
+    headers = []
+    for p in files:
+        try:
+            headers.append((p, read_dicom(p, stop_before_pixels=True)))
+        except DataError:
+            continue  # non-DICOM side files (README, thumbnails) are ignored
+    if not headers:
+        raise DataError("folder holds no readable DICOM file", source=str(folder))
+    groups: Dict[str, list] = {}
+    for p, ds in headers:
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise DataError(f"series {series_uid!r} not in folder; series present: "
+                            + ", ".join(f"{u} ({len(v)} files)" for u, v in sorted(groups.items())),
+                            source=str(folder), field="SeriesInstanceUID")
+        chosen = groups[series_uid]
+    elif len(groups) > 1:
+        raise DataError("folder holds several DICOM series; choose one with the series_uid option: "
+                        + ", ".join(f"{u} ({len(v)} files)" for u, v in sorted(groups.items())),
+                        source=str(folder), field="SeriesInstanceUID")
+    else:
+        chosen = next(iter(groups.values()))
+
+    p0, ds0 = chosen[0]
+    if "ImageOrientationPatient" not in ds0 or "ImagePositionPatient" not in ds0:
+        if len(chosen) == 1:
+            return read_dicom_file_volume(p0)
+        raise DataError("series lacks ImagePositionPatient/ImageOrientationPatient; cannot order slices",
+                        source=str(folder), field="ImagePositionPatient")
+    iop = _floats(ds0.ImageOrientationPatient, 6, p0, "ImageOrientationPatient")
+    row_cos, col_cos = iop[:3], iop[3:]
+    normal = np.cross(row_cos, col_cos)
+    pos = []
+    for p, ds in chosen:
+        other = _floats(ds.get("ImageOrientationPatient", iop), 6, p, "ImageOrientationPatient")
+        if np.abs(other - iop).max() > 1e-3:
+            raise DataError("slices of the series have different orientations", source=str(p),
+                            field="ImageOrientationPatient")
+        ipp = _floats(ds.ImagePositionPatient, 3, p, "ImagePositionPatient")
+        pos.append((float(ipp @ normal), ipp, p, ds))
+    pos.sort(key=lambda t: t[0])
+    z = np.array([t[0] for t in pos])
+    if len(z) > 1:
+        dz = np.diff(z)
+        if (dz < 1e-4).any():
+            i = int(np.argmax(dz < 1e-4))
+            raise DataError(f"two slices at the same position {z[i]:.3f} mm", source=str(pos[i + 1][2]),
+                            field="ImagePositionPatient")
+        med = float(np.median(dz))
+        bad = np.abs(dz - med) > spacing_tolerance * med
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"inconsistent slice spacing: {dz[i]:.3f} mm between slices at {z[i]:.3f} and "
+                            f"{z[i + 1]:.3f} mm (median {med:.3f} mm) — missing slice or mixed series",
+                            source=str(folder), field="ImagePositionPatient")
+        sd = med
+    else:
+        sd = float(ds0.get("SpacingBetweenSlices", ds0.get("SliceThickness", 1.0)) or 1.0)
+    slices = []
+    for _, _, p, _ in pos:
+        ds = read_dicom(p)
+        img = dicom_pixels(ds, p)
+        if img.ndim != 2:
+            raise DataError(f"expected one 2D frame per file, got shape {img.shape}", source=str(p))
+        if slices and img.shape != slices[0].shape:
+            raise DataError(f"slice size {img.shape} differs from {slices[0].shape}", source=str(p), field="Rows")
+        slices.append(img)
+    ps = _floats(ds0.get("PixelSpacing", [1.0, 1.0]), 2, p0, "PixelSpacing")
+    spacing = (sd, float(ps[0]), float(ps[1]))
+    data = np.stack(slices).astype(np.float32)
+    aff = lps_affine(pos[0][1], row_cos, col_cos, normal, spacing)
+    meta = safe_dicom_meta(ds0)
+    meta.update(n_files=len(slices))
+    return Volume(data, spacing, aff, meta)
+
+
+def read_dicom_file_volume(path: os.PathLike) -> Volume:
+    """A single DICOM file (one slice, or a multi-frame/enhanced object) as a :class:`Volume` in HU.
+
+    Multi-frame geometry comes from the functional groups when present (per-frame
+    ImagePositionPatient), else SpacingBetweenSlices/SliceThickness.
+    """
+    ds = read_dicom(path)
+    arr = _modality_lut_frames(ds, path)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise DataError(f"expected a grayscale image or frame stack, got shape {arr.shape}", source=str(path))
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+
+    def _grp(seq, name, attr):
+        try:
+            return getattr(getattr(seq[0], name)[0], attr)
+        except (AttributeError, IndexError, TypeError):
+            return None
+
+    iop = ds.get("ImageOrientationPatient") or (shared and _grp(shared, "PlaneOrientationSequence", "ImageOrientationPatient"))
+    ps = ds.get("PixelSpacing") or (shared and _grp(shared, "PixelMeasuresSequence", "PixelSpacing")) or [1.0, 1.0]
+    ps = _floats(ps, 2, path, "PixelSpacing")
+    iop = _floats(iop, 6, path, "ImageOrientationPatient") if iop is not None else np.array([1, 0, 0, 0, 1, 0.0])
+    normal = np.cross(iop[:3], iop[3:])
+    sd = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or
+               (shared and _grp(shared, "PixelMeasuresSequence", "SliceThickness")) or 1.0)
+    origin = np.zeros(3)
+    if per_frame is not None and len(per_frame) == arr.shape[0]:
+        pos = [_grp([f], "PlanePositionSequence", "ImagePositionPatient") for f in per_frame]
+        if all(p is not None for p in pos):
+            pts = np.array([_floats(p, 3, path, "ImagePositionPatient") for p in pos])
+            z = pts @ normal
+            order = np.argsort(z, kind="stable")
+            arr, pts, z = arr[order], pts[order], z[order]
+            if len(z) > 1:
+                dz = np.diff(z)
+                med = float(np.median(dz))
+                if med <= 0 or (np.abs(dz - med) > 0.1 * med).any():
+                    raise DataError("inconsistent frame spacing in multi-frame DICOM", source=str(path),
+                                    field="PlanePositionSequence")
+                sd = med
+            origin = pts[0]
+    elif "ImagePositionPatient" in ds:
+        origin = _floats(ds.ImagePositionPatient, 3, path, "ImagePositionPatient")
+    spacing = (sd, float(ps[0]), float(ps[1]))
+    return Volume(arr.astype(np.float32), spacing, lps_affine(origin, iop[:3], iop[3:], normal, spacing),
+                  safe_dicom_meta(ds))
+
+
+def _modality_lut_frames(ds, path) -> np.ndarray:
+    """Pixels with the modality LUT; enhanced objects carry slope/intercept in functional groups."""
+    arr = dicom_pixels(ds, path, modality_lut="RescaleSlope" in ds or "ModalityLUTSequence" in ds)
+    if "RescaleSlope" not in ds and "SharedFunctionalGroupsSequence" in ds:
+        try:
+            t = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+            arr = arr * float(t.RescaleSlope) + float(t.RescaleIntercept)
+        except (AttributeError, IndexError):
+            pass
+    return arr
+
+
+# ------------------------------------------------------------ 2D image files
+def read_image_file(path: os.PathLike, *, color: bool = False) -> np.ndarray:
+    """PNG/JPEG/TIFF/BMP via Pillow as float32: ``(H, W)`` gray or ``(H, W, 3)`` when ``color``.
+
+    8- and 16-bit (``I;16``) images keep their native integer values.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(str(path)) as im:
+            im.load()
+            if color:
+                im = im.convert("RGB") if im.mode not in ("RGB",) else im
+                return np.asarray(im, dtype=np.float32)
+            if im.mode in ("RGB", "RGBA", "P", "CMYK", "LA", "YCbCr"):
+                im = im.convert("L")
+            return np.asarray(im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"unreadable image: {type(e).__name__}: {e}", source=str(path)) from e
+
+
+_NUM = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> list:
+    """Sort key so that ``oct_2.png`` < ``oct_10.png`` (OCTCube's B-scan layout)."""
+    return [int(t) if t.isdigit() else t.lower() for t in _NUM.split(name)]
+
+
+def read_image_folder(folder: os.PathLike) -> np.ndarray:
+    """Stack of 2D gray images from ``folder`` in natural order → ``(F, H, W)`` float32."""
+    folder = Path(folder)
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
+    if not files:
+        raise DataError(f"folder holds no image of types {IMAGE_SUFFIXES}", source=str(folder))
+    frames = [read_image_file(p) for p in files]
+    for p, f in zip(files, frames):
+        if f.shape != frames[0].shape:
+            raise DataError(f"B-scan size {f.shape} differs from {frames[0].shape}", source=str(p))
+    return np.stack(frames)
+
+
+def read_array_file(path: os.PathLike, *, key: Optional[str] = None) -> np.ndarray:
+    """``.npy`` or ``.npz`` (``key`` or the only/first array) without pickle → float32."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(str(path), allow_pickle=False) as z:
+                names = list(z.files)
+                if not names:
+                    raise DataError(".npz holds no array", source=str(path))
+                k = key if key is not None else ("arr_0" if "arr_0" in names else names[0])
+                if k not in names:
+                    raise DataError(f"array {k!r} not in .npz (has {names})", source=str(path), field=k)
+                arr = z[k]
+        else:
+            arr = np.load(str(path), allow_pickle=False)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"unreadable array file: {e}", source=str(path)) from e
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"array dtype {arr.dtype} is not numeric", source=str(path))
+    return arr.astype(np.float32)
+
+
+def parse_spacing(value: Any, n: int, *, source: Any, field: str) -> Tuple[float, ...]:
+    """Spacing from a manifest cell: ``"3,0.8,0.8"``, ``"3 0.8 0.8"``, a list, or one number."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        raise DataError(f"spacing column {field!r} is required for array inputs and is empty", source=str(source), field=field)
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[,\s;x×]+", value.strip("[]() ")) if p]
+    elif isinstance(value, (int, float)):
+        parts = [value] * n
+    else:
+        parts = list(value)
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError as e:
+        raise DataError(f"cannot parse spacing {value!r}", source=str(source), field=field) from e
+    if len(vals) == 1:
+        vals = vals * n
+    if len(vals) != n or any(v <= 0 or not np.isfinite(v) for v in vals):
+        raise DataError(f"spacing must be {n} positive numbers, got {value!r}", source=str(source), field=field)
+    return vals
+
+
+def check_array(arr: np.ndarray, ndim: int, *, source: Any, what: str) -> np.ndarray:
+    """Raise :class:`DataError` for wrong dimensionality, empty or non-finite arrays."""
+    if arr.ndim != ndim:
+        raise DataError(f"{what} must be {ndim}D, got shape {tuple(arr.shape)}", source=str(source))
+    if arr.size == 0 or min(arr.shape) == 0:
+        raise DataError(f"{what} is empty (shape {tuple(arr.shape)})", source=str(source))
+    if not np.isfinite(arr).all():
+        raise DataError(f"{what} holds NaN or infinite values", source=str(source))
+    return arr
+
+
+# ----------------------------------------------------------------- intensity
+def resolve_windows(windows: Sequence[Any]) -> List[Tuple[float, float]]:
+    """Names (``"lung"``) or ``[center, width]`` pairs → list of (center, width)."""
+    out = []
+    for w in windows:
+        if isinstance(w, str):
+            if w not in HU_WINDOWS:
+                raise ConfigError(f"unknown HU window {w!r}; known: {sorted(HU_WINDOWS)}")
+            out.append(HU_WINDOWS[w])
+        else:
+            c, wd = (float(v) for v in w)
+            if wd <= 0:
+                raise ConfigError(f"HU window width must be > 0, got {w!r}")
+            out.append((c, wd))
+    return out
+
+
+def hu_windows(vol: torch.Tensor, windows: Sequence[Tuple[float, float]]) -> torch.Tensor:
+    """``(D, H, W)`` HU → ``(C, D, H, W)`` in [0, 1], one channel per (center, width) window."""
+    from monai.transforms import ScaleIntensityRange
+
+    chans = [ScaleIntensityRange(a_min=c - w / 2, a_max=c + w / 2, b_min=0.0, b_max=1.0, clip=True)(vol)
+             for c, w in windows]
+    return torch.stack([torch.as_tensor(c).as_subclass(torch.Tensor) for c in chans]).float()
+
+
+def normalize(x: torch.Tensor, mode: str, *, mean: Optional[Sequence[float]] = None,
+              std: Optional[Sequence[float]] = None, eps: float = 1e-6) -> torch.Tensor:
+    """Per-sample intensity normalisation of ``(C, ...)``.
+
+    ``"minmax"`` → [0, 1] over the whole sample; ``"zscore"`` → zero mean, unit std
+    per channel; ``"meanstd"`` → ``(x - mean[c]) / std[c]`` with given constants;
+    ``"none"`` → unchanged.
+    """
+    if mode == "none":
+        return x
+    if mode == "minmax":
+        lo, hi = x.min(), x.max()
+        return (x - lo) / (hi - lo).clamp_min(eps)
+    if mode == "zscore":
+        dims = tuple(range(1, x.ndim))
+        return (x - x.mean(dim=dims, keepdim=True)) / x.std(dim=dims, keepdim=True).clamp_min(eps)
+    if mode == "meanstd":
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        m = torch.as_tensor(mean, dtype=x.dtype).view(shape)
+        s = torch.as_tensor(std, dtype=x.dtype).view(shape)
+        return (x - m) / s
+    raise ConfigError(f"unknown normalisation {mode!r}; use minmax, zscore, meanstd or none")
+
+
+def clahe(img: np.ndarray, *, clip_limit: float = 0.01, tile: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a [0, 1] image ``(H, W)`` or ``(H, W, 3)``.
+
+    Uses scikit-image's ``equalize_adapthist`` or OpenCV's CLAHE, whichever is
+    installed (both come with the ``medfm[oct-vendor]`` extra); otherwise a
+    :class:`ConfigError` says what to install.
+    """
+    try:
+        from skimage.exposure import equalize_adapthist
+
+        kernel = (max(1, img.shape[0] // tile), max(1, img.shape[1] // tile))
+        return equalize_adapthist(np.clip(img, 0, 1), kernel_size=kernel, clip_limit=clip_limit).astype(np.float32)
+    except ImportError:
+        pass
+    try:
+        import cv2
+    except ImportError:
+        raise ConfigError("clahe=True needs scikit-image or opencv-python (pip install scikit-image)") from None
+    u16 = (np.clip(img, 0, 1) * 65535).astype(np.uint16)
+    op = cv2.createCLAHE(clipLimit=max(1.0, clip_limit * 100), tileGridSize=(tile, tile))
+    if u16.ndim == 3:
+        out = np.stack([op.apply(u16[..., c]) for c in range(u16.shape[-1])], -1)
+    else:
+        out = op.apply(u16)
+    return out.astype(np.float32) / 65535.0
+
+
+# ------------------------------------------------------------------ geometry
+def resize_2d(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``(C, H, W)`` → ``(C, size[0], size[1])``, bilinear with antialiasing."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None].float(), size=tuple(int(s) for s in size), mode="bilinear",
+                         align_corners=False, antialias=True)[0]
+
+
+def resize_pad_square(x: torch.Tensor, size: int, *, pad_value: float = 0.0) -> torch.Tensor:
+    """Aspect-preserving resize so the long side is ``size``, then centre padding to square.
+
+    ``(C, H, W)`` → ``(C, size, size)``.
+    """
+    h, w = x.shape[-2:]
+    s = size / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    x = resize_2d(x, (nh, nw))
+    ph, pw = size - nh, size - nw
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=pad_value)
+
+
+def resample_volume(vol: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``(C, F, H, W)`` → ``(C, *size)``: 2D antialiased resize of each frame, then
+    linear interpolation along the frame (slow) axis; frame order is preserved."""
+    c, f, h, w = vol.shape
+    nf, nh, nw = (int(s) for s in size)
+    if (h, w) != (nh, nw):
+        vol = F.interpolate(vol.reshape(c * f, 1, h, w).float(), size=(nh, nw), mode="bilinear",
+                            align_corners=False, antialias=True).reshape(c, f, nh, nw)
+    if f != nf:
+        vol = F.interpolate(vol[None].float(), size=(nf, nh, nw), mode="trilinear", align_corners=False)[0]
+    return vol
+
+
+def crop_or_pad(x: torch.Tensor, size: Sequence[int], *, pad_value: float = 0.0,
+                rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+    """Crop/pad the trailing ``len(size)`` dims of ``x`` to ``size``.
+
+    Padding is centred. Cropping is centred, or at a random offset drawn from
+    ``rng`` (train-time random crop).
+    """
+    nd = len(size)
+    pads: List[int] = []
+    for dim, target in zip(range(x.ndim - nd, x.ndim), size):
+        n = x.shape[dim]
+        if n > target:
+            start = int(rng.integers(0, n - target + 1)) if rng is not None else (n - target) // 2
+            x = x.narrow(dim, start, int(target))
+    for dim, target in zip(reversed(range(x.ndim - nd, x.ndim)), reversed(list(size))):
+        d = max(0, int(target) - x.shape[dim])
+        pads += [d // 2, d - d // 2]
+    if any(pads):
+        x = F.pad(x, pads, value=pad_value)
+    return x
+
+
+def to_ras_spacing(vol: Volume, target_spacing: Optional[Sequence[float]], *, orient: bool = True) -> Volume:
+    """Reorient to RAS and resample to ``target_spacing`` (mm, along D, H, W) with MONAI.
+
+    The tensor axes after this are ``(D, H, W)`` = (S, A, R) index directions, i.e. a
+    RAS-oriented ``(X, Y, Z)`` MONAI array transposed to ``(Z, Y, X)``.
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation, Spacing
+
+    mt = MetaTensor(torch.from_numpy(np.ascontiguousarray(vol.data.transpose(2, 1, 0)))[None], affine=torch.as_tensor(vol.affine))
+    if orient:
+        mt = Orientation(axcodes="RAS")(mt)
+    if target_spacing is not None:
+        tz, ty, tx = (float(s) for s in target_spacing)
+        mt = Spacing(pixdim=(tx, ty, tz), mode="bilinear", padding_mode="border", dtype=np.float32)(mt)
+    aff = np.asarray(mt.affine, dtype=np.float64)
+    sp = np.sqrt((aff[:3, :3] ** 2).sum(0))  # (x, y, z)
+    data = mt.as_tensor()[0].numpy().transpose(2, 1, 0)
+    return Volume(np.ascontiguousarray(data, dtype=np.float32), (float(sp[2]), float(sp[1]), float(sp[0])), aff, vol.meta)
+
+
+# -------------------------------------------------------------- augmentation
+def random_flip(x: torch.Tensor, dims: Sequence[int], rng: np.random.Generator, p: float = 0.5) -> torch.Tensor:
+    """Flip each of ``dims`` independently with probability ``p``."""
+    flip = [d for d in dims if rng.random() < p]
+    return torch.flip(x, flip) if flip else x
+
+
+def intensity_jitter(x: torch.Tensor, rng: np.random.Generator, *, scale: float = 0.1, shift: float = 0.1) -> torch.Tensor:
+    """``x * (1 + u1) + u2`` with ``u1 ~ U(-scale, scale)``, ``u2 ~ U(-shift, shift)``."""
+    a = 1.0 + float(rng.uniform(-scale, scale))
+    b = float(rng.uniform(-shift, shift))
+    return x * a + b
+
+
+def vit_tower(embedder: Dict[str, Any], *, mask_ratio: float, pool: str = "mean",
+              norm_pix_loss: bool = False) -> Dict[str, Any]:
+    """The engine's ViT tower config with an MAE target."""
+    return {"type": "vit", "embedder": embedder, "pool": pool,
+            "masked": {"kind": "mae", "mask_ratio": float(mask_ratio), "norm_pix_loss": bool(norm_pix_loss)}}
+
+
+def sample_source(path: Any, sample_id: Optional[str]) -> str:
+    """What errors name: the manifest id when given (never a DICOM header value), else the path."""
+    return f"{sample_id} ({path})" if sample_id is not None else str(path)

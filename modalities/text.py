@@ -1,0 +1,221 @@
+"""Free text (``text``): radiology/cardiology reports and taxonomy strings.
+
+Two tokenizer sources:
+
+- ``model_dir`` set: the tokenizer of a local Hugging Face model directory
+  (``AutoTokenizer.from_pretrained(model_dir, local_files_only=True)``), with the
+  same directory loaded as the tower (any BERT/RoBERTa-family masked LM);
+- otherwise a WordPiece tokenizer learnt on the cohort's own training texts in
+  :meth:`TextAdapter.fit` with HF ``tokenizers`` and saved with the checkpoint, and a
+  small built-in BERT tower.
+
+Reports are normalised (Unicode NFKC, whitespace collapsed), optionally reduced
+to sections (``sections=["FINDINGS", "IMPRESSION"]``) and truncated to
+``max_length`` tokens. With ``taxonomy_columns`` the text of a sample is built
+from the manifest row (``"order family genus species"``, missing ranks skipped)
+for CLIBD-style DNA ↔ taxonomy alignment.
+
+Output of ``preprocess``: ``{"x": LongTensor (L,), "mask": LongTensor (L,)}``;
+``collate`` right-pads with the pad id.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import unicodedata
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from medfm.errors import ConfigError, DataError
+from medfm.modality import ModalityAdapter, Record
+from medfm.registry import register_modality
+
+from . import tokenizers as tk
+
+DEFAULT_RANKS = ("order_name", "family_name", "genus_name", "species_name")
+_MISSING = {"", "nan", "none", "null", "na", "n/a", "not_classified", "not classified"}
+_WS = re.compile(r"\s+")
+# "FINDINGS:" / "IMPRESSION :" at a line start or after a sentence end.
+_SECTION = re.compile(r"(?:^|(?<=[\n.]))\s*([A-Z][A-Z /&-]{2,40}?)\s*:", re.MULTILINE)
+
+
+def normalize_report(text: Any) -> str:
+    """NFKC, control characters to spaces, whitespace collapsed, stripped. ``None``/NaN → ``""``."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ""
+    s = unicodedata.normalize("NFKC", str(text))
+    s = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in s)
+    return _WS.sub(" ", s).strip()
+
+
+def split_sections(text: str) -> Dict[str, str]:
+    """Upper-case headers (``FINDINGS:``, ``IMPRESSION:`` ...) → their text, in order of appearance."""
+    out: Dict[str, str] = {}
+    matches = list(_SECTION.finditer(text))
+    for m, nxt in zip(matches, matches[1:] + [None]):
+        body = text[m.end(): nxt.start() if nxt else len(text)].strip()
+        out[m.group(1).strip().upper()] = body
+    return out
+
+
+def extract_sections(text: str, sections: Sequence[str]) -> str:
+    """The named sections of a report joined by a space, headers dropped; the whole text when none is found."""
+    found = split_sections(str(text))
+    parts = [found[s.upper()] for s in sections if found.get(s.upper())]
+    return " ".join(parts) if parts else str(text)
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip().lower() in _MISSING
+
+
+def taxonomy_text(row: Mapping[str, Any], ranks: Sequence[str] = DEFAULT_RANKS) -> str:
+    """``"order family genus species"`` from a row's taxonomy columns; missing ranks skipped."""
+    return " ".join(str(row[r]).strip() for r in ranks if r in row and not _is_missing(row[r]))
+
+
+@register_modality("text")
+class TextAdapter(ModalityAdapter):
+    """Reports and taxonomy strings.
+
+    Options:
+        model_dir: local HF model directory (tokenizer + tower); ``None`` = built-in.
+        max_length: tokens kept, special tokens included.
+        vocab_size, lowercase, min_frequency: of the WordPiece tokenizer learnt in :meth:`fit`.
+        sections: report sections to keep (e.g. ``["FINDINGS", "IMPRESSION"]``), ``None`` = all text.
+        taxonomy_columns: build the text from these manifest columns instead of the cell.
+        pool, mask_ratio, hf_config: tower options (CLS pooling, 15 % MLM, small BERT).
+    """
+
+    name = "text"
+    input_kind = "value"
+    suffixes = (".txt",)
+    defaults: Dict[str, Any] = {
+        "model_dir": None, "max_length": 128, "vocab_size": 4096, "lowercase": True, "min_frequency": 2,
+        "sections": None, "taxonomy_columns": None, "pool": "cls", "mask_ratio": 0.15, "hf_config": {},
+    }
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        if int(self.options["max_length"]) < 3:
+            raise ConfigError("text: max_length must be at least 3")
+        self.tokenizer = None  # a tokenizers.Tokenizer
+        self._hf_tokenizer = None  # a transformers tokenizer when model_dir is set
+        if self.options["model_dir"]:
+            self._load_hf_tokenizer(self.options["model_dir"])
+
+    def _load_hf_tokenizer(self, model_dir: Any) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            self._hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"text: cannot load a tokenizer from model_dir {model_dir}: {e}") from e
+
+    # ------------------------------------------------------------------ reading
+    def text_of(self, source: Any, row: Optional[Mapping[str, Any]] = None) -> str:
+        """The normalised text of a cell (or of a row, with ``taxonomy_columns``), sections applied."""
+        cols = self.options["taxonomy_columns"]
+        if cols and (row is not None or isinstance(source, Mapping)):
+            text = taxonomy_text(row if row is not None else source, cols)
+        elif isinstance(source, Mapping):
+            raise ConfigError("text: a row was given but taxonomy_columns is not set")
+        else:
+            text = source
+        text = normalize_report(text)
+        if self.options["sections"] and text:
+            text = normalize_report(extract_sections(text, self.options["sections"]))
+        return text
+
+    def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
+        text = self.text_of(source, row)
+        if not text:
+            raise DataError("empty text", source=sample_id, field="text")
+        return Record(text, {"n_chars": len(text)})
+
+    # ----------------------------------------------------------- tokenisation
+    @property
+    def special_ids(self) -> Dict[str, int]:
+        """``{"pad": id, "mask": id, "cls": id, "sep": id, "unk": id}`` of the active tokenizer."""
+        if self._hf_tokenizer is not None:
+            t = self._hf_tokenizer
+            return {"pad": t.pad_token_id, "mask": t.mask_token_id, "cls": t.cls_token_id,
+                    "sep": t.sep_token_id, "unk": t.unk_token_id}
+        return {"pad": tk.PAD_ID, "mask": tk.MASK_ID, "cls": tk.CLS_ID, "sep": tk.SEP_ID, "unk": tk.UNK_ID}
+
+    @property
+    def vocab_size(self) -> int:
+        if self._hf_tokenizer is not None:
+            return len(self._hf_tokenizer)
+        return self._require_tokenizer().get_vocab_size()
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ConfigError("text: no tokenizer; call fit(texts), load_pretrained(dir) or set model_dir")
+        return self.tokenizer
+
+    def encode_batch(self, texts: List[str]) -> List[List[int]]:
+        """Texts → ids with ``[CLS] ... [SEP]``, truncated to ``max_length``."""
+        n = int(self.options["max_length"])
+        if self._hf_tokenizer is not None:
+            return self._hf_tokenizer(list(texts), truncation=True, max_length=n)["input_ids"]
+        tok = self._require_tokenizer()
+        tok.enable_truncation(n)
+        return [e.ids for e in tok.encode_batch(list(texts))]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        if self._hf_tokenizer is not None:
+            return self._hf_tokenizer.decode(ids, skip_special_tokens=True)
+        return self._require_tokenizer().decode(ids, skip_special_tokens=True)
+
+    def tokenize(self, texts: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Prompts or queries → ``{"x": (B, L), "mask": (B, L)}`` (normalised like manifest cells)."""
+        ids = self.encode_batch([normalize_report(t) for t in texts])
+        x, mask = tk.pad_ids([torch.tensor(i, dtype=torch.long) for i in ids], self.special_ids["pad"])
+        return {"x": x, "mask": mask}
+
+    def preprocess(self, record: Record, *, train: bool = False, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
+        ids = torch.tensor(self.encode_batch([record.data])[0], dtype=torch.long)
+        return {"x": ids, "mask": torch.ones_like(ids)}
+
+    def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return tk.collate_token_items(items, self.special_ids["pad"])
+
+    # --------------------------------------------------------- model building
+    def tower_config(self) -> Dict[str, Any]:
+        o = self.options
+        sp = self.special_ids
+        # Built-in: the planned vocabulary size, so a model can be built before fit() (the
+        # trained WordPiece vocabulary never exceeds it).
+        vocab = self.vocab_size if self._hf_tokenizer is not None else int(o["vocab_size"])
+        hf = {"max_position_embeddings": max(512, int(o["max_length"]))}
+        hf.update(o["hf_config"] or {})
+        return {"type": "hf", "model_dir": o["model_dir"], "hf_config": hf, "pool": o["pool"],
+                "masked": {"kind": "mlm", "mask_ratio": float(o["mask_ratio"])},
+                "mask_id": sp["mask"], "pad_id": sp["pad"], "vocab_size": vocab,
+                "special_ids": sorted({v for v in sp.values() if v is not None})}
+
+    def fit(self, values: Iterable[Any]) -> None:
+        """Learn the WordPiece vocabulary on training cells (strings, or rows with ``taxonomy_columns``)."""
+        if self._hf_tokenizer is not None:
+            return
+        texts = (t for t in (self.text_of(v) if isinstance(v, (str, Mapping)) else "" for v in values) if t)
+        o = self.options
+        self.tokenizer = tk.train_wordpiece_tokenizer(texts, vocab_size=int(o["vocab_size"]),
+                                                      lowercase=bool(o["lowercase"]),
+                                                      min_frequency=int(o["min_frequency"]))
+
+    def save_pretrained(self, directory: os.PathLike) -> None:
+        if self._hf_tokenizer is not None:
+            self._hf_tokenizer.save_pretrained(str(directory))
+        else:
+            tk.save_tokenizer(self._require_tokenizer(), directory, "text_", self.config())
+
+    def load_pretrained(self, directory: os.PathLike) -> None:
+        if self.options["model_dir"]:
+            return  # the tokenizer comes from model_dir
+        self.tokenizer, _ = tk.load_tokenizer(directory, "text_")

@@ -1,0 +1,130 @@
+"""Tokenizers shared by the sequence modalities (``dna``, ``text``), built with HF ``tokenizers``.
+
+Every tokenizer built here uses the same special tokens with fixed ids::
+
+    [PAD]=0  [MASK]=1  [CLS]=2  [SEP]=3  [UNK]=4
+
+and is saved with the checkpoint as ``<prefix>tokenizer.json`` (the ``tokenizers``
+format) plus ``<prefix>tokenizer_config.json`` (the options that produced it).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from medfm.errors import CheckpointError
+
+SPECIAL_TOKENS: Tuple[str, ...] = ("[PAD]", "[MASK]", "[CLS]", "[SEP]", "[UNK]")
+PAD_ID, MASK_ID, CLS_ID, SEP_ID, UNK_ID = range(5)
+
+
+def _cls_sep(tok: Tokenizer) -> None:
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+    )
+
+
+def build_kmer_tokenizer(k: int, *, alphabet: str = "ACGTN", add_special_tokens: bool = True) -> Tokenizer:
+    """A WordLevel tokenizer over all ``len(alphabet) ** k`` k-mers plus the special tokens.
+
+    It splits a raw string into non-overlapping k-mers itself (a regex pre-tokenizer;
+    a trailing piece shorter than ``k`` becomes ``[UNK]``), so ``tok.encode(seq)``
+    works on its own after loading from disk. Overlapping k-mers (stride < k) are
+    produced by :func:`kmerize` and encoded with ``is_pretokenized=True``.
+    Decoding fuses the k-mers back into one string.
+    """
+    if not 1 <= int(k) <= 8:
+        raise ValueError(f"k must be in 1..8, got {k}")
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for km in itertools.product(alphabet, repeat=int(k)):
+        vocab["".join(km)] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f".{{1,{int(k)}}}"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    if add_special_tokens:
+        _cls_sep(tok)
+    return tok
+
+
+def kmerize(seq: str, k: int, stride: int, offset: int = 0) -> List[str]:
+    """``seq[offset:]`` cut into k-mers every ``stride`` characters; a trailing partial k-mer is dropped."""
+    return [seq[i:i + k] for i in range(offset, len(seq) - k + 1, stride)]
+
+
+def train_bpe_tokenizer(sequences: Iterable[str], *, vocab_size: int = 512, alphabet: str = "ACGTN",
+                        add_special_tokens: bool = True) -> Tokenizer:
+    """A byte-pair-encoding tokenizer learnt on ``sequences`` (DNABERT-2 style), initial alphabet ``alphabet``."""
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.decoder = decoders.Fuse()
+    trainer = trainers.BpeTrainer(vocab_size=int(vocab_size), special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=list(alphabet), show_progress=False)
+    tok.train_from_iterator(sequences, trainer=trainer)
+    if add_special_tokens:
+        _cls_sep(tok)
+    return tok
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, lowercase: bool = True,
+                              min_frequency: int = 2, add_special_tokens: bool = True) -> Tokenizer:
+    """A BERT-style WordPiece tokenizer learnt on ``texts`` (normaliser, pre-tokenizer, decoder as BERT)."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=None, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab_size), min_frequency=int(min_frequency),
+                                        special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    if add_special_tokens:
+        _cls_sep(tok)
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, directory: os.PathLike, prefix: str, options: Dict[str, Any]) -> None:
+    """Write ``<prefix>tokenizer.json`` and ``<prefix>tokenizer_config.json`` into ``directory``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tok.save(str(d / f"{prefix}tokenizer.json"))
+    (d / f"{prefix}tokenizer_config.json").write_text(json.dumps(options, indent=2, sort_keys=True))
+
+
+def load_tokenizer(directory: os.PathLike, prefix: str) -> Tuple[Tokenizer, Dict[str, Any]]:
+    """Read what :func:`save_tokenizer` wrote; :class:`CheckpointError` when absent."""
+    d = Path(directory)
+    path = d / f"{prefix}tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found (the checkpoint has no {prefix.rstrip('_') or 'saved'} tokenizer)")
+    cfg_path = d / f"{prefix}tokenizer_config.json"
+    options = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    return Tokenizer.from_file(str(path)), options
+
+
+def pad_ids(seqs: Sequence[torch.Tensor], pad_id: int = PAD_ID,
+            length: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D id tensors: ``[(L_i,)]`` → ``ids (B, L)`` long, ``mask (B, L)`` long (1 = real)."""
+    L = max(int(s.numel()) for s in seqs) if length is None else int(length)
+    ids = torch.full((len(seqs), L), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        n = min(int(s.numel()), L)
+        ids[i, :n] = s[:n]
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def collate_token_items(items: List[Dict[str, Any]], pad_id: int = PAD_ID) -> Dict[str, Any]:
+    """Collate ``[{"x": (L_i,), "mask": (L_i,), meta...}]`` → ``{"x": (B, L), "mask": (B, L), meta: list}``."""
+    x, mask = pad_ids([it["x"] for it in items], pad_id)
+    out: Dict[str, Any] = {"x": x, "mask": mask}
+    for key in items[0]:
+        if key not in ("x", "mask"):
+            out[key] = [it[key] for it in items]
+    return out

@@ -1,0 +1,157 @@
+"""X-ray adapter (``xray``) and the shared 2D image adapter base (:class:`Image2DAdapter`).
+
+DICOM goes through pydicom's modality LUT and VOI LUT (window or LUT sequence);
+MONOCHROME1 is inverted so that bone is bright. PNG/JPEG/TIFF (8/16-bit) go
+through Pillow. ``preprocess``: min–max to [0, 1], optional CLAHE, aspect-preserving
+resize + centre padding to ``size × size``, then ``normalize`` → ``{"x": (C, size, size)}``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+
+from medfm.errors import ConfigError, DataError
+from medfm.modality import ModalityAdapter, Record, require_file
+from medfm.registry import register_modality
+
+from . import imaging as im
+
+
+def read_dicom_2d(path: Path, *, color: bool) -> Record:
+    """One DICOM image → ``Record((H, W) or (H, W, 3) float32, meta)`` with display LUTs applied.
+
+    Grayscale: modality LUT, then VOI LUT (window center/width or LUT sequence, as
+    pydicom's ``apply_voi_lut``), then MONOCHROME1 inverted (``max + min - x``).
+    Meta: pixel spacing (PixelSpacing or ImagerPixelSpacing, mm), whether VOI and
+    inversion were applied, whitelisted non-identifying fields.
+    """
+    from pydicom.pixels import apply_voi_lut
+
+    ds = im.read_dicom(path)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    gray = photometric.startswith("MONOCHROME")
+    arr = im.dicom_pixels(ds, path, modality_lut=gray)
+    meta: Dict[str, Any] = im.safe_dicom_meta(ds)
+    if gray:
+        if arr.ndim == 3:  # multi-frame radiograph: keep the first frame
+            arr = arr[0]
+        has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
+        if has_voi:
+            arr = np.asarray(apply_voi_lut(arr, ds), dtype=np.float32)
+        if photometric == "MONOCHROME1":
+            arr = arr.max() + arr.min() - arr
+        meta.update(voi_applied=bool(has_voi), inverted=photometric == "MONOCHROME1")
+        if color:
+            arr = np.repeat(arr[..., None], 3, axis=-1)
+    else:
+        from pydicom.pixels import convert_color_space
+
+        if photometric.startswith("YBR") and ds.get("SamplesPerPixel", 1) == 3:
+            arr = convert_color_space(arr, photometric, "RGB").astype(np.float32)
+        if arr.ndim == 4:
+            arr = arr[0]
+        if not color:
+            arr = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    if spacing is not None:
+        meta["pixel_spacing"] = tuple(float(s) for s in spacing)
+    meta["format"] = "dicom"
+    return Record(arr.astype(np.float32), meta)
+
+
+class Image2DAdapter(ModalityAdapter):
+    """Shared 2D image reading/preprocessing for ``xray`` and ``fundus``.
+
+    Options: ``size`` (square side), ``channels`` (1 gray or 3 RGB), ``clahe``,
+    ``clahe_clip``, ``normalize`` (``"meanstd"`` with ``mean``/``std``, ``"zscore"``,
+    ``"minmax"``, ``"none"``), ``hflip`` (train flip probability), ``jitter``,
+    ``patch_size``, ``mask_ratio``, ``pool``.
+    """
+
+    input_kind = "path"
+    suffixes = (".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", "")
+    defaults: Dict[str, Any] = {
+        "size": 224,
+        "channels": 1,
+        "clahe": False,
+        "clahe_clip": 0.01,
+        "normalize": "meanstd",
+        "mean": [0.5],
+        "std": [0.5],
+        "hflip": 0.0,
+        "jitter": 0.1,
+        "patch_size": 16,
+        "mask_ratio": 0.75,
+        "pool": "mean",
+    }
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.options
+        if o["channels"] not in (1, 3):
+            raise ConfigError(f"{self.name}: channels must be 1 or 3, got {o['channels']!r}")
+        if o["normalize"] == "meanstd" and not (len(o["mean"]) in (1, o["channels"]) and len(o["std"]) == len(o["mean"])):
+            raise ConfigError(f"{self.name}: mean/std need 1 or {o['channels']} values")
+
+    # ------------------------------------------------------------------ read
+    def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
+        """Path → ``Record((H, W) or (H, W, 3) float32, meta)``."""
+        path = require_file(source, what=f"{self.name} image")
+        rec = self.read_special(path)
+        if rec is None:
+            if path.suffix.lower() in im.IMAGE_SUFFIXES:
+                data = im.read_image_file(path, color=self.options["channels"] == 3)
+                rec = Record(data, {"format": path.suffix.lower().lstrip(".")})
+            else:
+                rec = read_dicom_2d(path, color=self.options["channels"] == 3)
+        want = 3 if self.options["channels"] == 3 else 2
+        if rec.data.ndim == 2 and want == 3:
+            rec.data = np.repeat(rec.data[..., None], 3, axis=-1)
+        im.check_array(rec.data, want, source=path, what=f"{self.name} image")
+        rec.meta["shape"] = tuple(rec.data.shape)
+        return rec
+
+    def read_special(self, path: Path) -> Optional[Record]:
+        """Hook for formats only one subclass reads (fundus: SLO from a Heidelberg .vol)."""
+        return None
+
+    # ------------------------------------------------------------ preprocess
+    def preprocess(self, record: Record, *, train: bool = False, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
+        """``(H, W[, 3])`` → ``{"x": (C, size, size) float32}``."""
+        o = self.options
+        if train and rng is None:
+            rng = np.random.default_rng()
+        arr = np.asarray(record.data, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / max(hi - lo, 1e-6)
+        if o["clahe"]:
+            arr = im.clahe(arr, clip_limit=o["clahe_clip"])
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+        x = x.permute(2, 0, 1) if x.ndim == 3 else x[None]
+        x = im.resize_pad_square(x, int(o["size"]), pad_value=0.0)
+        if train:
+            if o["hflip"]:
+                x = im.random_flip(x, [2], rng, p=o["hflip"])
+            if o["jitter"]:
+                x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
+        x = im.normalize(x, o["normalize"], mean=o["mean"], std=o["std"])
+        return {"x": x.float().contiguous()}
+
+    # ----------------------------------------------------------------- model
+    def tower_config(self) -> Dict[str, Any]:
+        o = self.options
+        ps = o["patch_size"]
+        emb = {"type": "patch2d", "in_chans": int(o["channels"]), "input_size": [int(o["size"])] * 2,
+               "patch_size": list(ps) if isinstance(ps, (list, tuple)) else [int(ps)] * 2}
+        return im.vit_tower(emb, mask_ratio=o["mask_ratio"], pool=o["pool"])
+
+
+@register_modality("xray")
+class XRayAdapter(Image2DAdapter):
+    """Projection radiographs (chest X-ray): grayscale, 224², mean/std 0.5."""
+
+    name = "xray"
+    defaults = dict(Image2DAdapter.defaults)
