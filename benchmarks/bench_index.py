@@ -10,7 +10,8 @@ cohort: ``x = c_k + 0.8 * z B + 0.2 * e`` with 1,000 random cluster centres
 ``c_k`` (norm ≈ 1), a 32-d latent ``z ~ N(0, I)`` mapped by a fixed random
 ``B (32, 512)`` (norm of ``z B`` ≈ 1), and small isotropic noise ``e`` (norm ≈ 1). Queries are 1,000 fresh draws from the same
 distribution. Baseline: exact ``faiss.IndexFlatIP`` in the same run; the table
-shows each index's queries/s as a ratio to it, and recall@10 = |top-10 ∩ exact
+shows each index's queries/s as a ratio to it (each search: best of 3 runs of
+the whole query batch), and recall@10 = |top-10 ∩ exact
 top-10| / 10.
 """
 from __future__ import annotations
@@ -55,10 +56,15 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return hits / (k * len(truth))
 
 
-def timed_search(index, q: np.ndarray, k: int = 10):
-    t = time.perf_counter()
-    _, ids = index.search(q, k)
-    return ids, len(q) / (time.perf_counter() - t)
+def timed_search(index, q: np.ndarray, k: int = 10, repeats: int = 3):
+    """Search all queries in one batch, ``repeats`` times; queries/s of the fastest run
+    (the machine may be shared: the best run is the least disturbed one)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        _, ids = index.search(q, k)
+        best = min(best, time.perf_counter() - t)
+    return ids, len(q) / best
 
 
 def run(n: int, d: int, n_queries: int, seed: int, configs):
@@ -104,8 +110,8 @@ def configs(n: int):
     ivf = choose_index(n, 512, kind="ivf")
     return [
         (f"hnsw M={hnsw['params']['M']} efC={hnsw['params']['efConstruction']}", hnsw,
-         [ef(32), ef(64), ef(128), ef(256)]),
-        (f"ivf nlist={ivf['params']['nlist']}", ivf, [npb(8), npb(16), npb(32), npb(64)]),
+         [ef(16), ef(32), ef(64), ef(128)]),
+        (f"ivf nlist={ivf['params']['nlist']}", ivf, [npb(4), npb(8), npb(16), npb(32), npb(64)]),
     ]
 
 

@@ -79,8 +79,9 @@ def build_faiss(emb: np.ndarray, spec: Dict[str, Any], *, seed: int = 0) -> "fai
         quant = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quant, d, int(p["nlist"]), faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
+        index.cp.niter = int(p.get("niter", 10))
         train = x
-        max_train = int(p.get("max_train", 64 * int(p["nlist"])))
+        max_train = int(p.get("max_train", 32 * int(p["nlist"])))
         if n > max_train:
             train = x[np.random.default_rng(seed).choice(n, max_train, replace=False)]
         index.train(train)

@@ -137,6 +137,11 @@ class DNAAdapter(ModalityAdapter):
         self.stride = int(o["stride"] or o["k"])
         self.tokenizer = (tk.build_kmer_tokenizer(self.k, alphabet=o["alphabet"], add_special_tokens=False)
                           if o["tokenizer"] == "kmer" else None)
+        self._fast = self.tokenizer is not None  # the vocabulary is the one build_kmer_tokenizer makes
+        self._lut = np.full(256, -1, dtype=np.int64)
+        for i, c in enumerate(o["alphabet"]):
+            self._lut[ord(c)] = i
+        self._weights = len(o["alphabet"]) ** np.arange(self.k - 1, -1, -1, dtype=np.int64)
 
     # ------------------------------------------------------------------ reading
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
@@ -161,8 +166,24 @@ class DNAAdapter(ModalityAdapter):
             s = s + "N" * (n - len(s))
         return s
 
+    def _fast_kmer_ids(self, seq: str) -> np.ndarray:
+        """Vectorised k-mer ids: the k-mer's rank in ``product(alphabet, repeat=k)`` + the special tokens.
+
+        Equal to the WordLevel tokenizer's ids (checked by the tests); letters outside
+        ``alphabet`` give ``[UNK]``.
+        """
+        codes = self._lut[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
+        n = (len(codes) - self.k) // self.stride + 1
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        win = np.lib.stride_tricks.sliding_window_view(codes, self.k)[:: self.stride][:n]
+        ids = win @ self._weights + len(tk.SPECIAL_TOKENS)
+        return np.where((win < 0).any(1), tk.UNK_ID, ids)
+
     def encode(self, seq: str) -> List[int]:
         """Token ids (specials included) of an already prepared sequence."""
+        if self._fast:
+            return self._specials(self._fast_kmer_ids(seq).tolist())
         tok = self._require_tokenizer()
         if self.options["tokenizer"] == "bpe":
             ids = tok.encode(seq).ids
@@ -209,7 +230,13 @@ class DNAAdapter(ModalityAdapter):
         if train and self.options["random_offset"] and self.options["tokenizer"] == "kmer" and self.k > 1:
             rng = rng if rng is not None else np.random.default_rng()
             offset = int(rng.integers(0, self.k))
-        ids = torch.tensor(self.encode(self.prepare(seq, offset)), dtype=torch.long)
+        prepared = self.prepare(seq, offset)
+        if self._fast:
+            core = torch.from_numpy(self._fast_kmer_ids(prepared))
+            ids = torch.cat([torch.tensor([tk.CLS_ID]), core, torch.tensor([tk.SEP_ID])]) \
+                if self.options["add_special_tokens"] else core
+        else:
+            ids = torch.tensor(self.encode(prepared), dtype=torch.long)
         return {"x": ids, "mask": torch.ones_like(ids), "length": min(len(seq), int(self.options["max_length"]))}
 
     def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -243,3 +270,7 @@ class DNAAdapter(ModalityAdapter):
 
     def load_pretrained(self, directory: os.PathLike) -> None:
         self.tokenizer, _ = tk.load_tokenizer(directory, "dna_")
+        self._fast = False
+        if self.options["tokenizer"] == "kmer":
+            ref = tk.build_kmer_tokenizer(self.k, alphabet=self.options["alphabet"], add_special_tokens=False)
+            self._fast = self.tokenizer.get_vocab() == ref.get_vocab()

@@ -541,7 +541,7 @@ def to_ras_spacing(vol: Volume, target_spacing: Optional[Sequence[float]], *, or
 
     mt = MetaTensor(torch.from_numpy(np.ascontiguousarray(vol.data.transpose(2, 1, 0)))[None], affine=torch.as_tensor(vol.affine))
     if orient:
-        mt = Orientation(axcodes="RAS")(mt)
+        mt = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(mt)
     if target_spacing is not None:
         tz, ty, tx = (float(s) for s in target_spacing)
         mt = Spacing(pixdim=(tx, ty, tz), mode="bilinear", padding_mode="border", dtype=np.float32)(mt)

@@ -130,6 +130,13 @@ class TextAdapter(ModalityAdapter):
             text = normalize_report(extract_sections(text, self.options["sections"]))
         return text
 
+    def source_from_row(self, row: Mapping[str, Any], column: str) -> Any:
+        """With ``taxonomy_columns``: the taxonomy string of the row (``None`` when every rank is missing)."""
+        cols = self.options["taxonomy_columns"]
+        if cols:
+            return taxonomy_text(row, cols) or None
+        return super().source_from_row(row, column)
+
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         text = self.text_of(source, row)
         if not text:

@@ -100,14 +100,20 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def rename_key(key: str) -> str:
-    """Source (timm/MAE/RETFound/OCTCube) key → engine tower key; unknown keys are returned unchanged."""
+def strip_prefixes(key: str) -> str:
+    """Drop wrapper prefixes (``module.`` from DDP, ``model.``, ``encoder.``, ...)."""
     changed = True
     while changed:
         changed = False
         for pre in STRIP_PREFIXES:
             if key.startswith(pre):
                 key, changed = key[len(pre):], True
+    return key
+
+
+def rename_key(key: str) -> str:
+    """Source (timm/MAE/RETFound/OCTCube) key → engine tower key; unknown keys are returned unchanged."""
+    key = strip_prefixes(key)
     for pat, rep in RENAMES:
         key = re.sub(pat, rep, key)
     return key
@@ -119,11 +125,15 @@ def _grid_from_tokens(n: int, ndim: int) -> Optional[Tuple[int, ...]]:
 
 
 def resample_grid_pos(pos: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]) -> torch.Tensor:
-    """``(1, prod(src_grid), D)`` → ``(1, prod(dst_grid), D)``: bicubic (2D) / trilinear (3D) / linear (1D)."""
+    """``(1, prod(src_grid), D)`` → ``(1, prod(dst_grid), D)``: timm bicubic (2D) / trilinear (3D) / linear (1D)."""
     if tuple(src_grid) == tuple(dst_grid):
         return pos
     d = pos.shape[-1]
     nd = len(src_grid)
+    if nd == 2:  # timm's resampling (bicubic, antialiased), as timm does for its own checkpoints
+        from timm.layers import resample_abs_pos_embed
+
+        return resample_abs_pos_embed(pos, list(dst_grid), list(src_grid), num_prefix_tokens=0)
     grid = pos.reshape(1, *src_grid, d).movedim(-1, 1).float()
     mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[nd]
     out = F.interpolate(grid, size=tuple(dst_grid), mode=mode, align_corners=False)
@@ -219,6 +229,7 @@ def load_vit_weights(target: nn.Module, checkpoint: Union[str, os.PathLike, Mapp
     if not hasattr(tower, "embedder") or not hasattr(tower, "trunk"):
         raise CheckpointError(f"target {type(tower).__name__} is not a vit tower (needs .embedder and .trunk)")
     sd = dict(checkpoint) if isinstance(checkpoint, Mapping) else load_state_dict_file(checkpoint)
+    sd = {strip_prefixes(k): v for k, v in sd.items()}  # unexpected keys are reported without wrapper prefixes
     tgt = tower.state_dict()
     report = KeyReport()
     new: Dict[str, torch.Tensor] = {}

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def content_hash(source: Any) -> str:
+def content_hash(source: Any, is_path: bool = True) -> str:
     """Hash of what a manifest cell points to: file bytes, every file of a folder, or the inline value."""
     h = hashlib.blake2b(digest_size=20)
-    p = Path(str(source)) if isinstance(source, (str, os.PathLike)) else None
-    if p is not None and len(str(source)) < 4096 and p.exists():
+    p = Path(str(source)) if is_path and isinstance(source, (str, os.PathLike)) else None
+    if p is not None and p.exists():
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
@@ -41,12 +41,14 @@ class PreprocessCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, source: Any, signature: Dict[str, Any]) -> str:
+    def key(self, source: Any, signature: Dict[str, Any], is_path: bool = True) -> str:
         sig = json.dumps(signature, sort_keys=True, default=str)
-        return hashlib.blake2b((content_hash(source) + sig).encode(), digest_size=20).hexdigest()
+        return hashlib.blake2b((content_hash(source, is_path) + sig).encode(), digest_size=20).hexdigest()
 
-    def get_or_compute(self, source: Any, signature: Dict[str, Any], compute: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
-        key = self.key(source, signature)
+    def get_or_compute(self, source: Any, signature: Dict[str, Any], compute: Callable[[], Dict[str, Any]],
+                       is_path: bool = True) -> Dict[str, Any]:
+        """The cached item for ``(source, signature)``, computing and storing it on a miss."""
+        key = self.key(source, signature, is_path)
         path = self.dir / key[:2] / f"{key}.safetensors"
         if path.is_file():
             try:

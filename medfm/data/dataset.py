@@ -90,7 +90,8 @@ class ManifestDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.cache is not None:
             item = self.cache.get_or_compute(value, adapter.cache_signature(),
-                                             lambda: adapter.load(value, train=False, sample_id=sid, row=row))
+                                             lambda: adapter.load(value, train=False, sample_id=sid, row=row),
+                                             is_path=adapter.input_kind == "path")
             return adapter.augment(item, rng) if self.train else item
         return adapter.load(value, train=self.train, rng=rng, sample_id=sid, row=row)
 

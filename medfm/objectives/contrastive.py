@@ -33,6 +33,7 @@ __all__ = [
     "zero_loss",
     "positive_mask",
     "hard_negative_log_weights",
+    "similarity_logits",
     "clip_rows",
     "siglip_rows",
     "pair_loss",
@@ -96,29 +97,33 @@ def hard_negative_log_weights(cos: torch.Tensor, pos: torch.Tensor, beta: float)
     return torch.where(neg, log_w, torch.zeros_like(log_w))
 
 
+def similarity_logits(rows: torch.Tensor, cols: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``(scale · rows) @ colsᵀ`` → ``(n, m)``; scaling the ``(n, D)`` side keeps the
+    scale's gradient off the ``(n, m)`` matrix (as open_clip)."""
+    return (scale * rows) @ cols.t()
+
+
 def clip_rows(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    scale: torch.Tensor,
+    logits: torch.Tensor,
     targets: torch.Tensor,
     pos: Optional[torch.Tensor] = None,
+    scale: Optional[torch.Tensor] = None,
     hard_negative_beta: float = 0.0,
 ) -> torch.Tensor:
     """Sum over rows of the InfoNCE cross-entropy, one direction.
 
     Args:
-        rows: ``(n, D)`` queries; cols: ``(m, D)`` keys; scale: scalar inverse temperature.
+        logits: ``(n, m)`` = ``s · rows @ colsᵀ`` (see :func:`similarity_logits`).
         targets: ``(n,)`` column of each row's own pair.
         pos: optional ``(n, m)`` positives (label-aware); soft targets uniform over them.
+        scale: the inverse temperature, needed with ``hard_negative_beta`` (cos = logits / s).
         hard_negative_beta: concentration β of the negative re-weighting (0 = off).
     Returns: scalar, the *sum* (not mean) of the ``n`` row losses.
     """
-    cos = rows @ cols.t()
-    logits = scale * cos
     if hard_negative_beta:
         if pos is None:
-            pos = positive_mask(targets, cols.shape[0])
-        logits = logits + hard_negative_log_weights(cos, pos, hard_negative_beta)
+            pos = positive_mask(targets, logits.shape[1])
+        logits = logits + hard_negative_log_weights(logits / scale, pos, hard_negative_beta)
     if pos is None:
         return F.cross_entropy(logits, targets, reduction="sum")
     soft = pos.to(logits.dtype)
@@ -127,25 +132,26 @@ def clip_rows(
 
 
 def siglip_rows(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    scale: torch.Tensor,
+    logits: torch.Tensor,
     bias: torch.Tensor,
     pos: torch.Tensor,
+    scale: Optional[torch.Tensor] = None,
     hard_negative_beta: float = 0.0,
 ) -> torch.Tensor:
-    """Sum over rows of ``-Σ_j log σ(y_ij (s·row_i·col_j + b))``; ``y = +1`` on ``pos``.
+    """Sum over rows of ``-Σ_j log σ(y_ij (logits_ij + b))``; ``y = +1`` on ``pos``, else -1.
 
-    With ``hard_negative_beta`` the negative terms are multiplied by ``w_ij`` (mean 1
-    per row, see :func:`hard_negative_log_weights`). Shapes: rows ``(n, D)``, cols
-    ``(m, D)``, pos ``(n, m)`` bool. Returns a scalar sum.
+    Args:
+        logits: ``(n, m)`` = ``s · rows @ colsᵀ`` without the bias.
+        bias: scalar SigLIP bias ``b``.
+        pos: ``(n, m)`` bool positives.
+        scale, hard_negative_beta: with β > 0 the negative terms are multiplied by
+            ``w_ij`` (mean 1 per row, :func:`hard_negative_log_weights` of cos = logits / s).
+    Returns: scalar sum over the ``n`` rows.
     """
-    cos = rows @ cols.t()
-    logits = scale * cos + bias
     sign = pos.to(logits.dtype) * 2 - 1
-    terms = -F.logsigmoid(sign * logits)
+    terms = -F.logsigmoid(sign * (logits + bias))
     if hard_negative_beta:
-        terms = terms * hard_negative_log_weights(cos, pos, hard_negative_beta).exp()
+        terms = terms * hard_negative_log_weights(logits / scale, pos, hard_negative_beta).exp()
     return terms.sum()
 
 
@@ -179,24 +185,32 @@ def pair_loss(
     za, zb = view.local[a], view.local[b]
     if n < 2:
         return zero_loss(za, zb, logit_scale, logit_bias), n
-    rows_a, rows_b = za[valid_local], zb[valid_local]
-    cols_a, cols_b = view.full[a][valid_full], view.full[b][valid_full]
-    targets = _row_targets(valid_local, valid_full, view.offset)
+    if n == valid_full.shape[0]:  # everything present: no copies
+        rows_a, rows_b, cols_a, cols_b = za, zb, view.full[a], view.full[b]
+        targets = torch.arange(za.shape[0], device=za.device) + view.offset
+    else:
+        rows_a, rows_b = za[valid_local], zb[valid_local]
+        cols_a, cols_b = view.full[a][valid_full], view.full[b][valid_full]
+        targets = _row_targets(valid_local, valid_full, view.offset)
     pos = None
     if use_labels and view.labels is not None:
         pos = positive_mask(targets, n, view.labels[valid_local], view.labels_full[valid_full])
     scale = scale_from_log(logit_scale)
+    single = view.world_size == 1  # rows == columns: one matrix serves both directions
     if kind == "clip":
+        logits_ab = similarity_logits(rows_a, cols_b, scale)
+        logits_ba = logits_ab.t() if single else similarity_logits(rows_b, cols_a, scale)
         total = 0.5 * (
-            clip_rows(rows_a, cols_b, scale, targets, pos, hard_negative_beta)
-            + clip_rows(rows_b, cols_a, scale, targets, pos, hard_negative_beta)
+            clip_rows(logits_ab, targets, pos, scale, hard_negative_beta)
+            + clip_rows(logits_ba, targets, pos, scale, hard_negative_beta)
         )
     elif kind == "siglip":
         if logit_bias is None:
             raise ValueError("siglip needs a logit_bias")
         if pos is None:
             pos = positive_mask(targets, n)
-        total = siglip_rows(rows_a, cols_b, scale, logit_bias, pos, hard_negative_beta)
+        logits = similarity_logits(rows_a, cols_b, scale)
+        total = siglip_rows(logits, logit_bias, pos, scale, hard_negative_beta)
     else:
         raise ValueError(f"unknown contrastive kind {kind!r} (expected 'clip' or 'siglip')")
     return total * (view.world_size / n), n

@@ -163,7 +163,10 @@ class Trainer:
         loader = DataLoader(self.dataset, batch_size=bs, sampler=self.sampler,
                             collate_fn=MultiModalCollate(self.model.adapters), num_workers=nw,
                             drop_last=len(self.sampler) >= bs, pin_memory=self.dist.device.type == "cuda",
-                            persistent_workers=False, prefetch_factor=4 if nw else None)
+                            persistent_workers=False, prefetch_factor=4 if nw else None,
+                            # own generator: creating a loader must not consume the global RNG
+                            # (MAE masks use it; resume restores it exactly)
+                            generator=torch.Generator().manual_seed(int(self.config["train"]["seed"]) + self.epoch))
         return iter(loader)
 
     # ------------------------------------------------------------ resume
@@ -255,6 +258,8 @@ class Trainer:
                 self.step += 1
                 dt = time.perf_counter() - t_step
                 total_samples = all_reduce_sum(n_samples)
+                if self.dist.distributed:  # report the mean over ranks, not rank 0's share
+                    logs_sum = {k: all_reduce_sum(v) / self.dist.world_size for k, v in sorted(logs_sum.items())}
                 last = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm), "samples_per_s": total_samples / max(dt, 1e-9),
                         "data_wait_frac": data_wait / max(dt, 1e-9), "n_skipped": self.n_skipped,

@@ -40,7 +40,7 @@ def run(args) -> int:
     from medfm.evaluation.embed import (base_record, embed_manifest, encode_values, load_model, logit_scale,
                                         open_manifest, report_skipped, require_modality, rows_for)
     from medfm.evaluation.metrics import metrics_with_ci
-    from medfm.evaluation.probes import encode_labels
+    from medfm.evaluation.probes import check_no_leakage, encode_labels
     from medfm.evaluation.report import plot_confusion, plot_roc, write_evaluation
 
     if bool(args.prompts) == bool(args.prototypes):
@@ -50,6 +50,15 @@ def run(args) -> int:
     require_modality(model, args.modality)
     full = open_manifest(args.manifest, require=[args.label_column])
     df = full if args.split is None else open_manifest(args.manifest, split=args.split)
+    if args.prototypes:
+        if "split" not in full.columns:
+            raise DataError("--prototypes needs a 'split' column (support rows vs evaluated rows)",
+                            source=args.manifest, field="split")
+        if args.split is None:  # evaluate everything but the support split
+            df = full[full["split"] != args.support_split]
+        both = full[full["split"].isin([args.support_split, args.split] if args.split else list(full["split"]))]
+        check_no_leakage(both["patient_id"], np.where(both["split"] == args.support_split, "support", "eval"),
+                         source=args.manifest)
     df = df[df[args.label_column].notna() | (prompts is not None and prompts.task == "multilabel")]
     df = df.reset_index(drop=True)
     df.attrs.update(full.attrs)

@@ -1,0 +1,151 @@
+"""Contrastive loss (forward + backward): medfm vs open_clip's ClipLoss, 2 gloo ranks on CPU.
+
+Run by hand (not part of pytest):
+
+    PYTHONPATH=. python benchmarks/bench_contrastive_loss.py [--sizes 1024 4096] [--dim 512]
+
+Baseline: ``open_clip.loss.ClipLoss(local_loss=True, gather_with_grad=True)`` measured
+in the same run on the same features (open-clip-torch is not a dependency of medfm:
+``pip install open-clip-torch``; the benchmark skips with a message when it is
+absent). Each (implementation, batch, world size) runs in fresh processes so that
+the peak-memory figure (max RSS minus the RSS before the first loss, per rank,
+the max over ranks) belongs to that implementation alone. Time is the median
+forward+backward time per step on rank 0, one thread per rank. Losses and feature
+gradients of the two implementations are asserted equal before timing.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def load_open_clip_loss():
+    """open_clip's ``loss`` module, or None. Loaded by path when the package's own
+    ``__init__`` needs optional extras (ftfy, torchvision) that are not installed."""
+    try:
+        return importlib.import_module("open_clip.loss")
+    except ImportError:
+        spec = importlib.util.find_spec("open_clip")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(list(spec.submodule_search_locations)[0], "loss.py")
+        mod_spec = importlib.util.spec_from_file_location("open_clip_loss_standalone", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+        return module
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def features(n_global: int, dim: int, rank: int, world: int):
+    g = torch.Generator().manual_seed(0)
+    za = F.normalize(torch.randn(n_global, dim, generator=g), dim=-1)
+    zb = F.normalize(torch.randn(n_global, dim, generator=g), dim=-1)
+    b = n_global // world
+    rows = slice(rank * b, (rank + 1) * b)
+    return za[rows].clone().requires_grad_(True), zb[rows].clone().requires_grad_(True)
+
+
+def make_loss(impl: str, rank: int, world: int):
+    log_scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
+    if impl == "medfm":
+        from medfm.objectives import clip_loss
+
+        return log_scale, lambda a, b: clip_loss(a, b, log_scale)
+    oc = load_open_clip_loss()
+    loss = oc.ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, rank=rank, world_size=world)
+    return log_scale, lambda a, b: loss(a, b, log_scale.exp().clamp(max=100))
+
+
+def worker(rank, world, init_file, impl, n_global, dim, reps, out_dir):
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        za, zb = features(n_global, dim, rank, world)
+        log_scale, fn = make_loss(impl, rank, world)
+        base = rss_bytes()
+        times = []
+        for i in range(reps + 1):
+            za.grad = zb.grad = log_scale.grad = None
+            if world > 1:
+                dist.barrier()
+            t0 = time.perf_counter()
+            loss = fn(za, zb)
+            loss.backward()
+            if i:  # first step is warm-up
+                times.append(time.perf_counter() - t0)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        result = {"loss": loss.detach(), "ga": za.grad, "gb": zb.grad, "gs": log_scale.grad,
+                  "time": torch.tensor(statistics.median(times)), "peak": torch.tensor(float(peak))}
+        torch.save(result, os.path.join(out_dir, f"{impl}-{world}-{n_global}-r{rank}.pt"))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def run(impl, world, n_global, dim, reps, out_dir):
+    init = tempfile.mktemp(prefix="medfm-bench-init-", dir=out_dir)
+    mp.spawn(worker, args=(world, init, impl, n_global, dim, reps, out_dir), nprocs=world, join=True)
+    return [torch.load(os.path.join(out_dir, f"{impl}-{world}-{n_global}-r{r}.pt"), weights_only=True)
+            for r in range(world)]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args(argv)
+    if load_open_clip_loss() is None:
+        print("open-clip-torch is not installed (pip install open-clip-torch): skipping the benchmark")
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory() as out_dir:
+        for world in (2, 1):
+            for n in args.sizes:
+                res = {impl: run(impl, world, n, args.dim, args.reps, out_dir) for impl in ("open_clip", "medfm")}
+                for r_oc, r_mf in zip(res["open_clip"], res["medfm"]):  # values must match, rank by rank
+                    torch.testing.assert_close(r_mf["loss"], r_oc["loss"], rtol=1e-5, atol=1e-5)
+                    torch.testing.assert_close(r_mf["ga"], r_oc["ga"], rtol=1e-4, atol=1e-7)
+                    torch.testing.assert_close(r_mf["gb"], r_oc["gb"], rtol=1e-4, atol=1e-7)
+                    torch.testing.assert_close(r_mf["gs"], r_oc["gs"], rtol=1e-4, atol=1e-6)
+                base_t = float(res["open_clip"][0]["time"])
+                base_m = max(float(r["peak"]) for r in res["open_clip"])
+                for impl in ("open_clip", "medfm"):
+                    t = float(res[impl][0]["time"])
+                    m = max(float(r["peak"]) for r in res[impl])
+                    rows.append((f"{world} rank{'s' if world > 1 else ''}", n, impl, t * 1e3, t / base_t,
+                                 m / 2**20, m / base_m if base_m > 0 else float("nan"),
+                                 float(sum(r["loss"] for r in res[impl]) / world)))
+    print(f"\ncontrastive loss fwd+bwd, D={args.dim}, CPU, 1 thread/rank, median of {args.reps}; "
+          f"baseline = open_clip ClipLoss(local_loss=True, gather_with_grad=True)")
+    head = f"{'world':<8} {'global B':>8} {'impl':<10} {'ms/step':>9} {'x base':>7} {'peak MB':>8} {'x base':>7} {'loss':>8}"
+    print(head)
+    print("-" * len(head))
+    for w, n, impl, ms, rt, mb, rm, loss in rows:
+        print(f"{w:<8} {n:>8} {impl:<10} {ms:>9.1f} {rt:>7.2f} {mb:>8.1f} {rm:>7.2f} {loss:>8.4f}")
+    print("values: medfm loss and gradients equal open_clip's on every rank (asserted)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
