@@ -7,10 +7,11 @@ Run by hand (not part of pytest):
 Baseline: ``open_clip.loss.ClipLoss(local_loss=True, gather_with_grad=True)`` measured
 in the same run on the same features (open-clip-torch is not a dependency of medfm:
 ``pip install open-clip-torch``; the benchmark skips with a message when it is
-absent). Each (implementation, batch, world size) runs in fresh processes so that
+absent). For memory, each (implementation, batch, world size) runs in fresh processes so that
 the peak-memory figure (max RSS minus the RSS before the first loss, per rank,
 the max over ranks) belongs to that implementation alone. Time is the median
-forward+backward time per step on rank 0, one thread per rank. Losses and feature
+forward+backward time per step on rank 0, one thread per rank, the two
+implementations interleaved step by step in the same processes. Losses and feature
 gradients of the two implementations are asserted equal before timing.
 """
 from __future__ import annotations
@@ -75,37 +76,50 @@ def make_loss(impl: str, rank: int, world: int):
     return log_scale, lambda a, b: loss(a, b, log_scale.exp().clamp(max=100))
 
 
-def worker(rank, world, init_file, impl, n_global, dim, reps, out_dir):
+def step(fn, za, zb, log_scale, world):
+    """One forward+backward; returns (seconds, loss)."""
+    za.grad = zb.grad = log_scale.grad = None
+    if world > 1:
+        dist.barrier()
+    t0 = time.perf_counter()
+    loss = fn(za, zb)
+    loss.backward()
+    return time.perf_counter() - t0, loss
+
+
+def worker(rank, world, init_file, impls, n_global, dim, reps, out_dir):
+    """Time ``impls`` interleaved step by step (fair under a drifting machine load);
+    with a single impl also report its peak memory (a fresh process per impl)."""
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         za, zb = features(n_global, dim, rank, world)
-        log_scale, fn = make_loss(impl, rank, world)
+        losses = {impl: make_loss(impl, rank, world) for impl in impls}
         base = rss_bytes()
-        times = []
+        times = {impl: [] for impl in impls}
+        result = {}
         for i in range(reps + 1):
-            za.grad = zb.grad = log_scale.grad = None
-            if world > 1:
-                dist.barrier()
-            t0 = time.perf_counter()
-            loss = fn(za, zb)
-            loss.backward()
-            if i:  # first step is warm-up
-                times.append(time.perf_counter() - t0)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        result = {"loss": loss.detach(), "ga": za.grad, "gb": zb.grad, "gs": log_scale.grad,
-                  "time": torch.tensor(statistics.median(times)), "peak": torch.tensor(float(peak))}
-        torch.save(result, os.path.join(out_dir, f"{impl}-{world}-{n_global}-r{rank}.pt"))
+            for impl in impls:
+                log_scale, fn = losses[impl]
+                t, loss = step(fn, za, zb, log_scale, world)
+                if i:  # the first round is warm-up
+                    times[impl].append(t)
+                if i == reps:
+                    result.update({f"{impl}.loss": loss.detach(), f"{impl}.ga": za.grad.clone(),
+                                   f"{impl}.gb": zb.grad.clone(), f"{impl}.gs": log_scale.grad.clone(),
+                                   f"{impl}.time": torch.tensor(statistics.median(times[impl]))})
+        result["peak"] = torch.tensor(float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base))
+        torch.save(result, os.path.join(out_dir, f"{'+'.join(impls)}-{world}-{n_global}-r{rank}.pt"))
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
-def run(impl, world, n_global, dim, reps, out_dir):
+def run(impls, world, n_global, dim, reps, out_dir):
     init = tempfile.mktemp(prefix="medfm-bench-init-", dir=out_dir)
-    mp.spawn(worker, args=(world, init, impl, n_global, dim, reps, out_dir), nprocs=world, join=True)
-    return [torch.load(os.path.join(out_dir, f"{impl}-{world}-{n_global}-r{r}.pt"), weights_only=True)
+    mp.spawn(worker, args=(world, init, impls, n_global, dim, reps, out_dir), nprocs=world, join=True)
+    return [torch.load(os.path.join(out_dir, f"{'+'.join(impls)}-{world}-{n_global}-r{r}.pt"), weights_only=True)
             for r in range(world)]
 
 
@@ -118,24 +132,24 @@ def main(argv=None):
     if load_open_clip_loss() is None:
         print("open-clip-torch is not installed (pip install open-clip-torch): skipping the benchmark")
         return 0
+    impls = ("open_clip", "medfm")
     rows = []
     with tempfile.TemporaryDirectory() as out_dir:
         for world in (2, 1):
             for n in args.sizes:
-                res = {impl: run(impl, world, n, args.dim, args.reps, out_dir) for impl in ("open_clip", "medfm")}
-                for r_oc, r_mf in zip(res["open_clip"], res["medfm"]):  # values must match, rank by rank
-                    torch.testing.assert_close(r_mf["loss"], r_oc["loss"], rtol=1e-5, atol=1e-5)
-                    torch.testing.assert_close(r_mf["ga"], r_oc["ga"], rtol=1e-4, atol=1e-7)
-                    torch.testing.assert_close(r_mf["gb"], r_oc["gb"], rtol=1e-4, atol=1e-7)
-                    torch.testing.assert_close(r_mf["gs"], r_oc["gs"], rtol=1e-4, atol=1e-6)
-                base_t = float(res["open_clip"][0]["time"])
-                base_m = max(float(r["peak"]) for r in res["open_clip"])
-                for impl in ("open_clip", "medfm"):
-                    t = float(res[impl][0]["time"])
-                    m = max(float(r["peak"]) for r in res[impl])
+                timed = run(impls, world, n, args.dim, args.reps, out_dir)
+                for r in timed:  # values must match, rank by rank
+                    torch.testing.assert_close(r["medfm.loss"], r["open_clip.loss"], rtol=1e-5, atol=1e-5)
+                    for g in ("ga", "gb", "gs"):
+                        torch.testing.assert_close(r[f"medfm.{g}"], r[f"open_clip.{g}"], rtol=1e-4, atol=1e-6)
+                peak = {impl: max(float(r["peak"]) for r in run((impl,), world, n, args.dim, 1, out_dir))
+                        for impl in impls}
+                base_t = float(timed[0]["open_clip.time"])
+                for impl in impls:
+                    t = float(timed[0][f"{impl}.time"])
                     rows.append((f"{world} rank{'s' if world > 1 else ''}", n, impl, t * 1e3, t / base_t,
-                                 m / 2**20, m / base_m if base_m > 0 else float("nan"),
-                                 float(sum(r["loss"] for r in res[impl]) / world)))
+                                 peak[impl] / 2**20, peak[impl] / peak["open_clip"],
+                                 float(sum(r[f"{impl}.loss"] for r in timed) / world)))
     print(f"\ncontrastive loss fwd+bwd, D={args.dim}, CPU, 1 thread/rank, median of {args.reps}; "
           f"baseline = open_clip ClipLoss(local_loss=True, gather_with_grad=True)")
     head = f"{'world':<8} {'global B':>8} {'impl':<10} {'ms/step':>9} {'x base':>7} {'peak MB':>8} {'x base':>7} {'loss':>8}"

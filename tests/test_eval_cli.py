@@ -227,3 +227,28 @@ def test_evaluate_probe_and_leak(setup, capsys):
     rc, _, err = _run(capsys, "evaluate", "probe", "--model", setup["a"], "--manifest", m, "--modality", "toy",
                       "--label-column", "label", "--out", setup["root"] / "p2", "--no-progress")
     assert rc == 1 and "P13" in err
+
+
+def test_evaluate_bioscan_seen_unseen(setup, capsys):
+    """Seen-species queries are copies of key signals (nearest key = same specimen); unseen species
+    cannot be named at species rank but share the genus of their closest key."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for sp in range(4):
+        t = np.linspace(-1, 1, 32) * (sp + 1)
+        sig = ";".join(" ".join(f"{v:.4f}" for v in ch) for ch in np.stack([np.sin(t * 2), np.cos(t * 3)]))
+        genus = "G0" if sp < 2 else "G1"
+        for split in (["train", "test"] if sp < 3 else ["test"]):  # species 3 is never in the key set
+            rows.append({"id": f"{split}{sp}", "patient_id": f"x{sp}{split}", "split": split, "toy": sig,
+                         "order_name": "O", "genus_name": genus, "species_name": f"sp{sp}"})
+    m = setup["root"] / "bioscan.csv"
+    pd.DataFrame(rows).to_csv(m, index=False)
+    out = setup["root"] / "bioscan"
+    rc, o, err = _run(capsys, "evaluate", "bioscan", "--model", setup["a"], "--manifest", m, "--query-modality", "toy",
+                      "--ranks", "order_name,genus_name,species_name", "--out", out, "--no-progress")
+    assert rc == 0, err
+    met = json.loads((out / "results.json").read_text())["metrics"]
+    assert met["seen/n"] == 3 and met["unseen/n"] == 1
+    assert met["seen/species_name/micro"] == 1.0 and met["seen/species_name/macro"] == 1.0
+    assert met["unseen/species_name/micro"] == 0.0 and met["unseen/order_name/micro"] == 1.0
+    assert (out / "accuracy_by_rank.png").is_file()

@@ -183,6 +183,10 @@ class MultiModalModel(nn.Module):
             raise CheckpointError(f"{cfg_path}: not a medfm model config")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{cfg_path}: format version {meta['format_version']} is newer than this medfm")
+        if "finetune" in meta:  # a fine-tuned checkpoint: LoRA adapters + task head over a base model
+            from ..finetune.checkpoint import load_finetuned
+
+            return load_finetuned(directory)
         config = meta["model"]
         adapters = {}
         for name, options in config.get("modalities", {}).items():

@@ -214,7 +214,26 @@ def run_bioscan(args) -> int:
                       key_modality=km, query_split=args.query_split, key_split=args.key_split, ranks=ranks,
                       n=int(len(eq.ids)), n_keys=int(len(ek.ids)), metrics=metrics, ci={},
                       n_skipped=len(eq.skipped) + len(ek.skipped))
-    paths = write_evaluation(out, rec, [])
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_evaluation(out, rec, [_rank_bars(metrics, ranks, out / "accuracy_by_rank.png")])
     print(f"bioscan: seen {metrics['seen/n']} / unseen {metrics['unseen/n']} queries; "
           f"{ranks[-1]} micro accuracy seen {metrics[f'seen/{ranks[-1]}/micro']:.4f}; wrote {paths['results']}")
     return 0
+
+
+def _rank_bars(metrics, ranks, path):
+    from medfm.evaluation.report import plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    w = 0.2
+    x = np.arange(len(ranks))
+    for i, (split, avg) in enumerate([(s, a) for s in ("seen", "unseen") for a in ("micro", "macro")]):
+        vals = [metrics.get(f"{split}/{r}/{avg}", float("nan")) for r in ranks]
+        ax.bar(x + (i - 1.5) * w, np.nan_to_num(vals), w, label=f"{split} {avg}")
+    ax.set_xticks(x, ranks, fontsize=8)
+    ax.set(ylabel="top-1 accuracy", ylim=(0, 1), title="BIOSCAN accuracy by rank")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)
+    return path
