@@ -66,6 +66,13 @@ def _build(impl: str, size, patch, mask: float, a):
 
 
 def _run(impl, size, patch, mask, a, q):
+    try:
+        q.put(_step_stats(impl, size, patch, mask, a))
+    except BaseException as e:  # report the child's failure instead of hanging the parent
+        q.put(e if isinstance(e, Exception) else RuntimeError(repr(e)))
+
+
+def _step_stats(impl, size, patch, mask, a):
     import torch
 
     torch.manual_seed(0)
@@ -96,7 +103,7 @@ def _run(impl, size, patch, mask, a, q):
         mem = (torch.cuda.max_memory_allocated() - base_cuda) / 2 ** 20
     else:
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    q.put((statistics.median(times), mem, float(loss)))
+    return statistics.median(times), mem, float(loss)
 
 
 def measure(impl, size, patch, mask, a):
@@ -106,6 +113,8 @@ def measure(impl, size, patch, mask, a):
     p.start()
     out = q.get()
     p.join()
+    if isinstance(out, Exception):
+        raise out
     return out
 
 
@@ -115,7 +124,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=192)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--heads", type=int, default=3)
-    ap.add_argument("--dec-width", type=int, default=128)
+    ap.add_argument("--dec-width", type=int, default=96)  # MONAI 3D sin-cos needs multiples of 6
     ap.add_argument("--dec-depth", type=int, default=1)
     ap.add_argument("--dec-heads", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)

@@ -81,7 +81,7 @@ def build_faiss(emb: np.ndarray, spec: Dict[str, Any], *, seed: int = 0) -> "fai
         index.cp.seed = seed
         index.cp.niter = int(p.get("niter", 10))
         train = x
-        max_train = int(p.get("max_train", 32 * int(p["nlist"])))
+        max_train = int(p.get("max_train", max(50_000, 32 * int(p["nlist"]))))
         if n > max_train:
             train = x[np.random.default_rng(seed).choice(n, max_train, replace=False)]
         index.train(train)

@@ -137,11 +137,17 @@ class DNAAdapter(ModalityAdapter):
         self.stride = int(o["stride"] or o["k"])
         self.tokenizer = (tk.build_kmer_tokenizer(self.k, alphabet=o["alphabet"], add_special_tokens=False)
                           if o["tokenizer"] == "kmer" else None)
-        self._fast = self.tokenizer is not None  # the vocabulary is the one build_kmer_tokenizer makes
+        self._set_vocab()
+
+    def _set_vocab(self) -> None:
+        """Cache the k-mer → id dict of the tokenizer and whether it is the canonical vocabulary."""
+        self._vocab = self.tokenizer.get_vocab() if self.options["tokenizer"] == "kmer" and self.tokenizer else None
+        alphabet = self.options["alphabet"]
+        self._canonical = self._vocab is not None and self._vocab == tk.kmer_vocab(self.k, alphabet)
         self._lut = np.full(256, -1, dtype=np.int64)
-        for i, c in enumerate(o["alphabet"]):
+        for i, c in enumerate(alphabet):
             self._lut[ord(c)] = i
-        self._weights = len(o["alphabet"]) ** np.arange(self.k - 1, -1, -1, dtype=np.int64)
+        self._weights = len(alphabet) ** np.arange(self.k - 1, -1, -1, dtype=np.int64)
 
     # ------------------------------------------------------------------ reading
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
@@ -166,35 +172,37 @@ class DNAAdapter(ModalityAdapter):
             s = s + "N" * (n - len(s))
         return s
 
-    def _fast_kmer_ids(self, seq: str) -> np.ndarray:
-        """Vectorised k-mer ids: the k-mer's rank in ``product(alphabet, repeat=k)`` + the special tokens.
+    def _kmer_ids(self, seq: str) -> List[int]:
+        """k-mer ids of one sequence by dictionary lookup in the tokenizer's vocabulary (per-sample path)."""
+        get, k, unk = self._vocab.get, self.k, tk.UNK_ID
+        return [get(seq[i:i + k], unk) for i in range(0, len(seq) - k + 1, self.stride)]
 
-        Equal to the WordLevel tokenizer's ids (checked by the tests); letters outside
-        ``alphabet`` give ``[UNK]``.
-        """
-        codes = self._lut[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
-        n = (len(codes) - self.k) // self.stride + 1
-        if n <= 0:
-            return np.zeros(0, dtype=np.int64)
-        win = np.lib.stride_tricks.sliding_window_view(codes, self.k)[:: self.stride][:n]
+    def _kmer_ids_array(self, seqs: List[str]) -> np.ndarray:
+        """Vectorised ids of equal-length sequences ``(B, n_tokens)``: the k-mer's rank in
+        ``product(alphabet, repeat=k)`` + the number of special tokens (the canonical vocabulary);
+        a letter outside ``alphabet`` gives ``[UNK]``."""
+        codes = self._lut[np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)].reshape(len(seqs), -1)
+        win = np.lib.stride_tricks.sliding_window_view(codes, self.k, axis=1)[:, :: self.stride]
         ids = win @ self._weights + len(tk.SPECIAL_TOKENS)
-        return np.where((win < 0).any(1), tk.UNK_ID, ids)
+        return np.where((win < 0).any(-1), tk.UNK_ID, ids)
 
     def encode(self, seq: str) -> List[int]:
-        """Token ids (specials included) of an already prepared sequence."""
-        if self._fast:
-            return self._specials(self._fast_kmer_ids(seq).tolist())
-        tok = self._require_tokenizer()
-        if self.options["tokenizer"] == "bpe":
-            ids = tok.encode(seq).ids
-        elif self.stride == self.k:
-            ids = tok.encode(seq[: len(seq) - len(seq) % self.k]).ids
-        else:
-            ids = tok.encode(tk.kmerize(seq, self.k, self.stride), is_pretokenized=True).ids
-        return self._specials(ids)
+        """Token ids (specials included) of an already :meth:`prepare`-d sequence."""
+        if self._vocab is not None:
+            return self._specials(self._kmer_ids(seq))
+        return self.encode_batch([seq], backend="tokenizers")[0]
 
-    def encode_batch(self, seqs: List[str]) -> List[List[int]]:
-        """Batched :meth:`encode` (the Rust tokenizer in parallel)."""
+    def encode_batch(self, seqs: List[str], backend: str = "auto") -> List[List[int]]:
+        """Batched :meth:`encode`.
+
+        ``backend="auto"``: one vectorised numpy pass when the sequences have equal length and the
+        vocabulary is the canonical k-mer one (the ``pad_with_n`` default), else per-sample lookup;
+        ``"tokenizers"``: through the HF ``tokenizers.Tokenizer`` (Rust, parallel) — same ids.
+        """
+        if backend == "auto" and self._vocab is not None:
+            if self._canonical and seqs and len({len(s) for s in seqs}) == 1 and len(seqs[0]) >= self.k:
+                return [self._specials(r) for r in self._kmer_ids_array(seqs).tolist()]
+            return [self.encode(s) for s in seqs]
         tok = self._require_tokenizer()
         if self.options["tokenizer"] == "bpe":
             encs = tok.encode_batch(seqs)
@@ -230,13 +238,7 @@ class DNAAdapter(ModalityAdapter):
         if train and self.options["random_offset"] and self.options["tokenizer"] == "kmer" and self.k > 1:
             rng = rng if rng is not None else np.random.default_rng()
             offset = int(rng.integers(0, self.k))
-        prepared = self.prepare(seq, offset)
-        if self._fast:
-            core = torch.from_numpy(self._fast_kmer_ids(prepared))
-            ids = torch.cat([torch.tensor([tk.CLS_ID]), core, torch.tensor([tk.SEP_ID])]) \
-                if self.options["add_special_tokens"] else core
-        else:
-            ids = torch.tensor(self.encode(prepared), dtype=torch.long)
+        ids = torch.tensor(self.encode(self.prepare(seq, offset)), dtype=torch.long)
         return {"x": ids, "mask": torch.ones_like(ids), "length": min(len(seq), int(self.options["max_length"]))}
 
     def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -270,7 +272,4 @@ class DNAAdapter(ModalityAdapter):
 
     def load_pretrained(self, directory: os.PathLike) -> None:
         self.tokenizer, _ = tk.load_tokenizer(directory, "dna_")
-        self._fast = False
-        if self.options["tokenizer"] == "kmer":
-            ref = tk.build_kmer_tokenizer(self.k, alphabet=self.options["alphabet"], add_special_tokens=False)
-            self._fast = self.tokenizer.get_vocab() == ref.get_vocab()
+        self._set_vocab()

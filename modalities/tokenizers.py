@@ -31,6 +31,14 @@ def _cls_sep(tok: Tokenizer) -> None:
     )
 
 
+def kmer_vocab(k: int, alphabet: str = "ACGTN") -> Dict[str, int]:
+    """The special tokens, then every k-mer in ``itertools.product(alphabet, repeat=k)`` order."""
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for km in itertools.product(alphabet, repeat=int(k)):
+        vocab["".join(km)] = len(vocab)
+    return vocab
+
+
 def build_kmer_tokenizer(k: int, *, alphabet: str = "ACGTN", add_special_tokens: bool = True) -> Tokenizer:
     """A WordLevel tokenizer over all ``len(alphabet) ** k`` k-mers plus the special tokens.
 
@@ -42,9 +50,7 @@ def build_kmer_tokenizer(k: int, *, alphabet: str = "ACGTN", add_special_tokens:
     """
     if not 1 <= int(k) <= 8:
         raise ValueError(f"k must be in 1..8, got {k}")
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    for km in itertools.product(alphabet, repeat=int(k)):
-        vocab["".join(km)] = len(vocab)
+    vocab = kmer_vocab(int(k), alphabet)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(f".{{1,{int(k)}}}"), behavior="isolated")

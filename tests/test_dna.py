@@ -161,7 +161,9 @@ def test_vectorised_kmer_ids_equal_the_hf_tokenizer(k, stride, alphabet):
     rng = np.random.default_rng(k * 10 + stride)
     seqs = ["".join(rng.choice(list("ACGTN"), n, p=[0.24] * 4 + [0.04])) for n in (k - 1, k, 50, 333)]
     fast = [a.encode(s) for s in seqs]
-    slow = a.encode_batch(seqs)  # through tokenizers.Tokenizer
+    slow = a.encode_batch(seqs, backend="tokenizers")
     assert fast == slow
+    same_len = ["".join(rng.choice(list("ACGTN"), 97)) for _ in range(8)]
+    assert a.encode_batch(same_len) == a.encode_batch(same_len, backend="tokenizers")
     if alphabet == "ACGT":
         assert any(tk.UNK_ID in f for f in fast)  # N-containing k-mers are unknown

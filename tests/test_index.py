@@ -11,7 +11,7 @@ from medfm.evaluation.index import VectorIndex, choose_index, model_fingerprint
 
 def _clustered(n, d, rng, n_clusters=20):
     centers = rng.normal(size=(n_clusters, d))
-    x = centers[rng.integers(0, n_clusters, n)] + 0.5 * rng.normal(size=(n, d))
+    x = centers[rng.integers(0, n_clusters, n)] + 0.3 * rng.normal(size=(n, d))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 

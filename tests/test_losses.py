@@ -63,16 +63,21 @@ def ref_clip(za, zb, log_scale, labels=None, beta=0.0):
     return (direction(za, zb) + direction(zb, za)) / 2
 
 
-def ref_siglip(za, zb, log_scale, bias, labels=None):
+def ref_siglip(za, zb, log_scale, bias, labels=None, beta=0.0):
+    """Sigmoid loss by loops; with beta, negative terms weighted by exp(beta cos) / mean over negatives."""
     s = torch.clamp(torch.exp(log_scale), max=100.0)
     B = za.shape[0]
     total = 0
     for i in range(B):
+        same = [j == i or (labels is not None and int(labels[i]) >= 0 and int(labels[i]) == int(labels[j]))
+                for j in range(B)]
+        neg = [j for j in range(B) if not same[j]]
+        mean_imp = sum(torch.exp(beta * torch.dot(za[i], zb[j])) for j in neg) / max(len(neg), 1)
         for j in range(B):
-            same = i == j or (labels is not None and int(labels[i]) >= 0 and int(labels[i]) == int(labels[j]))
-            y = 1.0 if same else -1.0
+            y = 1.0 if same[j] else -1.0
+            w = 1.0 if same[j] else torch.exp(beta * torch.dot(za[i], zb[j])) / mean_imp
             logit = s * torch.dot(za[i], zb[j]) + bias
-            total = total - torch.log(1.0 / (1.0 + torch.exp(-y * logit)))
+            total = total - w * torch.log(1.0 / (1.0 + torch.exp(-y * logit)))
     return total / B
 
 
@@ -143,6 +148,17 @@ def test_siglip_matches_loop():
     check_value_and_grads(
         lambda a, b, s, c: siglip_loss(a, b, s, c), ref_siglip,
         [za, zb, torch.tensor(math.log(10.0), dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)],
+    )
+
+
+def test_siglip_hard_negatives_match_loop_and_beta_zero_is_plain():
+    za, zb = unit(6, 4, seed=40), unit(6, 4, seed=41)
+    s, bias = torch.tensor(math.log(10.0), dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, -1, 1, 2])
+    assert torch.equal(siglip_loss(za, zb, s, bias, hard_negative_beta=0.0), siglip_loss(za, zb, s, bias))
+    check_value_and_grads(
+        lambda a, b, t, c: siglip_loss(a, b, t, c, labels=labels, hard_negative_beta=3.0),
+        lambda a, b, t, c: ref_siglip(a, b, t, c, labels=labels, beta=3.0), [za, zb, s, bias],
     )
 
 

@@ -116,8 +116,9 @@ def test_pretrain_usage_errors_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.timeout(240)
-def test_two_rank_gloo_ddp_matches_single_process(tmp_path):
-    """torchrun, 2 CPU processes, gloo: same losses as one process on the whole batch."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_rank_gloo_matches_single_process(tmp_path, strategy):
+    """torchrun, 2 CPU processes, gloo: same losses as one process on the whole batch (DDP and FSDP2)."""
     manifest = write_toy_manifest(tmp_path / "m.csv", n=64, missing_every=0)
     objectives = [{"name": "clip", "weight": 1.0}]
     cfg = write_config(tmp_path, manifest, objectives=objectives, max_steps=3, checkpoint_every=0)
@@ -126,6 +127,7 @@ def test_two_rank_gloo_ddp_matches_single_process(tmp_path):
     dual_cfg = tmp_path / "dual.yaml"
     c = yaml.safe_load(cfg.read_text())
     c["data"]["batch_size"] = 8  # per rank: global batch 16 as the single run
+    c["train"]["strategy"] = strategy
     dual_cfg.write_text(yaml.safe_dump(c))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

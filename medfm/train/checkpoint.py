@@ -52,14 +52,14 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, position: Dict[str, int],
+def save_checkpoint(root: Path, step: int, model, optimizer_state: Dict[str, Any], scheduler, position: Dict[str, int],
                     rng_states: List[Dict[str, Any]], run_config: Dict[str, Any], keep: int = 2) -> Path:
     """Write ``root/step_{step}`` atomically, point ``latest`` at it, prune older ones."""
     root = Path(root)
     name = f"step_{step:08d}"
     with atomic_directory(root / name) as tmp:
         model.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "step": int(step), "position": dict(position), "rng": rng_states}, tmp / STATE_NAME)
         write_json(tmp / "run_config.json", run_config)
     atomic_write_text(root / LATEST, name + "\n")

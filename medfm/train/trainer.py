@@ -95,7 +95,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.dist: DistInfo = init_distributed(self.config["train"]["device"])
         tcfg, dcfg = self.config["train"], self.config["data"]
-        torch.manual_seed(int(tcfg["seed"]) + self.dist.rank)
+        torch.manual_seed(int(tcfg["seed"]))  # identical initial weights on every rank
         manifest = Path(dcfg["manifest"])
         if not manifest.is_absolute() and config_dir is not None and not manifest.exists():
             manifest = Path(config_dir) / manifest
@@ -110,6 +110,7 @@ class Trainer:
         self.model.to(self.dist.device)
         if tcfg["grad_checkpointing"]:
             self.model.set_grad_checkpointing(True)
+        torch.manual_seed(int(tcfg["seed"]) + self.dist.rank)  # per-rank randomness (MAE masks) from here on
         self.objective = build_objective(self.config["objectives"])
         self.dataset = ManifestDataset(self.df, self.model.adapters, train=True,
                                        label_columns=dcfg.get("label_columns") or (), columns=dcfg.get("columns"),
@@ -148,10 +149,15 @@ class Trainer:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             return DDP(model, device_ids=ids, find_unused_parameters=True)
         if strategy == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            # FSDP2: shard every transformer block, then the rest of the model
+            from torch.distributed.fsdp import fully_shard
 
-            return FSDP(model, use_orig_params=True,
-                        device_id=self.dist.device if self.dist.device.type == "cuda" else None)
+            # (the scalar logit scale/bias cannot be sharded: kept whole, gradients averaged by hand)
+            self._unsharded = [model.logit_scale, model.logit_bias]
+            for module in model.modules():
+                if type(module).__name__ == "Block":
+                    fully_shard(module)
+            return fully_shard(model, ignored_params=set(self._unsharded))
         raise ConfigError(f"train.strategy must be 'ddp' or 'fsdp', got {strategy!r}")
 
     def _loader(self) -> Iterator[Dict[str, Any]]:
@@ -172,7 +178,13 @@ class Trainer:
     # ------------------------------------------------------------ resume
     def _restore(self) -> None:
         state = load_trainer_state(self.resume_from)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if getattr(self, "_unsharded", None):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.epoch = int(state["position"]["epoch"])
@@ -187,12 +199,28 @@ class Trainer:
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.resume_from, self.step)
 
+    def _full_model_and_optimizer(self):
+        """A plain (unsharded) model and optimizer state to save; collective under FSDP."""
+        if not getattr(self, "_unsharded", None):
+            return self.model, self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=opts)
+        if not self.dist.is_main:
+            return None, None
+        plain = MultiModalModel(self.model.config, self.model.adapters)
+        plain.load_state_dict(model_sd)
+        return plain, optim_sd
+
     def _checkpoint(self) -> None:
         rngs = gather_objects(rng_state())
+        model, optim_state = self._full_model_and_optimizer()
         if self.dist.is_main:
             position = {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "n_skipped": self.n_skipped}
-            save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, self.scheduler, position, rngs,
+            save_checkpoint(self.ckpt_root, self.step, model, optim_state, self.scheduler, position, rngs,
                             self.config, keep=int(self.config["train"]["keep_checkpoints"]))
+        return model
 
     # -------------------------------------------------------------- loop
     def fit(self) -> Dict[str, Any]:
@@ -247,6 +275,10 @@ class Trainer:
                         val = float(v.detach()) if isinstance(v, torch.Tensor) else v
                         if isinstance(val, (int, float)):
                             logs_sum[k] = logs_sum.get(k, 0.0) + float(val) / accum
+                for p in getattr(self, "_unsharded", ()):
+                    if p.grad is not None:
+                        p.grad.div_(self.dist.world_size)
+                        torch.distributed.all_reduce(p.grad)
                 gclip = float(self.config["optim"].get("grad_clip") or 0)
                 grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), gclip)
                              if gclip > 0 else torch.tensor(0.0))
@@ -278,9 +310,9 @@ class Trainer:
                 every = int(tcfg["checkpoint_every"] or 0)
                 if every and self.step % every == 0 and self.step < max_steps:
                     self._checkpoint()
-            self._checkpoint()
+            final = self._checkpoint()
             if self.dist.is_main:
-                self.model.save_pretrained(self.out, extra={"training": {"steps": self.step,
+                final.save_pretrained(self.out, extra={"training": {"steps": self.step,
                                                                        "n_skipped": self.n_skipped}})
         finally:
             bar.close()

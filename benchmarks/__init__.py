@@ -1,0 +1,1 @@
+"""Benchmarks of medfm, run by hand (``python -m benchmarks.<name>``); not part of pytest."""

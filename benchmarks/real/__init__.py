@@ -1,0 +1,167 @@
+"""Real-data benchmark suite: ``python -m benchmarks.real --data ../shared/data --out DIR [--quick]``.
+
+One module per block (:mod:`.dna`, :mod:`.ecg`, :mod:`.imaging`, :mod:`.reports`), the
+non-learned baselines in :mod:`.baselines` and the ``results.json`` + Markdown writer in
+:mod:`.report`. This module holds what the blocks share: the fixed budgets of the full
+and quick runs, a thin wrapper over :class:`medfm.train.Trainer` that also keeps the
+random initialisation (the "random-weights encoder" baseline), and bootstrap intervals.
+
+Every block's ``run(data_dir, out_dir, budget, seed) -> dict`` returns
+``{"metrics": {...}, "ci": {...}, "baselines": [...], "tables": {...}, "plots": [...],
+"notes": [...], "budget": {...}, "timing_s": {...}}``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+SEED = 0
+
+#: fixed budgets: full run (≤ 30 min on a 2-core CPU) and the CI's quick run.
+BUDGETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "full": {
+        "dna": {"n_species": None, "n_per_species": None, "n_unseen": 20, "n_test_per_species": 10,
+                "n_val_per_species": 5, "mlm_steps": 150, "clibd_steps": 100, "batch_size": 32, "n_boot": 1000},
+        "ecg": {"mae_steps": 40, "batch_size": 8, "top_codes": 4, "n_boot": 1000},
+        "imaging": {"ct_size": [32, 128, 128]},
+        "reports": {"n_reports": None, "mlm_steps": 120, "batch_size": 32, "max_length": 96, "n_boot": 1000},
+    },
+    "quick": {
+        "dna": {"n_species": 12, "n_per_species": 12, "n_unseen": 3, "n_test_per_species": 3,
+                "n_val_per_species": 2, "mlm_steps": 2, "clibd_steps": 2, "batch_size": 16, "n_boot": 50},
+        "ecg": {"mae_steps": 1, "batch_size": 8, "top_codes": 3, "n_boot": 50},
+        "imaging": {"ct_size": [16, 64, 64]},
+        "reports": {"n_reports": 240, "mlm_steps": 2, "batch_size": 16, "max_length": 48, "n_boot": 50},
+    },
+}
+
+#: the small trunk every learned tower of the suite uses (CPU budget), fixed a priori.
+TRUNK = {"embed_dim": 128, "trunk": {"width": 128, "depth": 4, "heads": 4, "shared": False},
+         "decoder": {"width": 64, "depth": 1, "heads": 2}}
+#: the small Hugging Face BERT used for text towers.
+TEXT_HF = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}
+
+
+class Stopwatch:
+    """``with sw("name"): ...`` records wall seconds per name in ``sw.times``."""
+
+    def __init__(self):
+        self.times: Dict[str, float] = {}
+
+    def __call__(self, name: str):
+        sw = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                sw.times[name] = round(sw.times.get(name, 0.0) + time.perf_counter() - self.t0, 2)
+        return _Ctx()
+
+
+def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
+             init: Optional[Callable[[Any], None]] = None) -> Tuple[Any, Any, Dict[str, Any]]:
+    """Train with :class:`medfm.train.Trainer` on ``manifest`` (written to ``out_dir/manifest.csv``).
+
+    Args:
+        run_config: a run config (``model``, ``data``, ``objectives``, ``optim``, ``train``);
+            ``data.manifest`` is filled in here.
+        init: called with the freshly built model before training (e.g. to copy in a
+            pretrained tower); the random-weights copy is taken *after* it.
+    Returns:
+        ``(trained model in eval mode, the same model at initialisation in eval mode,
+        {"steps", "seconds", "loss_first", "loss_last", "losses": [...]})``.
+    """
+    from medfm.train import Trainer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "manifest.csv"
+    manifest.to_csv(path, index=False)
+    cfg = copy.deepcopy(run_config)
+    cfg.setdefault("data", {})["manifest"] = str(path)
+    cfg.setdefault("train", {}).update({"progress": False, "tensorboard": False, "checkpoint_every": 0,
+                                        "keep_checkpoints": 1, "device": "cpu", "precision": "fp32"})
+    trainer = Trainer(cfg, out_dir / "run")
+    if init is not None:
+        init(trainer.model)
+    initial = copy.deepcopy(trainer.model).eval()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit()
+    seconds = time.perf_counter() - t0
+    losses = []
+    mpath = out_dir / "run" / "metrics.jsonl"
+    if mpath.is_file():
+        losses = [float(json.loads(line).get("loss", float("nan"))) for line in mpath.read_text().splitlines() if line]
+    info = {"steps": trainer.step, "seconds": round(seconds, 1), "losses": losses,
+            "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(losses[-10:])) if losses else None,
+            "n_train_rows": len(trainer.df), "n_skipped": trainer.n_skipped}
+    return trainer.model.eval(), initial, info
+
+
+def accuracy_ci(y_true: Sequence[Any], y_pred: Sequence[Any], *, n_boot: int, seed: int = SEED,
+                groups: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
+    """Top-1 accuracy with a percentile bootstrap 95% interval (resampling rows or ``groups``).
+
+    Uses :func:`medfm.evaluation.metrics.cluster_bootstrap`. Returns ``{"value", "ci", "n"}``.
+    """
+    from medfm.evaluation.metrics import cluster_bootstrap
+
+    y = np.asarray([str(v) for v in y_true])
+    p = np.asarray([str(v) for v in y_pred])
+    if y.size == 0:
+        return {"value": float("nan"), "ci": [float("nan"), float("nan")], "n": 0}
+    correct = (y == p).astype(np.float64)
+    fn = lambda yy, ss: {"acc": float(np.mean(ss))}  # noqa: E731  (ss = correctness of the drawn rows)
+    ci = cluster_bootstrap(fn, correct, correct, groups, n_boot=n_boot, seed=seed)["acc"] if n_boot else (np.nan, np.nan)
+    return {"value": float(correct.mean()), "ci": [float(ci[0]), float(ci[1])], "n": int(y.size)}
+
+
+def rate_ci(indicator: Sequence[float], *, n_boot: int, seed: int = SEED) -> Dict[str, Any]:
+    """Mean of a 0/1 indicator per row (e.g. hit@k) with a bootstrap 95% interval."""
+    v = np.asarray(indicator).astype(int)
+    return accuracy_ci(np.ones(v.size, dtype=int), v, n_boot=n_boot, seed=seed)
+
+
+def cosine_1nn(query: np.ndarray, keys: np.ndarray, block: int = 2048) -> np.ndarray:
+    """Index of each query's nearest key by cosine similarity: ``(Q, D), (K, D) -> (Q,)``."""
+    q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+    k = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+    out = np.empty(len(q), dtype=np.int64)
+    for s in range(0, len(q), block):
+        out[s:s + block] = (q[s:s + block] @ k.T).argmax(1)
+    return out
+
+
+def verdict(ours: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """``wins`` / ``loses`` when the 95% intervals are disjoint, else ``tie (CIs overlap)``."""
+    a, b = ours.get("value"), base.get("value")
+    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b):
+        return "n/a"
+    (alo, ahi), (blo, bhi) = ours.get("ci", [np.nan] * 2), base.get("ci", [np.nan] * 2)
+    if np.isfinite([alo, ahi, blo, bhi]).all():
+        if alo > bhi:
+            return "wins"
+        if ahi < blo:
+            return "loses"
+        return "tie (CIs overlap; " + ("higher" if a > b else "lower" if a < b else "equal") + ")"
+    return "higher" if a > b else "lower" if a < b else "equal"
+
+
+def block_result(**kw: Any) -> Dict[str, Any]:
+    """An empty block record with the standard keys, updated with ``kw``."""
+    rec: Dict[str, Any] = {"metrics": {}, "baselines": [], "tables": {}, "plots": [], "notes": [], "budget": {},
+                           "timing_s": {}, "comparisons": []}
+    rec.update(kw)
+    return rec

@@ -1,0 +1,264 @@
+"""DNA barcode block: 5,000 COI sequences (100 species × 50) from BOLD via BarcodeBERT.
+
+Split (seeded, :func:`split_species`): ``n_unseen`` species are held out entirely — one
+species of every genus that has two species in the table (so that "unseen species whose
+genus occurs in train" exists, BarcodeBERT's genus protocol) plus randomly drawn others;
+the sequences of every other ("seen") species are split per species into test
+(``n_test_per_species``), val (``n_val_per_species``, only for choosing the probe's C) and
+train (the rest).
+
+Learned representations (all with the same tokenizer, k = 5 non-overlapping k-mers over
+ACGTN, and the same 4-block width-128 trunk):
+
+- ``mlm``: masked-token pretraining on the train+val sequences for ``mlm_steps`` steps;
+- ``random``: the same encoder at its (seeded) initialisation;
+- ``clibd``: the ``mlm`` DNA tower + a small BERT over taxonomy strings
+  ``"order family genus"`` trained with label-aware CLIP (same genus = positive) for
+  ``clibd_steps`` steps; used for zero-shot genus classification from taxonomy strings.
+
+Baselines: overlapping k-mer frequency vectors, k = 4, 5, 6 (cosine 1-NN).
+
+Metrics (each with a percentile-bootstrap 95% interval over specimens): 1-NN species
+accuracy (seen test → train keys), 1-NN genus accuracy of unseen species whose genus is
+in train, linear-probe species accuracy (logistic regression, C chosen on val),
+BIOSCAN-style micro/macro top-1 accuracy per rank (order, family, genus, species) for seen
+and unseen queries against the train keys, and zero-shot genus accuracy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pandas as pd
+
+from . import TRUNK, TEXT_HF, Stopwatch, accuracy_ci, block_result, cosine_1nn, pretrain, verdict
+from .baselines import kmer_frequencies
+
+RANKS = ("order_name", "family_name", "genus_name", "species_name")
+DNA_OPTIONS = {"k": 5, "max_length": 660, "tower": "vit", "mask_ratio": 0.5, "pool": "mean"}
+TAXONOMY_RANKS = ["order_name", "family_name", "genus_name"]
+
+
+def load_table(data_dir: Path, n_species=None, n_per_species=None, seed: int = 0) -> pd.DataFrame:
+    """The barcode table (sequences cleaned by the ``dna`` adapter's reader), optionally subsampled.
+
+    Subsampling keeps the genera with two species so the unseen-genus protocol stays defined.
+    """
+    from medfm.modalities.dna import read_sequence_table
+
+    df = read_sequence_table(Path(data_dir) / "dna" / "coi_barcodes_100_species.tsv")
+    rng = np.random.default_rng(seed)
+    if n_species:
+        per_genus = df.groupby("genus_name")["species_name"].nunique()
+        multi = sorted(df[df["genus_name"].isin(per_genus[per_genus > 1].index)]["species_name"].unique())[:4]
+        rest = sorted(set(df["species_name"]) - set(multi))
+        keep = multi + list(rng.choice(rest, size=max(0, n_species - len(multi)), replace=False))
+        df = df[df["species_name"].isin(keep)]
+    if n_per_species:
+        n = min(int(n_per_species), int(df.groupby("species_name").size().min()))
+        df = df.groupby("species_name").sample(n=n, random_state=seed)
+    df = df.reset_index(drop=True)
+    df["id"] = df["processid"].astype(str)
+    df["patient_id"] = df["processid"].astype(str)  # one specimen per row
+    return df
+
+
+def split_species(df: pd.DataFrame, *, n_unseen: int, n_test: int, n_val: int, seed: int = 0) -> pd.Series:
+    """``split`` per row in {train, val, test, unseen} (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    per_genus = df.groupby("genus_name")["species_name"].unique()
+    unseen: List[str] = []
+    for genus in sorted(per_genus.index):
+        sp = sorted(per_genus[genus])
+        if len(sp) > 1:
+            unseen.append(str(rng.choice(sp)))
+    rest = sorted(set(df["species_name"]) - set(unseen))
+    unseen += list(rng.choice(rest, size=max(0, n_unseen - len(unseen)), replace=False))
+    split = pd.Series("train", index=df.index, dtype=object)
+    split[df["species_name"].isin(unseen)] = "unseen"
+    for sp, idx in df[~df["species_name"].isin(unseen)].groupby("species_name").groups.items():
+        order = rng.permutation(np.asarray(idx))
+        split[order[:n_test]] = "test"
+        split[order[n_test:n_test + n_val]] = "val"
+    return split
+
+
+def _embed(model, df: pd.DataFrame, modality: str = "dna") -> np.ndarray:
+    import torch
+    from medfm.evaluation.embed import embed_manifest
+
+    with torch.no_grad():
+        emb = embed_manifest(model, df, modality, column="nucleotides", batch_size=128, progress=False)
+    if emb.skipped:
+        raise RuntimeError(f"{len(emb.skipped)} sequences could not be embedded: {emb.skipped[:3]}")
+    return emb.emb
+
+
+def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, seed: int,
+                            probe: bool = True) -> Dict[str, Any]:
+    """Every frozen-embedding metric of one representation ``X (N, D)`` (rows = ``df`` rows)."""
+    from medfm.evaluation.probes import linear_probe
+    from medfm.evaluation.retrieval import bioscan_accuracy
+    from medfm.evaluation.metrics import cluster_bootstrap
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)  # cosine everywhere
+    split = df["split"].to_numpy()
+    keys = np.flatnonzero(np.isin(split, ["train", "val"]))
+    test = np.flatnonzero(split == "test")
+    unseen = np.flatnonzero(split == "unseen")
+    train_genera = set(df["genus_name"].iloc[keys])
+    unseen_g = unseen[df["genus_name"].iloc[unseen].isin(train_genera).to_numpy()]
+    out: Dict[str, Any] = {}
+    nn = cosine_1nn(X[test], X[keys])
+    out["1nn_species_acc_seen"] = accuracy_ci(df["species_name"].iloc[test], df["species_name"].iloc[keys[nn]],
+                                              n_boot=n_boot, seed=seed)
+    if unseen_g.size:
+        nn = cosine_1nn(X[unseen_g], X[keys])
+        out["1nn_genus_acc_unseen"] = accuracy_ci(df["genus_name"].iloc[unseen_g], df["genus_name"].iloc[keys[nn]],
+                                                  n_boot=n_boot, seed=seed)
+    if probe:
+        tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+        classes = sorted(df["species_name"].iloc[keys].unique())
+        cidx = {c: i for i, c in enumerate(classes)}
+        y = np.asarray([cidx.get(s, -1) for s in df["species_name"]])
+        mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6
+        Z = (X - mu) / sd
+        res = linear_probe(Z[tr], y[tr], Z[va], y[va], Z[test], len(classes), Cs=(0.01, 0.1, 1.0, 10.0), seed=seed)
+        pred = np.asarray(classes)[res["proba"].argmax(1)]
+        out["probe_species_acc_seen"] = accuracy_ci(df["species_name"].iloc[test], pred, n_boot=n_boot, seed=seed)
+        out["probe_species_acc_seen"]["C"] = res["C"]
+    # BIOSCAN protocol: queries = seen test + unseen, keys = train+val, nearest key's labels
+    queries = np.concatenate([test, unseen])
+    labels = df[list(RANKS)].astype(str)
+    point = bioscan_accuracy(X[queries], labels.iloc[queries].reset_index(drop=True), X[keys],
+                             labels.iloc[keys].reset_index(drop=True), list(RANKS),
+                             seen=np.isin(split[queries], ["test"]))
+    nn = cosine_1nn(X[queries], X[keys])
+    for part, idx in (("seen", test), ("unseen", unseen)):
+        if idx.size == 0:
+            continue
+        pos = np.isin(queries, idx)
+        for r in RANKS:
+            y = labels[r].to_numpy()[queries[pos]]
+            p = labels[r].to_numpy()[keys[nn[pos]]]
+            codes = {v: i for i, v in enumerate(sorted(set(y) | set(p)))}
+            yi, pi = np.asarray([codes[v] for v in y]), np.asarray([codes[v] for v in p])
+            fn = lambda a, b: {"micro": float(accuracy_score(a, b)), "macro": float(balanced_accuracy_score(a, b))}  # noqa: E731
+            ci = cluster_bootstrap(fn, yi, pi, None, n_boot=n_boot, seed=seed) if n_boot else {}
+            for kind in ("micro", "macro"):
+                key = f"bioscan_{part}_{r.replace('_name', '')}_{kind}"
+                out[key] = {"value": point[f"{part}/{r}/{kind}"], "ci": list(ci.get(kind, (np.nan, np.nan))),
+                            "n": int(pos.sum())}
+    return out
+
+
+def _clibd_config(budget: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    text = {"taxonomy_columns": TAXONOMY_RANKS, "max_length": 24, "vocab_size": 2048, "min_frequency": 1,
+            "pool": "cls", "hf_config": TEXT_HF}
+    return {"model": {**TRUNK, "modalities": {"dna": dict(DNA_OPTIONS), "text": text}},
+            "data": {"split": "train", "columns": {"dna": "nucleotides", "text": "genus_name"},
+                     "label_columns": ["genus_name"], "batch_size": int(budget["batch_size"]) * 2},
+            "objectives": [{"name": "clip", "weight": 1.0, "mode": "pairs", "label_column": "genus_name"}],
+            "optim": {"lr": 5e-4, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["clibd_steps"]) // 10)},
+            "train": {"max_steps": int(budget["clibd_steps"]), "seed": seed}}
+
+
+def zero_shot_genus(model, df: pd.DataFrame, X_dna: np.ndarray, *, n_boot: int, seed: int) -> Dict[str, Any]:
+    """Classify unseen-species sequences among every genus's taxonomy string ``"order family genus"``."""
+    from medfm.evaluation.embed import encode_values, logit_scale
+    from medfm.evaluation.zeroshot import multiclass_scores
+    from medfm.modalities.text import taxonomy_text
+
+    genera = df.drop_duplicates("genus_name").sort_values("genus_name")
+    prompts = [taxonomy_text(r, TAXONOMY_RANKS) for r in genera.to_dict("records")]
+    names = genera["genus_name"].astype(str).tolist()
+    W = encode_values(model, "text", prompts, batch_size=128, source="genus prompt")
+    split = df["split"].to_numpy()
+    train_genera = set(df["genus_name"][np.isin(split, ["train", "val"])])
+    out: Dict[str, Any] = {"n_classes": len(names)}
+    for part, mask in (("unseen_species", split == "unseen"),
+                       ("unseen_species_genus_in_train", (split == "unseen") & df["genus_name"].isin(train_genera).to_numpy()),
+                       ("unseen_species_genus_not_in_train", (split == "unseen") & ~df["genus_name"].isin(train_genera).to_numpy()),
+                       ("seen_test", split == "test")):
+        idx = np.flatnonzero(mask)
+        if idx.size == 0:
+            continue
+        scores = multiclass_scores(X_dna[idx], W, logit_scale(model))
+        pred = np.asarray(names)[scores.argmax(1)]
+        out[f"zeroshot_genus_acc_{part}"] = accuracy_ci(df["genus_name"].iloc[idx], pred, n_boot=n_boot, seed=seed)
+    out["chance"] = 1.0 / len(names)
+    return out
+
+
+def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
+    import torch
+
+    out_dir = Path(out_dir)
+    sw = Stopwatch()
+    res = block_result(budget=dict(budget))
+    nb = int(budget["n_boot"])
+    with sw("load"):
+        df = load_table(data_dir, budget.get("n_species"), budget.get("n_per_species"), seed)
+        df["split"] = split_species(df, n_unseen=int(budget["n_unseen"]), n_test=int(budget["n_test_per_species"]),
+                                    n_val=int(budget["n_val_per_species"]), seed=seed)
+    counts = df.groupby("split").agg(sequences=("id", "size"), species=("species_name", "nunique"),
+                                     genera=("genus_name", "nunique")).reset_index()
+    res["tables"]["split"] = counts.to_dict("records")
+    unseen_sp = sorted(df.loc[df["split"] == "unseen", "species_name"].unique())
+    res["tables"]["unseen_species"] = unseen_sp
+    train_genera = set(df.loc[df["split"].isin(["train", "val"]), "genus_name"])
+    res["notes"].append(f"{len(unseen_sp)} unseen species; "
+                        f"{sum(df.loc[df['split'] == 'unseen'].drop_duplicates('species_name')['genus_name'].isin(train_genera))}"
+                        f" of them have their genus in train (the only ones the genus 1-NN protocol can score).")
+    reps: Dict[str, Dict[str, Any]] = {}
+    with sw("kmer_baselines"):
+        for k in (4, 5, 6):
+            X = kmer_frequencies(df["nucleotides"].tolist(), k)
+            reps[f"kmer{k}"] = evaluate_representation(X, df, n_boot=nb, seed=seed, probe=(k == 4))
+            res["baselines"].append(f"kmer{k}")
+    mlm_cfg = {"model": {**TRUNK, "modalities": {"dna": dict(DNA_OPTIONS)}},
+               "data": {"split": "train", "columns": {"dna": "nucleotides"}, "batch_size": int(budget["batch_size"])},
+               "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": 0.5}],
+               "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["mlm_steps"]) // 10)},
+               "train": {"max_steps": int(budget["mlm_steps"]), "seed": seed}}
+    train_df = df[df["split"].isin(["train", "val"])].assign(split="train")
+    with sw("mlm_pretrain"):
+        mlm, random_init, info = pretrain(mlm_cfg, train_df[["id", "patient_id", "split", "nucleotides"]],
+                                          out_dir / "mlm")
+    res["training"] = {"mlm": info}
+    with sw("embed_eval"):
+        for name, model in (("mlm", mlm), ("random", random_init)):
+            reps[name] = evaluate_representation(_embed(model, df), df, n_boot=nb, seed=seed)
+    res["baselines"].append("random")
+    with sw("clibd_train"):
+        def init(model):
+            model.towers["dna"].load_state_dict(mlm.towers["dna"].state_dict())
+            model.projections["dna"].load_state_dict(mlm.projections["dna"].state_dict())
+        cols = ["id", "patient_id", "split", "nucleotides", *TAXONOMY_RANKS]
+        clibd, _, cinfo = pretrain(_clibd_config(budget, seed), train_df[cols], out_dir / "clibd", init=init)
+    res["training"]["clibd"] = cinfo
+    with sw("clibd_eval"):
+        Xc = _embed(clibd, df)
+        reps["clibd"] = evaluate_representation(Xc, df, n_boot=nb, seed=seed, probe=False)
+        zs = zero_shot_genus(clibd, df, Xc, n_boot=nb, seed=seed)
+    res["zeroshot"] = zs
+    # flat metrics: "<representation>/<metric>"
+    for rep, metrics in reps.items():
+        for m, v in metrics.items():
+            res["metrics"][f"{rep}/{m}"] = v
+    for m, v in zs.items():
+        if isinstance(v, dict):
+            res["metrics"][f"clibd/{m}"] = v
+    for m in ("1nn_species_acc_seen", "1nn_genus_acc_unseen", "probe_species_acc_seen",
+              "bioscan_seen_species_macro", "bioscan_unseen_genus_micro", "bioscan_unseen_order_micro"):
+        for base in ("random", "kmer4", "kmer5", "kmer6"):
+            if m in reps["mlm"] and m in reps[base]:
+                res["comparisons"].append({"task": f"dna {m}", "ours": "mlm", "baseline": base,
+                                           "ours_value": reps["mlm"][m]["value"], "baseline_value": reps[base][m]["value"],
+                                           "verdict": verdict(reps["mlm"][m], reps[base][m])})
+    res["timing_s"] = sw.times
+    res["seed"] = seed
+    torch.set_grad_enabled(True)
+    return res

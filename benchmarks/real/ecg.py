@@ -1,0 +1,210 @@
+"""12-lead ECG block: 50 PhysioNet/CinC 2021 records from three sources, SNOMED-CT diagnoses.
+
+Sources from the record-name prefix: ``E`` = Georgia, ``HR`` = PTB-XL, ``JS`` =
+Chapman-Shaoxing (JS00001–JS10646) or Ningbo (JS10647 and above; these 20 records are all
+in the Ningbo range — the CinC challenge ships both under ``JS``).
+
+1. Every record goes through the ``ecg`` adapter (WFDB header + ``.mat``; canonical lead
+   order, mV, resampling to 500 Hz, 0.5–40 Hz band-pass, 10 s): a per-record table of
+   leads found/derived, duration, flat or non-finite leads and any reader error.
+2. Leave-one-source-out: for each source, an ECG MAE (one token per 50-sample patch over
+   all 12 leads, 75 % masked) is pretrained on the *other two* sources only, then every
+   record is embedded; the random-weights encoder is the same tower at its seeded init.
+3. Probe of the ``top_codes`` most frequent SNOMED codes: per code a logistic regression
+   (standardised inputs, C = 1, balanced class weights — fixed a priori, nothing tuned)
+   trained on two sources, scored on the held-out one. A fold whose training sources lack
+   positives (or negatives) of a code cannot train and is left out for that code. The
+   held-out predictions of all trainable folds are pooled into one AUROC per code, with a
+   bootstrap 95% interval over records (n is tiny: read the intervals, not the points).
+4. Baseline: simple features — heart rate from R peaks (``scipy.signal.find_peaks``), RR
+   SD, a QRS-width proxy and per-lead mean/SD/peak-to-peak/skew/kurtosis.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pandas as pd
+
+from . import TRUNK, Stopwatch, block_result, pretrain
+from .baselines import ecg_features
+
+SNOMED_NAMES = {
+    "427084000": "sinus tachycardia", "284470004": "premature atrial contraction", "426783006": "sinus rhythm",
+    "164934002": "T-wave abnormal", "698252002": "nonspecific intraventricular conduction disorder",
+    "426177001": "sinus bradycardia", "59931005": "T-wave inversion", "55930002": "ST changes",
+    "164889003": "atrial fibrillation", "39732003": "left axis deviation", "427393009": "sinus arrhythmia",
+    "270492004": "1st degree AV block", "164873001": "left ventricular hypertrophy",
+}
+ECG_OPTIONS = {"fs": 500, "duration": 10.0, "patch_size": 50, "per_channel": False, "mask_ratio": 0.75,
+               "random_crop": True}
+
+
+def source_of(record: str) -> str:
+    if record.startswith("HR"):
+        return "PTB-XL"
+    if record.startswith("JS"):
+        return "Ningbo" if int(record[2:]) >= 10647 else "Chapman-Shaoxing"
+    if record.startswith("E"):
+        return "Georgia"
+    return "unknown"
+
+
+def read_records(data_dir: Path) -> pd.DataFrame:
+    """One row per record: reading through the adapter, its problems, features and Dx codes."""
+    import wfdb
+    import medfm
+
+    adapter = medfm.get_modality("ecg", **ECG_OPTIONS)
+    rows: List[Dict[str, Any]] = []
+    for hea in sorted((Path(data_dir) / "ecg" / "cinc2021_12lead").glob("*.hea")):
+        rec = hea.stem
+        row: Dict[str, Any] = {"record": rec, "source": source_of(rec), "path": str(hea), "problems": []}
+        try:
+            head = wfdb.rdheader(str(hea.with_suffix("")))
+            dx = next((c.split(":", 1)[1] for c in head.comments or [] if c.strip().lower().startswith("dx")), "")
+            row["dx"] = [d.strip() for d in dx.split(",") if d.strip()]
+            row["native_fs"] = float(head.fs)
+            r = adapter.read(str(hea))
+            x = np.asarray(r.data)
+            fs = float(r.meta["fs"])
+            mask, derived = np.asarray(r.meta["lead_mask"]), np.asarray(r.meta["derived_mask"])
+            row.update(n_samples=int(x.shape[1]), duration_s=round(x.shape[1] / fs, 2),
+                       leads_found=int((mask & ~derived).sum()), leads_derived=int(derived.sum()),
+                       ignored_channels=len(r.meta.get("ignored_channels", [])))
+            flat = [i for i in range(12) if mask[i] and np.nanstd(x[i]) < 1e-3]
+            if flat:
+                row["problems"].append(f"{len(flat)} flat lead(s)")
+            if not np.isfinite(x).all():
+                row["problems"].append("non-finite samples")
+            if r.meta.get("units_assumed"):
+                row["problems"].append("units assumed mV")
+            if x.shape[1] / fs < ECG_OPTIONS["duration"]:
+                row["problems"].append(f"shorter than {ECG_OPTIONS['duration']} s (padded)")
+            item = adapter.preprocess(r, train=False)
+            row["preprocessed_shape"] = "x".join(map(str, item["x"].shape))
+            feats, summ = ecg_features(x, fs)
+            row["features"] = feats
+            row.update({k: round(v, 1) for k, v in summ.items()})
+            row["ok"] = True
+        except Exception as e:  # the table reports it; the record is left out of the probes
+            row["problems"].append(f"{type(e).__name__}: {e}")
+            row["ok"] = False
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def probe_codes(X: np.ndarray, df: pd.DataFrame, codes: List[str], *, n_boot: int, seed: int) -> Dict[str, Any]:
+    """Leave-one-source-out probes of each code on features ``X (N, F)``; pooled AUROC with CIs.
+
+    ``X`` may be a dict ``{held-out source: (N, F)}`` when the representation depends on the fold.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from medfm.evaluation.metrics import metrics_with_ci
+
+    sources = sorted(df["source"].unique())
+    Y = np.asarray([[int(c in dx) for c in codes] for dx in df["dx"]])
+    scores = np.zeros(Y.shape, dtype=np.float64)
+    y_eval = np.full(Y.shape, -1)
+    folds: List[Dict[str, Any]] = []
+    for held in sources:
+        Xf = X[held] if isinstance(X, dict) else X
+        te = (df["source"] == held).to_numpy()
+        tr = ~te
+        for j, code in enumerate(codes):
+            ytr = Y[tr, j]
+            entry = {"held_out": held, "code": code, "n_train_pos": int(ytr.sum()), "n_test_pos": int(Y[te, j].sum()),
+                     "n_test": int(te.sum())}
+            if ytr.sum() < 2 or (1 - ytr).sum() < 2:
+                entry["status"] = "not trainable (training sources lack positives or negatives)"
+                folds.append(entry)
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000,
+                                                                     random_state=seed))
+            clf.fit(Xf[tr], ytr)
+            scores[te, j] = clf.predict_proba(Xf[te])[:, 1]
+            y_eval[te, j] = Y[te, j]
+            yt = Y[te, j]
+            entry["auroc"] = float(roc_auc_score(yt, scores[te, j])) if 0 < yt.sum() < yt.size else None
+            entry["status"] = "ok" if entry["auroc"] is not None else "trained; test source has one class only"
+            folds.append(entry)
+    names = [SNOMED_NAMES.get(c, c) for c in codes]
+    point, ci = metrics_with_ci(y_eval, scores, groups=df["record"].tolist(), class_names=names, n_boot=n_boot, seed=seed)
+    out: Dict[str, Any] = {"folds": folds}
+    for name in names:
+        out[f"auroc/{name}"] = {"value": point.get(f"auroc/{name}"), "ci": list(ci.get(f"auroc/{name}", (np.nan, np.nan))),
+                                "n": int((y_eval[:, names.index(name)] >= 0).sum())}
+    out["macro_auroc"] = {"value": point.get("macro_auroc"), "ci": list(ci.get("macro_auroc", (np.nan, np.nan))),
+                          "n": int((y_eval >= 0).any(1).sum())}
+    out["_scores"], out["_y"] = scores, y_eval
+    return out
+
+
+def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
+    from medfm.evaluation.embed import embed_manifest
+    import torch
+
+    out_dir = Path(out_dir)
+    sw = Stopwatch()
+    res = block_result(budget=dict(budget))
+    nb = int(budget["n_boot"])
+    with sw("read"):
+        table = read_records(data_dir)
+    cols = ["record", "source", "native_fs", "n_samples", "duration_s", "leads_found", "leads_derived",
+            "ignored_channels", "preprocessed_shape", "heart_rate_bpm", "qrs_width_ms", "dx", "problems"]
+    res["tables"]["records"] = table[[c for c in cols if c in table.columns]].assign(
+        dx=lambda d: d["dx"].map(lambda v: " ".join(v) if isinstance(v, list) else ""),
+        problems=lambda d: d["problems"].map(lambda v: "; ".join(v) if v else "none")).to_dict("records")
+    ok = table[table["ok"]].reset_index(drop=True)
+    res["metrics"]["records_read"] = {"value": int(len(ok)), "n": int(len(table))}
+    counts = Counter(c for dx in ok["dx"] for c in dx)
+    codes = [c for c, _ in counts.most_common(int(budget["top_codes"]))]
+    res["tables"]["codes"] = [{"code": c, "name": SNOMED_NAMES.get(c, ""), "n": counts[c],
+                               **{s: int(sum(c in dx for dx in ok.loc[ok["source"] == s, "dx"]))
+                                  for s in sorted(ok["source"].unique())}} for c in codes]
+    with sw("features_probe"):
+        feats = np.stack(ok["features"].to_list())
+        base = probe_codes(feats, ok, codes, n_boot=nb, seed=seed)
+    res["baselines"] += ["simple_features", "random"]
+    manifest = pd.DataFrame({"id": ok["record"], "patient_id": ok["record"], "split": "train", "ecg": ok["path"],
+                             "source": ok["source"]})
+    emb_mae: Dict[str, np.ndarray] = {}
+    emb_rand = None
+    res["training"] = {}
+    for held in sorted(ok["source"].unique()):
+        cfg = {"model": {**TRUNK, "modalities": {"ecg": dict(ECG_OPTIONS)}},
+               "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"])},
+               "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": 0.75}],
+               "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["mae_steps"]) // 10)},
+               "train": {"max_steps": int(budget["mae_steps"]), "seed": seed}}
+        with sw("mae_pretrain"):
+            model, init, info = pretrain(cfg, manifest[manifest["source"] != held], out_dir / f"mae_without_{held}")
+        res["training"][f"mae_without_{held}"] = info
+        with sw("embed"), torch.no_grad():
+            emb_mae[held] = embed_manifest(model, manifest, "ecg", progress=False).emb
+            if emb_rand is None:
+                emb_rand = embed_manifest(init, manifest, "ecg", progress=False).emb
+    with sw("probes"):
+        mae = probe_codes(emb_mae, ok, codes, n_boot=nb, seed=seed)
+        rnd = probe_codes(emb_rand, ok, codes, n_boot=nb, seed=seed)
+    from . import verdict
+    for rep, r in (("mae", mae), ("random", rnd), ("simple_features", base)):
+        for k, v in r.items():
+            if not k.startswith("_") and k != "folds":
+                res["metrics"][f"{rep}/{k}"] = v
+        res["tables"][f"folds_{rep}"] = r["folds"]
+    for k in [k for k in mae if k.startswith("auroc/") or k == "macro_auroc"]:
+        for bname, b in (("simple_features", base), ("random", rnd)):
+            res["comparisons"].append({"task": f"ecg {k}", "ours": "mae", "baseline": bname,
+                                       "ours_value": mae[k]["value"], "baseline_value": b[k]["value"],
+                                       "verdict": verdict(mae[k], b[k])})
+    res["codes"] = codes
+    res["_roc"] = {"y": mae["_y"], "mae": mae["_scores"], "simple_features": base["_scores"],
+                   "names": [SNOMED_NAMES.get(c, c) for c in codes]}
+    res["timing_s"] = sw.times
+    return res

@@ -1,0 +1,50 @@
+"""``medfm finetune CONFIG --out DIR [--merge] [--set k=v]``: LoRA / full / linear fine-tuning on a cohort."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def run(args) -> int:
+    from ...finetune import finetune
+    from ..common import load_run_config
+
+    config, config_dir = load_run_config(args)
+    if args.manifest is not None:
+        config.setdefault("data", {})["manifest"] = str(Path(args.manifest).resolve())
+    if args.base is not None:
+        config["base"] = str(Path(args.base).resolve())
+    if args.merge:
+        config["merge"] = True
+    if args.no_progress:
+        config["progress"] = False
+    result = finetune(config, Path(args.out), config_dir=config_dir)
+    summary = {k: result[k] for k in ("out", "method", "task", "monitor", "best_epoch", "epochs_run",
+                                      "n_trainable", "n_total") if k in result}
+    key = result["monitor"] if result["monitor"] != "loss" else ("mae" if result["task"] == "regression"
+                                                                  else "macro_auroc")
+    if key in result["test"]:
+        summary[f"test_{key}"] = result["test"][key]
+        if key in result["test_ci"]:
+            summary[f"test_{key}_ci"] = result["test_ci"][key]
+    if "merged" in result:
+        summary["merged"] = result["merged"]
+    print(json.dumps(summary))
+    return 0
+
+
+def register(sub) -> None:
+    from ..common import add_config_args
+
+    p = sub.add_parser("finetune", help="LoRA or full fine-tuning with a task head on a cohort",
+                       description="Fine-tune a pretrained checkpoint on a labelled manifest (LoRA/DoRA, full or "
+                                   "frozen encoder + head), with patient-grouped splits, early stopping and test "
+                                   "metrics with patient-level bootstrap CIs. Writes a checkpoint loadable by "
+                                   "from_pretrained, metrics.json, history.jsonl, test_predictions.csv.")
+    add_config_args(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--merge", action="store_true", help="also export a merged model to OUT/merged")
+    p.add_argument("--base", help="override base (pretrained checkpoint directory)")
+    p.add_argument("--manifest", help="override data.manifest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

@@ -1,0 +1,446 @@
+"""Fine-tune a pretrained model on a cohort: LoRA / full / linear head, early stopping, test CIs.
+
+Python use (the API ``medfm demo`` and the CLI call)::
+
+    from medfm.finetune import finetune
+    result = finetune({"base": "ckpt/", "modalities": ["ecg"],
+                       "task": {"kind": "multilabel", "label_column": "dx"},
+                       "data": {"manifest": "cohort.csv"}}, "runs/ecg_lora")
+    result["test"]["macro_auroc"], result["test_ci"]["macro_auroc"]      # point, (low, high)
+
+The output directory then holds a fine-tuned checkpoint (see
+:mod:`medfm.finetune.checkpoint`), ``metrics.json`` (the returned dict),
+``history.jsonl`` (one line per epoch) and ``test_predictions.csv``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest
+from ..errors import ConfigError
+from ..io import deep_merge, write_json
+from .checkpoint import attach_head, export_merged, finetune_meta, save_finetuned
+from .heads import TaskHead, TaskSpec, task_loss
+from .lora import apply_lora, count_parameters, freeze, shared_with
+from .splits import make_splits
+
+log = logging.getLogger("medfm.finetune")
+
+METHODS = ("lora", "full", "linear")
+
+DEFAULT_CONFIG: Dict[str, Any] = {
+    "base": None,                 # base checkpoint directory (medfm.load_pretrained)
+    "modalities": None,           # towers to fine-tune / fuse; default: every base modality with a manifest column
+    "columns": {},                # {modality: manifest column} when not named after the modality
+    "task": {"kind": "multiclass", "label_column": "label", "separator": ";", "class_balanced": False,
+             "empty_is_negative": False},
+    "method": "lora",             # lora | full | linear (frozen encoder)
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "dora": False, "target_modules": None},
+    "fusion": "concat",           # concat | mean
+    "head": {"hidden": 0, "dropout": 0.0},
+    "data": {"manifest": None, "batch_size": 16, "num_workers": 0, "split_column": "split", "val_fraction": 0.15,
+             "test_fraction": 0.15, "seed": 0, "cache_dir": None},
+    "optim": {"lr": 1e-3, "head_lr": None, "weight_decay": 0.01, "epochs": 20, "patience": 5, "monitor": None,
+              "min_delta": 0.0, "warmup_steps": 0, "grad_clip": 1.0},
+    "eval": {"n_boot": 1000, "seed": 0},
+    "merge": False,               # also export a merged model to <out>/merged
+    "device": "auto",
+    "seed": 0,
+    "progress": True,
+}
+
+#: monitor name → (metric key, higher is better)
+MONITORS = {"auroc": ("macro_auroc", True), "auprc": ("macro_auprc", True), "accuracy": ("accuracy", True),
+            "f1": ("macro_f1", True), "mae": ("mae", False), "rmse": ("rmse", False), "r2": ("r2", True),
+            "loss": ("loss", False)}
+
+
+def resolve_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Merge ``config`` over :data:`DEFAULT_CONFIG` and check names and values."""
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG) - {"name", "description"})
+    if unknown:
+        raise ConfigError(f"unknown fine-tuning config key(s) {unknown}; known: {sorted(DEFAULT_CONFIG)}")
+    cfg = deep_merge(DEFAULT_CONFIG, config)
+    for section in ("lora", "data", "optim", "eval", "head"):
+        extra = sorted(set(cfg[section]) - set(DEFAULT_CONFIG[section]))
+        if extra:
+            raise ConfigError(f"{section}: unknown option(s) {extra}; known: {sorted(DEFAULT_CONFIG[section])}")
+    if not cfg["base"]:
+        raise ConfigError("base is required: the directory of a pretrained medfm checkpoint")
+    if not cfg["data"]["manifest"]:
+        raise ConfigError("data.manifest is required (a CSV/TSV/JSONL/Parquet cohort manifest)")
+    if cfg["method"] not in METHODS:
+        raise ConfigError(f"method must be one of {METHODS}, got {cfg['method']!r}")
+    kind = cfg["task"].get("kind")
+    mon = cfg["optim"]["monitor"] or ("mae" if kind == "regression" else "auroc")
+    if mon not in MONITORS:
+        raise ConfigError(f"optim.monitor must be one of {sorted(MONITORS)}, got {mon!r}")
+    regression_only = {"mae", "rmse", "r2"}
+    if (kind == "regression") != (mon in regression_only) and mon != "loss":
+        raise ConfigError(f"optim.monitor {mon!r} does not fit a {kind} task")
+    cfg["optim"]["monitor"] = mon
+    return cfg
+
+
+# ------------------------------------------------------------------- metrics
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, float]:
+    """MAE, RMSE, R² (scikit-learn) and Pearson r of ``(N,)`` targets and predictions.
+
+    (``medfm.evaluation.metrics`` has classification metrics only; regression lives here.)
+    """
+    from scipy.stats import pearsonr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    out = {"mae": float(mean_absolute_error(y_true, y_pred)),
+           "rmse": float(math.sqrt(mean_squared_error(y_true, y_pred))), "r2": float("nan"),
+           "pearson_r": float("nan")}
+    if len(y_true) > 1 and np.ptp(y_true) > 0:
+        out["r2"] = float(r2_score(y_true, y_pred))
+        if np.ptp(y_pred) > 0:
+            out["pearson_r"] = float(pearsonr(y_true, y_pred)[0])
+    return out
+
+
+def labelled(task: TaskSpec, y: np.ndarray) -> np.ndarray:
+    """Boolean ``(N,)``: rows with a usable label."""
+    if task.kind == "multiclass":
+        return y >= 0
+    if task.kind == "multilabel":
+        return (y >= 0).any(1)
+    return ~np.isnan(y)
+
+
+def task_metrics(task: TaskSpec, y: np.ndarray, scores: np.ndarray, groups=None, n_boot: int = 0,
+                 seed: int = 0) -> Tuple[Dict[str, float], Dict[str, Tuple[float, float]]]:
+    """Point metrics and patient-level bootstrap CIs (``n_boot`` > 0) on labelled rows.
+
+    Classification metrics come from :mod:`medfm.evaluation.metrics`.
+    """
+    from medfm.evaluation.metrics import cluster_bootstrap, metrics_with_ci
+
+    keep = labelled(task, y)
+    y, scores = y[keep], scores[keep]
+    groups = None if groups is None else np.asarray(groups)[keep]
+    if len(y) == 0:
+        return {}, {}
+    if task.kind == "regression":
+        point = regression_metrics(y, scores)
+        ci = cluster_bootstrap(regression_metrics, y, scores, groups, n_boot=n_boot, seed=seed) if n_boot else {}
+        return point, ci
+    return metrics_with_ci(y, scores, groups, task.classes, n_boot=n_boot, seed=seed)
+
+
+# ---------------------------------------------------------------- prediction
+def predict_scores(model, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (B, n_outputs), scores)`` of a collated batch through ``model.task_head``.
+
+    ``scores`` are class probabilities ``(B, C)`` (softmax), finding probabilities ``(B, C)``
+    (sigmoid) or regression values ``(B,)`` in the label's units. Absent modalities
+    count as zeros (concat) or are left out of the mean.
+    """
+    head = model.task_head
+    emb = model.encode_batch(batch, head.modalities)
+    logits = head(emb, batch["present"])
+    return logits, TaskSpec.from_config(model.task).scores(logits)
+
+
+@torch.no_grad()
+def predict_loader(model, loader, device) -> Dict[str, Any]:
+    """Run the head over a loader → ``{"index": (N,), "id", "patient_id", "logits": (N, K), "scores"}``."""
+    model.eval()
+    idx, ids, pids, logits, scores, skipped = [], [], [], [], [], 0
+    for batch in loader:
+        skipped += batch["n_skipped"]
+        if not batch["id"]:
+            continue
+        batch = move_batch(batch, device)
+        lg, sc = predict_scores(model, batch)
+        idx.append(batch["index"].cpu())
+        ids += batch["id"]
+        pids += batch["patient_id"]
+        logits.append(lg.float().cpu())
+        scores.append(sc.float().cpu())
+    k = model.task_head.n_outputs
+    return {"index": torch.cat(idx).numpy() if idx else np.zeros(0, int), "id": ids, "patient_id": pids,
+            "logits": torch.cat(logits) if logits else torch.zeros(0, k),
+            "scores": torch.cat(scores).numpy() if scores else np.zeros((0, k)), "n_skipped": skipped}
+
+
+# -------------------------------------------------------------------- runner
+class FineTuner:
+    """One fine-tuning run; see :func:`finetune` for the configuration.
+
+    Args:
+        config: fine-tuning config (merged over :data:`DEFAULT_CONFIG`).
+        out_dir: output directory.
+        model: an already loaded base model (``config["base"]`` is still recorded as its source).
+        config_dir: folder that relative ``base`` / ``data.manifest`` paths resolve against.
+    """
+
+    def __init__(self, config: Mapping[str, Any], out_dir, model=None, config_dir=None):
+        import medfm
+
+        self.cfg = resolve_config(config)
+        self.out = Path(out_dir)
+        cfg = self.cfg
+        torch.manual_seed(int(cfg["seed"]))
+        np.random.seed(int(cfg["seed"]))
+        self.base = self._path(cfg["base"], config_dir)
+        self.model = model if model is not None else medfm.load_pretrained(self.base)
+        dcfg = cfg["data"]
+        self.df = read_manifest(self._path(dcfg["manifest"], config_dir))
+        self.columns = {m: (cfg["columns"] or {}).get(m, m) for m in self.model.modalities}
+        mods = cfg["modalities"] or [m for m in self.model.modalities if self.columns[m] in self.df.columns]
+        for m in mods:
+            if m not in self.model.modalities:
+                raise ConfigError(f"modality {m!r} is not in the base model; it has {self.model.modalities}")
+            if self.columns[m] not in self.df.columns:
+                raise ConfigError(f"the manifest has no column {self.columns[m]!r} for modality {m!r}")
+        if not mods:
+            raise ConfigError("no modality of the base model has a column in the manifest")
+        self.modalities = list(mods)
+        self.splits = make_splits(self.df, dcfg["split_column"], float(dcfg["val_fraction"]),
+                                  float(dcfg["test_fraction"]), int(dcfg["seed"]))
+        self.task = TaskSpec.from_config(cfg["task"]).fit(self.splits["train"])
+        self.targets = {s: self.task.encode(d) for s, d in self.splits.items()}
+        self._weights_cpu = self.task.loss_weights(self.targets["train"])
+        self.device = self._device(cfg["device"])
+        self._setup_method()
+        head = TaskHead(self.modalities, self.model.embed_dim, self.task.n_outputs, cfg["fusion"],
+                        **cfg["head"])
+        meta = finetune_meta(self.base, self.out, cfg["method"], self.modalities, self.task, head,
+                             fusion=cfg["fusion"], manifest_sha256=self.df.attrs.get("sha256"))
+        attach_head(self.model, head, self.task, meta)
+        self.model.to(self.device)
+        self.n_trainable, self.n_total = count_parameters(self.model)
+
+    # ---------------------------------------------------------- building
+    @staticmethod
+    def _path(value, config_dir) -> Path:
+        p = Path(str(value)).expanduser()
+        if not p.is_absolute() and not p.exists() and config_dir is not None:
+            p = Path(config_dir) / p
+        return p
+
+    @staticmethod
+    def _device(name: str) -> torch.device:
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(name)
+
+    def _setup_method(self) -> None:
+        method, model = self.cfg["method"], self.model
+        others = shared_with(model, self.modalities)
+        if method != "linear" and others:
+            log.warning("the towers of %s share weights with %s: fine-tuning changes those too",
+                        self.modalities, others)
+        if method == "lora":
+            lc = self.cfg["lora"]
+            apply_lora(model, self.modalities, r=lc["r"], alpha=lc["alpha"], dropout=lc["dropout"], dora=lc["dora"],
+                       target_modules=lc["target_modules"])
+        else:
+            freeze(model)
+            if method == "full":
+                for m in self.modalities:
+                    for p in list(model.tower(m).parameters()) + list(model.projections[m].parameters()):
+                        p.requires_grad_(True)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dcfg = self.cfg["data"]
+        adapters = {m: self.model.adapters[m] for m in self.modalities}
+        ds = ManifestDataset(self.splits[split], adapters, train=train, columns=self.columns,
+                             base_dir=self.df.attrs.get("base_dir"), cache_dir=dcfg["cache_dir"],
+                             seed=int(dcfg["seed"]))
+        return DataLoader(ds, batch_size=int(dcfg["batch_size"]), shuffle=train,
+                          num_workers=int(dcfg["num_workers"] or 0), collate_fn=MultiModalCollate(adapters),
+                          generator=torch.Generator().manual_seed(int(self.cfg["seed"])))
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        oc = self.cfg["optim"]
+        head_ids = {id(p) for p in self.model.task_head.parameters()}
+        groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
+        seen = set()
+        for p in self.model.parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            groups.setdefault((id(p) in head_ids, p.ndim >= 2), []).append(p)
+        lr = float(oc["lr"])
+        head_lr = float(oc["head_lr"]) if oc["head_lr"] is not None else lr
+        params = [{"params": ps, "lr": head_lr if is_head else lr,
+                   "weight_decay": float(oc["weight_decay"]) if decay else 0.0}
+                  for (is_head, decay), ps in groups.items()]
+        return torch.optim.AdamW(params)
+
+    def _trainable_state(self) -> Dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _load_trainable(self, state: Dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, v in state.items():
+                params[n].copy_(v)
+
+    # ------------------------------------------------------------ phases
+    def _evaluate(self, split: str, loader, n_boot: int = 0) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+        pred = predict_loader(self.model, loader, self.device)
+        y = self.targets[split][pred["index"]] if len(pred["index"]) else self.targets[split][:0]
+        ecfg = self.cfg["eval"]
+        point, ci = task_metrics(self.task, y, pred["scores"], pred["patient_id"], n_boot=n_boot,
+                                 seed=int(ecfg["seed"]))
+        if len(y):
+            t = torch.as_tensor(y)
+            point["loss"] = float(task_loss(self.task, pred["logits"], t, self._weights_cpu))
+        point["n"] = int(labelled(self.task, y).sum()) if len(y) else 0
+        return point, ci, {**pred, "y": y}
+
+    def fit(self) -> Dict[str, Any]:
+        """Train with early stopping, restore the best epoch, test, save; returns the metrics dict."""
+        cfg, oc = self.cfg, self.cfg["optim"]
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "finetune_config.json", cfg)
+        train_loader = self._loader("train", True)
+        val_loader = self._loader("val", False) if len(self.splits["val"]) else None
+        weights = None if self._weights_cpu is None else self._weights_cpu.to(self.device)
+        optimizer = self._optimizer()
+        epochs = int(oc["epochs"])
+        from ..train.schedule import cosine_with_warmup
+
+        sched = cosine_with_warmup(optimizer, int(oc["warmup_steps"]), max(1, epochs * len(train_loader)))
+        key, higher = MONITORS[oc["monitor"]]
+        best_score, best_state, best_epoch, bad, best_val = None, None, 0, 0, {}
+        history: List[Dict[str, Any]] = []
+        n_skipped = 0
+        y_train = torch.as_tensor(self.targets["train"])
+        bar = tqdm(range(1, epochs + 1), desc=f"finetune ({cfg['method']})", disable=not cfg["progress"],
+                   dynamic_ncols=True)
+        stopped_early = False
+        hist_fh = open(self.out / "history.jsonl", "w", encoding="utf-8")
+        try:
+            for epoch in bar:
+                train_loader.dataset.set_epoch(epoch)
+                self.model.train()
+                tot, nb = 0.0, 0
+                for batch in train_loader:
+                    n_skipped += batch["n_skipped"]
+                    if not batch["id"]:
+                        continue
+                    targets = y_train[batch["index"]].to(self.device)
+                    batch = move_batch(batch, self.device)
+                    logits, _ = predict_scores(self.model, batch)
+                    loss = task_loss(self.task, logits, targets, weights)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if float(oc["grad_clip"] or 0) > 0:
+                        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                       float(oc["grad_clip"]))
+                    optimizer.step()
+                    sched.step()
+                    tot, nb = tot + float(loss.detach()), nb + 1
+                rec: Dict[str, Any] = {"epoch": epoch, "train_loss": tot / max(nb, 1)}
+                if val_loader is not None:
+                    val, _, _ = self._evaluate("val", val_loader)
+                    rec.update({f"val_{k}": v for k, v in val.items() if not k.startswith(("auroc/", "auprc/"))})
+                    score = val.get(key, float("nan"))
+                else:
+                    val, score = {}, -rec["train_loss"] if higher else rec["train_loss"]
+                improved = score == score and (best_score is None or (
+                    score > best_score + float(oc["min_delta"]) if higher else score < best_score - float(oc["min_delta"])))
+                if improved or best_state is None:
+                    best_score, best_state, best_epoch, best_val = score, self._trainable_state(), epoch, val
+                    bad = 0 if improved else bad + 1
+                else:
+                    bad += 1
+                rec["monitor"] = score
+                history.append(rec)
+                hist_fh.write(json.dumps(rec) + "\n")
+                hist_fh.flush()
+                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{oc["monitor"]: f"{score:.4f}"})
+                if val_loader is not None and int(oc["patience"]) > 0 and bad >= int(oc["patience"]):
+                    stopped_early = True
+                    break
+        finally:
+            bar.close()
+            hist_fh.close()
+        self._load_trainable(best_state)
+        result: Dict[str, Any] = {
+            "out": str(self.out), "method": cfg["method"], "modalities": self.modalities, "task": self.task.kind,
+            "label_column": self.task.label_column, "classes": self.task.classes, "monitor": key,
+            "best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
+            "n_trainable": self.n_trainable, "n_total": self.n_total,
+            "n_samples": {s: len(d) for s, d in self.splits.items()},
+            "n_patients": {s: int(d["patient_id"].nunique()) for s, d in self.splits.items()},
+            "val": best_val, "test": {}, "test_ci": {}, "history": history,
+        }
+        if len(self.splits["test"]):
+            test, ci, pred = self._evaluate("test", self._loader("test", False), n_boot=int(cfg["eval"]["n_boot"]))
+            n_skipped += pred["n_skipped"]
+            result["test"], result["test_ci"] = test, {k: list(v) for k, v in ci.items()}
+            self._write_predictions(pred)
+        else:
+            log.warning("no test split: test metrics are not computed")
+        result["n_skipped"] = n_skipped
+        save_finetuned(self.model, self.model.task_head, self.out, self.model.finetune_config,
+                       trained=self._trainable_state() if cfg["method"] == "full" else None)
+        if cfg["merge"]:
+            result["merged"] = str(export_merged(self.model, self.out / "merged"))
+        write_json(self.out / "metrics.json", result)
+        return result
+
+    def _write_predictions(self, pred: Dict[str, Any]) -> None:
+        df = pd.DataFrame({"id": pred["id"], "patient_id": pred["patient_id"]})
+        y, s = pred["y"], pred["scores"]
+        if self.task.kind == "regression":
+            df["target"], df["prediction"] = y, s
+        else:
+            if self.task.kind == "multiclass":
+                df["target"] = [self.task.classes[int(v)] if v >= 0 else "" for v in y]
+            for j, c in enumerate(self.task.classes):
+                if self.task.kind == "multilabel":
+                    df[f"target/{c}"] = y[:, j]
+                df[f"score/{c}"] = s[:, j]
+        df.to_csv(self.out / "test_predictions.csv", index=False)
+
+
+def finetune(config: Mapping[str, Any], out_dir, *, model=None, config_dir=None) -> Dict[str, Any]:
+    """Fine-tune a pretrained medfm model on a cohort and evaluate it; the stable Python API.
+
+    Args:
+        config: fine-tuning config; every key has a default (:data:`DEFAULT_CONFIG`) except
+            ``base`` (pretrained checkpoint directory), ``data.manifest`` and ``task.label_column``::
+
+                {"base": DIR, "modalities": ["ecg"],
+                 "task": {"kind": "multiclass"|"multilabel"|"regression", "label_column": "dx",
+                          "separator": ";", "class_balanced": False},
+                 "method": "lora"|"full"|"linear",
+                 "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "dora": False, "target_modules": None},
+                 "fusion": "concat"|"mean", "head": {"hidden": 0, "dropout": 0.0},
+                 "data": {"manifest": PATH, "batch_size": 16, "split_column": "split",
+                          "val_fraction": 0.15, "test_fraction": 0.15, "seed": 0},
+                 "optim": {"lr": 1e-3, "weight_decay": 0.01, "epochs": 20, "patience": 5,
+                           "monitor": "auroc"|"auprc"|"accuracy"|"mae"|"rmse"|"r2"|"loss"},
+                 "eval": {"n_boot": 1000}, "merge": False}
+        out_dir: where the fine-tuned checkpoint and reports go.
+        model: optional already-loaded base model (modified in place).
+        config_dir: folder that relative paths in ``config`` resolve against.
+
+    Returns:
+        JSON-serialisable dict: ``test`` (point metrics, e.g. ``macro_auroc``, ``accuracy``,
+        ``mae``), ``test_ci`` (``{metric: [low, high]}``, 95% patient-level bootstrap),
+        ``val`` (best epoch), ``best_epoch``, ``epochs_run``, ``n_trainable``, ``n_total``,
+        ``n_samples``, ``history``, ``classes``, ``monitor``, ``out`` (and ``merged``).
+    """
+    return FineTuner(config, out_dir, model=model, config_dir=config_dir).fit()
