@@ -10,8 +10,10 @@ from medfm.evaluation.index import VectorIndex, choose_index, model_fingerprint
 
 
 def _clustered(n, d, rng, n_clusters=20):
+    """Clusters with a low intrinsic dimension (8-d latent), like learned embeddings."""
     centers = rng.normal(size=(n_clusters, d))
-    x = centers[rng.integers(0, n_clusters, n)] + 0.3 * rng.normal(size=(n, d))
+    basis = np.random.default_rng(123).normal(size=(8, d))
+    x = centers[rng.integers(0, n_clusters, n)] + 0.4 * rng.normal(size=(n, 8)) @ basis + 0.05 * rng.normal(size=(n, d))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
