@@ -67,7 +67,7 @@ def timed_search(index, q: np.ndarray, k: int = 10, repeats: int = 3):
     return ids, len(q) / best
 
 
-def run(n: int, d: int, n_queries: int, seed: int, configs):
+def run(n: int, d: int, n_queries: int, seed: int, configs, kinds=("hnsw", "ivf")):
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((1000, d), dtype=np.float32) / np.sqrt(d)
     basis = rng.standard_normal((32, d), dtype=np.float32) / np.sqrt(32 * d)
@@ -81,6 +81,8 @@ def run(n: int, d: int, n_queries: int, seed: int, configs):
     rows.append(("flat (exact, baseline)", build, qps0, 1.0))
     del flat
     for name, spec, sweep in configs(n):
+        if spec["kind"] not in kinds:
+            continue
         t = time.perf_counter()
         index = build_faiss(xb, spec)
         build = time.perf_counter() - t
@@ -121,9 +123,10 @@ def main():
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kinds", default="hnsw,ivf", help="approximate kinds to run (comma-separated)")
     a = ap.parse_args()
     for n in a.sizes:
-        run(n, a.dim, a.queries, a.seed, configs)
+        run(n, a.dim, a.queries, a.seed, configs, kinds=tuple(a.kinds.split(",")))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ probabilities are ``(N, C)`` over all C classes even when a split lacks some.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd

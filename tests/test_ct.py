@@ -255,3 +255,41 @@ def test_model_size_configs(name):
 
     cfg = resolve_config(str(Path(__file__).resolve().parents[1] / "configs" / "models" / f"{name}.yaml"))
     assert cfg["trunk"]["width"] % cfg["trunk"]["heads"] == 0 and cfg["embed_dim"] > 0
+
+
+def test_multiframe_ct_frames_sorted_by_position(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    n = 5
+    order = [3, 0, 4, 1, 2]  # stored frame i lies at position order[i]
+    frames = np.stack([np.full((6, 7), 100 * k, np.uint16) for k in order])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.Modality, ds.PatientName = "CT", PHI_NAME
+    ds.set_pixel_data(frames, photometric_interpretation="MONOCHROME2", bits_stored=16)
+    shared = Dataset()
+    orient, measures, trans = Dataset(), Dataset(), Dataset()
+    orient.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing, measures.SliceThickness = [0.7, 0.8], 1.25
+    trans.RescaleSlope, trans.RescaleIntercept = 1, -1024
+    shared.PlaneOrientationSequence = [orient]
+    shared.PixelMeasuresSequence = [measures]
+    shared.PixelValueTransformationSequence = [trans]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per = []
+    for k in order:
+        f, pos = Dataset(), Dataset()
+        pos.ImagePositionPatient = [0.0, 0.0, 1.25 * k]
+        f.PlanePositionSequence = [pos]
+        per.append(f)
+    ds.PerFrameFunctionalGroupsSequence = per
+    ds.save_as(tmp_path / "enh.dcm", enforce_file_format=True)
+    rec = get_modality("ct", orient=False).read(tmp_path / "enh.dcm")
+    np.testing.assert_array_equal(rec.data[:, 0, 0], 100 * np.arange(n) - 1024)
+    assert rec.meta["spacing"] == pytest.approx((1.25, 0.7, 0.8))
+    assert PHI_NAME not in repr(rec.meta)

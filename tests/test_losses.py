@@ -24,6 +24,15 @@ from medfm.objectives import (
 from medfm.registry import OBJECTIVES
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscription on a busy 2-core CI box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def unit(*shape, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(*shape, generator=g, dtype=dtype), dim=-1)

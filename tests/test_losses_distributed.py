@@ -10,7 +10,6 @@ gradient of those rows. Presence masks leave different numbers of valid rows per
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
@@ -20,6 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfm.objectives import gram_loss, multimodal_contrastive_loss
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscription on a busy 2-core CI box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 WORLD = 2
 B_LOCAL = 6

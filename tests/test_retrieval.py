@@ -105,3 +105,38 @@ def test_bioscan_seen_unseen_per_rank():
     # an explicit seen mask overrides the key-set default
     m2 = bioscan_accuracy(q, q_labels, keys, key_labels, ranks, seen=np.array([True] * 6))
     assert m2["seen/n"] == 6 and m2["seen/species/micro"] == pytest.approx(4 / 6)
+
+
+def test_bioscan_on_real_barcodes_with_kmer_profiles():
+    """Real COI barcodes (../shared/data): 4-mer profiles as embeddings, 80 seen species split into
+    keys/queries and 20 unseen species as queries only."""
+    from pathlib import Path
+
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    tsv = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dna" / "coi_barcodes_100_species.tsv"
+    if not tsv.is_file():
+        pytest.skip(f"real data not found at {tsv}")
+    ranks = ["order_name", "family_name", "genus_name", "species_name"]
+    df = pd.read_csv(tsv, sep="\t", usecols=ranks + ["nucleotides"]).dropna(subset=ranks)
+    rng = np.random.default_rng(0)
+    species = sorted(df["species_name"].unique())
+    unseen = set(rng.choice(species, 20, replace=False))
+    is_key = np.zeros(len(df), bool)
+    for sp, idx in df.groupby("species_name").indices.items():
+        if sp not in unseen:
+            is_key[rng.permutation(idx)[:40]] = True
+    vec = CountVectorizer(analyzer="char", ngram_range=(4, 4), lowercase=False)
+    emb = _unit(vec.fit_transform(df["nucleotides"].str.upper()).toarray().astype(np.float32))
+    keys, queries = df[is_key].reset_index(drop=True), df[~is_key].reset_index(drop=True)
+    m = bioscan_accuracy(emb[~is_key], queries, emb[is_key], keys, ranks)
+    seen = ~queries["species_name"].isin(unseen).to_numpy()
+    assert m["seen/n"] == seen.sum() and m["unseen/n"] == (~seen).sum()
+    nearest = (emb[~is_key] @ emb[is_key].T).argmax(1)
+    for r in ranks:
+        ref = np.mean(keys[r].to_numpy()[nearest][seen] == queries[r].to_numpy()[seen])
+        assert m[f"seen/{r}/micro"] == pytest.approx(ref)
+    assert m["unseen/species_name/micro"] == 0.0  # their species is not in the key set
+    assert m["seen/species_name/micro"] > 0.9     # barcodes identify species (far above 1/80 chance)
+    micro = [m[f"seen/{r}/micro"] for r in ranks]
+    assert micro == sorted(micro, reverse=True)   # a right species implies a right genus, family, order

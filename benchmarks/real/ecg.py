@@ -52,15 +52,22 @@ def source_of(record: str) -> str:
     return "unknown"
 
 
-def read_records(data_dir: Path) -> pd.DataFrame:
-    """One row per record: reading through the adapter, its problems, features and Dx codes."""
+def read_records(data_dir: Path, max_per_source=None) -> pd.DataFrame:
+    """One row per record: reading through the adapter, its problems, features and Dx codes.
+
+    ``max_per_source`` keeps the first records (by name) of each source (quick runs).
+    """
     import wfdb
     import medfm
 
     adapter = medfm.get_modality("ecg", **ECG_OPTIONS)
     rows: List[Dict[str, Any]] = []
+    seen: Counter = Counter()
     for hea in sorted((Path(data_dir) / "ecg" / "cinc2021_12lead").glob("*.hea")):
         rec = hea.stem
+        seen[source_of(rec)] += 1
+        if max_per_source and seen[source_of(rec)] > int(max_per_source):
+            continue
         row: Dict[str, Any] = {"record": rec, "source": source_of(rec), "path": str(hea), "problems": []}
         try:
             head = wfdb.rdheader(str(hea.with_suffix("")))
@@ -85,6 +92,7 @@ def read_records(data_dir: Path) -> pd.DataFrame:
                 row["problems"].append(f"shorter than {ECG_OPTIONS['duration']} s (padded)")
             item = adapter.preprocess(r, train=False)
             row["preprocessed_shape"] = "x".join(map(str, item["x"].shape))
+            row["item"] = item
             feats, summ = ecg_features(x, fs)
             row["features"] = feats
             row.update({k: round(v, 1) for k, v in summ.items()})
@@ -145,8 +153,15 @@ def probe_codes(X: np.ndarray, df: pd.DataFrame, codes: List[str], *, n_boot: in
     return out
 
 
+def encode_items(model, items: List[Dict[str, Any]], batch_size: int = 16) -> np.ndarray:
+    """Embed already preprocessed ECG items ``[{"x": (12, T)}]`` → ``(N, D)`` (no re-reading)."""
+    from medfm.evaluation.embed import encode_batch_items
+
+    return np.concatenate([encode_batch_items(model, "ecg", items[s:s + batch_size])
+                           for s in range(0, len(items), batch_size)])
+
+
 def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
-    from medfm.evaluation.embed import embed_manifest
     import torch
 
     out_dir = Path(out_dir)
@@ -154,7 +169,7 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     res = block_result(budget=dict(budget))
     nb = int(budget["n_boot"])
     with sw("read"):
-        table = read_records(data_dir)
+        table = read_records(data_dir, budget.get("max_per_source"))
     cols = ["record", "source", "native_fs", "n_samples", "duration_s", "leads_found", "leads_derived",
             "ignored_channels", "preprocessed_shape", "heart_rate_bpm", "qrs_width_ms", "dx", "problems"]
     res["tables"]["records"] = table[[c for c in cols if c in table.columns]].assign(
@@ -176,9 +191,11 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     emb_mae: Dict[str, np.ndarray] = {}
     emb_rand = None
     res["training"] = {}
+    # The MAE of each fold sees the ECGs of the two training sources only (no labels, no test source).
     for held in sorted(ok["source"].unique()):
         cfg = {"model": {**TRUNK, "modalities": {"ecg": dict(ECG_OPTIONS)}},
-               "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"])},
+               "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"]),
+                        "cache_dir": str(out_dir / "preprocess_cache")},
                "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": 0.75}],
                "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["mae_steps"]) // 10)},
                "train": {"max_steps": int(budget["mae_steps"]), "seed": seed}}
@@ -186,9 +203,10 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
             model, init, info = pretrain(cfg, manifest[manifest["source"] != held], out_dir / f"mae_without_{held}")
         res["training"][f"mae_without_{held}"] = info
         with sw("embed"), torch.no_grad():
-            emb_mae[held] = embed_manifest(model, manifest, "ecg", progress=False).emb
+            items = [{"x": it["x"]} for it in ok["item"]]
+            emb_mae[held] = encode_items(model, items)
             if emb_rand is None:
-                emb_rand = embed_manifest(init, manifest, "ecg", progress=False).emb
+                emb_rand = encode_items(init, items)
     with sw("probes"):
         mae = probe_codes(emb_mae, ok, codes, n_boot=nb, seed=seed)
         rnd = probe_codes(emb_rand, ok, codes, n_boot=nb, seed=seed)

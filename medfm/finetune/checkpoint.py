@@ -98,6 +98,17 @@ def save_finetuned(model, head: TaskHead, directory: os.PathLike, meta: Dict[str
     return d
 
 
+def weight_files(directory: os.PathLike) -> list:
+    """The weight files a (fine-tuned or merged) checkpoint directory holds, in a fixed order.
+
+    For fingerprints: ``config.json`` (which records the base's ``base_sha256``) plus
+    these files identify a fine-tuned model completely.
+    """
+    d = Path(directory)
+    names = (BASE_WEIGHTS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, FULL_WEIGHTS, HEAD_WEIGHTS)
+    return [d / n for n in names if (d / n).is_file()]
+
+
 def _resolve_base(directory: Path, meta: Dict[str, Any]) -> Path:
     candidates = []
     if meta.get("base_relative"):

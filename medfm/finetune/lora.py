@@ -20,7 +20,8 @@ a tower*):
 ``target_modules=None`` (or ``"auto"``) picks ``vit`` for a ``vit`` tower (every
 modality, the token-based DNA tower included) and ``bert`` for an ``hf`` tower.
 A list of patterns can be given instead (a pattern matches a module whose in-tower
-name equals it, ends with ``"." + pattern``, or fully matches it as a regex).
+name equals it, ends with ``"." + pattern``, or fully matches it as a regex). Modules that
+only serve pretraining (the MAE ``decoder``, MLM heads) are never adapted.
 
 A shared trunk (``trunk.shared: true``) is one module used by several towers: adapting
 it for one modality changes the others too. This is reported by :func:`find_target_modules`'
@@ -47,6 +48,9 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
              _LAYER + r"intermediate\.dense", _LAYER + r"output\.dense"),
     "bert-attn": (_LAYER + r"attention\.self\.(?:query|key|value)",),
 }
+
+#: parts of a tower that only serve masked-modelling pretraining (never adapted).
+PRETRAINING_ONLY = re.compile(r"(?:decoder|mlm_head)(?:\..*)?|(?:.+\.)?cls\.predictions(?:\..*)?")
 
 #: layer types peft's LoRA can adapt (the presets only pick ``nn.Linear``).
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -102,7 +106,8 @@ def find_target_modules(model: nn.Module, modalities: Iterable[str], target_modu
             rx = re.compile("|".join(f"(?:{p})" for p in pats))
         except re.error as e:
             raise ConfigError(f"lora.target_modules: bad pattern ({e})") from e
-        hits = [m for n, m in tower.named_modules() if n and rx.fullmatch(n) and isinstance(m, SUPPORTED_LAYERS)]
+        hits = [m for n, m in tower.named_modules()
+                if n and rx.fullmatch(n) and not PRETRAINING_ONLY.fullmatch(n) and isinstance(m, SUPPORTED_LAYERS)]
         if not hits:
             raise ConfigError(f"lora.target_modules ({label}) matches no layer of the {mod!r} tower "
                               f"({type(tower).__name__})")

@@ -288,6 +288,10 @@ class FineTuner:
     def _trainable_state(self) -> Dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
+    def _encoder_state(self) -> Dict[str, torch.Tensor]:
+        """Trained tensors outside the head (what method ``full`` saves)."""
+        return {n: v for n, v in self._trainable_state().items() if not n.startswith("task_head.")}
+
     def _load_trainable(self, state: Dict[str, torch.Tensor]) -> None:
         params = dict(self.model.named_parameters())
         with torch.no_grad():
@@ -394,7 +398,7 @@ class FineTuner:
             log.warning("no test split: test metrics are not computed")
         result["n_skipped"] = n_skipped
         save_finetuned(self.model, self.model.task_head, self.out, self.model.finetune_config,
-                       trained=self._trainable_state() if cfg["method"] == "full" else None)
+                       trained=self._encoder_state() if cfg["method"] == "full" else None)
         if cfg["merge"]:
             result["merged"] = str(export_merged(self.model, self.out / "merged"))
         write_json(self.out / "metrics.json", result)

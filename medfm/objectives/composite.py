@@ -82,13 +82,15 @@ def _select(model, batch, cache, modalities) -> Tuple[Dict[str, torch.Tensor], D
     ref = next(iter(emb.values()), None)
     dim = ref.shape[1] if ref is not None else unwrap_model(model).embed_dim
     device = ref.device if ref is not None else unwrap_model(model).logit_scale.device
-    present_in = batch.get("present", {})
+    present_in = batch.get("present")  # no presence at all: every row present
     out, present = {}, {}
     for name in names:
         if name in emb:
             out[name] = emb[name].float()
-            p = present_in.get(name)
-            present[name] = (torch.ones(B, dtype=torch.bool) if p is None else p).to(device=device, dtype=torch.bool)
+            p = None if present_in is None else present_in.get(name)
+            if p is None:
+                p = torch.full((B,), present_in is None, dtype=torch.bool)
+            present[name] = p.to(device=device, dtype=torch.bool)
         else:
             out[name] = torch.zeros(B, dim, device=device)
             present[name] = torch.zeros(B, dtype=torch.bool, device=device)

@@ -1,0 +1,18 @@
+"""``medfm demo --out DIR [--quick] [--seed N]``: the whole loop on the embedded cohort."""
+from __future__ import annotations
+
+
+def run(args) -> int:
+    from ...demo import run_demo
+
+    results = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    return 0 if all(r["beats_chance"] for r in results["summary"]) else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="generate a small multimodal cohort, pretrain, evaluate and report (CPU, minutes)")
+    p.add_argument("--out", required=True, help="output directory (cohort, model, report.md, results.json)")
+    p.add_argument("--quick", action="store_true", help="a shorter run (fewer samples and steps; about a minute)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cohort and of training (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
