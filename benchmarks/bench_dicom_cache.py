@@ -2,7 +2,7 @@
 
 Builds N distinct CT series (the real 20-slice series of ``../shared/data/ct`` when
 present, else series written from pydicom's ``CT_small.dcm``), each with its own
-SeriesInstanceUID and a changed pixel so that content hashes differ. An "epoch"
+SeriesInstanceUID/SOPInstanceUIDs so that content hashes differ. An "epoch"
 loads every series through ``adapter.load`` (baseline: uncached), then through
 ``medfm.data.cache.PreprocessCache.get_or_compute`` keyed by the content hash and
 ``adapter.cache_signature()`` — a cold epoch (computes + writes) and a warm one
@@ -52,9 +52,6 @@ def make_series(root: Path, n: int) -> list:
             ds = copy.deepcopy(src)
             ds.SeriesInstanceUID = uid
             ds.SOPInstanceUID = pydicom.uid.generate_uid()
-            arr = ds.pixel_array.copy()
-            arr.flat[s] = arr.flat[s] + 1  # distinct content per series
-            ds.PixelData = arr.tobytes()
             ds.save_as(d / f"{i:04d}.dcm", enforce_file_format=True)
         out.append(d)
     return out

@@ -141,9 +141,17 @@ class ModalityAdapter:
     def load_pretrained(self, directory: os.PathLike) -> None:
         """Read what :meth:`save_pretrained` wrote. Default: nothing."""
 
-    def cache_signature(self) -> Dict[str, Any]:
-        """What determines preprocessing output, for the on-disk cache key."""
-        return {"modality": self.name, "options": self.options}
+    def cache_signature(self, row: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        """What determines preprocessing output, for the on-disk cache key.
+
+        Besides the options, the manifest side columns an adapter reads (options named
+        ``*_column``, e.g. a spacing or sampling-rate column) are part of the key.
+        """
+        sig: Dict[str, Any] = {"modality": self.name, "options": self.options}
+        if row is not None:
+            cols = [v for k, v in sorted(self.options.items()) if k.endswith("_column") and isinstance(v, str)]
+            sig["row"] = {c: None if row.get(c) is None else str(row.get(c)) for c in cols}
+        return sig
 
     def config(self) -> Dict[str, Any]:
         """Options to rebuild this adapter (stored in a checkpoint's ``config.json``)."""

@@ -241,6 +241,21 @@ class DNAAdapter(ModalityAdapter):
         ids = torch.tensor(self.encode(self.prepare(seq, offset)), dtype=torch.long)
         return {"x": ids, "mask": torch.ones_like(ids), "length": min(len(seq), int(self.options["max_length"]))}
 
+    def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
+        """The random start offset applied to a cached eval item (same draw as ``preprocess(train=True)``).
+
+        Needs ids that decode back to the sequence: non-overlapping k-mers without ``[UNK]``;
+        other items are returned unchanged.
+        """
+        o = self.options
+        if not (o["random_offset"] and o["tokenizer"] == "kmer" and self.stride == self.k and self.k > 1):
+            return item
+        ids = item["x"].tolist()
+        if tk.UNK_ID in ids:
+            return item
+        seq = self.decode(ids)[: int(item["length"])]
+        return self.preprocess(Record(seq, {}), train=True, rng=rng)
+
     def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         return tk.collate_token_items(items, tk.PAD_ID)
 

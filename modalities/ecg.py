@@ -8,7 +8,10 @@ Readers (by suffix):
   and units from a JSON sidecar (``<stem>.json``: ``{"fs": 500, "leads": [...], "units": "mV"}``),
   the manifest row (``fs_column`` / ``leads_column``) or the adapter options.
 
-GE MUSE XML and HL7 aECG XML are not read (convert them to WFDB first).
+- GE MUSE XML (``.xml`` with ``<RestingECG>``): the ``Rhythm`` waveform's base64 int16 lead data;
+  MUSE stores I, II, V1–V6 and the other limb leads are derived.
+
+HL7 aECG XML is not read (convert it to WFDB first).
 
 Canonical form after :meth:`ECGAdapter.read`: ``(12, T)`` float64 in millivolts at the
 native rate, leads in the order of :data:`LEADS` whatever the names in the file; absent
@@ -141,6 +144,31 @@ def derive_limb_leads(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- readers
+def _scan_header(hea: Path) -> Tuple[bool, List[str], Optional[float]]:
+    """Cheap look at a WFDB header: ``(multi_segment, files it needs, fs or None)``.
+
+    The record line is ``name[/n_seg] n_sig [fs[/counter][(base)] [sig_len ...]]``; then one line
+    per signal (its file name first) or per segment (``seg_name seg_len``, ``~`` = gap).
+    """
+    lines = [ln.split() for ln in hea.read_text(errors="replace").splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise DataError("empty WFDB header", source=str(hea), field="header")
+    head = lines[0]
+    fs = None
+    if len(head) > 2:
+        try:
+            fs = float(re.split(r"[/(]", head[2])[0])
+        except ValueError:
+            raise DataError(f"bad sampling rate {head[2]!r}", source=str(hea), field="sampling_rate") from None
+    if "/" in head[0]:
+        n_seg = int(head[0].split("/")[1])
+        segs = [ln[0] for ln in lines[1:1 + n_seg] if ln[0] != "~"]
+        return True, sorted({s + ".hea" for s in segs}), fs
+    n_sig = int(head[1]) if len(head) > 1 else 0
+    return False, sorted({ln[0] for ln in lines[1:1 + n_sig] if ln and ln[0] != "-"}), fs
+
+
 def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
     """A WFDB record (``.hea`` path, or the record path without suffix, or its signal file).
 
@@ -152,16 +180,13 @@ def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[
     p = Path(str(path))
     base = p.with_suffix("") if p.suffix.lower() in (".hea", ".dat", ".mat") else p
     hea = require_file(base.with_suffix(".hea"), what="WFDB header")
-    head = wfdb.rdheader(str(base))
-    needed = ([s for s in head.seg_name if s and s != "~"] if getattr(head, "seg_name", None)
-              else sorted(set(f for f in (head.file_name or []) if f)))
+    multi, needed, fs = _scan_header(hea)
     for f in needed:
-        target = hea.parent / (f + ".hea" if getattr(head, "seg_name", None) else f)
-        if not target.exists():
-            raise DataError(f"{'segment header' if getattr(head, 'seg_name', None) else 'signal file'} "
-                            f"{target.name} listed in the header is missing", source=str(hea), field="signal file")
-    if not head.fs or float(head.fs) <= 0:
-        raise DataError(f"sampling rate is {head.fs}", source=str(hea), field="sampling_rate")
+        if not (hea.parent / f).exists():
+            raise DataError(f"{'segment header' if multi else 'signal file'} {f} listed in the header is missing",
+                            source=str(hea), field="signal file")
+    if fs is not None and fs <= 0:
+        raise DataError(f"sampling rate is {fs}", source=str(hea), field="sampling_rate")
     rec = wfdb.rdrecord(str(base), physical=True, m2s=True)
     if rec.p_signal is None or rec.p_signal.size == 0:
         raise DataError("record has no samples", source=str(hea), field="signal")
@@ -197,6 +222,42 @@ def read_dicom_waveform(path: Any) -> Tuple[np.ndarray, float, List[str], List[s
         us = ch.get("ChannelSensitivityUnitsSequence")
         units.append(str(us[0].CodeValue) if us else "")
     return arr, fs, names, units, {"multiplex_group": best}
+
+
+def read_muse_xml(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
+    """A GE MUSE XML export: the ``Rhythm`` waveform (else the first one).
+
+    Each ``LeadData`` holds ``LeadID``, base64 little-endian int16 ``WaveFormData``,
+    ``LeadAmplitudeUnitsPerBit`` and ``LeadAmplitudeUnits``; the rate is ``SampleBase``.
+    Patient demographics in the file are not read.
+    """
+    import base64
+    import xml.etree.ElementTree as ET
+
+    p = require_file(path, what="MUSE XML file")
+    try:
+        root = ET.parse(p).getroot()
+    except ET.ParseError as e:
+        raise DataError(f"not well-formed XML: {e}", source=str(p)) from e
+    waves = root.findall(".//Waveform")
+    if not waves:
+        raise DataError("no <Waveform> element (not a GE MUSE export)", source=str(p), field="Waveform")
+    wave = next((w for w in waves if (w.findtext("WaveformType") or "").strip().lower() == "rhythm"), waves[0])
+    try:
+        fs = float(wave.findtext("SampleBase") or 0)
+    except ValueError:
+        fs = 0.0
+    names, rows, units = [], [], []
+    for lead in wave.findall("LeadData"):
+        raw = np.frombuffer(base64.b64decode(lead.findtext("WaveFormData") or ""), dtype="<i2").astype(np.float64)
+        rows.append(raw * float(lead.findtext("LeadAmplitudeUnitsPerBit") or 1.0))
+        names.append((lead.findtext("LeadID") or "").strip())
+        units.append({"microvolts": "uV", "millivolts": "mV"}.get(
+            (lead.findtext("LeadAmplitudeUnits") or "").strip().lower(), "uV"))
+    if not rows:
+        raise DataError("waveform has no <LeadData>", source=str(p), field="LeadData")
+    n = min(len(r) for r in rows)
+    return np.stack([r[:n] for r in rows]), fs, names, units, {}
 
 
 def _sidecar(path: Path) -> Dict[str, Any]:
@@ -257,7 +318,7 @@ class ECGAdapter(ModalityAdapter):
 
     name = "ecg"
     input_kind = "path"
-    suffixes = (".hea", ".dat", ".mat", ".dcm", ".npy", ".npz", ".csv")
+    suffixes = (".hea", ".dat", ".mat", ".dcm", ".xml", ".npy", ".npz", ".csv")
     defaults: Dict[str, Any] = {
         "fs": 500, "duration": 10.0, "min_duration": 2.0, "bandpass": [0.5, 40.0], "filter_order": 4,
         "notch": None, "notch_q": 30.0, "normalize": "lead", "derive_limb_leads": True, "random_crop": True,
@@ -289,6 +350,8 @@ class ECGAdapter(ModalityAdapter):
             return read_wfdb(p)
         if suffix in (".dcm", ".dicom") or (not suffix and p.is_file()):
             return read_dicom_waveform(p)
+        if suffix == ".xml":
+            return read_muse_xml(p)
         arr, info = read_array(p)
         info.update({k: v for k, v in _sidecar(p).items() if k in ("fs", "leads", "units")})
         if row is not None:

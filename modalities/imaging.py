@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -153,8 +153,6 @@ def read_dicom_series(folder: os.PathLike, *, series_uid: Optional[str] = None,
     spacing deviating from the median by more than ``spacing_tolerance`` (relative)
     — a missing slice — raise :class:`DataError`.
     """
-    from pydicom.errors import InvalidDicomError  # noqa: F401  (documented dependency)
-
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.name.upper() != "DICOMDIR")

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import torch
 
-from medfm.errors import ConfigError, DataError
+from medfm.errors import ConfigError
 from medfm.modality import ModalityAdapter, Record, require_file
 from medfm.registry import register_modality
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +87,12 @@ def test_random_offset_augmentation():
         off = seq.index(d)
         assert 0 <= off < 6 and len(d) % 6 == 0
     assert a.decode(a.preprocess(rec)["x"]) == seq[:300]  # eval: offset 0
+    b = D.DNAAdapter(k=6)  # padded with N: the cached eval item re-drawn by augment()
+    rec = b.read(seq[:250])
+    for s in range(5):
+        want = b.preprocess(rec, train=True, rng=np.random.default_rng(s))
+        got = b.augment(b.preprocess(rec), np.random.default_rng(s))
+        assert torch.equal(got["x"], want["x"])
 
 
 def test_collate_pads_with_pad_id():

@@ -119,6 +119,10 @@ def test_multi_segment_record(tmp_path):
     both = np.concatenate(segs)
     assert rec.data.shape == (12, 2500)
     np.testing.assert_allclose(rec.data[E.LEADS.index("V2")], both[:, 1], atol=_adc_tol(both))
+    (tmp_path / "seg1.hea").unlink()
+    with pytest.raises(DataError, match="segment header seg1.hea") as e:
+        E.ECGAdapter().load(tmp_path / "multi.hea")
+    assert e.value.field == "signal file"
 
 
 def test_npy_sidecar_and_csv_agree_with_source(tmp_path):
@@ -223,6 +227,15 @@ def test_errors_name_the_record(tmp_path):
         a.load(tmp_path / "z.npy")
     assert e.value.field == "sampling_rate"
 
+    good = _write(tmp_path, "fs0", sig, 500, list(E.LEADS))
+    lines = good.read_text().splitlines()
+    first = lines[0].split()
+    first[2] = "0"
+    good.write_text("\n".join([" ".join(first)] + lines[1:]) + "\n")
+    with pytest.raises(DataError, match="sampling rate is 0") as e:
+        a.load(good)
+    assert e.value.field == "sampling_rate"
+
     with pytest.raises(DataError, match="no standard ECG lead"):
         a.load(_write(tmp_path, "resp", sig[:, :2], 500, ["RESP", "PLETH"]))
     with pytest.raises(DataError, match="not found"):
@@ -259,3 +272,28 @@ def test_tower_config_builds_and_encodes():
     assert z.shape == (2, model.embed_dim)
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(2))
     assert torch.isfinite(model.masked_loss("ecg", x)["loss"])
+
+
+def test_muse_xml_with_derived_limb_leads(tmp_path):
+    import base64
+
+    rng = np.random.default_rng(6)
+    names = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+    raw = rng.integers(-2000, 2000, (8, 5000)).astype("<i2")
+    leads = "".join(
+        f"<LeadData><LeadID>{n}</LeadID><LeadAmplitudeUnitsPerBit>4.88</LeadAmplitudeUnitsPerBit>"
+        f"<LeadAmplitudeUnits>MICROVOLTS</LeadAmplitudeUnits>"
+        f"<WaveFormData>{base64.b64encode(raw[i].tobytes()).decode()}</WaveFormData></LeadData>"
+        for i, n in enumerate(names))
+    xml = (f"<RestingECG><Waveform><WaveformType>Median</WaveformType><SampleBase>500</SampleBase></Waveform>"
+           f"<Waveform><WaveformType>Rhythm</WaveformType><SampleBase>500</SampleBase>{leads}</Waveform></RestingECG>")
+    (tmp_path / "m.xml").write_text(xml)
+    rec = E.ECGAdapter().read(tmp_path / "m.xml")
+    mv = raw * 4.88 / 1000
+    for i, n in enumerate(names):
+        np.testing.assert_allclose(rec.data[E.LEADS.index(n)], mv[i])
+    np.testing.assert_allclose(rec.data[E.LEADS.index("III")], mv[1] - mv[0])
+    assert rec.meta["lead_mask"].all() and rec.meta["derived_mask"].sum() == 4
+    (tmp_path / "bad.xml").write_text("<RestingECG><Waveform></RestingECG>")
+    with pytest.raises(DataError, match="XML"):
+        E.ECGAdapter().load(tmp_path / "bad.xml")

@@ -48,7 +48,7 @@ def test_approximate_index_recall(kind):
 
 def test_choose_index_by_size():
     assert choose_index(1000, 64)["kind"] == "flat"
-    assert choose_index(60_000, 64)["kind"] == "hnsw"
+    assert choose_index(60_000, 64)["kind"] == "ivf"
     assert choose_index(60_000, 64, flat_max=100_000)["kind"] == "flat"
 
 

@@ -182,3 +182,27 @@ def test_adapter_state_roundtrip_gives_identical_outputs(tmp_path):
     model.eval(), fresh.eval()
     x = torch.randn(3, 2, 32)
     assert torch.equal(model.encode("toy", x), fresh.encode("toy", x))
+
+
+HF_SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 48}
+
+
+@pytest.mark.parametrize("name,options", [("dna", {}), ("dna", {"tower": "hf", "hf_config": HF_SMALL}),
+                                          ("text", {"hf_config": HF_SMALL})])
+def test_presets_on_the_real_dna_and_text_towers(name, options):
+    model = medfm.create_model({"name": "medfm-tiny", "modalities": {name: options}})
+    r = 2
+    apply_lora(model, [name], r=r)
+    if model.tower(name).__class__.__name__ == "ViTTower":  # token-based DNA tower: the vit preset
+        w, depth = model.config["trunk"]["width"], model.config["trunk"]["depth"]
+        expected = depth * r * 16 * w  # qkv 4w + proj 2w + fc1 5w + fc2 5w (see above)
+    else:  # BERT-family hf tower: q, k, v, attention.output.dense (h→h), intermediate (h→I), output (I→h)
+        h, inter = HF_SMALL["hidden_size"], HF_SMALL["intermediate_size"]
+        expected = HF_SMALL["num_hidden_layers"] * (4 * r * 2 * h + 2 * r * (h + inter))
+    assert count_parameters(model)[0] == expected
+    if name == "dna":  # a real barcode through the adapter and the adapted tower
+        adapter = model.adapters["dna"]
+        item = adapter.load("ACGTACGTTTGACCAGGT" * 20, sample_id="s1")
+        batch = adapter.collate([item, item])
+        z = model.encode("dna", batch["x"], batch.get("mask"))
+        assert z.shape == (2, model.embed_dim) and torch.isfinite(z).all()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ BUDGETS: Dict[str, Dict[str, Dict[str, Any]]] = {
                 "n_val_per_species": 5, "mlm_steps": 100, "clibd_steps": 60, "batch_size": 32, "n_boot": 500},
         "ecg": {"max_per_source": None, "mae_steps": 30, "batch_size": 8, "top_codes": 4, "n_boot": 1000},
         "imaging": {"ct_size": [32, 128, 128]},
-        "reports": {"n_reports": None, "mlm_steps": 80, "batch_size": 32, "max_length": 96, "n_boot": 1000},
+        "reports": {"n_reports": None, "mlm_steps": 60, "batch_size": 32, "max_length": 96, "n_boot": 1000},
     },
     "quick": {
         "dna": {"n_species": 8, "n_per_species": 10, "n_unseen": 2, "n_test_per_species": 3,
@@ -91,7 +92,10 @@ def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
     cfg.setdefault("data", {})["manifest"] = str(path)
     cfg.setdefault("train", {}).update({"progress": False, "tensorboard": False, "checkpoint_every": 0,
                                         "keep_checkpoints": 1, "device": "cpu", "precision": "fp32"})
-    trainer = Trainer(cfg, out_dir / "run")
+    run_dir = out_dir / "run"
+    if run_dir.exists():  # a previous run's checkpoints would make the Trainer resume (and skip training)
+        shutil.rmtree(run_dir)
+    trainer = Trainer(cfg, run_dir)
     if init is not None:
         init(trainer.model)
     initial = copy.deepcopy(trainer.model).eval()

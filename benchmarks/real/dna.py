@@ -159,7 +159,7 @@ def _clibd_config(budget: Dict[str, Any], seed: int) -> Dict[str, Any]:
             "pool": "cls", "hf_config": TEXT_HF}
     return {"model": {**TRUNK, "modalities": {"dna": dict(DNA_OPTIONS), "text": text}},
             "data": {"split": "train", "columns": {"dna": "nucleotides", "text": "genus_name"},
-                     "label_columns": ["genus_name"], "batch_size": int(budget["batch_size"]) * 2},
+                     "label_columns": ["genus_name"], "batch_size": int(budget["batch_size"])},
             "objectives": [{"name": "clip", "weight": 1.0, "mode": "pairs", "label_column": "genus_name"}],
             "optim": {"lr": 5e-4, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["clibd_steps"]) // 10)},
             "train": {"max_steps": int(budget["clibd_steps"]), "seed": seed}}
@@ -193,8 +193,6 @@ def zero_shot_genus(model, df: pd.DataFrame, X_dna: np.ndarray, *, n_boot: int, 
 
 
 def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
-    import torch
-
     out_dir = Path(out_dir)
     sw = Stopwatch()
     res = block_result(budget=dict(budget))
@@ -260,5 +258,4 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
                                            "verdict": verdict(reps["mlm"][m], reps[base][m])})
     res["timing_s"] = sw.times
     res["seed"] = seed
-    torch.set_grad_enabled(True)
     return res

@@ -75,10 +75,16 @@ def headline_rows(blocks: Mapping[str, Any]) -> List[Dict[str, Any]]:
         r = m.get(f"random/{metric}")
         ratio = (o["value"] / b["value"]) if (b and o.get("value") is not None and b.get("value")
                                               and b["value"] != 0) else None
+        if b is None and not base:  # zero-shot: against chance (1 / number of genera)
+            chance = (blocks[block].get("zeroshot") or {}).get("chance")
+            b = {"value": chance} if chance else None
+            lo = (o.get("ci") or [None])[0]
+            v = ("above chance" if lo is not None and chance and lo > chance else "not above chance") if b else ""
+            ratio = o["value"] / chance if chance and o.get("value") is not None else None
+        else:
+            v = verdict(o, b) if b else ""
         rows.append({"block": block, "metric": metric, "model": ours, "value": o, "baseline": base or "chance",
-                     "baseline_value": b if b else ({"value": blocks[block].get("zeroshot", {}).get("chance")}
-                                                    if block == "dna" else None),
-                     "ratio": ratio, "random": r, "verdict": verdict(o, b) if b else "",
+                     "baseline_value": b, "ratio": ratio, "random": r, "verdict": v,
                      "verdict_random": verdict(o, r) if r else ""})
     return rows
 

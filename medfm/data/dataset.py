@@ -89,7 +89,7 @@ class ManifestDataset(Dataset):
         sid = row["id"]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.cache is not None:
-            item = self.cache.get_or_compute(value, adapter.cache_signature(),
+            item = self.cache.get_or_compute(value, adapter.cache_signature(row),
                                              lambda: adapter.load(value, train=False, sample_id=sid, row=row),
                                              is_path=adapter.input_kind == "path")
             return adapter.augment(item, rng) if self.train else item

@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..io import deep_merge, write_json
 from .checkpoint import attach_head, export_merged, finetune_meta, save_finetuned
 from .heads import TaskHead, TaskSpec, task_loss
-from .lora import apply_lora, count_parameters, freeze, shared_with
+from .lora import PRETRAINING_ONLY, apply_lora, count_parameters, freeze, shared_with
 from .splits import make_splits
 
 log = logging.getLogger("medfm.finetune")
@@ -253,9 +253,11 @@ class FineTuner:
                        target_modules=lc["target_modules"])
         else:
             freeze(model)
-            if method == "full":
+            if method == "full":  # the towers (less their pretraining-only decoders/MLM heads) + projections
                 for m in self.modalities:
-                    for p in list(model.tower(m).parameters()) + list(model.projections[m].parameters()):
+                    for n, p in model.tower(m).named_parameters():
+                        p.requires_grad_(not PRETRAINING_ONLY.fullmatch(n))
+                    for p in model.projections[m].parameters():
                         p.requires_grad_(True)
 
     def _loader(self, split: str, train: bool) -> DataLoader:

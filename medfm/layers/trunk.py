@@ -5,8 +5,14 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from functools import partial
+
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
+
+
+#: LayerNorm as in timm's ViT, MAE, RETFound (eps 1e-6), so imported weights reproduce exactly
+_norm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def padding_to_attn_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -37,12 +43,12 @@ class Trunk(nn.Module):
         self.width, self.depth, self.heads = width, depth, heads
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=r, norm_layer=nn.LayerNorm)
+            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=r, norm_layer=_norm)
             for r in rates
         )
         for blk in self.blocks:
             blk.attn.fused_attn = True
-        self.norm = nn.LayerNorm(width)
+        self.norm = _norm(width)
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

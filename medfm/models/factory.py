@@ -32,14 +32,22 @@ def medfm_base() -> Dict[str, Any]:
             "decoder": {"width": 512, "depth": 8, "heads": 16}}
 
 
+def _shipped(name: str) -> Optional[Path]:
+    """A config shipped in ``medfm.configs`` (e.g. ``models/small_3d.yaml``), or None."""
+    from medfm.configs import config_path
+
+    p = config_path(name)
+    return p if p.is_file() else None
+
+
 def resolve_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[str, Any]:
     """Name, YAML/JSON path or dict → a config dict merged over the defaults and its preset ``name``."""
     if isinstance(config, (str, Path)):
         s = str(config)
         if s in MODELS:
             cfg: Dict[str, Any] = {"name": s}
-        elif Path(s).is_file():
-            cfg = load_config_file(s)
+        elif Path(s).is_file() or _shipped(s) is not None:
+            cfg = load_config_file(s if Path(s).is_file() else _shipped(s))
             cfg = cfg.get("model", cfg)
         else:
             raise ConfigError(f"unknown model {s!r}: not a preset ({', '.join(MODELS.names())}) nor a config file")

@@ -10,8 +10,8 @@ with ``local_loss=True, gather_with_grad=True``.
 
 Loss normalisation: a rank's loss is ``sum(local row losses) * world_size / n_global``
 so that the mean over ranks (what DDP's gradient averaging optimises) is exactly the
-single-process mean over the concatenated batch. Every rank must hold the same local
-batch size ``B`` (the rows that are absent are masked, not dropped).
+single-process mean over the concatenated batch. Ranks whose batch is smaller (samples
+skipped as unreadable) are padded with absent rows to the largest local batch.
 
 Outside a distributed run (or with ``world_size == 1``) everything is the identity.
 """
@@ -148,6 +148,8 @@ def gather_view(
     """
     rank, world = world_info()
     local, full, pres, pres_full = {}, {}, {}, {}
+    b_local = next(iter(embeddings.values())).shape[0] if embeddings else 0
+    b_max = _max_over_ranks(b_local)
     for name, z in embeddings.items():
         p = None if present is None else present.get(name)
         if p is None:
@@ -155,12 +157,27 @@ def gather_view(
         p = p.to(device=z.device, dtype=torch.bool)
         if p.shape != z.shape[:1]:
             raise ValueError(f"presence mask of {name!r} has shape {tuple(p.shape)}, expected ({z.shape[0]},)")
+        if z.shape[0] < b_max:  # a rank that skipped unreadable samples: pad with absent rows
+            z = torch.cat([z, z.new_zeros(b_max - z.shape[0], z.shape[1])], 0)
+            p = torch.cat([p, p.new_zeros(b_max - p.shape[0])], 0)
         z_all, p_all = gather_features(z, p)
         local[name], full[name], pres[name], pres_full[name] = z, z_all, p, p_all
     labels_full = None
     if labels is not None:
         device = next(iter(embeddings.values())).device if embeddings else labels.device
         labels = labels.to(device=device, dtype=torch.long)
+        if labels.shape[0] < b_max:
+            labels = torch.cat([labels, labels.new_full((b_max - labels.shape[0],), -1)], 0)
         labels_full = gather_nograd(labels)
-    batch = next(iter(embeddings.values())).shape[0] if embeddings else 0
-    return GlobalView(local, full, pres, pres_full, labels, labels_full, rank * batch, world)
+    return GlobalView(local, full, pres, pres_full, labels, labels_full, rank * b_max, world)
+
+
+def _max_over_ranks(n: int) -> int:
+    """Largest local batch size over ranks (``n`` itself outside a distributed run)."""
+    if not is_distributed():
+        return n
+    t = torch.tensor([n], dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

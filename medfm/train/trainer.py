@@ -93,6 +93,7 @@ class Trainer:
 
         self.config = resolve_run_config(config)
         self.out = Path(out_dir)
+        self.config_dir = Path(config_dir) if config_dir is not None else None
         self.dist: DistInfo = init_distributed(self.config["train"]["device"])
         tcfg, dcfg = self.config["train"], self.config["data"]
         torch.manual_seed(int(tcfg["seed"]))  # identical initial weights on every rank
@@ -131,7 +132,10 @@ class Trainer:
         if ckpt is not None:
             self.resume_from = ckpt
             return MultiModalModel.from_pretrained(ckpt)
-        mcfg = resolve_config(self.config["model"])
+        model_cfg = self.config["model"]
+        if isinstance(model_cfg, str) and self.config_dir is not None and (self.config_dir / model_cfg).is_file():
+            model_cfg = str(self.config_dir / model_cfg)
+        mcfg = resolve_config(model_cfg)
         adapters = {}
         for name, options in (mcfg.get("modalities") or {}).items():
             adapter = get_modality(name, **(options or {}))

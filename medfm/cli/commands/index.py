@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         description="Writes DIR/index.faiss, DIR/index.json (kind, parameters, model fingerprint) and "
                     "DIR/metadata.parquet (ids and the --label-columns you name; nothing else from the "
                     "manifest is stored, so no PHI). Kind 'auto': exact IndexFlatIP up to --flat-max "
-                    "vectors, HNSW (inner product) above.")
+                    "vectors, IVF (inner product) above; 'hnsw' on request.")
     b.add_argument("--model", required=True)
     b.add_argument("--manifest", required=True)
     b.add_argument("--modality", required=True)
