@@ -136,11 +136,19 @@ class CTAdapter(ModalityAdapter):
             x = im.normalize(x, o["normalize"])
         else:
             x = im.normalize(x[None], o["normalize"] if o["normalize"] != "none" else "zscore")
-        if train:
-            x = im.random_flip(x, [1 + d for d in o["flip_dims"]], rng)
-            if o["jitter"]:
-                x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
-        return {"x": x.float().contiguous(), "spacing": tuple(float(s) for s in vol.spacing)}
+        item = {"x": x.float().contiguous(), "spacing": tuple(float(s) for s in vol.spacing)}
+        return self.augment(item, rng) if train else item
+
+    def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
+        """Random flips and intensity jitter of a preprocessed ``(C, D, H, W)`` volume.
+
+        (The random crop is part of ``preprocess(train=True)``; a cached eval item is centre-cropped.)
+        """
+        o = self.options
+        x = im.random_flip(item["x"], [1 + d for d in o["flip_dims"]], rng)
+        if o["jitter"]:
+            x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
+        return {**item, "x": x.contiguous()}
 
     # ----------------------------------------------------------------- model
     def tower_config(self) -> Dict[str, Any]:

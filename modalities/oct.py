@@ -163,13 +163,18 @@ class OCTAdapter(ModalityAdapter):
         x = torch.from_numpy(np.ascontiguousarray(record.data, dtype=np.float32))[None]
         x = im.normalize(x, "minmax")
         x = im.resample_volume(x, (int(o["frames"]), *o["size"]))
-        if train:
-            if o["hflip"]:
-                x = im.random_flip(x, [3], rng, p=o["hflip"])
-            if o["jitter"]:
-                x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
         x = im.normalize(x, o["normalize"], mean=o["mean"], std=o["std"])
-        return {"x": x.float().contiguous()}
+        item = {"x": x.float().contiguous()}
+        return self.augment(item, rng) if train else item
+
+    def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
+        """Random left-right flip of the B-scans and intensity jitter of a ``(1, F, H, W)`` volume."""
+        o, x = self.options, item["x"]
+        if o["hflip"]:
+            x = im.random_flip(x, [3], rng, p=o["hflip"])
+        if o["jitter"]:
+            x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
+        return {**item, "x": x.contiguous()}
 
     def tower_config(self) -> Dict[str, Any]:
         o = self.options

@@ -132,13 +132,18 @@ class Image2DAdapter(ModalityAdapter):
         x = torch.from_numpy(np.ascontiguousarray(arr))
         x = x.permute(2, 0, 1) if x.ndim == 3 else x[None]
         x = im.resize_pad_square(x, int(o["size"]), pad_value=0.0)
-        if train:
-            if o["hflip"]:
-                x = im.random_flip(x, [2], rng, p=o["hflip"])
-            if o["jitter"]:
-                x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
         x = im.normalize(x, o["normalize"], mean=o["mean"], std=o["std"])
-        return {"x": x.float().contiguous()}
+        item = {"x": x.float().contiguous()}
+        return self.augment(item, rng) if train else item
+
+    def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
+        """Random horizontal flip and intensity jitter of a preprocessed ``(C, S, S)`` image."""
+        o, x = self.options, item["x"]
+        if o["hflip"]:
+            x = im.random_flip(x, [2], rng, p=o["hflip"])
+        if o["jitter"]:
+            x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
+        return {**item, "x": x.contiguous()}
 
     # ----------------------------------------------------------------- model
     def tower_config(self) -> Dict[str, Any]:

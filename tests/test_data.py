@@ -98,3 +98,31 @@ def test_cache_key_follows_file_content(tmp_path):
     f.write_bytes(b"two")
     assert cache.key(str(f), {"o": 1}) != k1
     assert cache.key(str(f), {"o": 2}) != cache.key(str(f), {"o": 1})
+
+
+def test_cached_training_items_still_get_fresh_augmentation(tmp_path):
+    """With a cache, the eval-mode tensor is stored and the adapter's ``augment`` re-draws views each epoch."""
+    import numpy as np
+    from PIL import Image
+
+    img = (np.add.outer(np.arange(48), np.arange(64)) % 256).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    df = pd.DataFrame({"id": ["a"], "patient_id": ["p"], "xray": ["a.png"]})
+    from medfm.data import validate_manifest
+
+    df = validate_manifest(df, base_dir=tmp_path)
+    xray = get_modality("xray", size=32, hflip=1.0, jitter=0.2)
+    plain_eval = ManifestDataset(df, {"xray": xray})[0]["inputs"]["xray"]["x"]
+    ds = ManifestDataset(df, {"xray": xray}, train=True, cache_dir=tmp_path / "c", seed=1)
+    e0 = ds[0]["inputs"]["xray"]["x"]
+    ds.set_epoch(1)
+    e1 = ds[0]["inputs"]["xray"]["x"]
+    assert ds.cache.misses == 1 and ds.cache.hits == 1
+    assert not torch.equal(e0, e1)
+    # hflip=1.0: every view is the flipped eval tensor up to an affine intensity jitter
+    flipped = torch.flip(plain_eval, [2])
+    for view in (e0, e1):
+        a = torch.linalg.lstsq(torch.stack([flipped.flatten(), torch.ones(flipped.numel())], 1),
+                               view.flatten()[:, None]).solution
+        recon = flipped * a[0] + a[1]
+        assert torch.allclose(recon, view, atol=1e-4)
