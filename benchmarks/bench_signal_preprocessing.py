@@ -97,12 +97,15 @@ def dna_sequences():
 
 # --------------------------------------------------------------- benchmarks
 def bench_ecg(paths) -> None:
+    import wfdb
+
     a = E.ECGAdapter()
     recs = [a.read(p) for p in paths]
     n = len(recs)
     rows = [
         ("naive per-lead (design+FFT resample+filtfilt)", rate(lambda: [naive_ecg_preprocess(r.data, r.meta["fs"]) for r in recs], n)),
         ("medfm preprocess (vectorised, cached sos)", rate(lambda: [a.preprocess(r) for r in recs], n, 3)),
+        ("wfdb.rdrecord alone (reading, for scale)", rate(lambda: [wfdb.rdrecord(str(Path(p).with_suffix(""))) for p in paths], n, 2)),
         ("medfm load = WFDB read + preprocess", rate(lambda: [a.load(p) for p in paths], n, 2)),
     ]
     x1000 = [E.Record(sps.resample_poly(r.data, 2, 1, axis=-1), {**r.meta, "fs": 1000.0}) for r in recs]

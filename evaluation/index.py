@@ -31,14 +31,23 @@ FINGERPRINT_FILES = ("config.json", "model.safetensors")
 
 
 def model_fingerprint(model_dir: Any) -> str:
-    """sha256 over the model directory's ``config.json`` and ``model.safetensors`` (hex, 64 chars)."""
+    """sha256 over a model directory's ``config.json`` and its weight files (hex, 64 chars).
+
+    A base checkpoint is ``config.json`` + ``model.safetensors``; a fine-tuned one is
+    ``config.json`` (which records the base's hash) + its adapter/head files.
+    """
+    from medfm.finetune.checkpoint import weight_files
+
     d = Path(str(model_dir))
+    config = d / FINGERPRINT_FILES[0]
+    if not config.is_file():
+        raise CheckpointError(f"{config}: missing; not a medfm model directory")
+    files = [config] + weight_files(d)
+    if len(files) == 1:
+        raise CheckpointError(f"{d}: no weight files; not a medfm model directory")
     h = hashlib.sha256()
-    for name in FINGERPRINT_FILES:
-        p = d / name
-        if not p.is_file():
-            raise CheckpointError(f"{p}: missing; not a medfm model directory")
-        h.update(name.encode())
+    for p in files:
+        h.update(p.name.encode())
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)

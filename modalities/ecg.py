@@ -310,6 +310,7 @@ class ECGAdapter(ModalityAdapter):
         notch: mains frequency (50/60) or ``None``; ``notch_q``.
         normalize: ``"lead"`` (per-lead standardisation) or ``"none"`` (millivolts).
         derive_limb_leads: compute missing III/aVR/aVL/aVF (and II) from I and II (I and III).
+        min_leads: fewest leads a record must hold (derived ones not counted), e.g. 12 to refuse 3-lead files.
         random_crop: random window start when ``train``.
         input_fs, input_units, input_leads: defaults for ``.npy/.npz/.csv`` without sidecar or manifest columns.
         fs_column, leads_column: manifest columns with the rate and comma-separated lead names.
@@ -323,7 +324,7 @@ class ECGAdapter(ModalityAdapter):
         "fs": 500, "duration": 10.0, "min_duration": 2.0, "bandpass": [0.5, 40.0], "filter_order": 4,
         "notch": None, "notch_q": 30.0, "normalize": "lead", "derive_limb_leads": True, "random_crop": True,
         "input_fs": None, "input_units": "mV", "input_leads": None, "fs_column": "ecg_fs", "leads_column": "ecg_leads",
-        "patch_size": 50, "per_channel": False, "pool": "mean", "mask_ratio": 0.75,
+        "patch_size": 50, "per_channel": False, "pool": "mean", "mask_ratio": 0.75, "min_leads": 1,
     }
 
     def __init__(self, **options: Any):
@@ -387,6 +388,10 @@ class ECGAdapter(ModalityAdapter):
             raise DataError(f"sampling rate is {fs}", source=str(source), field="sampling_rate")
         x, mask, derived, cmeta = canonicalize(arr, names, units, source=str(source),
                                                derive=bool(self.options["derive_limb_leads"]))
+        n_real = int((mask & ~derived).sum())
+        if n_real < int(self.options["min_leads"]):
+            raise DataError(f"record has {n_real} standard lead(s), fewer than min_leads {self.options['min_leads']}",
+                            source=str(source), field="leads")
         meta = {k: v for k, v in meta.items() if k != "comments"}
         meta.update(cmeta, fs=float(fs), lead_mask=mask, derived_mask=derived, source_leads=[str(n) for n in names])
         return Record(x, meta)

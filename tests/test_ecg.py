@@ -95,6 +95,9 @@ def test_limb_leads_derived_from_I_and_II(tmp_path):
     np.testing.assert_allclose(x[L("aVF")], II - I / 2)
     assert [E.LEADS[i] for i in np.nonzero(rec.meta["derived_mask"])[0]] == ["III", "aVR", "aVL", "aVF"]
     assert rec.meta["lead_mask"].sum() == 6
+    with pytest.raises(DataError, match="2 standard lead") as e:
+        E.ECGAdapter(min_leads=12).read(hea)
+    assert e.value.field == "leads"
 
 
 def test_resampling_250_to_500_matches_analytic_sine(tmp_path):

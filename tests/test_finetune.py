@@ -317,3 +317,29 @@ def test_cli_finetune_with_overrides_and_merge(setup, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["use_dora"] is True
     assert hasattr(medfm.load_pretrained(tmp_path / "out" / "merged"), "task_head")
     assert main(["finetune", str(tmp_path / "ft.yaml"), "--out", str(tmp_path / "o2"), "--set", "method=bad"]) == 2
+
+
+def test_unmerged_finetuned_directory_works_with_embed(setup, lora_run, tmp_path, capsys):
+    """`medfm embed` on a LoRA directory (no model.safetensors) gives the fine-tuned encoder's embeddings."""
+    from medfm.cli import main
+    from medfm.evaluation.embed import load_embeddings
+    from medfm.evaluation.index import model_fingerprint
+
+    out = Path(lora_run["out"])
+    assert not (out / "model.safetensors").exists()
+    assert model_fingerprint(out) != model_fingerprint(setup["base"])
+    path = tmp_path / "emb.safetensors"
+    rc = main(["embed", "--model", str(out), "--manifest", str(setup["manifest"]), "--modality", "toy",
+               "--out", str(path), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    e = load_embeddings(path)
+    model = load_finetuned(out)
+    df = read_manifest(setup["manifest"])
+    ds = ManifestDataset(df[df["id"].isin(e.ids[:4])], model.adapters)
+    batch = MultiModalCollate(model.adapters)([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        z = model.encode("toy", batch["inputs"]["toy"]["x"]).numpy()
+    order = [e.ids.index(i) for i in batch["id"]]
+    np.testing.assert_allclose(e.emb[order], z, atol=1e-5)
+    with pytest.raises(CheckpointError, match="export_merged"):
+        model.save_pretrained(tmp_path / "nope")

@@ -16,6 +16,8 @@ def write_toy_manifest(path: Path, n: int = 64, n_classes: int = 4, seed: int = 
     """Manifest with ``toy`` (2×32) and ``toyb`` (3×32) signals whose frequency encodes a hidden class.
 
     ``toyb`` is absent every ``missing_every``-th sample; ids in ``corrupt`` get unreadable cells.
+    The ``split`` column is assigned per sample, so patients straddle train and test: tests use it
+    as the leakage case that patient-grouped splitting must refuse.
     """
     rng = np.random.default_rng(seed)
     t = np.arange(32)

@@ -317,14 +317,17 @@ def write_wfdb(folder: Path, name: str, sig_tc: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------ cohort
-def _patient_splits(n_patients: int, fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:
-    order = rng.permutation(n_patients)
-    n_tr = int(round(fractions[0] * n_patients))
-    n_va = max(1, int(round(fractions[1] * n_patients)))
-    out = np.empty(n_patients, dtype=object)
-    out[order[:n_tr]] = "train"
-    out[order[n_tr:n_tr + n_va]] = "val"
-    out[order[n_tr + n_va:]] = "test"
+def _patient_splits(patient_class: np.ndarray, fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """Split patients into train/val/test with the fractions, stratified by class (balanced test set)."""
+    out = np.empty(len(patient_class), dtype=object)
+    for c in np.unique(patient_class):
+        idx = rng.permutation(np.flatnonzero(patient_class == c))
+        n = len(idx)
+        n_va = max(1, int(round(fractions[1] * n)))
+        n_te = max(1, int(round(fractions[2] * n)))
+        out[idx[:n - n_va - n_te]] = "train"
+        out[idx[n - n_va - n_te:n - n_te]] = "val"
+        out[idx[n - n_te:]] = "test"
     return out
 
 
@@ -358,7 +361,7 @@ def generate_cohort(out_dir: Any, spec: Optional[CohortSpec] = None, *, progress
     rng = np.random.default_rng(spec.seed)
     # balanced classes: cycle through them, then shuffle
     patient_class = rng.permutation(np.arange(spec.n_patients) % len(CLASSES))
-    splits = _patient_splits(spec.n_patients, spec.splits, rng)
+    splits = _patient_splits(patient_class, spec.splits, rng)
     visits = rng.integers(1, 4, spec.n_patients)
     rows: List[Dict[str, Any]] = []
     total = int(visits.sum())

@@ -36,7 +36,6 @@ def summary_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
         rows.append(_row(f"zero-shot {name}", "macro AUROC", r["macro_auroc"], 0.5, r["macro_auroc_ci"], r["n"]))
     for name, r in results["retrieval"].get("pairs", {}).items():
         rows.append(_row(f"retrieval {name}", "R@1", r["R@1"], r["R@1_chance"], r["R@1_ci"], r["n_queries"]))
-        rows.append(_row(f"retrieval {name}", "R@5", r["R@5"], r["R@5_chance"], None, r["n_queries"]))
         rows.append(_row(f"retrieval {name}", "mAP", r["mAP"], r["mAP_chance"], r["mAP_ci"], r["n_queries"]))
     idx = results["index"]
     k = idx["k"]

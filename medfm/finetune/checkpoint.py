@@ -123,25 +123,10 @@ def _resolve_base(directory: Path, meta: Dict[str, Any]) -> Path:
 
 
 def _load_complete(directory: Path, config: Dict[str, Any]):
-    """A complete model directory (base layout) built from ``config`` — used for merged exports."""
+    """A complete model directory (base layout, e.g. a merged export) without its fine-tuning parts."""
     from ..models.multimodal import MultiModalModel
 
-    adapters = {}
-    for name, options in config.get("modalities", {}).items():
-        adapter = get_modality(name, **options)
-        sub = directory / "modalities" / name
-        if sub.is_dir():
-            adapter.load_pretrained(sub)
-        adapters[name] = adapter
-    model = MultiModalModel(config, adapters)
-    weights = directory / BASE_WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{directory}: {BASE_WEIGHTS} is missing")
-    missing, unexpected = load_model(model, str(weights), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{weights}: weights do not match the config; missing: {sorted(missing)[:5]}, "
-                              f"unexpected: {sorted(unexpected)[:5]}")
-    return model
+    return MultiModalModel.from_pretrained(directory, finetune=False)
 
 
 def read_finetune_meta(directory: os.PathLike) -> Dict[str, Any]:

@@ -30,7 +30,7 @@ caller through :func:`shared_with`.
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

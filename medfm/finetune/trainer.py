@@ -14,12 +14,11 @@ The output directory then holds a fine-tuned checkpoint (see
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 import pandas as pd
@@ -426,7 +425,8 @@ def finetune(config: Mapping[str, Any], out_dir, *, model=None, config_dir=None)
 
     Args:
         config: fine-tuning config; every key has a default (:data:`DEFAULT_CONFIG`) except
-            ``base`` (pretrained checkpoint directory), ``data.manifest`` and ``task.label_column``::
+            ``base`` (pretrained checkpoint directory) and ``data.manifest`` (``task.label_column``
+            defaults to ``"label"``)::
 
                 {"base": DIR, "modalities": ["ecg"],
                  "task": {"kind": "multiclass"|"multilabel"|"regression", "label_column": "dx",

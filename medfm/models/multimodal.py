@@ -142,6 +142,9 @@ class MultiModalModel(nn.Module):
         crash never leaves a config pointing at torn weights. Other files already in
         ``directory`` (metrics, training checkpoints) are kept.
         """
+        if getattr(self, "task_head", None) is not None:
+            raise CheckpointError("this model carries a fine-tuned task head (and maybe unmerged LoRA layers): "
+                                  "save it with medfm.finetune.export_merged(model, dir) instead")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         staging = directory.parent / f".{directory.name}.staging"
@@ -171,8 +174,13 @@ class MultiModalModel(nn.Module):
         return cfg
 
     @classmethod
-    def from_pretrained(cls, directory: os.PathLike, strict: bool = True) -> "MultiModalModel":
-        """Load what :meth:`save_pretrained` wrote. Reads safetensors only — never unpickles."""
+    def from_pretrained(cls, directory: os.PathLike, strict: bool = True, finetune: bool = True) -> "MultiModalModel":
+        """Load what :meth:`save_pretrained` wrote. Reads safetensors only — never unpickles.
+
+        A fine-tuned directory (``"finetune"`` in its config) is handed to
+        :func:`medfm.finetune.checkpoint.load_finetuned` unless ``finetune=False``, which
+        reads only the complete base layout (``model.safetensors``) of the directory.
+        """
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not cfg_path.is_file():
@@ -183,7 +191,7 @@ class MultiModalModel(nn.Module):
             raise CheckpointError(f"{cfg_path}: not a medfm model config")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{cfg_path}: format version {meta['format_version']} is newer than this medfm")
-        if "finetune" in meta:  # a fine-tuned checkpoint: LoRA adapters + task head over a base model
+        if "finetune" in meta and finetune:  # a fine-tuned checkpoint: LoRA adapters + task head over a base model
             from ..finetune.checkpoint import load_finetuned
 
             return load_finetuned(directory)
