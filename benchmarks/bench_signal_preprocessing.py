@@ -187,8 +187,13 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         paths = ecg_records(Path(tmp), args.records)
+        # per-item throughput with one intra-op thread, as inside DataLoader workers (torch sets
+        # 1 thread per worker); on a busy 2-core box, 2 OpenMP threads make tiny tensor ops wait.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         bench_ecg(paths)
         bench_dna(dna_sequences())
+        torch.set_num_threads(threads)
         for preset in args.models.split(","):
             bench_loader(paths, args.steps, preset)
 

@@ -164,7 +164,8 @@ class ModalityAdapter:
 def check_finite(item: Mapping[str, Any], modality: str, source: Any) -> None:
     """Raise :class:`DataError` when a float tensor of ``item`` holds NaN or inf."""
     for key, val in item.items():
-        if isinstance(val, torch.Tensor) and val.is_floating_point() and not torch.isfinite(val).all():
+        # numpy: torch's multi-threaded reduction is slow inside busy DataLoader workers
+        if isinstance(val, torch.Tensor) and val.is_floating_point() and not np.isfinite(val.detach().cpu().numpy()).all():
             raise DataError(f"{modality} input has non-finite values after preprocessing", source=str(source), field=key)
 
 

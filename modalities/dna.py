@@ -271,7 +271,8 @@ class DNAAdapter(ModalityAdapter):
                     "special_ids": list(range(len(tk.SPECIAL_TOKENS)))}
         return {"type": "vit", "pool": o["pool"], "masked": masked,
                 "embedder": {"type": "tokens", "vocab_size": self.vocab_size, "max_len": self.max_tokens(),
-                             "pad_id": tk.PAD_ID, "mask_id": tk.MASK_ID}}
+                             "pad_id": tk.PAD_ID, "mask_id": tk.MASK_ID,
+                             "special_ids": list(range(len(tk.SPECIAL_TOKENS)))}}
 
     def fit(self, values: Iterable[Any]) -> None:
         """Train the BPE tokenizer on the training sequences (k-mer vocabularies are fixed: nothing to learn)."""

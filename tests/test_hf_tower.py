@@ -134,3 +134,22 @@ def test_errors(tmp_path):
         HFTower(_cfg(model_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="pool"):
         HFTower(_cfg(pool="max"))
+
+
+def test_checkpoint_from_model_dir_is_self_contained(tmp_path):
+    """A model whose text tower came from a local transformers dir loads after that dir is deleted."""
+    import shutil
+
+    import medfm
+
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=50, **SMALL)).save_pretrained(tmp_path / "bert")
+    model = medfm.create_model({"name": "medfm-tiny", "modalities": {"toy": {}},
+                                "towers": {"toy": {"type": "hf", **_cfg(model_dir=str(tmp_path / "bert"), hf_config={})}}})
+    model.eval().save_pretrained(tmp_path / "ckpt")
+    shutil.rmtree(tmp_path / "bert")
+    loaded = medfm.load_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config["towers"]["toy"]["model_dir"] is None
+    x, mask = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode("toy", x, mask), model.encode("toy", x, mask))

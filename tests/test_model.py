@@ -131,7 +131,7 @@ def test_mlm_masking_rate_and_specials():
     ids[:, 0] = 2  # CLS
     ids[:, -10:] = 0  # padding
     attn = (ids != 0).long()
-    corrupted, chosen = mlm_mask(ids, 0.5, mask_id=1, vocab_size=50, special_ids=[0, 1, 2], attention_mask=attn)
+    corrupted, chosen = mlm_mask(ids, attn, mask_ratio=0.5, mask_id=1, vocab_size=50, special_ids=[0, 1, 2])
     assert not chosen[:, 0].any() and not chosen[:, -10:].any()
     rate = chosen.float().sum() / (attn.sum() - 64)
     assert abs(rate.item() - 0.5) < 0.02

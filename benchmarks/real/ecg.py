@@ -194,8 +194,7 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     # The MAE of each fold sees the ECGs of the two training sources only (no labels, no test source).
     for held in sorted(ok["source"].unique()):
         cfg = {"model": {**TRUNK, "modalities": {"ecg": dict(ECG_OPTIONS)}},
-               "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"]),
-                        "cache_dir": str(out_dir / "preprocess_cache")},
+               "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"])},
                "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": 0.75}],
                "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["mae_steps"]) // 10)},
                "train": {"max_steps": int(budget["mae_steps"]), "seed": seed}}

@@ -334,7 +334,24 @@ def run_demo(out_dir: Any, *, quick: bool = False, seed: int = 0, progress: bool
 
     Writes ``out_dir/cohort/`` (files + manifests), ``model/`` (pretrained checkpoint),
     ``index/``, ``finetune/``, ``report.md`` with PNG plots, and ``results.json``.
+    Library chatter that says nothing about the demo (MONAI's optional GPU codec, wfdb's
+    pandas deprecations) is silenced for the duration of the run.
     """
+    import warnings
+
+    quiet = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            warnings.filterwarnings("ignore", message=".*inplace keyword.*")
+            return _run_demo(Path(out_dir), quick=quick, seed=seed, progress=progress, echo=echo)
+    finally:
+        quiet.setLevel(level)
+
+
+def _run_demo(out: Path, *, quick: bool, seed: int, progress: bool, echo: Callable[[str], None]) -> Dict[str, Any]:
     import torch
 
     from medfm.data import read_manifest
@@ -344,7 +361,6 @@ def run_demo(out_dir: Any, *, quick: bool = False, seed: int = 0, progress: bool
 
     from . import report as rep
 
-    out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not (out / "results.json").exists() and not (out / "cohort").exists():
             raise ConfigError(f"{out} exists and is not empty (and is not an earlier demo run); choose another --out")

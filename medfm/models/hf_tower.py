@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..registry import register_tower
+from .masking import mlm_mask as bert_mlm_mask  # noqa: F401  (re-exported)
 
 #: a small BERT used when no ``model_dir`` is given (overridden by ``hf_config``).
 DEFAULT_HF_CONFIG: Dict[str, Any] = {
@@ -74,42 +75,6 @@ def untie_weights(model: nn.Module) -> int:
     return n
 
 
-def bert_mlm_mask(x: torch.Tensor, mask: torch.Tensor, *, mask_ratio: float, mask_id: int, vocab_size: int,
-                  special_ids: Sequence[int] = (), generator: Optional[torch.Generator] = None):
-    """BERT-style masking.
-
-    Chooses ``round(mask_ratio * n)`` of the ``n`` real, non-special tokens of each
-    row (at least one when ``n > 0``); of those, 80% become ``mask_id``, 10% a random
-    non-special token, 10% stay.
-
-    Args:
-        x: ``(B, L)`` token ids.  mask: ``(B, L)`` 1 = real token.
-    Returns:
-        ``(inputs (B, L), chosen (B, L) bool)``.
-    """
-    device = x.device
-    special = torch.as_tensor(sorted(set(int(s) for s in special_ids)), dtype=x.dtype, device=device)
-    cand = mask.bool()
-    if special.numel():
-        cand &= ~torch.isin(x, special)
-    n_cand = cand.sum(1)
-    n_pick = torch.round(n_cand.float() * float(mask_ratio)).long()
-    n_pick = torch.where(n_cand > 0, n_pick.clamp(min=1), n_pick).clamp(max=n_cand)
-    noise = torch.rand(x.shape, generator=generator, device=device)
-    noise = noise.masked_fill(~cand, 2.0)
-    ranks = noise.argsort(1).argsort(1)
-    chosen = ranks < n_pick[:, None]
-    r = torch.rand(x.shape, generator=generator, device=device)
-    allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
-    if special.numel():
-        allowed[special[special < vocab_size]] = False
-    allowed_ids = allowed.nonzero().squeeze(1)
-    rand_tok = allowed_ids[torch.randint(len(allowed_ids), x.shape, generator=generator, device=device)]
-    inputs = torch.where(chosen & (r < 0.8), torch.full_like(x, mask_id), x)
-    inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), rand_tok.to(x.dtype), inputs)
-    return inputs, chosen
-
-
 @register_tower("hf")
 class HFTower(nn.Module):
     """A ``transformers`` masked-LM encoder behind the tower interface.
@@ -142,6 +107,16 @@ class HFTower(nn.Module):
     def _build(cfg: Mapping[str, Any]) -> nn.Module:
         from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
+        arch = cfg.get("hf_arch")
+        if arch:  # a checkpoint's own record of the architecture: no model_dir needed any more
+            from transformers import AutoConfig
+
+            hf_cfg = AutoConfig.for_model(arch["model_type"], **{k: v for k, v in arch["config"].items()
+                                                                  if k != "model_type"})
+            try:
+                return AutoModelForMaskedLM.from_config(hf_cfg, attn_implementation="sdpa")
+            except (ValueError, ImportError):
+                return AutoModelForMaskedLM.from_config(hf_cfg)
         model_dir = cfg.get("model_dir")
         if model_dir:
             p = Path(str(model_dir)).expanduser()
@@ -160,6 +135,20 @@ class HFTower(nn.Module):
         kw.setdefault("pad_token_id", int(cfg.get("pad_id", 0)))
         kw["tie_word_embeddings"] = False
         return BertForMaskedLM(BertConfig(attn_implementation="sdpa", **kw))
+
+    def export_config(self) -> Dict[str, Any]:
+        """The tower config to store in a checkpoint: the architecture itself, not ``model_dir``.
+
+        A checkpoint built from a local ``model_dir`` therefore loads after that directory is gone
+        (its weights are in ``model.safetensors``).
+        """
+        cfg = copy.deepcopy(self.config)
+        cfg["model_dir"] = None
+        hf = self.mlm.config.to_dict()
+        for key in ("_name_or_path", "transformers_version", "_attn_implementation_autoset", "dtype", "torch_dtype"):
+            hf.pop(key, None)
+        cfg["hf_arch"] = {"model_type": self.mlm.config.model_type, "config": hf}
+        return cfg
 
     @property
     def encoder(self) -> nn.Module:

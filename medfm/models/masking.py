@@ -28,33 +28,37 @@ def random_masking(batch: int, num_tokens: int, mask_ratio: float, device=None,
     return ids_keep, ids_restore, mask
 
 
-def mlm_mask(ids: torch.Tensor, mask_ratio: float, *, mask_id: int, vocab_size: int,
-             special_ids: Sequence[int], attention_mask: Optional[torch.Tensor] = None,
-             generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: pick ``mask_ratio`` of the real, non-special tokens; 80% → mask_id, 10% random, 10% kept.
+def mlm_mask(x: torch.Tensor, mask: torch.Tensor, *, mask_ratio: float, mask_id: int, vocab_size: int,
+                  special_ids: Sequence[int] = (), generator: Optional[torch.Generator] = None):
+    """BERT-style masking.
+
+    Chooses ``round(mask_ratio * n)`` of the ``n`` real, non-special tokens of each
+    row (at least one when ``n > 0``); of those, 80% become ``mask_id``, 10% a random
+    non-special token, 10% stay.
 
     Args:
-        ids: ``(B, L)`` token ids. attention_mask: ``(B, L)`` 1 = real token.
-
+        x: ``(B, L)`` token ids.  mask: ``(B, L)`` 1 = real token.
     Returns:
-        (corrupted ids ``(B, L)``, chosen ``(B, L)`` bool — the positions the loss is computed on).
+        ``(inputs (B, L), chosen (B, L) bool)``.
     """
-    eligible = torch.ones_like(ids, dtype=torch.bool)
-    for s in special_ids:
-        eligible &= ids != s
-    if attention_mask is not None:
-        eligible &= attention_mask.bool()
-    prob = torch.rand(ids.shape, device=ids.device, generator=generator)
-    chosen = (prob < mask_ratio) & eligible
-    # at least one masked token per sequence that has an eligible token
-    none = ~chosen.any(dim=1) & eligible.any(dim=1)
-    if none.any():
-        first = torch.where(eligible, prob, torch.full_like(prob, 2.0)).argmin(dim=1)
-        chosen[none, first[none]] = True
-    action = torch.rand(ids.shape, device=ids.device, generator=generator)
-    corrupted = ids.clone()
-    corrupted[chosen & (action < 0.8)] = mask_id
-    rand_pos = chosen & (action >= 0.8) & (action < 0.9)
-    if rand_pos.any():
-        corrupted[rand_pos] = torch.randint(0, vocab_size, (int(rand_pos.sum()),), device=ids.device, generator=generator)
-    return corrupted, chosen
+    device = x.device
+    special = torch.as_tensor(sorted(set(int(s) for s in special_ids)), dtype=x.dtype, device=device)
+    cand = mask.bool()
+    if special.numel():
+        cand &= ~torch.isin(x, special)
+    n_cand = cand.sum(1)
+    n_pick = torch.round(n_cand.float() * float(mask_ratio)).long()
+    n_pick = torch.where(n_cand > 0, n_pick.clamp(min=1), n_pick).clamp(max=n_cand)
+    noise = torch.rand(x.shape, generator=generator, device=device)
+    noise = noise.masked_fill(~cand, 2.0)
+    ranks = noise.argsort(1).argsort(1)
+    chosen = ranks < n_pick[:, None]
+    r = torch.rand(x.shape, generator=generator, device=device)
+    allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    if special.numel():
+        allowed[special[special < vocab_size]] = False
+    allowed_ids = allowed.nonzero().squeeze(1)
+    rand_tok = allowed_ids[torch.randint(len(allowed_ids), x.shape, generator=generator, device=device)]
+    inputs = torch.where(chosen & (r < 0.8), torch.full_like(x, mask_id), x)
+    inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), rand_tok.to(x.dtype), inputs)
+    return inputs, chosen

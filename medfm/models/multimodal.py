@@ -73,6 +73,8 @@ class MultiModalModel(nn.Module):
                 tower_cfg["trunk"] = trunk
                 tower_cfg.setdefault("decoder", self.config.get("decoder"))
             self.towers[name] = cls(**tower_cfg)
+            if hasattr(self.towers[name], "export_config"):  # e.g. an hf tower loaded from a model_dir
+                self.config["towers"][name] = {**self.towers[name].export_config(), "type": kind}
             self.projections[name] = nn.Linear(self.towers[name].width, self.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(self.config.get("init_logit_scale", math.log(1 / 0.07)))))
         self.logit_bias = nn.Parameter(torch.tensor(float(self.config.get("init_logit_bias", -10.0))))

@@ -144,8 +144,9 @@ class ViTTower(nn.Module):
             loss = self.reconstruction_loss(pred, self.embedder.targets(x), token_mask)
             return {"loss": loss, "pred": pred, "token_mask": token_mask}
         emb = self.embedder
-        corrupted, chosen = mlm_mask(x, ratio, mask_id=emb.mask_id, vocab_size=emb.vocab_size,
-                                     special_ids=emb.special_ids, attention_mask=mask)
+        attn = mask if mask is not None else (x != emb.pad_id).long()
+        corrupted, chosen = mlm_mask(x, attn, mask_ratio=ratio, mask_id=emb.mask_id, vocab_size=emb.vocab_size,
+                                     special_ids=emb.special_ids)
         tokens = self.forward_features(corrupted, mask)
         if self.cls_token is not None:
             tokens = tokens[:, 1:]

@@ -6,7 +6,10 @@ def run(args) -> int:
     from ...demo import run_demo
 
     results = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
-    return 0 if all(r["beats_chance"] for r in results["summary"]) else 0
+    weak = [f"{r['block']} {r['metric']}" for r in results["summary"] if not r["beats_chance"]]
+    if weak:  # a demo, not a test: say so, but the run itself succeeded
+        print(f"medfm demo: {len(weak)} metric(s) did not beat chance: {', '.join(weak)}")
+    return 0
 
 
 def register(sub) -> None:
