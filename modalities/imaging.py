@@ -573,3 +573,15 @@ def vit_tower(embedder: Dict[str, Any], *, mask_ratio: float, pool: str = "mean"
 def sample_source(path: Any, sample_id: Optional[str]) -> str:
     """What errors name: the manifest id when given (never a DICOM header value), else the path."""
     return f"{sample_id} ({path})" if sample_id is not None else str(path)
+
+
+def flip_and_jitter(item: Dict[str, Any], rng: np.random.Generator, *, width_dim: int, hflip: float,
+                    jitter: float) -> Dict[str, Any]:
+    """Train-time view of a preprocessed image or volume: left-right flip with probability
+    ``hflip`` along ``width_dim`` of ``item["x"]``, then intensity jitter of size ``jitter``."""
+    x = item["x"]
+    if hflip:
+        x = random_flip(x, [width_dim], rng, p=hflip)
+    if jitter:
+        x = intensity_jitter(x, rng, scale=jitter, shift=jitter)
+    return {**item, "x": x.contiguous()}

@@ -169,12 +169,8 @@ class OCTAdapter(ModalityAdapter):
 
     def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
         """Random left-right flip of the B-scans and intensity jitter of a ``(1, F, H, W)`` volume."""
-        o, x = self.options, item["x"]
-        if o["hflip"]:
-            x = im.random_flip(x, [3], rng, p=o["hflip"])
-        if o["jitter"]:
-            x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
-        return {**item, "x": x.contiguous()}
+        return im.flip_and_jitter(item, rng, width_dim=3, hflip=self.options["hflip"],
+                                  jitter=self.options["jitter"])
 
     def tower_config(self) -> Dict[str, Any]:
         o = self.options

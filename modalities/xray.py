@@ -138,12 +138,8 @@ class Image2DAdapter(ModalityAdapter):
 
     def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
         """Random horizontal flip and intensity jitter of a preprocessed ``(C, S, S)`` image."""
-        o, x = self.options, item["x"]
-        if o["hflip"]:
-            x = im.random_flip(x, [2], rng, p=o["hflip"])
-        if o["jitter"]:
-            x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
-        return {**item, "x": x.contiguous()}
+        return im.flip_and_jitter(item, rng, width_dim=2, hflip=self.options["hflip"],
+                                  jitter=self.options["jitter"])
 
     # ----------------------------------------------------------------- model
     def tower_config(self) -> Dict[str, Any]:

@@ -95,13 +95,30 @@ def _embed(model, df: pd.DataFrame, modality: str = "dna") -> np.ndarray:
     return emb.emb
 
 
+def _micro_macro(y: np.ndarray, p: np.ndarray) -> Dict[str, float]:
+    """Accuracy and mean per-class recall over the classes present in ``y`` (what
+    ``sklearn.metrics.balanced_accuracy_score`` computes), in numpy for the bootstrap replicates."""
+    hit = (y == p).astype(np.float64)
+    classes, inv = np.unique(y, return_inverse=True)
+    recall = np.bincount(inv, weights=hit, minlength=classes.size) / np.bincount(inv, minlength=classes.size)
+    return {"micro": float(hit.mean()), "macro": float(recall.mean())}
+
+
+def mean_pairwise_cosine(X: np.ndarray, n: int = 500, seed: int = 0) -> float:
+    """Mean off-diagonal cosine of up to ``n`` rows: near 1 = collapsed/collinear embeddings."""
+    rng = np.random.default_rng(seed)
+    X = X[rng.permutation(len(X))[:n]]
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    c = X @ X.T
+    return float((c.sum() - np.trace(c)) / max(1, c.size - len(c)))
+
+
 def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, seed: int,
                             probe: bool = True) -> Dict[str, Any]:
     """Every frozen-embedding metric of one representation ``X (N, D)`` (rows = ``df`` rows)."""
     from medfm.evaluation.probes import linear_probe
     from medfm.evaluation.retrieval import bioscan_accuracy
     from medfm.evaluation.metrics import cluster_bootstrap
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)  # cosine everywhere
     split = df["split"].to_numpy()
@@ -110,7 +127,7 @@ def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, see
     unseen = np.flatnonzero(split == "unseen")
     train_genera = set(df["genus_name"].iloc[keys])
     unseen_g = unseen[df["genus_name"].iloc[unseen].isin(train_genera).to_numpy()]
-    out: Dict[str, Any] = {}
+    out: Dict[str, Any] = {"mean_pairwise_cosine": {"value": mean_pairwise_cosine(X, seed=seed)}}
     nn = cosine_1nn(X[test], X[keys])
     out["1nn_species_acc_seen"] = accuracy_ci(df["species_name"].iloc[test], df["species_name"].iloc[keys[nn]],
                                               n_boot=n_boot, seed=seed)
@@ -145,8 +162,7 @@ def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, see
             p = labels[r].to_numpy()[keys[nn[pos]]]
             codes = {v: i for i, v in enumerate(sorted(set(y) | set(p)))}
             yi, pi = np.asarray([codes[v] for v in y]), np.asarray([codes[v] for v in p])
-            fn = lambda a, b: {"micro": float(accuracy_score(a, b)), "macro": float(balanced_accuracy_score(a, b))}  # noqa: E731
-            ci = cluster_bootstrap(fn, yi, pi, None, n_boot=n_boot, seed=seed) if n_boot else {}
+            ci = cluster_bootstrap(_micro_macro, yi, pi, None, n_boot=n_boot, seed=seed) if n_boot else {}
             for kind in ("micro", "macro"):
                 key = f"bioscan_{part}_{r.replace('_name', '')}_{kind}"
                 out[key] = {"value": point[f"{part}/{r}/{kind}"], "ci": list(ci.get(kind, (np.nan, np.nan))),
@@ -175,9 +191,10 @@ def zero_shot_genus(model, df: pd.DataFrame, X_dna: np.ndarray, *, n_boot: int, 
     prompts = [taxonomy_text(r, TAXONOMY_RANKS) for r in genera.to_dict("records")]
     names = genera["genus_name"].astype(str).tolist()
     W = encode_values(model, "text", prompts, batch_size=128, source="genus prompt")
+    out_pc = mean_pairwise_cosine(W, seed=seed)
     split = df["split"].to_numpy()
     train_genera = set(df["genus_name"][np.isin(split, ["train", "val"])])
-    out: Dict[str, Any] = {"n_classes": len(names)}
+    out: Dict[str, Any] = {"n_classes": len(names), "text_prompt_mean_pairwise_cosine": {"value": out_pc}}
     for part, mask in (("unseen_species", split == "unseen"),
                        ("unseen_species_genus_in_train", (split == "unseen") & df["genus_name"].isin(train_genera).to_numpy()),
                        ("unseen_species_genus_not_in_train", (split == "unseen") & ~df["genus_name"].isin(train_genera).to_numpy()),
@@ -237,6 +254,11 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
         cols = ["id", "patient_id", "split", "nucleotides", *TAXONOMY_RANKS]
         clibd, _, cinfo = pretrain(_clibd_config(budget, seed), train_df[cols], out_dir / "clibd", init=init)
     res["training"]["clibd"] = cinfo
+    chance_loss = float(np.log(int(budget["batch_size"])))
+    if cinfo["loss_last"] is not None and abs(cinfo["loss_last"] - chance_loss) < 0.02:
+        res["notes"].append(f"CLIBD did not learn within its budget: the contrastive loss ended at "
+                            f"{cinfo['loss_last']:.3f} ≈ ln(batch {budget['batch_size']}) = {chance_loss:.3f}, i.e. "
+                            f"uniform similarities (collapse); zero-shot numbers below are therefore at chance.")
     with sw("clibd_eval"):
         Xc = _embed(clibd, df)
         reps["clibd"] = evaluate_representation(Xc, df, n_boot=nb, seed=seed, probe=False)
