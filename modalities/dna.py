@@ -105,7 +105,9 @@ class DNAAdapter(ModalityAdapter):
 
     Options:
         k, stride: k-mer size (4, 5, 6 ...) and step (``None`` = k, non-overlapping).
-        max_length: nucleotides kept (660 as BarcodeBERT); ``pad_with_n`` pads shorter ones with N.
+        max_length: nucleotides kept (660 as BarcodeBERT); ``pad_with_n`` pads shorter ones with N
+            (BarcodeBERT's input layout). Off by default: padding is then ``[PAD]`` tokens with mask 0,
+            which pooling ignores — N-padding dominates a mean-pooled embedding of a short barcode.
         tokenizer: ``"kmer"`` (fixed vocabulary) or ``"bpe"`` (learnt in :meth:`fit`, ``bpe_vocab_size``).
         alphabet: letters of the k-mer vocabulary (``"ACGTN"``; ``"ACGT"`` sends N-k-mers to ``[UNK]``).
         add_special_tokens: wrap in ``[CLS] ... [SEP]``.
@@ -119,7 +121,7 @@ class DNAAdapter(ModalityAdapter):
     input_kind = "value"
     suffixes = (".fasta", ".fa", ".fna", ".fas", ".fasta.gz", ".fa.gz", ".tsv", ".csv")
     defaults: Dict[str, Any] = {
-        "k": 6, "stride": None, "max_length": 660, "pad_with_n": True, "tokenizer": "kmer", "alphabet": "ACGTN",
+        "k": 6, "stride": None, "max_length": 660, "pad_with_n": False, "tokenizer": "kmer", "alphabet": "ACGTN",
         "bpe_vocab_size": 512, "add_special_tokens": True, "random_offset": True,
         "tower": "vit", "model_dir": None, "hf_config": {}, "mask_ratio": 0.5, "pool": "mean",
     }

@@ -126,3 +126,16 @@ def test_cached_training_items_still_get_fresh_augmentation(tmp_path):
                                view.flatten()[:, None]).solution
         recon = flipped * a[0] + a[1]
         assert torch.allclose(recon, view, atol=1e-4)
+
+
+def test_cache_key_covers_a_records_sibling_files(tmp_path):
+    """A WFDB header's signal file is part of the record: editing it makes a new cache key."""
+    cache = PreprocessCache(tmp_path / "c")
+    (tmp_path / "r1.hea").write_text("r1 1 500 10\n")
+    (tmp_path / "r1.mat").write_bytes(b"\x00\x01")
+    (tmp_path / "r10.mat").write_bytes(b"other record")
+    k1 = cache.key(str(tmp_path / "r1.hea"), {})
+    (tmp_path / "r10.mat").write_bytes(b"changed other record")
+    assert cache.key(str(tmp_path / "r1.hea"), {}) == k1
+    (tmp_path / "r1.mat").write_bytes(b"\x00\x02")
+    assert cache.key(str(tmp_path / "r1.hea"), {}) != k1

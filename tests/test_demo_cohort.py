@@ -57,7 +57,8 @@ def test_some_modalities_missing_but_two_always_present(cohort):
 
 def test_files_are_read_by_registered_adapters(cohort):
     d, df = cohort
-    shapes = {"ct": (1, 16, 32, 32), "oct": (1, 16, 32, 32), "xray": (1, 32, 32), "ecg": (12, 250)}
+    n_windows = len(MODALITY_OPTIONS["ct"]["windows"])  # one channel per HU window
+    shapes = {"ct": (n_windows, 16, 32, 32), "oct": (1, 16, 32, 32), "xray": (1, 32, 32), "ecg": (12, 250)}
     for mod, shape in shapes.items():
         adapter = _adapter(mod)
         row = df[df[mod].notna()].iloc[0].to_dict()

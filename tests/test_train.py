@@ -146,3 +146,23 @@ def test_two_rank_gloo_matches_single_process(tmp_path, strategy):
     # weights agree to a fraction of the learning rate (3e-3) after 3 steps
     worst = max(float((p1 - p2).abs().max()) for p1, p2 in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert worst < 1e-3, worst
+
+
+def test_init_from_no_resume_and_time_budget(tmp_path):
+    manifest = write_toy_manifest(tmp_path / "m.csv", n=32)
+    cfg = write_config(tmp_path, manifest, max_steps=2, checkpoint_every=0)
+    assert main(["pretrain", str(cfg), "--out", str(tmp_path / "a")]) == 0
+    a = medfm.load_pretrained(tmp_path / "a")
+    # --no-resume with an existing checkpoint trains again from step 0
+    assert main(["pretrain", str(cfg), "--out", str(tmp_path / "a"), "--no-resume"]) == 0
+    assert [r["step"] for r in metrics(tmp_path / "a")][-2:] == [1, 2]
+    # --init-from starts from a's weights (lr 0: they stay a's)
+    assert main(["pretrain", str(cfg), "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a"),
+                 "--max-steps", "1", "--set", "optim.lr=0"]) == 0
+    b = medfm.load_pretrained(tmp_path / "b")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    # a zero time budget stops after the first step
+    assert main(["pretrain", str(cfg), "--out", str(tmp_path / "c"), "--set", "train.max_minutes=0",
+                 "--set", "train.max_steps=50"]) == 0
+    assert [r["step"] for r in metrics(tmp_path / "c")] == [1]

@@ -22,7 +22,6 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-import torch
 
 SEED = 0
 

@@ -1,6 +1,7 @@
 """On-disk cache of preprocessed tensors, keyed by input content and preprocessing config."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -16,7 +17,10 @@ def content_hash(source: Any, is_path: bool = True) -> str:
     h = hashlib.blake2b(digest_size=20)
     p = Path(str(source)) if is_path and isinstance(source, (str, os.PathLike)) else None
     if p is not None and p.exists():
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        # a folder: every file in it; a file: it and its siblings of the same stem
+        # (a WFDB header's .dat/.mat signal, an Analyze .hdr's .img)
+        files = (sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir()
+                 else sorted(f for f in p.parent.glob(glob.escape(p.stem) + ".*") if f.is_file()) or [p])
         for f in files:
             h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
             with open(f, "rb") as fh:

@@ -134,7 +134,7 @@ def _ellipsoid(shape: Sequence[int], center: Sequence[float], radii: Sequence[fl
 def make_ct(cls: int, rng: np.random.Generator, noise: float = 1.0) -> np.ndarray:
     """``(D, H, W)`` float32 chest CT in HU: body, two lungs, and the class's nodule.
 
-    Class 0: none; 1: small (radius 4–5.5 vx) ground-glass (−450 HU) nodule;
+    Class 0: none; 1: small (radius 5–6.5 vx) ground-glass (−350 HU) nodule;
     2: large (radius 8–10 vx) dense (+50 HU) mass.
     """
     d, h, w = CT_SHAPE
@@ -147,10 +147,10 @@ def make_ct(cls: int, rng: np.random.Generator, noise: float = 1.0) -> np.ndarra
         lungs.append(side)
     if cls > 0:
         side = rng.choice(lungs)
-        r = rng.uniform(4, 5.5) if cls == 1 else rng.uniform(8, 10)
+        r = rng.uniform(5, 6.5) if cls == 1 else rng.uniform(8, 10)
         c = (rng.uniform(4, d - 4), h / 2 + rng.uniform(-8, 8), w / 2 + side * w * 0.2 + rng.uniform(-3, 3))
         m = _ellipsoid(CT_SHAPE, c, (r * 0.6, r, r))
-        vol[m] = -450.0 if cls == 1 else 50.0
+        vol[m] = -350.0 if cls == 1 else 50.0
     vol += rng.normal(0, 25 * noise, CT_SHAPE).astype(np.float32)
     return vol
 

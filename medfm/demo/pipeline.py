@@ -41,7 +41,7 @@ class DemoSettings:
     lr: float = 2e-3
     warmup: int = 15
     finetune_epochs: int = 6
-    n_boot: int = 500
+    n_boot: int = 300
     masked_weight: float = 0.25
 
 
@@ -49,7 +49,7 @@ def settings(quick: bool = False) -> DemoSettings:
     """The full demo (≈300 samples, 300 steps) or the ``--quick`` one (≈130 samples, 90 steps) the tests run."""
     if quick:
         return DemoSettings(n_patients=60, steps=90, finetune_epochs=3, n_boot=200)
-    return DemoSettings(n_boot=300)
+    return DemoSettings()
 
 
 # -------------------------------------------------------------------- configs
@@ -290,13 +290,11 @@ def step_finetune(out_dir: Path, manifest: Path, s: DemoSettings, seed: int, pro
            "eval": {"n_boot": s.n_boot, "seed": seed}, "seed": seed, "progress": progress, "device": "cpu"}
     res = finetune(cfg, out_dir / "finetune")
     test, ci = res.get("test", {}), res.get("test_ci", {})
-    y = None
     pred_path = out_dir / "finetune" / "test_predictions.csv"
     chance = float("nan")
     if pred_path.is_file():
-        pred = pd.read_csv(pred_path)
-        y = pred["target"].astype(str)
-        chance = float(y.value_counts(normalize=True).max())
+        targets = pd.read_csv(pred_path)["target"].astype(str)
+        chance = float(targets.value_counts(normalize=True).max())
     return {"method": res.get("method"), "modalities": res.get("modalities"), "n_trainable": res.get("n_trainable"),
             "n_total": res.get("n_total"), "best_epoch": res.get("best_epoch"), "epochs_run": res.get("epochs_run"),
             "n_test": test.get("n"), "accuracy": test.get("accuracy"), "accuracy_ci": ci.get("accuracy"),

@@ -45,7 +45,8 @@ DEFAULT_RUN: Dict[str, Any] = {
               "grad_clip": 1.0},
     "train": {"max_steps": 100, "accumulation": 1, "precision": "auto", "checkpoint_every": 50,
               "keep_checkpoints": 2, "log_every": 1, "seed": 0, "grad_checkpointing": False, "strategy": "ddp",
-              "device": "auto", "tensorboard": True, "progress": True},
+              "device": "auto", "tensorboard": True, "progress": True, "resume": True, "init_from": None,
+              "max_minutes": None},
 }
 
 
@@ -128,9 +129,12 @@ class Trainer:
 
     # ----------------------------------------------------------- building
     def _build_model(self) -> MultiModalModel:
-        ckpt = latest_checkpoint(self.ckpt_root)
+        tcfg = self.config["train"]
+        ckpt = latest_checkpoint(self.ckpt_root) if tcfg.get("resume", True) else None
         if ckpt is not None:
             self.resume_from = ckpt
+            if self.dist.is_main:
+                log.info("resuming from %s (train.resume=false or --no-resume starts afresh)", ckpt)
             return MultiModalModel.from_pretrained(ckpt)
         model_cfg = self.config["model"]
         if isinstance(model_cfg, str) and self.config_dir is not None and (self.config_dir / model_cfg).is_file():
@@ -143,7 +147,20 @@ class Trainer:
             values = [adapter.source_from_row(r, column) for r in self.df.to_dict("records")]
             adapter.fit([v for v in values if not is_missing(v)])
             adapters[name] = adapter
-        return create_model(mcfg, adapters=adapters)
+        model = create_model(mcfg, adapters=adapters)
+        if tcfg.get("init_from"):
+            self._init_from(model, Path(tcfg["init_from"]))
+        return model
+
+    def _init_from(self, model: MultiModalModel, directory: Path) -> None:
+        """Start from the weights of another checkpoint wherever names and shapes match (logged)."""
+        source = MultiModalModel.from_pretrained(directory).state_dict()
+        own = model.state_dict()
+        take = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(take, strict=False)
+        if self.dist.is_main:
+            log.info("initialised %d/%d tensors from %s (%d of the source not used, %d new)", len(take), len(own),
+                     directory, len(source) - len(take), len(own) - len(take))
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.dist.distributed:
@@ -226,6 +243,11 @@ class Trainer:
                             self.config, keep=int(self.config["train"]["keep_checkpoints"]))
         return model
 
+    def _past(self, deadline: float) -> bool:
+        """Whether rank 0 is past the time budget (every rank stops at the same step)."""
+        flag = 1.0 if (self.dist.is_main and time.monotonic() > deadline) else 0.0
+        return all_reduce_sum(flag) > 0
+
     # -------------------------------------------------------------- loop
     def fit(self) -> Dict[str, Any]:
         """Train to ``train.max_steps``; returns the last logged metrics."""
@@ -247,6 +269,7 @@ class Trainer:
         it = self._loader()
         last: Dict[str, Any] = {}
         self.model.train()
+        deadline = (time.monotonic() + 60 * float(tcfg["max_minutes"])) if tcfg.get("max_minutes") is not None else None
         try:
             while self.step < max_steps:
                 t_step = time.perf_counter()
@@ -311,6 +334,10 @@ class Trainer:
                     bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
                                     sps=f"{last['samples_per_s']:.1f}", skipped=self.n_skipped)
                     bar.update(1)
+                if deadline is not None and self._past(deadline):
+                    if self.dist.is_main:
+                        log.info("train.max_minutes reached at step %d", self.step)
+                    break
                 every = int(tcfg["checkpoint_every"] or 0)
                 if every and self.step % every == 0 and self.step < max_steps:
                     self._checkpoint()

@@ -15,6 +15,10 @@ def run(args) -> int:
         config.setdefault("train", {})["max_steps"] = args.max_steps
     if args.manifest is not None:
         config.setdefault("data", {})["manifest"] = str(Path(args.manifest).resolve())
+    if args.no_resume:
+        config.setdefault("train", {})["resume"] = False
+    if args.init_from:
+        config.setdefault("train", {})["init_from"] = args.init_from
     if args.no_progress:
         config.setdefault("train", {})["progress"] = False
     try:
@@ -36,4 +40,7 @@ def register(sub) -> None:
     p.add_argument("--manifest", help="override data.manifest")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh even when OUT/checkpoints holds a checkpoint (default: resume from it)")
+    p.add_argument("--init-from", metavar="DIR", help="start from the weights of this checkpoint (matching tensors)")
     p.set_defaults(func=run)
