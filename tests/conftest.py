@@ -65,6 +65,15 @@ if "toy" not in MODALITIES._items:
     register_modality("toyb")(ToySignalB)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and tensors: one intra-op thread avoids oversubscription on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -26,13 +26,7 @@ from medfm.finetune.trainer import resolve_config
 FAST = {"batch_size": 16, "split_column": None, "val_fraction": 0.2, "test_fraction": 0.25, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on a busy 2-core CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sha256(p: Path) -> str:

@@ -21,13 +21,7 @@ from torch import nn
 from medfm.objectives import gram_loss, multimodal_contrastive_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription on a busy 2-core CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD = 2
 B_LOCAL = 6
