@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,9 +47,9 @@ class DemoSettings:
 
 
 def settings(quick: bool = False) -> DemoSettings:
-    """The full demo (≈300 samples, 300 steps) or the ``--quick`` one (≈130 samples, 90 steps) the tests run."""
+    """The full demo (≈300 samples, 300 steps) or the ``--quick`` one (≈130 samples, 130 steps) the tests run."""
     if quick:
-        return DemoSettings(n_patients=60, steps=90, finetune_epochs=3, n_boot=200)
+        return DemoSettings(n_patients=60, steps=130, finetune_epochs=3, n_boot=200)
     return DemoSettings()
 
 
@@ -187,7 +188,8 @@ def step_zeroshot(model, ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict
     prompts = parse_prompt_set(PROMPTS, "demo prompts")
     clf = text_classifier(lambda p: encode_values(model, "text", p, source="prompt"), prompts)
     scale = logit_scale(model)
-    out: Dict[str, Any] = {"prompts": prompts.positive, "logit_scale": scale, "per_modality": {}}
+    out: Dict[str, Any] = {"prompts": prompts.positive, "logit_scale": scale, "per_modality": {},
+                           "_classify": lambda z: zeroshot_scores(z, clf, scale)}
     targets = {m: ec.select(m, "test") for m in IMAGING if m in ec.emb}
     targets["fused"] = ec.fused("test")
     for name, (emb, rows) in targets.items():
@@ -374,8 +376,6 @@ def _run_steps(out: Path, s: DemoSettings, *, quick: bool, seed: int, progress: 
     import torch
 
     from medfm.data import read_manifest
-    from medfm.evaluation.embed import encode_values, logit_scale
-    from medfm.evaluation.zeroshot import parse_prompt_set, text_classifier, zeroshot_scores
     from medfm.train import Trainer
 
     from . import report as rep
@@ -389,8 +389,6 @@ def _run_steps(out: Path, s: DemoSettings, *, quick: bool, seed: int, progress: 
     # 1. cohort
     t0 = time.perf_counter()
     echo(f"[1/7] generating the cohort ({s.n_patients} patients, seed {seed}) in {out / 'cohort'}")
-    import shutil
-
     for sub in ("cohort", "cache", "model", "index", "finetune"):
         shutil.rmtree(out / sub, ignore_errors=True)
     generate_cohort(out / "cohort", CohortSpec(n_patients=s.n_patients, seed=seed), progress=progress)
@@ -425,10 +423,7 @@ def _run_steps(out: Path, s: DemoSettings, *, quick: bool, seed: int, progress: 
         retr = step_retrieval(ec, s, seed)
         idx = step_index(model, ec, out, "findings: dense consolidation. impression: advanced disease", "advanced")
         probe = step_probe(ec, s, seed)
-        prompts = parse_prompt_set(PROMPTS, "demo prompts")
-        clf = text_classifier(lambda p: encode_values(model, "text", p, source="prompt"), prompts)
-        scale = logit_scale(model)
-        real = step_real_files(model, out / "cohort", lambda z: zeroshot_scores(z, clf, scale))
+        real = step_real_files(model, out / "cohort", zs["_classify"])
         tick("evaluate", t0)
 
     # 5. fine-tune

@@ -46,7 +46,7 @@ DEFAULT_RUN: Dict[str, Any] = {
     "train": {"max_steps": 100, "accumulation": 1, "precision": "auto", "checkpoint_every": 50,
               "keep_checkpoints": 2, "log_every": 1, "seed": 0, "grad_checkpointing": False, "strategy": "ddp",
               "device": "auto", "tensorboard": True, "progress": True, "resume": True, "init_from": None,
-              "max_minutes": None},
+              "max_minutes": None, "num_threads": None},
 }
 
 
@@ -97,6 +97,8 @@ class Trainer:
         self.config_dir = Path(config_dir) if config_dir is not None else None
         self.dist: DistInfo = init_distributed(self.config["train"]["device"])
         tcfg, dcfg = self.config["train"], self.config["data"]
+        if tcfg.get("num_threads"):  # tiny models on a CPU often run faster on one thread
+            torch.set_num_threads(int(tcfg["num_threads"]))
         torch.manual_seed(int(tcfg["seed"]))  # identical initial weights on every rank
         manifest = Path(dcfg["manifest"])
         if not manifest.is_absolute() and config_dir is not None and not manifest.exists():
