@@ -252,3 +252,19 @@ def test_evaluate_bioscan_seen_unseen(setup, capsys):
     assert met["seen/species_name/micro"] == 1.0 and met["seen/species_name/macro"] == 1.0
     assert met["unseen/species_name/micro"] == 0.0 and met["unseen/order_name/micro"] == 1.0
     assert (out / "accuracy_by_rank.png").is_file()
+
+
+def test_index_build_search_parameters(setup, capsys):
+    """--nprobe / --ef-search are recorded and applied; a mismatch with the index kind is a usage error."""
+    ix = setup["root"] / "index_hnsw"
+    rc, o, err = _run(capsys, "index", "build", "--model", setup["a"], "--manifest", setup["manifest"],
+                      "--modality", "toyb", "--out", ix, "--kind", "hnsw", "--ef-search", 7, "--no-progress")
+    assert rc == 0, err
+    assert json.loads((ix / "index.json").read_text())["params"]["efSearch"] == 7
+    from medfm.evaluation.index import VectorIndex
+    import faiss
+
+    assert faiss.downcast_index(VectorIndex.load(ix).index).hnsw.efSearch == 7
+    rc, _, err = _run(capsys, "index", "build", "--model", setup["a"], "--manifest", setup["manifest"],
+                      "--modality", "toyb", "--out", setup["root"] / "x", "--nprobe", 4, "--no-progress")
+    assert rc == 2 and "--nprobe applies to a ivf index" in err

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     b.add_argument("--out", required=True, help="output directory")
     b.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"])
     b.add_argument("--flat-max", type=int, default=50_000)
+    b.add_argument("--nprobe", type=int, help="IVF: inverted lists probed per query (speed/recall trade-off)")
+    b.add_argument("--ef-search", type=int, help="HNSW: efSearch (speed/recall trade-off)")
     b.add_argument("--label-columns", default="", help="comma-separated manifest columns kept as metadata")
     b.add_argument("--split", default=None)
     b.add_argument("--batch-size", type=int, default=32)
@@ -30,8 +32,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from medfm.evaluation.embed import (embed_manifest, load_model, open_manifest, report_skipped,
                                         require_modality, rows_for)
-    from medfm.evaluation.index import VectorIndex
-    from medfm.errors import DataError
+    from medfm.evaluation.index import VectorIndex, choose_index
+    from medfm.errors import DataError, UsageError
 
     cols = [c.strip() for c in args.label_columns.split(",") if c.strip()]
     model, fp = load_model(args.model)
@@ -44,9 +46,15 @@ def run(args) -> int:
         raise DataError(f"empty gallery: no {args.modality!r} sample could be embedded",
                         source=args.manifest, field=args.modality)
     meta = rows_for(df, emb.ids)[cols] if cols else None
+    spec = choose_index(len(emb.emb), emb.emb.shape[1], kind=args.kind, flat_max=args.flat_max)
+    for key, value, kind in (("nprobe", args.nprobe, "ivf"), ("efSearch", args.ef_search, "hnsw")):
+        if value is not None:
+            if spec["kind"] != kind:
+                raise UsageError(f"--{'nprobe' if kind == 'ivf' else 'ef-search'} applies to a {kind} index; "
+                                 f"this one is {spec['kind']} (choose it with --kind {kind})")
+            spec["params"][key] = int(value)
     index = VectorIndex.build(emb.emb, emb.ids, metadata=meta, model_fingerprint=fp,
-                              model_dir=str(args.model), modality=args.modality, kind=args.kind,
-                              flat_max=args.flat_max)
+                              model_dir=str(args.model), modality=args.modality, spec=spec)
     index.info["manifest_sha256"] = df.attrs.get("sha256")
     index.info["n_skipped"] = len(emb.skipped)
     path = index.save(args.out)
