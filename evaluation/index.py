@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from medfm.errors import CheckpointError, ConfigError, DataError
+from medfm.io import hash_file
 
 FORMAT_VERSION = 1
 FINGERPRINT_FILES = ("config.json", "model.safetensors")
@@ -48,9 +49,7 @@ def model_fingerprint(model_dir: Any) -> str:
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file(p, h)
     return h.hexdigest()
 
 

@@ -10,7 +10,6 @@ Values are plain JSON (NaN → null). Only manifest-level ids ever appear; no PH
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -23,15 +22,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_curve  # noqa: E402
-
-
-def file_sha256(path: Any) -> str:
-    """sha256 of a file (hex)."""
-    h = hashlib.sha256()
-    with open(str(path), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def to_jsonable(obj: Any) -> Any:

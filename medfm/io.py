@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -118,3 +119,12 @@ def apply_overrides(config: Dict[str, Any], overrides) -> Dict[str, Any]:
             node = node[p]
         node[parts[-1]] = value
     return out
+
+
+def hash_file(path: os.PathLike, h=None):
+    """Feed a file's bytes into hasher ``h`` (a new sha256 when None) in 1 MiB chunks; return ``h``."""
+    h = hashlib.sha256() if h is None else h
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h

@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io import hash_file
+
 
 def content_hash(source: Any, is_path: bool = True) -> str:
     """Hash of what a manifest cell points to: file bytes, every file of a folder, or the inline value."""
@@ -23,9 +25,7 @@ def content_hash(source: Any, is_path: bool = True) -> str:
                  else sorted(f for f in p.parent.glob(glob.escape(p.stem) + ".*") if f.is_file()) or [p])
         for f in files:
             h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            hash_file(f, h)
     else:
         h.update(repr(source).encode())
     return h.hexdigest()

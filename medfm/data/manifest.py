@@ -9,6 +9,7 @@ from typing import Iterable, Optional
 import pandas as pd
 
 from ..errors import DataError
+from ..io import hash_file
 
 REQUIRED_COLUMNS = ("id", "patient_id")
 READERS = {
@@ -53,7 +54,7 @@ def read_manifest(path: os.PathLike, modalities: Optional[Iterable[str]] = None)
     except Exception as e:
         raise DataError(f"cannot read manifest: {e}", source=str(p)) from e
     return validate_manifest(df, source=str(p), base_dir=p.parent, modalities=modalities,
-                             sha256=hashlib.sha256(p.read_bytes()).hexdigest())
+                             sha256=hash_file(p).hexdigest())
 
 
 def validate_manifest(df: pd.DataFrame, *, source: str = "<manifest>", base_dir: Optional[os.PathLike] = None,

@@ -21,7 +21,6 @@ embed``, ``zeroshot`` and ``evaluate``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file
 
 from ..errors import CheckpointError
-from ..io import write_json
+from ..io import hash_file, write_json
 from ..registry import get_modality
 from .heads import TaskHead, TaskSpec
 from .lora import apply_lora, lora_state_dict, load_lora_state_dict, merge_lora
@@ -45,11 +44,8 @@ BASE_WEIGHTS = "model.safetensors"
 
 
 def file_sha256(path: os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of a file (hex): how a fine-tuned checkpoint pins its base weights."""
+    return hash_file(path).hexdigest()
 
 
 def _state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
