@@ -1,10 +1,9 @@
 """Probes on frozen embeddings: linear (C chosen on validation), kNN, few-shot; patient-safe splits.
 
-Splits: the manifest's ``split`` column (``train``; ``val``/``valid``/``validation``/``dev``;
-``test``) when present, otherwise a deterministic patient-grouped split
-(:class:`sklearn.model_selection.GroupShuffleSplit`). When a manifest has no
-validation rows, validation patients are carved out of the training patients the
-same way. A patient whose samples fall in two splits is refused.
+Splits come from the engine's patient-grouped splitter (:mod:`medfm.data.splits`, shared
+with fine-tuning): the manifest's ``split`` column when present, otherwise a deterministic
+split of patients; validation patients are carved out of training when the manifest names
+none. A patient whose samples fall in two splits is refused.
 
 Shapes: ``X (N, D)`` float embeddings, ``y (N,)`` int class indices in ``[0, C)``;
 probabilities are ``(N, C)`` over all C classes even when a split lacks some.
@@ -17,13 +16,11 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
-from sklearn.model_selection import GroupShuffleSplit
 from sklearn.neighbors import KNeighborsClassifier
 
+from medfm.data.splits import make_splits
 from medfm.errors import DataError
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "dev": "val", "test": "test", "testing": "test"}
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))
 
 
@@ -37,53 +34,24 @@ def encode_labels(values: Sequence[Any]) -> Tuple[np.ndarray, List[str]]:
     return y, names
 
 
-def _group_split(idx: np.ndarray, groups: np.ndarray, frac: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    if len(np.unique(groups[idx])) < 2:
-        raise DataError("need at least two patients to split", source="manifest", field="patient_id")
-    gss = GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
-    a, b = next(gss.split(idx, groups=groups[idx]))
-    return idx[a], idx[b]
-
-
 def resolve_splits(df: pd.DataFrame, *, split_column: str = "split", test_size: float = 0.2,
                    val_size: float = 0.1, seed: int = 0, source: str = "manifest") -> np.ndarray:
-    """``(N,)`` array of ``"train" | "val" | "test"`` (``""`` for rows of other splits).
+    """``(N,)`` array of ``"train" | "val" | "test"``, one per row of ``df``.
 
-    Uses ``df[split_column]`` when present; otherwise patients are split with
-    GroupShuffleSplit (``test_size`` of patients to test, then ``val_size`` of the rest to val).
-    Always ends with :func:`check_no_leakage`.
+    The engine's patient-grouped splitter (:func:`medfm.data.splits.make_splits`): the
+    ``split_column`` when present (validation patients carved out of training when it
+    names none), otherwise a deterministic split of patients (``test_size``, ``val_size``).
+    A patient with samples in two splits is refused.
     """
-    groups = df["patient_id"].astype(str).to_numpy()
-    n = len(df)
-    if split_column in df.columns and df[split_column].notna().any():
-        raw = df[split_column].astype(str).str.strip().str.lower()
-        splits = np.array([SPLIT_ALIASES.get(v, "") for v in raw], dtype=object)
-        if not (splits == "test").any():
-            raise DataError("the split column has no 'test' rows", source=source, field=split_column)
-    else:
-        splits = np.full(n, "train", dtype=object)
-        tr, te = _group_split(np.arange(n), groups, test_size, seed)
-        splits[te] = "test"
-    if not (splits == "val").any():
-        tr_idx = np.flatnonzero(splits == "train")
-        if len(np.unique(groups[tr_idx])) >= 2:
-            _, va = _group_split(tr_idx, groups, val_size / max(1e-9, 1 - test_size), seed + 1)
-            splits[va] = "val"
-    check_no_leakage(groups, splits, source=source)
-    return splits
-
-
-def check_no_leakage(patient_ids: Sequence[Any], splits: Sequence[str], source: str = "manifest") -> None:
-    """Raise :class:`DataError` naming a patient whose samples are in more than one split."""
-    df = pd.DataFrame({"p": np.asarray(patient_ids).astype(str), "s": np.asarray(splits).astype(str)})
-    df = df[df["s"] != ""]
-    per = df.groupby("p")["s"].nunique()
-    bad = per[per > 1]
-    if len(bad):
-        pid = bad.index[0]
-        where = sorted(df.loc[df["p"] == pid, "s"].unique())
-        raise DataError(f"patient {pid!r} has samples in several splits {where} ({len(bad)} such patient(s)); "
-                        f"samples of one patient must stay in one split", source=source, field="patient_id")
+    column = split_column if split_column in df.columns and df[split_column].notna().any() else None
+    frame = df if df.attrs.get("source") else df.copy()
+    frame.attrs.setdefault("source", source)
+    frames = make_splits(frame, column, val_fraction=val_size, test_fraction=test_size, seed=seed)
+    if len(frames["test"]) == 0:
+        raise DataError("no test rows (the split column names none, or too few patients)", source=source,
+                        field=split_column)
+    where = {str(sid): name for name, f in frames.items() for sid in f["id"]}
+    return np.array([where.get(str(sid), "") for sid in df["id"]], dtype=object)
 
 
 def full_proba(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:

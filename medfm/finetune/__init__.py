@@ -15,7 +15,7 @@ from .checkpoint import export_merged, load_finetuned, save_finetuned, weight_fi
 from .heads import TaskHead, TaskSpec, fuse, task_loss
 from .lora import (PRESETS, apply_lora, count_parameters, find_target_modules, freeze, lora_state_dict, merge_lora,
                    load_lora_state_dict)
-from .splits import assign_patients, check_no_leakage, make_splits
+from ..data.splits import assign_patients, check_no_leakage, make_splits
 from .trainer import DEFAULT_CONFIG, FineTuner, finetune, predict_loader, predict_scores, regression_metrics
 
 __all__ = [

@@ -33,7 +33,7 @@ from ..io import deep_merge, write_json
 from .checkpoint import attach_head, export_merged, finetune_meta, save_finetuned
 from .heads import TaskHead, TaskSpec, task_loss
 from .lora import PRETRAINING_ONLY, apply_lora, count_parameters, freeze, shared_with
-from .splits import make_splits
+from ..data.splits import make_splits
 
 log = logging.getLogger("medfm.finetune")
 

@@ -181,7 +181,7 @@ def run_probe(args) -> int:
     rec = base_record("probe", args.model, fp, args.manifest, df, modality=args.modality,
                       label_column=args.label_column, classes=classes, n=int(te.sum()),
                       n_train=int(tr.sum()), n_val=int(va.sum()), n_test=int(te.sum()),
-                      split_source="manifest split column" if "split" in df.columns else "GroupShuffleSplit by patient",
+                      split_source="manifest split column" if "split" in df.columns else "deterministic split by patient",
                       linear_C=lin["C"], knn_k=args.knn_k, metrics=metrics, ci=ci,
                       ci_method=f"percentile, {args.n_boot} cluster-bootstrap replicates over test patients",
                       n_skipped=len(emb.skipped))

@@ -40,7 +40,8 @@ def run(args) -> int:
     from medfm.evaluation.embed import (base_record, embed_manifest, encode_values, load_model, logit_scale,
                                         open_manifest, report_skipped, require_modality, rows_for)
     from medfm.evaluation.metrics import metrics_with_ci
-    from medfm.evaluation.probes import check_no_leakage, encode_labels
+    from medfm.data.splits import check_no_leakage
+    from medfm.evaluation.probes import encode_labels
     from medfm.evaluation.report import plot_confusion, plot_roc, write_evaluation
 
     if bool(args.prompts) == bool(args.prototypes):
@@ -58,7 +59,7 @@ def run(args) -> int:
             df = full[full["split"] != args.support_split]
         both = full[full["split"].isin([args.support_split, args.split] if args.split else list(full["split"]))]
         check_no_leakage(both["patient_id"], np.where(both["split"] == args.support_split, "support", "eval"),
-                         source=args.manifest)
+                         ids=both["id"], source=args.manifest)
     df = df[df[args.label_column].notna() | (prompts is not None and prompts.task == "multilabel")]
     df = df.reset_index(drop=True)
     df.attrs.update(full.attrs)

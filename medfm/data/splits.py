@@ -10,7 +10,8 @@ Two sources, in this order:
    assignment does not depend on row order and all their samples stay together.
 
 Every result is checked by :func:`check_no_leakage`: a patient in two splits is a
-:class:`~medfm.errors.DataError` naming sample ids (never the patient identifier).
+:class:`~medfm.errors.DataError` naming the manifest's (pseudonymous) patient id and a sample.
+Fine-tuning (:mod:`medfm.finetune`) and the probes (:mod:`medfm.evaluation.probes`) both split here.
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 
-from ..data.manifest import is_missing
+from .manifest import is_missing
 from ..errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-           "test": "test", "eval": "test", "holdout": "test"}
+           "test": "test", "testing": "test", "eval": "test", "holdout": "test"}
 
 
 def _patient_order(patients: Sequence[str], seed: int) -> List[str]:
@@ -63,19 +64,38 @@ def assign_patients(patients: Sequence[str], fractions: Dict[str, float], seed: 
     return out
 
 
-def check_no_leakage(splits: Dict[str, pd.DataFrame]) -> None:
-    """Raise :class:`DataError` when one patient has samples in two splits."""
+def check_no_leakage(patient_ids: Sequence, splits: Sequence[str], *, ids: Optional[Sequence] = None,
+                     source: Optional[str] = None) -> None:
+    """Raise :class:`DataError` when one patient has samples in two splits.
+
+    Args:
+        patient_ids / splits: one entry per sample; an empty split name means "not used".
+        ids: sample ids, to name an offending sample in the message.
+    """
     owner: Dict[str, str] = {}
+    first: Dict[str, str] = {}
     leaks: List[str] = []
-    for name, df in splits.items():
-        for sid, pid in zip(df["id"], df["patient_id"]):
-            prev = owner.setdefault(str(pid), name)
-            if prev != name:
-                leaks.append(f"{sid} in {name!r}, its patient in {prev!r}")
+    ids = list(ids) if ids is not None else [None] * len(list(patient_ids))
+    for sid, pid, name in zip(ids, patient_ids, splits):
+        name = str(name)
+        if not name:
+            continue
+        prev = owner.setdefault(str(pid), name)
+        if prev != name and str(pid) not in first:
+            first[str(pid)] = f"patient {str(pid)!r} in {prev!r} and {name!r}" + (f" (sample {sid})" if sid else "")
+            leaks.append(str(pid))
     if leaks:
-        raise DataError(f"patient leakage: {len(leaks)} sample(s) belong to patients that also appear in another "
-                        f"split, e.g. {', '.join(leaks[:5])}; a patient's samples must all be in one split",
-                        source=next(iter(splits.values())).attrs.get("source"), field="patient_id")
+        raise DataError(f"patient leakage: {len(leaks)} patient(s) have samples in several splits, e.g. "
+                        f"{'; '.join(first[p] for p in leaks[:3])}; a patient's samples must all be in one split",
+                        source=source, field="patient_id")
+
+
+def _check_frames(splits: Dict[str, pd.DataFrame]) -> None:
+    frames = [(name, df) for name, df in splits.items()]
+    check_no_leakage([p for _, df in frames for p in df["patient_id"]],
+                     [name for name, df in frames for _ in range(len(df))],
+                     ids=[i for _, df in frames for i in df["id"]],
+                     source=next(iter(splits.values())).attrs.get("source"))
 
 
 def _subset(df: pd.DataFrame, mask) -> pd.DataFrame:
@@ -115,7 +135,7 @@ def make_splits(df: pd.DataFrame, split_column: Optional[str] = "split", val_fra
                 names.append(ALIASES[key])
             names = pd.Series(names, index=df.index)
             splits = {s: _subset(df, names == s) for s in SPLITS}
-            check_no_leakage(splits)
+            _check_frames(splits)
             if len(splits["val"]) == 0 and val_fraction > 0:
                 train = splits["train"]
                 assign = assign_patients(train["patient_id"], {"val": val_fraction}, seed)
@@ -128,5 +148,5 @@ def make_splits(df: pd.DataFrame, split_column: Optional[str] = "split", val_fra
     assign = assign_patients(df["patient_id"], {"test": test_fraction, "val": val_fraction}, seed)
     which = df["patient_id"].map(assign)
     splits = {s: _subset(df, which == s) for s in SPLITS}
-    check_no_leakage(splits)
+    _check_frames(splits)
     return splits
