@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 
 from ..data.manifest import is_missing
 from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest, select_split
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..io import deep_merge, write_json
 from ..models import MultiModalModel, create_model, resolve_config
 from ..registry import get_modality
-from .checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (BY_NAME, checkpoint_candidates, clean_temporaries, first_difference, load_optimizer_state_by_name,
+                         load_trainer_state, optimizer_state_by_name, read_run_config, rng_state, save_checkpoint,
+                         set_rng_state)
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
 from .sampler import ResumableSampler
 from .schedule import build_optimizer, cosine_with_warmup
@@ -132,18 +134,24 @@ class Trainer:
     # ----------------------------------------------------------- building
     def _build_model(self) -> MultiModalModel:
         tcfg = self.config["train"]
-        ckpt = latest_checkpoint(self.ckpt_root) if tcfg.get("resume", True) else None
-        if ckpt is not None:
-            self.resume_from = ckpt
-            if self.dist.is_main:
-                log.info("resuming from %s (train.resume=false or --no-resume starts afresh)", ckpt)
-            return MultiModalModel.from_pretrained(ckpt)
+        if self.dist.is_main:
+            removed = clean_temporaries(self.ckpt_root)
+            if removed:
+                log.warning("removed half-written checkpoint files of an interrupted run: %s", ", ".join(removed))
+        if self.dist.distributed:
+            torch.distributed.barrier()
+        if tcfg.get("resume", True):
+            model = self._resumable_model()
+            if model is not None:
+                return model
         model_cfg = self.config["model"]
         if isinstance(model_cfg, str) and self.config_dir is not None and (self.config_dir / model_cfg).is_file():
             model_cfg = str(self.config_dir / model_cfg)
         mcfg = resolve_config(model_cfg)
         adapters = {}
-        for name, options in (mcfg.get("modalities") or {}).items():
+        # sorted: the order a checkpoint's config.json restores, so a resumed model is the same
+        # module tree (and draws MAE masks in the same order) whatever the order in the YAML
+        for name, options in sorted((mcfg.get("modalities") or {}).items()):
             adapter = get_modality(name, **(options or {}))
             column = (self.config["data"].get("columns") or {}).get(name, name)
             values = [adapter.source_from_row(r, column) for r in self.df.to_dict("records")]
@@ -153,6 +161,34 @@ class Trainer:
         if tcfg.get("init_from"):
             self._init_from(model, Path(tcfg["init_from"]))
         return model
+
+    def _resumable_model(self) -> Optional[MultiModalModel]:
+        """The model of the newest intact checkpoint (``None`` when there is none).
+
+        A checkpoint whose weights or training state cannot be read is skipped with a warning
+        naming it; one made from another model config is refused (:class:`CheckpointError`).
+        """
+        for ckpt in checkpoint_candidates(self.ckpt_root):
+            try:
+                model = MultiModalModel.from_pretrained(ckpt)
+                state = load_trainer_state(ckpt)
+                saved_model_cfg = read_run_config(ckpt).get("model")
+            except Exception as e:  # a torn file of a killed run: fall back to an older checkpoint
+                reason = " ".join(str(e).split())[:300]
+                if self.dist.is_main:
+                    log.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
+                                ckpt, type(e).__name__, reason)
+                continue
+            own = json.loads(json.dumps(self.config["model"], default=str))
+            diff = first_difference(saved_model_cfg, own, "model")
+            if diff is not None:
+                raise CheckpointError(f"{ckpt}: made with another model config (first difference at {diff}); "
+                                      "resume with the same model config, or start afresh (--no-resume or a new --out)")
+            self.resume_from, self._resume_state = ckpt, state
+            if self.dist.is_main:
+                log.info("resuming from %s (train.resume=false or --no-resume starts afresh)", ckpt)
+            return model
+        return None
 
     def _init_from(self, model: MultiModalModel, directory: Path) -> None:
         """Start from the weights of another checkpoint wherever names and shapes match (logged)."""
@@ -200,13 +236,17 @@ class Trainer:
 
     # ------------------------------------------------------------ resume
     def _restore(self) -> None:
-        state = load_trainer_state(self.resume_from)
+        state = getattr(self, "_resume_state", None) or load_trainer_state(self.resume_from)
         if getattr(self, "_unsharded", None):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
                                      options=StateDictOptions(full_state_dict=True, strict=False))
-        else:
+        elif state["optimizer"].get("format") == BY_NAME:
+            load_optimizer_state_by_name(self.model, self.optimizer, state["optimizer"], source=self.resume_from)
+        else:  # checkpoints of earlier medfm versions stored the state by position
+            log.warning("%s: optimizer state stored by position (older medfm); restoring it by position",
+                        self.resume_from)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
@@ -222,10 +262,33 @@ class Trainer:
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.resume_from, self.step)
 
+    def _trim_metrics(self) -> None:
+        """Drop ``metrics.jsonl`` lines past the resumed step (and a torn last line), so a curve
+        is never drawn twice; the dropped steps are written again as the run repeats them."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                keep = int(json.loads(line)["step"]) <= self.step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            from ..io import atomic_write_text
+
+            atomic_write_text(path, "".join(x + "\n" for x in kept))
+            log.info("metrics.jsonl: dropped %d line(s) after step %d (written before the interruption)",
+                     dropped, self.step)
+
     def _full_model_and_optimizer(self):
         """A plain (unsharded) model and optimizer state to save; collective under FSDP."""
         if not getattr(self, "_unsharded", None):
-            return self.model, self.optimizer.state_dict()
+            return self.model, optimizer_state_by_name(self.model, self.optimizer)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -264,7 +327,10 @@ class Trainer:
             if tcfg["tensorboard"]:
                 from torch.utils.tensorboard import SummaryWriter
 
-                writer = SummaryWriter(str(self.out / "tb"))
+                # purge_step: scalars logged after the checkpoint by a killed run are dropped
+                writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.resume_from else None)
+            if self.resume_from is not None:
+                self._trim_metrics()
         metrics_fh = open(self.out / "metrics.jsonl", "a", encoding="utf-8") if self.dist.is_main else None
         bar = tqdm(total=max_steps, initial=self.step, desc="pretrain", disable=not (self.dist.is_main and tcfg["progress"]),
                    dynamic_ncols=True)
