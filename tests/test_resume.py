@@ -210,3 +210,26 @@ def test_kill_9_at_a_random_step_and_during_a_checkpoint_write(tmp_path):
         for a, b in zip(expected, got):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (out, target, a, b)
         assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())
+
+
+def test_cohort_text_tokenizer_is_byte_identical_across_fits(tmp_path):
+    """The same training texts give the same tokenizer files (tokenizers' trainer alone does not)."""
+    import numpy as np
+
+    from medfm.registry import get_modality
+
+    rng = np.random.default_rng(0)
+    words = ["heart", "lung", "effusion", "normal", "sinus", "rhythm", "atrial", "fibrillation", "no", "acute",
+             "finding", "mild", "cardiomegaly", "opacity", "left", "right", "base", "pleural", "edema"]
+    texts = [" ".join(rng.choice(words, 12)) + "." for _ in range(300)]
+    blobs = []
+    for k in range(4):
+        adapter = get_modality("text", vocab_size=300, min_frequency=2)
+        adapter.fit(texts)
+        adapter.save_pretrained(tmp_path / f"t{k}")
+        blobs.append({p.name: p.read_bytes() for p in sorted((tmp_path / f"t{k}").iterdir())})
+    assert "text_tokenizer.json" in blobs[0]
+    assert all(b == blobs[0] for b in blobs[1:])
+    ids = adapter.encode_batch(["Mild cardiomegaly no pleural effusion."])[0]
+    assert adapter.decode(ids) == "mild cardiomegaly no pleural effusion."
+    assert len(ids) == 2 + 6  # [CLS], five frequent words and "." as whole pieces, [SEP]
