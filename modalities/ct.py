@@ -34,8 +34,16 @@ def _suffix(path: Path) -> str:
 
 def read_nifti(path: Path) -> im.Volume:
     """NIfTI through MONAI's ``LoadImage`` with its ``NibabelReader`` → :class:`imaging.Volume`."""
+    import nibabel as nib
     from monai.transforms import LoadImage
 
+    from medfm.limits import check_declared_shape
+
+    try:  # the header alone first: a declared size over the limits fails before any allocation
+        shape = nib.load(str(path)).header.get_data_shape()
+    except Exception as e:
+        raise DataError(f"unreadable NIfTI header: {type(e).__name__}: {e}", source=str(path)) from e
+    check_declared_shape(shape, source=path, what="NIfTI volume")
     try:
         mt = LoadImage(reader="NibabelReader", image_only=True)(str(path))
     except Exception as e:  # nibabel/MONAI raise many types for damaged files
@@ -103,6 +111,7 @@ class CTAdapter(ModalityAdapter):
         else:
             vol, fmt = im.read_dicom_file_volume(path), "dicom"
         im.check_array(vol.data, 3, source=path, what="CT volume")
+        im.check_geometry(vol, source=path)
         if fmt != "array" and self.options["orient"]:
             vol = im.to_ras_spacing(vol, None, orient=True)
         meta = {"format": fmt, "spacing": tuple(vol.spacing), "shape": tuple(vol.data.shape),

@@ -155,6 +155,9 @@ class DNAAdapter(ModalityAdapter):
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """An inline sequence → ``Record(cleaned str, {"raw_length": n})``."""
         seq = clean_sequence(source, source=sample_id)
+        if self.options["tokenizer"] == "kmer" and len(seq) < self.k:
+            raise DataError(f"sequence of {len(seq)} nt is shorter than k={self.k}: no k-mer to embed",
+                            source=sample_id, field="sequence")
         return Record(seq, {"raw_length": len(seq)})
 
     # ----------------------------------------------------------- tokenisation

@@ -98,7 +98,7 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         row = self._records[index]
         sid = row["id"]
-        inputs, errors = {}, []
+        inputs, errors, flags = {}, [], []
         for mod in self.adapters:
             try:
                 item = self.load_modality(index, mod)
@@ -107,15 +107,20 @@ class ManifestDataset(Dataset):
                 errors.append((sid, mod, str(e)))
                 continue
             if item is not None:
+                if "flags" in item:  # usable but suspicious input: logged and counted, not skipped
+                    item = dict(item)
+                    for msg in item.pop("flags") or ():
+                        log.warning("flagged %s of sample %s: %s", mod, sid, msg)
+                        flags.append((sid, mod, str(msg)))
                 inputs[mod] = item
         labels = {}
         for col in self.label_columns:
             v = row.get(col)
             labels[col] = -1 if is_missing(v) else self._label_index[col].get(str(v), -1)
         out = {"id": sid, "patient_id": row["patient_id"], "index": index, "inputs": inputs,
-               "labels": labels, "errors": errors}
+               "labels": labels, "errors": errors, "flags": flags}
         if not inputs:
-            return {"skipped": True, "id": sid, "errors": errors}
+            return {"skipped": True, "id": sid, "errors": errors, "flags": flags}
         return out
 
 
@@ -128,7 +133,7 @@ class MultiModalCollate:
          "present": {mod: BoolTensor(B)},
          "inputs": {mod: adapter.collate(rows of samples that have mod)},
          "labels": {col: LongTensor(B)  (-1 = missing)},
-         "n_skipped": int, "errors": [(id, modality, reason)]}
+         "n_skipped": int, "errors": [(id, modality, reason)], "flags": [(id, modality, warning)]}
     """
 
     def __init__(self, adapters: Mapping[str, Any]):
@@ -136,6 +141,7 @@ class MultiModalCollate:
 
     def __call__(self, items: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
         errors = [e for it in items if it for e in it.get("errors", [])]
+        flags = [f for it in items if it for f in it.get("flags", [])]
         kept = [it for it in items if it is not None and not it.get("skipped")]
         n_skipped = len(items) - len(kept)
         batch: Dict[str, Any] = {
@@ -143,7 +149,7 @@ class MultiModalCollate:
             "patient_id": [it["patient_id"] for it in kept],
             "index": torch.tensor([it["index"] for it in kept], dtype=torch.long),
             "present": {}, "inputs": {}, "labels": {},
-            "n_skipped": n_skipped, "errors": errors,
+            "n_skipped": n_skipped, "errors": errors, "flags": flags,
         }
         for mod, adapter in self.adapters.items():
             present = torch.tensor([mod in it["inputs"] for it in kept], dtype=torch.bool)

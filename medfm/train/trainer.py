@@ -129,7 +129,7 @@ class Trainer:
         self.scheduler = cosine_with_warmup(self.optimizer, int(ocfg["warmup_steps"]), int(tcfg["max_steps"]),
                                             float(ocfg.get("min_lr_ratio", 0.0)))
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
-        self.n_skipped, self.n_errors = 0, 0
+        self.n_skipped, self.n_errors, self.n_flagged = 0, 0, 0
 
     # ----------------------------------------------------------- building
     def _build_model(self) -> MultiModalModel:
@@ -356,6 +356,7 @@ class Trainer:
                     data_wait += time.perf_counter() - t0
                     self.n_skipped += batch["n_skipped"]
                     self.n_errors += len(batch["errors"])
+                    self.n_flagged += len(batch.get("flags", ()))
                     batch = move_batch(batch, self.dist.device)
                     n_samples += len(batch["id"])
                     objective = self.objective if batch["id"] else _ZeroObjective()
@@ -390,7 +391,7 @@ class Trainer:
                 last = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm), "samples_per_s": total_samples / max(dt, 1e-9),
                         "data_wait_frac": data_wait / max(dt, 1e-9), "n_skipped": self.n_skipped,
-                        "n_modality_errors": self.n_errors, **logs_sum}
+                        "n_modality_errors": self.n_errors, "n_flagged": self.n_flagged, **logs_sum}
                 if self.dist.is_main:
                     if self.step % int(tcfg["log_every"]) == 0 or self.step == max_steps:
                         metrics_fh.write(json.dumps(last) + "\n")
