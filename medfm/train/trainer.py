@@ -41,7 +41,7 @@ log = logging.getLogger("medfm.train")
 DEFAULT_RUN: Dict[str, Any] = {
     "model": {"name": "medfm-tiny"},
     "data": {"manifest": None, "split": "train", "columns": {}, "label_columns": [], "batch_size": 16,
-             "num_workers": 0, "cache_dir": None},
+             "num_workers": 0, "cache_dir": None, "root": None, "confine_paths": True, "limits": {}},
     "objectives": [{"name": "clip", "weight": 1.0}],
     "optim": {"lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_steps": 10, "min_lr_ratio": 0.0,
               "grad_clip": 1.0},
@@ -120,7 +120,8 @@ class Trainer:
         self.objective = build_objective(self.config["objectives"])
         self.dataset = ManifestDataset(self.df, self.model.adapters, train=True,
                                        label_columns=dcfg.get("label_columns") or (), columns=dcfg.get("columns"),
-                                       cache_dir=dcfg.get("cache_dir"), seed=int(tcfg["seed"]))
+                                       cache_dir=dcfg.get("cache_dir"), seed=int(tcfg["seed"]),
+                                       root=self._data_root(), confine=bool(dcfg.get("confine_paths", True)))
         self.sampler = ResumableSampler(len(self.dataset), shuffle=True, seed=int(tcfg["seed"]),
                                         rank=self.dist.rank, world_size=self.dist.world_size)
         self.wrapped = self._wrap(self.model)
@@ -161,6 +162,14 @@ class Trainer:
         if tcfg.get("init_from"):
             self._init_from(model, Path(tcfg["init_from"]))
         return model
+
+    def _data_root(self) -> Optional[Path]:
+        """``data.root``, relative to the config's folder when it is relative."""
+        root = self.config["data"].get("root")
+        if not root:
+            return None
+        p = Path(root).expanduser()
+        return p if p.is_absolute() or self.config_dir is None else self.config_dir / p
 
     def _resumable_model(self) -> Optional[MultiModalModel]:
         """The model of the newest intact checkpoint (``None`` when there is none).
@@ -315,7 +324,16 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
     def fit(self) -> Dict[str, Any]:
-        """Train to ``train.max_steps``; returns the last logged metrics."""
+        """Train to ``train.max_steps``; returns the last logged metrics.
+
+        ``data.limits`` (see :mod:`medfm.limits`) apply to every read of this run.
+        """
+        from ..limits import limits
+
+        with limits(**(self.config["data"].get("limits") or {})):
+            return self._fit()
+
+    def _fit(self) -> Dict[str, Any]:
         tcfg = self.config["train"]
         if self.resume_from is not None:
             self._restore()
