@@ -53,15 +53,29 @@ DEFAULT_RUN: Dict[str, Any] = {
 
 
 def resolve_run_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Defaults merged with ``config``, validated against :class:`medfm.train.run_config.RunConfig`
+    (types, ranges, unknown keys; the message names the key path) before anything is read."""
+    from .run_config import RunConfig, validate_run_config
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(config).__name__}")
     unknown = sorted(set(config) - set(DEFAULT_RUN) - {"name", "description"})
     if unknown:
-        raise ConfigError(f"unknown top-level config section(s) {unknown}; known: {sorted(DEFAULT_RUN)}")
+        raise ConfigError(f"{unknown[0]}: unknown config section; known: {', '.join(sorted(DEFAULT_RUN))}")
+    for section in ("data", "optim", "train"):
+        if section in config and not isinstance(config[section], dict):
+            raise ConfigError(f"{section}: expected a mapping, got {config[section]!r}")
     run = deep_merge(DEFAULT_RUN, config)
     if isinstance(config.get("objectives"), list):
         run["objectives"] = copy.deepcopy(config["objectives"])
-    if not run["data"].get("manifest"):
-        raise ConfigError("data.manifest is required (a CSV/TSV/JSONL/Parquet cohort manifest)")
-    return run
+    # keys added to DEFAULT_RUN before the schema knows them are accepted untyped
+    import dataclasses
+
+    from .run_config import DataConfig, OptimConfig, TrainConfig
+    tolerated = {sec: set(DEFAULT_RUN[sec]) - {f.name for f in dataclasses.fields(cls)}
+                 for sec, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig))}
+    tolerated[""] = set(DEFAULT_RUN) - {f.name for f in dataclasses.fields(RunConfig)}
+    return validate_run_config(run, tolerated)
 
 
 def _autocast(device: torch.device, precision: str):
