@@ -40,3 +40,6 @@ class DataError(MedFMError):
 
 class CheckpointError(MedFMError):
     """A checkpoint directory that is missing files, or was made by another model."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(" ".join(str(message).split()))  # one line (torch/safetensors messages span many)

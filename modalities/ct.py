@@ -40,10 +40,14 @@ def read_nifti(path: Path) -> im.Volume:
     from medfm.limits import check_declared_shape
 
     try:  # the header alone first: a declared size over the limits fails before any allocation
-        shape = nib.load(str(path)).header.get_data_shape()
+        header_img = nib.load(str(path))
+        shape, stated = header_img.header.get_data_shape(), np.asarray(header_img.affine, dtype=np.float64)
     except Exception as e:
         raise DataError(f"unreadable NIfTI header: {type(e).__name__}: {e}", source=str(path)) from e
     check_declared_shape(shape, source=path, what="NIfTI volume")
+    # the header's own affine: MONAI silently replaces a NaN one with the identity
+    im.check_geometry(im.Volume(np.zeros((1, 1, 1), np.float32), (1.0, 1.0, 1.0), stated, {}), source=path,
+                      spacing=False)
     try:
         mt = LoadImage(reader="NibabelReader", image_only=True)(str(path))
     except Exception as e:  # nibabel/MONAI raise many types for damaged files

@@ -69,10 +69,13 @@ def read_fasta(path: os.PathLike, *, clean: bool = True) -> List[Tuple[str, str]
 
     p = require_file(path, what="FASTA file")
     out = []
-    with _open_text(p) as fh:
-        for rec in SeqIO.parse(fh, "fasta"):
-            seq = str(rec.seq)
-            out.append((rec.id, clean_sequence(seq, source=f"{p}:{rec.id}") if clean else seq))
+    try:
+        with _open_text(p) as fh:
+            for rec in SeqIO.parse(fh, "fasta"):
+                seq = str(rec.seq)
+                out.append((rec.id, clean_sequence(seq, source=f"{p}:{rec.id}") if clean else seq))
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:  # Biopython / gzip in their own words
+        raise DataError(f"cannot read FASTA: {type(e).__name__}: {e}", source=str(p)) from e
     if not out:
         raise DataError("no FASTA records", source=str(p))
     return out

@@ -295,7 +295,13 @@ def read_array(path: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
     if suffix == ".npy":
         from medfm.limits import check_declared_shape
 
-        check_declared_shape(np.load(p, mmap_mode="r", allow_pickle=False).shape, source=p, what=".npy array")
+        from .imaging import npy_declared_shape
+
+        try:
+            shape = npy_declared_shape(p)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"unreadable .npy header: {e}", source=str(p)) from e
+        check_declared_shape(shape, source=p, what=".npy array")
         arr = np.load(p, allow_pickle=False)
     elif suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:

@@ -337,7 +337,11 @@ def read_image_file(path: os.PathLike, *, color: bool = False) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
+    bomb_limit = Image.MAX_IMAGE_PIXELS
     try:
+        # medfm's max_elements check (right after open, before any decoding) replaces Pillow's
+        # decompression-bomb limit, so that one option raises the limit for every format
+        Image.MAX_IMAGE_PIXELS = None
         with Image.open(str(path)) as im:
             w, h = im.size
             check_declared_shape((h, w, len(im.getbands()) or 1), source=path, what=f"{im.format or 'image'}")
@@ -350,8 +354,10 @@ def read_image_file(path: os.PathLike, *, color: bool = False) -> np.ndarray:
             if im.mode in ("RGB", "RGBA", "P", "CMYK", "LA", "YCbCr"):
                 im = im.convert("L")
             return np.asarray(im, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"unreadable image: {type(e).__name__}: {e}", source=str(path)) from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
 
 
 def check_png_data(path: os.PathLike) -> None:
@@ -439,9 +445,7 @@ def read_array_file(path: os.PathLike, *, key: Optional[str] = None) -> np.ndarr
                 check_declared_shape(npz_member_shape(z, k), source=path, what=f".npz array {k!r}")
                 arr = z[k]
         else:
-            header = np.load(str(path), mmap_mode="r", allow_pickle=False)
-            check_declared_shape(header.shape, source=path, what=".npy array")
-            del header
+            check_declared_shape(npy_declared_shape(path), source=path, what=".npy array")
             arr = np.load(str(path), allow_pickle=False)
     except DataError:
         raise
@@ -452,16 +456,27 @@ def read_array_file(path: os.PathLike, *, key: Optional[str] = None) -> np.ndarr
     return arr.astype(np.float32)
 
 
-def npz_member_shape(z, key: str) -> Tuple[int, ...]:
-    """The shape an ``.npz`` member declares in its header, without decompressing the data."""
-    with z.zip.open(key + ".npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, _ = read(fh)
+def _npy_header_shape(fh) -> Tuple[int, ...]:
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, _ = read(fh)
     return tuple(shape)
 
 
-def check_geometry(vol: "Volume", *, source: Any, min_spacing: float = 0.01, max_spacing: float = 100.0) -> None:
+def npy_declared_shape(path: os.PathLike) -> Tuple[int, ...]:
+    """The shape a ``.npy`` header declares (nothing else is read)."""
+    with open(path, "rb") as fh:
+        return _npy_header_shape(fh)
+
+
+def npz_member_shape(z, key: str) -> Tuple[int, ...]:
+    """The shape an ``.npz`` member declares in its header, without decompressing the data."""
+    with z.zip.open(key + ".npy") as fh:
+        return _npy_header_shape(fh)
+
+
+def check_geometry(vol: "Volume", *, source: Any, min_spacing: float = 0.01, max_spacing: float = 100.0,
+                   spacing: bool = True) -> None:
     """Raise :class:`DataError` for geometry no scanner produces: a non-finite or singular
     affine, or a voxel size outside ``[min_spacing, max_spacing]`` mm (resampling such a
     volume to a physical grid would give a handful of voxels or billions)."""
@@ -471,6 +486,8 @@ def check_geometry(vol: "Volume", *, source: Any, min_spacing: float = 0.01, max
     if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
         raise DataError("the affine (voxel → world) is singular (zero voxel size or collapsed axes)",
                         source=str(source), field="affine")
+    if not spacing:
+        return
     sp = np.asarray(vol.spacing, dtype=np.float64)
     if not np.isfinite(sp).all() or (sp < min_spacing).any() or (sp > max_spacing).any():
         raise DataError(f"voxel spacing {tuple(round(float(v), 6) for v in sp)} mm is outside the physical range "

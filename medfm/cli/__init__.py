@@ -52,17 +52,20 @@ def check_common_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {val}")
     out = getattr(args, "out", None)
     if isinstance(out, str) and out:
+        import tempfile
+
         p = Path(out).expanduser().absolute()
         probe = p
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        if probe == p and p.exists():
-            if not os.access(p, os.W_OK):
-                raise UsageError(f"--out {out}: not writable")
-        elif not probe.is_dir():
+        if probe == p and p.is_file():
+            probe = p.parent  # a file to overwrite: its folder must take a new file
+        if not probe.is_dir():
             raise UsageError(f"--out {out}: cannot be created, {probe} is a file, not a folder")
-        elif not os.access(probe, os.W_OK | os.X_OK):
-            raise UsageError(f"--out {out}: cannot be created, {probe} is not writable")
+        try:  # a real write probe: permissions, read-only mounts, /proc, ... (root ignores mode bits)
+            os.rmdir(tempfile.mkdtemp(prefix=".medfm-write-probe-", dir=probe))
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot be created in {probe}: {e.strerror or e}") from None
 
 
 def _one_line(e: BaseException) -> str:
