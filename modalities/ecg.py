@@ -429,6 +429,7 @@ class ECGAdapter(ModalityAdapter):
         if flat.any():
             names_flat = [LEADS[i] for i in np.nonzero(flat)[0]]
             mask = mask & ~flat
+            meta["flat_leads"] = names_flat
             meta["flags"] = [f"flat lead(s) {', '.join(names_flat)} (range < {FLAT_MV} mV): treated as absent"]
         meta.update(cmeta, fs=float(fs), lead_mask=mask, derived_mask=derived, source_leads=[str(n) for n in names])
         return Record(x, meta)
