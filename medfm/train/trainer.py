@@ -151,6 +151,12 @@ class Trainer:
         tcfg = self.config["train"]
         if self.dist.is_main:
             removed = clean_temporaries(self.ckpt_root)
+            # the final save_pretrained(OUT) stages next to OUT
+            import shutil
+
+            for p in self.out.parent.glob(f".{self.out.name}.staging*") if self.out.parent.is_dir() else ():
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(str(p))
             if removed:
                 log.warning("removed half-written checkpoint files of an interrupted run: %s", ", ".join(removed))
         if self.dist.distributed:
