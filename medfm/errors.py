@@ -29,6 +29,8 @@ class DataError(MedFMError):
     """
 
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        # one line: reader libraries (MONAI, nibabel, pydicom) raise multi-line messages
+        message = " ".join(str(message).split())
         self.reason = message
         self.source = None if source is None else str(source)
         self.field = field
@@ -38,3 +40,6 @@ class DataError(MedFMError):
 
 class CheckpointError(MedFMError):
     """A checkpoint directory that is missing files, or was made by another model."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(" ".join(str(message).split()))  # one line (torch/safetensors messages span many)

@@ -8,7 +8,9 @@ DNA sequence or a report) into tensors the engine can encode:
 
 ``x`` (and the optional ``mask``: 1 for a real token, 0 for padding, shape ``(L,)``)
 are what ``model.encode(modality, x, mask)`` receives; every other key an adapter
-returns is metadata, kept out of the model.
+returns is metadata, kept out of the model. An optional ``"flags"`` key (a list of
+strings) reports a usable but suspicious input (a flat ECG lead): the dataset logs,
+counts and removes it.
 
 Adapters also say how their tensors are cut into tokens: :meth:`tower_config`
 returns the config of the tower (token embedder, pooling, masked-modelling
@@ -89,6 +91,10 @@ class ModalityAdapter:
              sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """``preprocess(read(source))``; any failure becomes a :class:`DataError` naming the sample."""
         label = sample_id if sample_id is not None else (source if self.input_kind == "path" else None)
+        if self.input_kind == "path" and isinstance(source, (str, os.PathLike)):
+            from .limits import check_file_size
+
+            check_file_size(source)
         try:
             item = self.preprocess(self.read(source, sample_id=sample_id, row=row), train=train, rng=rng)
         except MedFMError as e:

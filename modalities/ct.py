@@ -34,8 +34,20 @@ def _suffix(path: Path) -> str:
 
 def read_nifti(path: Path) -> im.Volume:
     """NIfTI through MONAI's ``LoadImage`` with its ``NibabelReader`` → :class:`imaging.Volume`."""
+    import nibabel as nib
     from monai.transforms import LoadImage
 
+    from medfm.limits import check_declared_shape
+
+    try:  # the header alone first: a declared size over the limits fails before any allocation
+        header_img = nib.load(str(path))
+        shape, stated = header_img.header.get_data_shape(), np.asarray(header_img.affine, dtype=np.float64)
+    except Exception as e:
+        raise DataError(f"unreadable NIfTI header: {type(e).__name__}: {e}", source=str(path)) from e
+    check_declared_shape(shape, source=path, what="NIfTI volume")
+    # the header's own affine: MONAI silently replaces a NaN one with the identity
+    im.check_geometry(im.Volume(np.zeros((1, 1, 1), np.float32), (1.0, 1.0, 1.0), stated, {}), source=path,
+                      spacing=False)
     try:
         mt = LoadImage(reader="NibabelReader", image_only=True)(str(path))
     except Exception as e:  # nibabel/MONAI raise many types for damaged files
@@ -103,6 +115,7 @@ class CTAdapter(ModalityAdapter):
         else:
             vol, fmt = im.read_dicom_file_volume(path), "dicom"
         im.check_array(vol.data, 3, source=path, what="CT volume")
+        im.check_geometry(vol, source=path)
         if fmt != "array" and self.options["orient"]:
             vol = im.to_ras_spacing(vol, None, orient=True)
         meta = {"format": fmt, "spacing": tuple(vol.spacing), "shape": tuple(vol.data.shape),

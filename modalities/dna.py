@@ -69,10 +69,13 @@ def read_fasta(path: os.PathLike, *, clean: bool = True) -> List[Tuple[str, str]
 
     p = require_file(path, what="FASTA file")
     out = []
-    with _open_text(p) as fh:
-        for rec in SeqIO.parse(fh, "fasta"):
-            seq = str(rec.seq)
-            out.append((rec.id, clean_sequence(seq, source=f"{p}:{rec.id}") if clean else seq))
+    try:
+        with _open_text(p) as fh:
+            for rec in SeqIO.parse(fh, "fasta"):
+                seq = str(rec.seq)
+                out.append((rec.id, clean_sequence(seq, source=f"{p}:{rec.id}") if clean else seq))
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:  # Biopython / gzip in their own words
+        raise DataError(f"cannot read FASTA: {type(e).__name__}: {e}", source=str(p)) from e
     if not out:
         raise DataError("no FASTA records", source=str(p))
     return out
@@ -155,6 +158,9 @@ class DNAAdapter(ModalityAdapter):
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """An inline sequence → ``Record(cleaned str, {"raw_length": n})``."""
         seq = clean_sequence(source, source=sample_id)
+        if self.options["tokenizer"] == "kmer" and len(seq) < self.k:
+            raise DataError(f"sequence of {len(seq)} nt is shorter than k={self.k}: no k-mer to embed",
+                            source=sample_id, field="sequence")
         return Record(seq, {"raw_length": len(seq)})
 
     # ----------------------------------------------------------- tokenisation

@@ -46,6 +46,8 @@ from . import signal as sig
 
 LEADS: Tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}
+#: a lead whose peak-to-peak range is below this (mV) carries no signal (flat line, electrode off)
+FLAT_MV = 1e-3
 
 #: normalised spelling (lower case, no spaces/punctuation, "lead" dropped) → canonical lead
 _ALIASES: Dict[str, str] = {
@@ -169,6 +171,20 @@ def _scan_header(hea: Path) -> Tuple[bool, List[str], Optional[float]]:
     return False, sorted({ln[0] for ln in lines[1:1 + n_sig] if ln and ln[0] != "-"}), fs
 
 
+def _check_declared_length(hea: Path) -> None:
+    """Signals × samples from the record line, against the limits, before reading any signal."""
+    from medfm.limits import check_declared_shape
+
+    head = next((ln.split() for ln in hea.read_text(errors="replace").splitlines()
+                 if ln.strip() and not ln.lstrip().startswith("#")), [])
+    try:
+        n_sig = int(head[1]) if len(head) > 1 else 0
+        sig_len = int(head[3]) if len(head) > 3 else 0
+    except ValueError:
+        raise DataError(f"malformed record line {' '.join(head)!r}", source=str(hea), field="header") from None
+    check_declared_shape((n_sig, sig_len), source=hea, what="WFDB record")
+
+
 def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
     """A WFDB record (``.hea`` path, or the record path without suffix, or its signal file).
 
@@ -187,6 +203,7 @@ def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[
                             source=str(hea), field="signal file")
     if fs is not None and fs <= 0:
         raise DataError(f"sampling rate is {fs}", source=str(hea), field="sampling_rate")
+    _check_declared_length(hea)
     rec = wfdb.rdrecord(str(base), physical=True, m2s=True)
     if rec.p_signal is None or rec.p_signal.size == 0:
         raise DataError("record has no samples", source=str(hea), field="signal")
@@ -276,6 +293,15 @@ def read_array(path: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
     suffix = p.suffix.lower()
     info: Dict[str, Any] = {}
     if suffix == ".npy":
+        from medfm.limits import check_declared_shape
+
+        from .imaging import npy_declared_shape
+
+        try:
+            shape = npy_declared_shape(p)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"unreadable .npy header: {e}", source=str(p)) from e
+        check_declared_shape(shape, source=p, what=".npy array")
         arr = np.load(p, allow_pickle=False)
     elif suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:
@@ -393,6 +419,18 @@ class ECGAdapter(ModalityAdapter):
             raise DataError(f"record has {n_real} standard lead(s), fewer than min_leads {self.options['min_leads']}",
                             source=str(source), field="leads")
         meta = {k: v for k, v in meta.items() if k != "comments"}
+        real = mask & ~derived
+        with np.errstate(invalid="ignore"):
+            spread = np.nanmax(x, axis=-1) - np.nanmin(x, axis=-1) if x.shape[-1] else np.zeros(12)
+        flat = real & ~(spread > FLAT_MV)
+        if flat.all() or flat.sum() == real.sum():
+            raise DataError(f"flat signal: every lead varies by less than {FLAT_MV} mV (electrodes off or an "
+                            "empty recording)", source=str(source), field="signal")
+        if flat.any():
+            names_flat = [LEADS[i] for i in np.nonzero(flat)[0]]
+            mask = mask & ~flat
+            meta["flat_leads"] = names_flat
+            meta["flags"] = [f"flat lead(s) {', '.join(names_flat)} (range < {FLAT_MV} mV): treated as absent"]
         meta.update(cmeta, fs=float(fs), lead_mask=mask, derived_mask=derived, source_leads=[str(n) for n in names])
         return Record(x, meta)
 
@@ -426,9 +464,12 @@ class ECGAdapter(ModalityAdapter):
         if o["normalize"] == "lead":
             seg = sig.standardize(seg)
         seg[~mask] = 0.0
-        return {"x": torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32)),
-                "lead_mask": torch.from_numpy(mask.copy()),
-                "derived_mask": torch.from_numpy(np.asarray(record.meta.get("derived_mask", np.zeros(12, bool))).copy())}
+        out = {"x": torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32)),
+               "lead_mask": torch.from_numpy(mask.copy()),
+               "derived_mask": torch.from_numpy(np.asarray(record.meta.get("derived_mask", np.zeros(12, bool))).copy())}
+        if record.meta.get("flags"):
+            out["flags"] = list(record.meta["flags"])
+        return out
 
     # --------------------------------------------------------- model building
     def tower_config(self) -> Dict[str, Any]:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from medfm.errors import ConfigError, DataError
+from medfm.limits import check_declared_shape
 
 #: DICOM keywords that may be copied into metadata (no patient identifiers).
 SAFE_DICOM_FIELDS = (
@@ -75,6 +76,7 @@ def dicom_pixels(ds, path: os.PathLike, *, modality_lut: bool = True) -> np.ndar
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DataError("DICOM has no pixel data", source=str(path), field="PixelData")
+    check_dicom_pixel_header(ds, path)
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises RuntimeError/ValueError/NotImplementedError by handler
@@ -85,6 +87,32 @@ def dicom_pixels(ds, path: os.PathLike, *, modality_lut: bool = True) -> np.ndar
     if modality_lut:
         arr = apply_modality_lut(arr, ds)
     return np.asarray(arr, dtype=np.float32)
+
+
+def check_dicom_pixel_header(ds, path: os.PathLike) -> None:
+    """Before decoding: Rows × Columns × frames × samples against the limits, and, for
+    uncompressed transfer syntaxes, the length of PixelData against what the header declares
+    (pydicom only warns and reshapes a wrong-sized buffer). :class:`DataError` naming ``path``."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsAllocated") or 0)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DataError(f"DICOM image header is incomplete or malformed ({type(e).__name__}: {e})",
+                        source=str(path), field="Rows") from e
+    if rows <= 0 or cols <= 0 or frames <= 0 or samples <= 0:
+        raise DataError(f"DICOM declares an empty image: Rows={rows}, Columns={cols}, NumberOfFrames={frames}",
+                        source=str(path), field="Rows")
+    check_declared_shape((frames, rows, cols, samples), source=path, what="DICOM pixel data")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" in ds and ts is not None and not ts.is_compressed and bits in (8, 16, 32, 64):
+        expected = rows * cols * frames * samples * bits // 8
+        actual = len(ds.PixelData)
+        if actual not in (expected, expected + 1):  # one pad byte makes an odd length even
+            raise DataError(f"pixel data holds {actual} bytes but Rows×Columns×frames×samples×bits "
+                            f"({rows}×{cols}×{frames}×{samples}×{bits}) needs {expected}: wrong Rows/Columns or a "
+                            "truncated file", source=str(path), field="Rows/Columns")
 
 
 def safe_dicom_meta(ds) -> Dict[str, Any]:
@@ -215,6 +243,11 @@ def read_dicom_series(folder: os.PathLike, *, series_uid: Optional[str] = None,
         sd = med
     else:
         sd = float(ds0.get("SpacingBetweenSlices", ds0.get("SliceThickness", 1.0)) or 1.0)
+    try:
+        rows, cols = int(ds0.Rows), int(ds0.Columns)
+    except (AttributeError, TypeError, ValueError):
+        rows = cols = 0
+    check_declared_shape((len(pos), rows, cols), source=folder, what="DICOM series")
     slices = []
     for _, _, p, _ in pos:
         ds = read_dicom(p)
@@ -304,8 +337,16 @@ def read_image_file(path: os.PathLike, *, color: bool = False) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
+    bomb_limit = Image.MAX_IMAGE_PIXELS
     try:
+        # medfm's max_elements check (right after open, before any decoding) replaces Pillow's
+        # decompression-bomb limit, so that one option raises the limit for every format
+        Image.MAX_IMAGE_PIXELS = None
         with Image.open(str(path)) as im:
+            w, h = im.size
+            check_declared_shape((h, w, len(im.getbands()) or 1), source=path, what=f"{im.format or 'image'}")
+            if im.format == "PNG":
+                check_png_data(path)
             im.load()
             if color:
                 im = im.convert("RGB") if im.mode not in ("RGB",) else im
@@ -313,8 +354,59 @@ def read_image_file(path: os.PathLike, *, color: bool = False) -> np.ndarray:
             if im.mode in ("RGB", "RGBA", "P", "CMYK", "LA", "YCbCr"):
                 im = im.convert("L")
             return np.asarray(im, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"unreadable image: {type(e).__name__}: {e}", source=str(path)) from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+
+
+def check_png_data(path: os.PathLike) -> None:
+    """Raise :class:`DataError` when a PNG's image data is shorter than its header declares.
+
+    Pillow decodes a PNG whose compressed stream ends early without complaint and fills the
+    missing rows with zeros; here the IDAT stream is inflated (streamed, never held whole)
+    and its length compared with what IHDR (size, bit depth, colour type, interlacing) needs.
+    """
+    import struct
+    import zlib
+
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return  # Pillow reports what it is not
+        inflater, produced, expected = zlib.decompressobj(), 0, None
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                break
+            length, kind = struct.unpack(">I4s", head)
+            data = fh.read(length)
+            fh.read(4)  # CRC (Pillow checks it)
+            if kind == b"IHDR" and len(data) >= 13:
+                w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", data[:13])
+                bpp = depth * channels.get(ctype, 1)
+                if interlace:
+                    passes = [(8, 8, 0, 0), (8, 8, 4, 0), (4, 8, 0, 4), (4, 4, 2, 0), (2, 4, 0, 2), (2, 2, 1, 0),
+                              (1, 2, 0, 1)]
+                    expected = 0
+                    for dx, dy, x0, y0 in passes:
+                        pw, ph = (w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy
+                        if pw and ph:
+                            expected += ph * (1 + (pw * bpp + 7) // 8)
+                else:
+                    expected = h * (1 + (w * bpp + 7) // 8)
+            elif kind == b"IDAT":
+                try:
+                    while data:
+                        produced += len(inflater.decompress(data, 1 << 20))
+                        data = inflater.unconsumed_tail
+                except zlib.error as e:
+                    raise DataError(f"corrupt PNG image data: {e}", source=str(path), field="IDAT") from e
+            elif kind == b"IEND":
+                break
+    if expected is not None and produced < expected:
+        raise DataError(f"truncated PNG: the header declares {expected} bytes of image data, the file holds "
+                        f"{produced}", source=str(path), field="IDAT")
 
 
 _NUM = re.compile(r"(\d+)")
@@ -350,8 +442,10 @@ def read_array_file(path: os.PathLike, *, key: Optional[str] = None) -> np.ndarr
                 k = key if key is not None else ("arr_0" if "arr_0" in names else names[0])
                 if k not in names:
                     raise DataError(f"array {k!r} not in .npz (has {names})", source=str(path), field=k)
+                check_declared_shape(npz_member_shape(z, k), source=path, what=f".npz array {k!r}")
                 arr = z[k]
         else:
+            check_declared_shape(npy_declared_shape(path), source=path, what=".npy array")
             arr = np.load(str(path), allow_pickle=False)
     except DataError:
         raise
@@ -360,6 +454,44 @@ def read_array_file(path: os.PathLike, *, key: Optional[str] = None) -> np.ndarr
     if not np.issubdtype(arr.dtype, np.number):
         raise DataError(f"array dtype {arr.dtype} is not numeric", source=str(path))
     return arr.astype(np.float32)
+
+
+def _npy_header_shape(fh) -> Tuple[int, ...]:
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, _ = read(fh)
+    return tuple(shape)
+
+
+def npy_declared_shape(path: os.PathLike) -> Tuple[int, ...]:
+    """The shape a ``.npy`` header declares (nothing else is read)."""
+    with open(path, "rb") as fh:
+        return _npy_header_shape(fh)
+
+
+def npz_member_shape(z, key: str) -> Tuple[int, ...]:
+    """The shape an ``.npz`` member declares in its header, without decompressing the data."""
+    with z.zip.open(key + ".npy") as fh:
+        return _npy_header_shape(fh)
+
+
+def check_geometry(vol: "Volume", *, source: Any, min_spacing: float = 0.01, max_spacing: float = 100.0,
+                   spacing: bool = True) -> None:
+    """Raise :class:`DataError` for geometry no scanner produces: a non-finite or singular
+    affine, or a voxel size outside ``[min_spacing, max_spacing]`` mm (resampling such a
+    volume to a physical grid would give a handful of voxels or billions)."""
+    aff = np.asarray(vol.affine, dtype=np.float64)
+    if not np.isfinite(aff).all():
+        raise DataError("the affine (voxel → world) holds NaN or infinite values", source=str(source), field="affine")
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise DataError("the affine (voxel → world) is singular (zero voxel size or collapsed axes)",
+                        source=str(source), field="affine")
+    if not spacing:
+        return
+    sp = np.asarray(vol.spacing, dtype=np.float64)
+    if not np.isfinite(sp).all() or (sp < min_spacing).any() or (sp > max_spacing).any():
+        raise DataError(f"voxel spacing {tuple(round(float(v), 6) for v in sp)} mm is outside the physical range "
+                        f"[{min_spacing}, {max_spacing}] mm", source=str(source), field="spacing")
 
 
 def parse_spacing(value: Any, n: int, *, source: Any, field: str) -> Tuple[float, ...]:

@@ -80,15 +80,33 @@ def train_bpe_tokenizer(sequences: Iterable[str], *, vocab_size: int = 512, alph
 
 def train_wordpiece_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, lowercase: bool = True,
                               min_frequency: int = 2, add_special_tokens: bool = True) -> Tokenizer:
-    """A BERT-style WordPiece tokenizer learnt on ``texts`` (normaliser, pre-tokenizer, decoder as BERT)."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None, lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    """A BERT-style WordPiece tokenizer learnt on ``texts`` (normaliser, pre-tokenizer, decoder as BERT).
+
+    Deterministic: the same texts give a byte-identical ``tokenizer.json`` in every process.
+    (``tokenizers``' trainer numbers the ``##``-continuation pieces in hash-map order, which
+    varies from process to process and, through the merge tie-break on token ids, changes the
+    learnt vocabulary. Here the continuation alphabet is registered up front in sorted order,
+    so every id and every tie-break is fixed; the tokenizer is then rebuilt from the learnt
+    vocabulary with only the real special tokens marked special.)
+    """
+    texts = list(texts)
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                            strip_accents=None, lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    chars = sorted({c for t in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))
+                    for c in w})
     trainer = trainers.WordPieceTrainer(vocab_size=int(vocab_size), min_frequency=int(min_frequency),
-                                        special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+                                        special_tokens=list(SPECIAL_TOKENS) + [f"##{c}" for c in chars],
+                                        initial_alphabet=chars, show_progress=False)
+    learner = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    learner.normalizer, learner.pre_tokenizer = normalizer, pre_tokenizer
+    learner.train_from_iterator(texts, trainer=trainer)
+    vocab = learner.get_vocab(with_added_tokens=False)
+    tok = Tokenizer(models.WordPiece(vocab=dict(sorted(vocab.items(), key=lambda kv: kv[1])), unk_token="[UNK]",
+                                     continuing_subword_prefix="##"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     if add_special_tokens:
         _cls_sep(tok)
     return tok

@@ -252,9 +252,17 @@ def test_real_cinc_records():
     heads = sorted(CINC.glob("*.hea"))
     assert len(heads) >= 10
     a = E.ECGAdapter()
+    n_flagged = 0
     for h in heads:
         out = a.load(h)
-        assert out["x"].shape == (12, 5000) and out["lead_mask"].all()
+        ref = wfdb.rdrecord(str(h.with_suffix("")))
+        flat = {E.normalize_lead_name(n) for n, r in zip(ref.sig_name, np.ptp(ref.p_signal, axis=0)) if r == 0}
+        # leads recorded as a constant line (some CinC records have all-zero V2/V4/V6) are
+        # flagged and treated as absent; every other lead is present
+        assert out["x"].shape == (12, 5000)
+        assert out["lead_mask"].tolist() == [n not in flat for n in E.LEADS], h.name
+        assert ("flags" in out) == bool(flat)
+        n_flagged += bool(flat)
         assert torch.isfinite(out["x"]).all()
     ref = wfdb.rdrecord(str(heads[0].with_suffix("")))
     rec = E.ECGAdapter(**RAW).read(heads[0])

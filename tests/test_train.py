@@ -97,8 +97,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(ck.torch, "save", boom)
-    with pytest.raises(RuntimeError, match="disk full"):
-        main(["pretrain", str(cfg), "--out", str(out)])
+    assert main(["pretrain", str(cfg), "--out", str(out)]) == 1  # one line on stderr, no traceback
     assert latest_checkpoint(out / "checkpoints") == good
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", good.name]
 

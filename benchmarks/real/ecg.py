@@ -79,9 +79,11 @@ def read_records(data_dir: Path, max_per_source=None) -> pd.DataFrame:
             fs = float(r.meta["fs"])
             mask, derived = np.asarray(r.meta["lead_mask"]), np.asarray(r.meta["derived_mask"])
             row.update(n_samples=int(x.shape[1]), duration_s=round(x.shape[1] / fs, 2),
-                       leads_found=int((mask & ~derived).sum()), leads_derived=int(derived.sum()),
+                       # flat leads are in the file but masked (and flagged) by the adapter
+                       leads_found=int((mask & ~derived).sum()) + len(r.meta.get("flat_leads", [])),
+                       leads_derived=int(derived.sum()),
                        ignored_channels=len(r.meta.get("ignored_channels", [])))
-            flat = [i for i in range(12) if mask[i] and np.nanstd(x[i]) < 1e-3]
+            flat = list(r.meta.get("flat_leads", [])) + [i for i in range(12) if mask[i] and np.nanstd(x[i]) < 1e-3]
             if flat:
                 row["problems"].append(f"{len(flat)} flat lead(s)")
             if not np.isfinite(x).all():

@@ -37,6 +37,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options checked for every command that has them (one place, so new commands get it too)
+_POSITIVE_INT_OPTIONS = ("batch_size", "max_steps", "k", "knn_k", "few_shot_seeds", "flat_max", "nprobe", "ef_search")
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    """Usage errors argparse cannot see: ``--batch-size 0``, an ``--out`` that cannot be created."""
+    import os
+    from pathlib import Path
+
+    for name in _POSITIVE_INT_OPTIONS:
+        val = getattr(args, name, None)
+        if isinstance(val, int) and not isinstance(val, bool) and val < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {val}")
+    out = getattr(args, "out", None)
+    if isinstance(out, str) and out:
+        import tempfile
+
+        p = Path(out).expanduser().absolute()
+        probe = p
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe == p and p.is_file():
+            probe = p.parent  # a file to overwrite: its folder must take a new file
+        if not probe.is_dir():
+            raise UsageError(f"--out {out}: cannot be created, {probe} is a file, not a folder")
+        try:  # a real write probe: permissions, read-only mounts, /proc, ... (root ignores mode bits)
+            os.rmdir(tempfile.mkdtemp(prefix=".medfm-write-probe-", dir=probe))
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot be created in {probe}: {e.strerror or e}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,16 +85,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_common_args(args)
         return int(args.func(args) or 0)
     except UsageError as e:
-        print(f"medfm: error: {e}", file=sys.stderr)
+        print(f"medfm: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except MedFMError as e:
-        print(f"medfm: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"medfm: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("medfm: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a library failed in its own words: one line, the traceback only with -v
+        if args.verbose:
+            raise
+        where = ""
+        filename = getattr(e, "filename", None)
+        if filename:
+            where = f" ({filename})"
+        print(f"medfm: {type(e).__name__}{where}: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

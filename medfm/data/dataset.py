@@ -39,6 +39,12 @@ class ManifestDataset(Dataset):
         columns: ``{modality: column}`` when a column is not named after its modality.
         base_dir: folder that relative paths resolve against (default: the manifest's folder).
         cache_dir: on-disk cache of the deterministic preprocessing (see :class:`PreprocessCache`).
+        root: reads of path cells are confined to this folder: a cell that leaves it (``../``,
+            an absolute path elsewhere) is a :class:`DataError` for that sample (logged, counted,
+            skipped in a run). ``None`` with ``confine=True`` (the default): when the manifest's
+            path cells are relative, the manifest's folder is the root; a manifest of absolute
+            paths only is not confined. The check is lexical (symlinks inside the root are followed).
+        confine: ``False`` turns the confinement off.
         seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i)``,
             so results do not depend on worker scheduling and a resumed run sees the same views.
 
@@ -51,7 +57,8 @@ class ManifestDataset(Dataset):
     def __init__(self, df: pd.DataFrame, adapters: Mapping[str, Any], *, train: bool = False,
                  label_columns: Sequence[str] = (), label_vocab: Optional[Dict[str, List[str]]] = None,
                  columns: Optional[Mapping[str, str]] = None, base_dir: Optional[os.PathLike] = None,
-                 cache_dir: Optional[os.PathLike] = None, seed: int = 0):
+                 cache_dir: Optional[os.PathLike] = None, seed: int = 0, root: Optional[os.PathLike] = None,
+                 confine: bool = True):
         self.df = df.reset_index(drop=True)
         self.adapters = dict(adapters)
         self.train = train
@@ -65,6 +72,19 @@ class ManifestDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._records = self.df.to_dict("records")
+        self.root = self._confinement(root, confine)
+
+    def _confinement(self, root: Optional[os.PathLike], confine: bool) -> Optional[Path]:
+        if not confine:
+            return None
+        if root is not None:
+            return Path(os.path.abspath(os.path.expanduser(str(root))))
+        if self.base_dir is None:
+            return None
+        cols = [self.columns[m] for m, a in self.adapters.items() if a.input_kind == "path"]
+        relative = any(isinstance(v, str) and v.strip() and not Path(v.strip()).expanduser().is_absolute()
+                       for c in cols if c in self.df.columns for v in self.df[c])
+        return Path(os.path.abspath(self.base_dir)) if relative else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -72,11 +92,17 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
-    def _resolve(self, adapter, value: Any) -> Any:
-        if adapter.input_kind != "path" or not isinstance(value, str) or self.base_dir is None:
+    def _resolve(self, adapter, value: Any, column: Optional[str] = None) -> Any:
+        if adapter.input_kind != "path" or not isinstance(value, str):
             return value
         p = Path(value).expanduser()
-        return str(p if p.is_absolute() else self.base_dir / p)
+        full = p if p.is_absolute() or self.base_dir is None else self.base_dir / p
+        if self.root is not None:
+            norm = Path(os.path.normpath(os.path.abspath(full)))
+            if not norm.is_relative_to(self.root):
+                raise DataError(f"path {value!r} leads outside the data root {self.root}; set data.root to a "
+                                "folder that holds it (or data.confine_paths: false)", field=column)
+        return str(full) if self.base_dir is not None else value
 
     def load_modality(self, index: int, modality: str) -> Optional[Dict[str, Any]]:
         """Read and preprocess one cell; ``None`` when the cell is empty. Raises DataError."""
@@ -85,8 +111,11 @@ class ManifestDataset(Dataset):
         value = adapter.source_from_row(row, self.columns[modality])
         if is_missing(value):
             return None
-        value = self._resolve(adapter, value)
         sid = row["id"]
+        try:
+            value = self._resolve(adapter, value, self.columns[modality])
+        except DataError as e:
+            raise DataError(e.reason, source=sid, field=e.field) from None
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.cache is not None:
             item = self.cache.get_or_compute(value, adapter.cache_signature(row),
@@ -98,7 +127,7 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         row = self._records[index]
         sid = row["id"]
-        inputs, errors = {}, []
+        inputs, errors, flags = {}, [], []
         for mod in self.adapters:
             try:
                 item = self.load_modality(index, mod)
@@ -107,15 +136,20 @@ class ManifestDataset(Dataset):
                 errors.append((sid, mod, str(e)))
                 continue
             if item is not None:
+                if "flags" in item:  # usable but suspicious input: logged and counted, not skipped
+                    item = dict(item)
+                    for msg in item.pop("flags") or ():
+                        log.warning("flagged %s of sample %s: %s", mod, sid, msg)
+                        flags.append((sid, mod, str(msg)))
                 inputs[mod] = item
         labels = {}
         for col in self.label_columns:
             v = row.get(col)
             labels[col] = -1 if is_missing(v) else self._label_index[col].get(str(v), -1)
         out = {"id": sid, "patient_id": row["patient_id"], "index": index, "inputs": inputs,
-               "labels": labels, "errors": errors}
+               "labels": labels, "errors": errors, "flags": flags}
         if not inputs:
-            return {"skipped": True, "id": sid, "errors": errors}
+            return {"skipped": True, "id": sid, "errors": errors, "flags": flags}
         return out
 
 
@@ -128,7 +162,7 @@ class MultiModalCollate:
          "present": {mod: BoolTensor(B)},
          "inputs": {mod: adapter.collate(rows of samples that have mod)},
          "labels": {col: LongTensor(B)  (-1 = missing)},
-         "n_skipped": int, "errors": [(id, modality, reason)]}
+         "n_skipped": int, "errors": [(id, modality, reason)], "flags": [(id, modality, warning)]}
     """
 
     def __init__(self, adapters: Mapping[str, Any]):
@@ -136,6 +170,7 @@ class MultiModalCollate:
 
     def __call__(self, items: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
         errors = [e for it in items if it for e in it.get("errors", [])]
+        flags = [f for it in items if it for f in it.get("flags", [])]
         kept = [it for it in items if it is not None and not it.get("skipped")]
         n_skipped = len(items) - len(kept)
         batch: Dict[str, Any] = {
@@ -143,7 +178,7 @@ class MultiModalCollate:
             "patient_id": [it["patient_id"] for it in kept],
             "index": torch.tensor([it["index"] for it in kept], dtype=torch.long),
             "present": {}, "inputs": {}, "labels": {},
-            "n_skipped": n_skipped, "errors": errors,
+            "n_skipped": n_skipped, "errors": errors, "flags": flags,
         }
         for mod, adapter in self.adapters.items():
             present = torch.tensor([mod in it["inputs"] for it in kept], dtype=torch.bool)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
+import numpy as np
 import pandas as pd
 
 from ..errors import DataError
@@ -40,7 +41,8 @@ def read_manifest(path: os.PathLike, modalities: Optional[Iterable[str]] = None)
     paths in modality columns resolve against it) and ``attrs["sha256"]`` its hash.
 
     Raises:
-        DataError: unreadable file, missing required/modality column, duplicate ids.
+        DataError: unreadable file, missing required/modality column, empty, non-scalar or
+            duplicate ids (naming the row).
     """
     p = Path(path)
     if not p.is_file():
@@ -66,10 +68,11 @@ def validate_manifest(df: pd.DataFrame, *, source: str = "<manifest>", base_dir:
     for m in modalities or ():
         if m not in df.columns:
             raise DataError(f"no column for modality {m!r}", source=source, field=m)
+    check_ids(df["id"], source)
     df = df.copy().astype(object)
     for col in df.columns:  # empty cells and NaN → None (absent modality / label)
         df[col] = pd.Series([None if is_missing(v) else v for v in df[col]], index=df.index, dtype=object)
-    df["id"] = df["id"].astype(str)
+    df["id"] = [str(int(v)) if isinstance(v, float) else str(v) for v in df["id"]]
     df["patient_id"] = df["patient_id"].astype(str)
     dup = df["id"][df["id"].duplicated()]
     if len(dup):
@@ -81,6 +84,19 @@ def validate_manifest(df: pd.DataFrame, *, source: str = "<manifest>", base_dir:
         sha256 = hashlib.sha256(pd.util.hash_pandas_object(df.astype(str), index=False).values.tobytes()).hexdigest()
     df.attrs["sha256"] = sha256
     return df
+
+
+def check_ids(ids: pd.Series, source: str) -> None:
+    """Every id must be a non-empty string or integer; errors name the row (1 = first data row)."""
+    for i, v in enumerate(ids):
+        if is_missing(v):
+            raise DataError(f"row {i + 1}: empty id (every row needs one)", source=source, field="id")
+        if isinstance(v, float) and v.is_integer():
+            continue  # a JSON number id
+        if isinstance(v, bool) or not isinstance(v, (str, int, np.integer)):
+            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+            raise DataError(f"row {i + 1}: id must be a string or an integer, got {type(v).__name__} {shown}",
+                            source=source, field="id")
 
 
 def select_split(df: pd.DataFrame, split: Optional[str]) -> pd.DataFrame:

@@ -66,6 +66,25 @@ MONITORS = {"auroc": ("macro_auroc", True), "auprc": ("macro_auprc", True), "acc
             "loss": ("loss", False)}
 
 
+def _typed(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Types and ranges from :mod:`medfm.finetune.config_schema` (key path in the message); keys
+    of DEFAULT_CONFIG the schema does not list yet, and the task's extra keys, pass untyped."""
+    import dataclasses
+
+    from . import config_schema as cs
+
+    sections = {"": cs.FinetuneConfig, "task": cs.TaskConfig, "lora": cs.LoraSection, "head": cs.HeadSection,
+                "data": cs.FinetuneData, "optim": cs.FinetuneOptim, "eval": cs.FinetuneEval}
+    tolerated = {}
+    for sec, schema in sections.items():
+        have = set(cfg if not sec else (cfg.get(sec) or {}))
+        tolerated[sec] = have - {f.name for f in dataclasses.fields(schema)}
+        if sec not in ("", "task"):
+            tolerated[sec] &= set(DEFAULT_CONFIG.get(sec) or ())
+    tolerated[""] &= set(DEFAULT_CONFIG)
+    return cs.validate_finetune_config(cfg, tolerated)
+
+
 def resolve_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     """Merge ``config`` over :data:`DEFAULT_CONFIG` and check names and values."""
     unknown = sorted(set(config) - set(DEFAULT_CONFIG) - {"name", "description"})
@@ -76,6 +95,7 @@ def resolve_config(config: Mapping[str, Any]) -> Dict[str, Any]:
         extra = sorted(set(cfg[section]) - set(DEFAULT_CONFIG[section]))
         if extra:
             raise ConfigError(f"{section}: unknown option(s) {extra}; known: {sorted(DEFAULT_CONFIG[section])}")
+    cfg = _typed(cfg)
     if not cfg["base"]:
         raise ConfigError("base is required: the directory of a pretrained medfm checkpoint")
     if not cfg["data"]["manifest"]:

@@ -187,8 +187,13 @@ class MultiModalModel(nn.Module):
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not cfg_path.is_file():
             raise CheckpointError(f"{directory}: not a medfm checkpoint (no {CONFIG_NAME})")
-        with open(cfg_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
+        try:
+            with open(cfg_path, encoding="utf-8") as fh:
+                meta = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{cfg_path}: unreadable config: {type(e).__name__}: {e}") from e
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{cfg_path}: not a medfm model config")
         if meta.get("format") != FORMAT or "model" not in meta:
             raise CheckpointError(f"{cfg_path}: not a medfm model config")
         if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -208,7 +213,10 @@ class MultiModalModel(nn.Module):
         model = cls(config, adapters)
         if not weights.is_file():
             raise CheckpointError(f"{directory}: {WEIGHTS_NAME} is missing")
-        missing, unexpected = load_model(model, str(weights), strict=False)
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=False)
+        except Exception as e:  # torn or forged safetensors (header, offsets, dtype)
+            raise CheckpointError(f"{weights}: unreadable weights: {type(e).__name__}: {e}") from e
         if strict and (missing or unexpected):
             raise CheckpointError(
                 f"{weights}: weights do not match the config; missing: {sorted(missing)[:10]}, "

@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 
 from ..data.manifest import is_missing
 from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest, select_split
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..io import deep_merge, write_json
 from ..models import MultiModalModel, create_model, resolve_config
 from ..registry import get_modality
-from .checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (BY_NAME, checkpoint_candidates, clean_temporaries, first_difference, load_optimizer_state_by_name,
+                         load_trainer_state, optimizer_state_by_name, read_run_config, rng_state, save_checkpoint,
+                         set_rng_state)
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
 from .sampler import ResumableSampler
 from .schedule import build_optimizer, cosine_with_warmup
@@ -39,7 +41,7 @@ log = logging.getLogger("medfm.train")
 DEFAULT_RUN: Dict[str, Any] = {
     "model": {"name": "medfm-tiny"},
     "data": {"manifest": None, "split": "train", "columns": {}, "label_columns": [], "batch_size": 16,
-             "num_workers": 0, "cache_dir": None},
+             "num_workers": 0, "cache_dir": None, "root": None, "confine_paths": True, "limits": {}},
     "objectives": [{"name": "clip", "weight": 1.0}],
     "optim": {"lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_steps": 10, "min_lr_ratio": 0.0,
               "grad_clip": 1.0},
@@ -51,15 +53,29 @@ DEFAULT_RUN: Dict[str, Any] = {
 
 
 def resolve_run_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Defaults merged with ``config``, validated against :class:`medfm.train.run_config.RunConfig`
+    (types, ranges, unknown keys; the message names the key path) before anything is read."""
+    from .run_config import RunConfig, validate_run_config
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(config).__name__}")
     unknown = sorted(set(config) - set(DEFAULT_RUN) - {"name", "description"})
     if unknown:
-        raise ConfigError(f"unknown top-level config section(s) {unknown}; known: {sorted(DEFAULT_RUN)}")
+        raise ConfigError(f"{unknown[0]}: unknown config section; known: {', '.join(sorted(DEFAULT_RUN))}")
+    for section in ("data", "optim", "train"):
+        if section in config and not isinstance(config[section], dict):
+            raise ConfigError(f"{section}: expected a mapping, got {config[section]!r}")
     run = deep_merge(DEFAULT_RUN, config)
     if isinstance(config.get("objectives"), list):
         run["objectives"] = copy.deepcopy(config["objectives"])
-    if not run["data"].get("manifest"):
-        raise ConfigError("data.manifest is required (a CSV/TSV/JSONL/Parquet cohort manifest)")
-    return run
+    # keys added to DEFAULT_RUN before the schema knows them are accepted untyped
+    import dataclasses
+
+    from .run_config import DataConfig, OptimConfig, TrainConfig
+    tolerated = {sec: set(DEFAULT_RUN[sec]) - {f.name for f in dataclasses.fields(cls)}
+                 for sec, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig))}
+    tolerated[""] = set(DEFAULT_RUN) - {f.name for f in dataclasses.fields(RunConfig)}
+    return validate_run_config(run, tolerated)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -118,7 +134,8 @@ class Trainer:
         self.objective = build_objective(self.config["objectives"])
         self.dataset = ManifestDataset(self.df, self.model.adapters, train=True,
                                        label_columns=dcfg.get("label_columns") or (), columns=dcfg.get("columns"),
-                                       cache_dir=dcfg.get("cache_dir"), seed=int(tcfg["seed"]))
+                                       cache_dir=dcfg.get("cache_dir"), seed=int(tcfg["seed"]),
+                                       root=self._data_root(), confine=bool(dcfg.get("confine_paths", True)))
         self.sampler = ResumableSampler(len(self.dataset), shuffle=True, seed=int(tcfg["seed"]),
                                         rank=self.dist.rank, world_size=self.dist.world_size)
         self.wrapped = self._wrap(self.model)
@@ -127,23 +144,35 @@ class Trainer:
         self.scheduler = cosine_with_warmup(self.optimizer, int(ocfg["warmup_steps"]), int(tcfg["max_steps"]),
                                             float(ocfg.get("min_lr_ratio", 0.0)))
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
-        self.n_skipped, self.n_errors = 0, 0
+        self.n_skipped, self.n_errors, self.n_flagged = 0, 0, 0
 
     # ----------------------------------------------------------- building
     def _build_model(self) -> MultiModalModel:
         tcfg = self.config["train"]
-        ckpt = latest_checkpoint(self.ckpt_root) if tcfg.get("resume", True) else None
-        if ckpt is not None:
-            self.resume_from = ckpt
-            if self.dist.is_main:
-                log.info("resuming from %s (train.resume=false or --no-resume starts afresh)", ckpt)
-            return MultiModalModel.from_pretrained(ckpt)
+        if self.dist.is_main:
+            removed = clean_temporaries(self.ckpt_root)
+            # the final save_pretrained(OUT) stages next to OUT
+            import shutil
+
+            for p in self.out.parent.glob(f".{self.out.name}.staging*") if self.out.parent.is_dir() else ():
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(str(p))
+            if removed:
+                log.warning("removed half-written checkpoint files of an interrupted run: %s", ", ".join(removed))
+        if self.dist.distributed:
+            torch.distributed.barrier()
+        if tcfg.get("resume", True):
+            model = self._resumable_model()
+            if model is not None:
+                return model
         model_cfg = self.config["model"]
         if isinstance(model_cfg, str) and self.config_dir is not None and (self.config_dir / model_cfg).is_file():
             model_cfg = str(self.config_dir / model_cfg)
         mcfg = resolve_config(model_cfg)
         adapters = {}
-        for name, options in (mcfg.get("modalities") or {}).items():
+        # sorted: the order a checkpoint's config.json restores, so a resumed model is the same
+        # module tree (and draws MAE masks in the same order) whatever the order in the YAML
+        for name, options in sorted((mcfg.get("modalities") or {}).items()):
             adapter = get_modality(name, **(options or {}))
             column = (self.config["data"].get("columns") or {}).get(name, name)
             values = [adapter.source_from_row(r, column) for r in self.df.to_dict("records")]
@@ -153,6 +182,42 @@ class Trainer:
         if tcfg.get("init_from"):
             self._init_from(model, Path(tcfg["init_from"]))
         return model
+
+    def _data_root(self) -> Optional[Path]:
+        """``data.root``, relative to the config's folder when it is relative."""
+        root = self.config["data"].get("root")
+        if not root:
+            return None
+        p = Path(root).expanduser()
+        return p if p.is_absolute() or self.config_dir is None else self.config_dir / p
+
+    def _resumable_model(self) -> Optional[MultiModalModel]:
+        """The model of the newest intact checkpoint (``None`` when there is none).
+
+        A checkpoint whose weights or training state cannot be read is skipped with a warning
+        naming it; one made from another model config is refused (:class:`CheckpointError`).
+        """
+        for ckpt in checkpoint_candidates(self.ckpt_root):
+            try:
+                model = MultiModalModel.from_pretrained(ckpt)
+                state = load_trainer_state(ckpt)
+                saved_model_cfg = read_run_config(ckpt).get("model")
+            except Exception as e:  # a torn file of a killed run: fall back to an older checkpoint
+                reason = " ".join(str(e).split())[:300]
+                if self.dist.is_main:
+                    log.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
+                                ckpt, type(e).__name__, reason)
+                continue
+            own = json.loads(json.dumps(self.config["model"], default=str))
+            diff = first_difference(saved_model_cfg, own, "model")
+            if diff is not None:
+                raise CheckpointError(f"{ckpt}: made with another model config (first difference at {diff}); "
+                                      "resume with the same model config, or start afresh (--no-resume or a new --out)")
+            self.resume_from, self._resume_state = ckpt, state
+            if self.dist.is_main:
+                log.info("resuming from %s (train.resume=false or --no-resume starts afresh)", ckpt)
+            return model
+        return None
 
     def _init_from(self, model: MultiModalModel, directory: Path) -> None:
         """Start from the weights of another checkpoint wherever names and shapes match (logged)."""
@@ -200,13 +265,17 @@ class Trainer:
 
     # ------------------------------------------------------------ resume
     def _restore(self) -> None:
-        state = load_trainer_state(self.resume_from)
+        state = getattr(self, "_resume_state", None) or load_trainer_state(self.resume_from)
         if getattr(self, "_unsharded", None):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
                                      options=StateDictOptions(full_state_dict=True, strict=False))
-        else:
+        elif state["optimizer"].get("format") == BY_NAME:
+            load_optimizer_state_by_name(self.model, self.optimizer, state["optimizer"], source=self.resume_from)
+        else:  # checkpoints of earlier medfm versions stored the state by position
+            log.warning("%s: optimizer state stored by position (older medfm); restoring it by position",
+                        self.resume_from)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
@@ -222,10 +291,33 @@ class Trainer:
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.resume_from, self.step)
 
+    def _trim_metrics(self) -> None:
+        """Drop ``metrics.jsonl`` lines past the resumed step (and a torn last line), so a curve
+        is never drawn twice; the dropped steps are written again as the run repeats them."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                keep = int(json.loads(line)["step"]) <= self.step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            from ..io import atomic_write_text
+
+            atomic_write_text(path, "".join(x + "\n" for x in kept))
+            log.info("metrics.jsonl: dropped %d line(s) after step %d (written before the interruption)",
+                     dropped, self.step)
+
     def _full_model_and_optimizer(self):
         """A plain (unsharded) model and optimizer state to save; collective under FSDP."""
         if not getattr(self, "_unsharded", None):
-            return self.model, self.optimizer.state_dict()
+            return self.model, optimizer_state_by_name(self.model, self.optimizer)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -252,7 +344,16 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
     def fit(self) -> Dict[str, Any]:
-        """Train to ``train.max_steps``; returns the last logged metrics."""
+        """Train to ``train.max_steps``; returns the last logged metrics.
+
+        ``data.limits`` (see :mod:`medfm.limits`) apply to every read of this run.
+        """
+        from ..limits import limits
+
+        with limits(**(self.config["data"].get("limits") or {})):
+            return self._fit()
+
+    def _fit(self) -> Dict[str, Any]:
         tcfg = self.config["train"]
         if self.resume_from is not None:
             self._restore()
@@ -264,7 +365,10 @@ class Trainer:
             if tcfg["tensorboard"]:
                 from torch.utils.tensorboard import SummaryWriter
 
-                writer = SummaryWriter(str(self.out / "tb"))
+                # purge_step: scalars logged after the checkpoint by a killed run are dropped
+                writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.resume_from else None)
+            if self.resume_from is not None:
+                self._trim_metrics()
         metrics_fh = open(self.out / "metrics.jsonl", "a", encoding="utf-8") if self.dist.is_main else None
         bar = tqdm(total=max_steps, initial=self.step, desc="pretrain", disable=not (self.dist.is_main and tcfg["progress"]),
                    dynamic_ncols=True)
@@ -290,6 +394,7 @@ class Trainer:
                     data_wait += time.perf_counter() - t0
                     self.n_skipped += batch["n_skipped"]
                     self.n_errors += len(batch["errors"])
+                    self.n_flagged += len(batch.get("flags", ()))
                     batch = move_batch(batch, self.dist.device)
                     n_samples += len(batch["id"])
                     objective = self.objective if batch["id"] else _ZeroObjective()
@@ -324,7 +429,7 @@ class Trainer:
                 last = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm), "samples_per_s": total_samples / max(dt, 1e-9),
                         "data_wait_frac": data_wait / max(dt, 1e-9), "n_skipped": self.n_skipped,
-                        "n_modality_errors": self.n_errors, **logs_sum}
+                        "n_modality_errors": self.n_errors, "n_flagged": self.n_flagged, **logs_sum}
                 if self.dist.is_main:
                     if self.step % int(tcfg["log_every"]) == 0 or self.step == max_steps:
                         metrics_fh.write(json.dumps(last) + "\n")

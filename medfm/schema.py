@@ -1,0 +1,182 @@
+"""Typed config schemas from dataclasses: one validator, messages with the key path.
+
+A schema is a dataclass whose fields carry type hints (``int``, ``float``, ``bool``, ``str``,
+``Optional[...]``, ``List[...]``, ``Dict[str, ...]``, ``Literal[...]``, ``Union[...]``, ``Any``,
+nested dataclasses) and optional bounds in ``field(metadata=...)``: ``min``, ``max``,
+``min_exclusive``. :func:`validate` checks a plain mapping (from YAML) against it and returns
+the dataclass instance, or raises :class:`ConfigError` such as::
+
+    optim.lr: expected a number, got 'abc'
+    data.batch_size: must be >= 1, got 0
+    train.max_stpes: unknown key; known: accumulation, checkpoint_every, ...
+
+Numbers written as strings (PyYAML reads ``1e-3`` as a string) are accepted for
+``float`` fields and converted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if origin is Union:
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_bounds(value: Any, meta: Mapping[str, Any], path: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{path}: must be >= {meta['min']}, got {_show(value)}")
+    if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+        raise ConfigError(f"{path}: must be > {meta['min_exclusive']}, got {_show(value)}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{path}: must be <= {meta['max']}, got {_show(value)}")
+
+
+def _coerce(value: Any, tp: Any, path: str, extra_keys: Any = None) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {_show(value)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {_show(value)}")
+        return validate(tp, value, path, extra_keys=extra_keys)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {_show(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {_show(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {_show(value)}")
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a number, got {_show(value)}") from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {_show(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {_show(value)}")
+        return value
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected {_describe(tp)}, got {_show(value)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {_show(value)}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
+            return [_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {_show(value)}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, f"{path}.{k}"): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
+    raise TypeError(f"schema type {tp!r} at {path} is not supported")
+
+
+def validate(schema: Type[T], data: Mapping[str, Any], path: str = "", *,
+             extra_keys: Optional[Mapping[str, Any]] = None) -> T:
+    """Check ``data`` against dataclass ``schema``; return the instance (defaults filled in).
+
+    Args:
+        extra_keys: keys tolerated without a type (a mapping of section → keys, as
+            ``{"": {...}, "train": {...}}``), for settings added elsewhere before they have
+            a schema entry. Anything else not in the schema is an unknown key.
+    """
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    tolerated = set((extra_keys or {}).get(path, ()))
+    values: Dict[str, Any] = {}
+    extras: Dict[str, Any] = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            if key in tolerated:
+                extras[key] = value
+                continue
+            raise ConfigError(f"{sub}: unknown key; known: {', '.join(sorted(fields))}")
+        f = fields[key]
+        coerced = _coerce(value, hints[key], sub, extra_keys)
+        _check_bounds(coerced, f.metadata, sub)
+        values[key] = coerced
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        sub = f"{path}.{missing[0]}" if path else missing[0]
+        raise ConfigError(f"{sub}: required")
+    obj = schema(**values)
+    if extras:
+        object.__setattr__(obj, "_extra", extras)
+    check = getattr(obj, "check", None)
+    if callable(check):
+        check(path)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A validated schema instance back to plain containers (with tolerated extra keys)."""
+    if dataclasses.is_dataclass(obj):
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out.update(getattr(obj, "_extra", {}))
+        return out
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,131 @@
+"""The typed schema of a pretraining run config (``medfm pretrain CONFIG``).
+
+Validated up front — before the manifest or any data file is read — by
+:func:`validate_run_config`, with the key path in every message
+(``optim.lr: expected a number, got 'abc'``). Sections and keys::
+
+    model:       a preset name, a YAML/JSON path, or a mapping (checked by create_model)
+    data:        manifest, split, columns, label_columns, batch_size, num_workers, cache_dir,
+                 root, confine_paths, limits {max_file_mb, max_elements, max_sample_mb}
+    objectives:  a list of {name, weight, ...objective options}
+    optim:       lr, weight_decay, betas, warmup_steps, min_lr_ratio, grad_clip
+    train:       max_steps, accumulation, precision, checkpoint_every, keep_checkpoints,
+                 log_every, seed, grad_checkpointing, strategy, device, tensorboard,
+                 progress, resume, init_from, max_minutes, num_threads
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+
+from ..errors import ConfigError
+from ..schema import to_dict, validate
+
+
+def _min(v, **more):
+    return {"min": v, **more}
+
+
+@dataclass
+class LimitsConfig:
+    """See :mod:`medfm.limits`; ``None`` keeps the default (or the environment's value)."""
+
+    max_file_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
+    max_elements: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
+    max_sample_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
+
+
+@dataclass
+class DataConfig:
+    manifest: Optional[str] = None
+    split: Optional[str] = "train"
+    columns: Dict[str, str] = field(default_factory=dict)
+    label_columns: List[str] = field(default_factory=list)
+    batch_size: int = field(default=16, metadata=_min(1))
+    num_workers: int = field(default=0, metadata=_min(0))
+    cache_dir: Optional[str] = None
+    root: Optional[str] = None
+    confine_paths: bool = True
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def check(self, path: str) -> None:
+        if not self.manifest:
+            raise ConfigError("data.manifest is required (a CSV/TSV/JSONL/Parquet cohort manifest)")
+
+
+@dataclass
+class ObjectiveConfig:
+    """One loss term; options other than ``name``/``weight`` go to the objective (checked there)."""
+
+    name: str
+    weight: float = field(default=1.0, metadata=_min(0))
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=1e-3, metadata=_min(0))
+    weight_decay: float = field(default=0.05, metadata=_min(0))
+    betas: Tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = field(default=10, metadata=_min(0))
+    min_lr_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1})
+    grad_clip: Optional[float] = field(default=1.0, metadata=_min(0))
+
+    def check(self, path: str) -> None:
+        for i, b in enumerate(self.betas):
+            if not 0 <= b < 1:
+                raise ConfigError(f"optim.betas[{i}]: must be in [0, 1), got {b!r}")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(default=100, metadata=_min(1))
+    accumulation: int = field(default=1, metadata=_min(1))
+    precision: Literal["auto", "bf16", "fp32", "32"] = "auto"
+    checkpoint_every: Optional[int] = field(default=50, metadata=_min(0))
+    keep_checkpoints: int = field(default=2, metadata=_min(1))
+    log_every: int = field(default=1, metadata=_min(1))
+    seed: int = 0
+    grad_checkpointing: bool = False
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    device: str = "auto"
+    tensorboard: bool = True
+    progress: bool = True
+    resume: bool = True
+    init_from: Optional[str] = None
+    max_minutes: Optional[float] = field(default=None, metadata=_min(0))
+    num_threads: Optional[int] = field(default=None, metadata=_min(1))
+
+
+@dataclass
+class RunConfig:
+    model: Union[str, Dict[str, Any]] = "medfm-tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    objectives: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "clip", "weight": 1.0}])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: Optional[str] = None
+    description: Optional[str] = None
+
+    def check(self, path: str) -> None:
+        if not self.objectives:
+            raise ConfigError("objectives: at least one objective is needed")
+        for i, obj in enumerate(self.objectives):
+            if not isinstance(obj, Mapping):
+                raise ConfigError(f"objectives[{i}]: expected a mapping with a name, got {obj!r}")
+            # name and weight typed; the objective's own options are checked by build_objective
+            typed = validate(ObjectiveConfig, {k: v for k, v in obj.items() if k in ("name", "weight")},
+                             f"objectives[{i}]")
+            obj.update({"name": typed.name, **({"weight": typed.weight} if "weight" in obj else {})})
+
+
+def validate_run_config(run: Mapping[str, Any], tolerated: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Validate a merged run config; return it as plain containers with numbers converted.
+
+    ``tolerated``: keys accepted without a type, per section (``{"train": {...}}``): settings
+    another part of the code base added to ``DEFAULT_RUN`` before the schema knew them.
+
+    Raises:
+        ConfigError: the first problem, with its key path.
+    """
+    obj = validate(RunConfig, run, extra_keys=tolerated)
+    return to_dict(obj)

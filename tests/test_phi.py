@@ -1,0 +1,110 @@
+"""PHI from DICOM headers never reaches an output file, a log line or the console.
+
+DICOMs carrying a patient name, id and birth date go through every DICOM reader path
+(2D image, single-file volume, series folder, 12-lead waveform, OCT), including files
+that fail to read, in ``medfm pretrain`` and ``medfm embed``; then every file written
+and every captured line is searched for the identifiers (as text, and as the bytes of
+the other encodings DICOM uses). Vendor OCT formats (E2E, FDS) are not covered: no
+writer for them exists to plant identifiers in a test file.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import medfm
+from medfm.cli import main
+
+pydicom = pytest.importorskip("pydicom")
+from pydicom.data import get_testdata_file  # noqa: E402
+
+NAME, PID, BIRTH = "Doe^Janet^PHIMARKER", "PHI-ID-987654", "19010203"
+NEEDLES = [NAME, "Doe^Janet", "Janet", "PHIMARKER", PID, "987654", BIRTH, "1901-02-03"]
+OPTIONS = {
+    "xray": {"size": 32, "patch_size": 16},
+    "ct": {"size": [8, 32, 32], "patch_size": [4, 16, 16], "target_spacing": None},
+    "ecg": {"fs": 100, "duration": 2.0, "min_duration": 1.0, "patch_size": 50},
+    "oct": {"frames": 4, "size": [32, 32], "patch_size": [2, 16, 16]},
+}
+
+
+def _with_phi(src: str, dst: Path, **extra) -> Path:
+    ds = pydicom.dcmread(src)
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, PID, BIRTH
+    ds.OtherPatientIDs = PID
+    ds.InstitutionName = "PHIMARKER hospital"
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dst, enforce_file_format=False)
+    return dst
+
+
+def _cohort(root: Path) -> Path:
+    import pandas as pd
+
+    ct_src, ecg_src = get_testdata_file("CT_small.dcm"), get_testdata_file("waveform_ecg.dcm")
+    for i in range(4):  # a series folder: 4 slices 2.5 mm apart
+        _with_phi(ct_src, root / "series" / f"{i}.dcm", ImagePositionPatient=[0.0, 0.0, 2.5 * i],
+                  ImageOrientationPatient=[1, 0, 0, 0, 1, 0], SOPInstanceUID=f"1.2.826.0.1.{i}")
+    rows = []
+    for i in range(6):
+        _with_phi(ct_src, root / f"img{i}.dcm")
+        _with_phi(ecg_src, root / f"ecg{i}.dcm")
+        rows.append({"id": f"s{i}", "patient_id": f"p{i}", "xray": f"img{i}.dcm", "ecg": f"ecg{i}.dcm",
+                     "ct": "series" if i % 2 else f"img{i}.dcm", "oct": f"img{i}.dcm"})
+    # unreadable ones with PHI too: the error messages must stay clean
+    _with_phi(ct_src, root / "bad_rows.dcm", Rows=100)
+    _with_phi(ct_src, root / "bad_wave.dcm")  # an image where a waveform is expected
+    rows.append({"id": "s6", "patient_id": "p6", "xray": "bad_rows.dcm", "ecg": "bad_wave.dcm",
+                 "ct": "bad_rows.dcm", "oct": "bad_rows.dcm"})
+    manifest = root / "cohort.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+def _scan(path: Path) -> list:
+    hits = []
+    variants = []
+    for n in NEEDLES:
+        variants += [n.encode(), n.encode("utf-16-le"), n.lower().encode()]
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        if f.suffix == ".dcm":
+            continue  # the inputs themselves
+        hits += [(str(f), v) for v in variants if v in data]
+    return hits
+
+
+def test_phi_never_reaches_outputs_or_logs(tmp_path, capsys, caplog, one_thread):
+    data = tmp_path / "data"
+    manifest = _cohort(data)
+    cfg = {"model": {"name": "medfm-tiny", "trunk": {"depth": 1}, "modalities": OPTIONS},
+           "data": {"manifest": str(manifest), "batch_size": 7, "split": None},
+           "objectives": [{"name": "clip", "weight": 1.0}, {"name": "masked", "weight": 0.5}],
+           "train": {"max_steps": 2, "checkpoint_every": 1, "tensorboard": True, "progress": False}}
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.DEBUG):
+        assert main(["pretrain", str(run_yaml), "--out", str(out)]) == 0
+        for mod in OPTIONS:
+            assert main(["embed", "--model", str(out), "--manifest", str(manifest), "--modality", mod,
+                         "--out", str(out / f"emb_{mod}.safetensors"), "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    # every reader path was exercised, and the bad files were skipped with messages
+    m = [__import__("json").loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m[-1]["n_modality_errors"] >= 4 and m[-1]["n_skipped"] >= 1  # s6: every modality unreadable
+    for mod in OPTIONS:
+        emb = medfm.evaluation.embed.load_embeddings(out / f"emb_{mod}.safetensors")
+        assert len(emb.ids) == 6, mod
+    logs = caplog.text + printed.out + printed.err
+    assert "bad_rows.dcm" in logs and "bad_wave.dcm" in logs  # errors name the file ...
+    for n in NEEDLES:  # ... never the patient
+        assert n not in logs and n.lower() not in logs.lower(), n
+    assert _scan(out) == []
+    assert len([p for p in out.rglob("*") if p.is_file()]) > 10  # checkpoints, tb events, embeddings scanned
