@@ -28,6 +28,8 @@ from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest
 from ..errors import ConfigError
 from ..io import deep_merge, write_json
 from ..models import MultiModalModel, create_model, resolve_config
+from ..card import write_model_card
+from ..models.init import write_init_report
 from ..registry import get_modality
 from .checkpoint import (latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state)
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
@@ -261,6 +263,7 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "run_config.json", self.config)
+            write_init_report(self.out, self.model)
             if tcfg["tensorboard"]:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -345,8 +348,11 @@ class Trainer:
                     self._checkpoint()
             final = self._checkpoint()
             if self.dist.is_main:
-                final.save_pretrained(self.out, extra={"training": {"steps": self.step,
-                                                                       "n_skipped": self.n_skipped}})
+                final.init_sources = getattr(self.model, "init_sources", {})
+                final.save_pretrained(self.out, extra={"training": {
+                    "steps": self.step, "n_skipped": self.n_skipped, "objectives": self.config["objectives"],
+                    "manifest": {"sha256": self.df.attrs.get("sha256"), "n_rows": len(self.df)}}})
+                write_model_card(self.out)
         finally:
             bar.close()
             if metrics_fh:
