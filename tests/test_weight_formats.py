@@ -27,8 +27,29 @@ def perturb(model):
     return model.eval()
 
 
+#: test → max abs difference (written to $MEDFM_FIDELITY_JSON when set, for the closing note's table)
+FIDELITY = {}
+
+
 def maxdiff(a, b) -> float:
     return float((a.detach().float() - b.detach().float()).abs().max())
+
+
+def check(name: str, got, want) -> float:
+    diff = maxdiff(got, want)
+    FIDELITY[name] = diff
+    assert diff <= TOL, (name, diff)
+    return diff
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dump_fidelity():
+    yield
+    import os
+
+    if os.environ.get("MEDFM_FIDELITY_JSON"):
+        with open(os.environ["MEDFM_FIDELITY_JSON"], "w") as fh:
+            json.dump(FIDELITY, fh, indent=1)
 
 
 def build(modalities, towers=None, **extra):
@@ -65,7 +86,7 @@ def test_timm_vit_file_reproduces_features(tmp_path, suffix):
         want = ref.forward_head(ref.forward_features(x), pre_logits=True)  # class token after the final norm
         tower = model.tower("fundus")
         got = tower.pool(tower.forward_features(x))
-    assert maxdiff(got, want) <= TOL, maxdiff(got, want)
+    check(f"timm {suffix} (class token)", got, want)
 
 
 def _mae_layout(ref, with_decoder=True):
@@ -95,7 +116,7 @@ def test_mae_and_retfound_layout_reproduce_mean_pooled_features(tmp_path, fmt):
         want = ref.forward_head(ref.forward_features(x), pre_logits=True)
         tower = model.tower("fundus")
         got = tower.pool(tower.forward_features(x))
-    assert maxdiff(got, want) <= TOL, maxdiff(got, want)
+    check(f"{fmt} .pth (mean of patch tokens)", got, want)
 
 
 def test_octcube_layout_reproduces_a_reference_3d_vit(tmp_path):
@@ -123,7 +144,7 @@ def test_octcube_layout_reproduces_a_reference_3d_vit(tmp_path):
         want = ref.norm(ref.blocks(tok))[:, 0]
         tower = model.tower("oct")
         got = tower.pool(tower.forward_features(x))
-    assert maxdiff(got, want) <= TOL, maxdiff(got, want)
+    check("octcube .pth (class token, 3D)", got, want)
 
 
 @pytest.mark.parametrize("classification", [False, True])
@@ -152,7 +173,7 @@ def test_monai_vit_reproduces_features(tmp_path, classification):
             want, got = ref.norm(feats)[:, 1:].mean(1), tower.pool(tokens)
         else:
             want, got = ref(x)[0].mean(1), tower.pool(tokens)
-    assert maxdiff(got, want) <= TOL, maxdiff(got, want)
+    check(f"monai ViT .pt ({'with' if classification else 'no'} class token, mean)", got, want)
 
 
 def _bert_folder(tmp_path, vocab_words, name="bert", safe=True):
@@ -189,7 +210,7 @@ def test_hf_bert_folder_reproduces_cls_features(tmp_path, safe):
         want = ref.bert(input_ids=batch["x"], attention_mask=batch["mask"]).last_hidden_state[:, 0]
         tower = model.tower("text")
         got = tower.pool(tower.forward_features(batch["x"], batch["mask"]), batch["mask"])
-    assert maxdiff(got, want) <= TOL, maxdiff(got, want)
+    check(f"hf BertForMaskedLM {'model.safetensors' if safe else 'pytorch_model.bin'} (CLS)", got, want)
 
 
 def test_barcodebert_folder_reproduces_mean_features_and_checks_vocab(tmp_path):
@@ -214,7 +235,7 @@ def test_barcodebert_folder_reproduces_mean_features_and_checks_vocab(tmp_path):
         want = (h * m).sum(1) / m.sum(1)
         tower = model.tower("dna")
         got = tower.pool(tower.forward_features(batch["x"], batch["mask"]), batch["mask"])
-    assert maxdiff(got, want) <= TOL
+    check("barcodebert folder (mean of real tokens)", got, want)
     with pytest.raises(CheckpointError, match="vocabulary"):  # a k=5 tokenizer does not fit this checkpoint
         build({"dna": {"k": 5, "max_length": 64, "init": {"path": str(d), "format": "barcodebert"}}})
 
@@ -257,8 +278,9 @@ def test_open_clip_pair_reproduces_features_and_zeroshot_logits(open_clip_checkp
         img = model.encode("fundus", images)
         txt = model.encode("text", batch["x"], batch["mask"])
         logits = model.logit_scale.exp() * img @ txt.T
-    diffs = {"image": maxdiff(img, img_ref), "text": maxdiff(txt, txt_ref), "logits": maxdiff(logits, logits_ref)}
-    assert max(diffs.values()) <= TOL, diffs
+    check("open_clip image embedding", img, img_ref)
+    check("open_clip text embedding", txt, txt_ref)
+    check("open_clip zero-shot logits (scale×cos)", logits, logits_ref)
     assert torch.equal(logits.argmax(1), logits_ref.argmax(1))
 
 
