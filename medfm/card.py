@@ -82,8 +82,10 @@ def _tower_line(name: str, tower: Dict[str, Any], trunk: Dict[str, Any]) -> str:
     emb = tower.get("embedder") or {}
     tokens = (f"{emb.get('type')} patch {emb.get('patch_size')} of {emb.get('input_size')}"
               if "patch_size" in emb else f"{emb.get('type')} vocab {emb.get('vocab_size')}, max {emb.get('max_len')}")
+    notes = ("causal, " if t.get("causal") else "") + ("class token, " if tower.get("cls_token") else "") + \
+        ("pre-norm, " if t.get("pre_norm") else "") + f"LayerNorm eps {t.get('norm_eps', 1e-6)}"
     return f"| {name} | ViT ({tokens}) | {t.get('width')} | {t.get('depth')} | {t.get('heads')} | " \
-           f"{tower.get('pool', 'mean')} | {'causal, ' if t.get('causal') else ''}eps {t.get('norm_eps', 1e-6)} |"
+           f"{tower.get('pool', 'mean')} | {notes} |"
 
 
 def render_model_card(directory: os.PathLike) -> str:
@@ -123,7 +125,9 @@ def render_model_card(directory: os.PathLike) -> str:
     if man:
         lines.append(f"- manifest sha256 `{man.get('sha256')}`, {man.get('n_rows')} rows")
     elif ft:
-        lines.append(f"- fine-tuning manifest sha256 `{ft.get('manifest_sha256')}`")
+        sizes = (metrics or {}).get("n_samples")
+        lines.append(f"- fine-tuning manifest sha256 `{ft.get('manifest_sha256')}`"
+                     + (f"; samples per split {json.dumps(sizes)}" if sizes else ""))
     else:
         lines.append("- not recorded (this checkpoint was not written by `medfm pretrain`)")
     lines += ["", "## Training procedure", ""]

@@ -88,6 +88,10 @@ class WeightFormat:
     def sniff(self, path: Path) -> bool:
         return False
 
+    def release(self) -> None:
+        """Drop the file read for ``configure``/``load`` (called once every tower is loaded)."""
+        clear_cache()
+
     def configure(self, spec, adapter_cls, options: Dict[str, Any], user_tower: Mapping[str, Any]) -> Dict[str, Any]:
         return {}
 

@@ -159,8 +159,9 @@ def _adapt_patch_weight(w: torch.Tensor, target: torch.Tensor) -> Tuple[Optional
 
     how = []
     if w.shape[1] != target.shape[1]:
+        how.append(f"in_chans {w.shape[1]}→{target.shape[1]} (timm adapt_input_conv: "
+                   + ("channel weights summed)" if target.shape[1] == 1 else "channel weights tiled)"))
         w = adapt_input_conv(target.shape[1], w)
-        how.append(f"in_chans {tuple(w.shape)[1]}")
     if w.ndim == 4 and target.ndim == 5:
         w = inflate_patch_weight(w, target.shape[2])
         how.append(f"inflated 2D→3D over {target.shape[2]} frames")
@@ -192,7 +193,10 @@ def _adapt_pos(src: torch.Tensor, target: torch.Tensor, tgt_grid: Sequence[int],
         src_grid = _grid_from_tokens(body.shape[1], nd) or _grid_from_tokens(body.shape[1], 2)
     if src_grid is None or math.prod(src_grid) != body.shape[1]:
         return None, None, ""
-    how = f"grid {tuple(src_grid)}→{tuple(tgt_grid)}"
+    how = (f"grid {tuple(src_grid)}→{tuple(tgt_grid)}" if tuple(src_grid) != tuple(tgt_grid)
+           else f"grid {tuple(src_grid)} unchanged")
+    if n_prefix:
+        how += f", {n_prefix} class-token position(s) split off"
     if len(src_grid) == 2 and nd == 3:  # 2D checkpoint into a 3D tower: spatial pos + the target's depth profile
         spatial = resample_grid_pos(body, src_grid, tgt_grid[1:]).reshape(1, 1, -1, target.shape[-1])
         depth_prof = target.detach().reshape(1, tgt_grid[0], -1, target.shape[-1]).mean(2, keepdim=True)

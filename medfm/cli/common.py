@@ -61,6 +61,10 @@ def model_config_with_init(model_cfg: Any, inits: Dict[str, Dict[str, Any]], con
     if isinstance(model_cfg, (str, Path)):
         s = str(model_cfg)
         p = Path(s) if Path(s).is_file() else (Path(config_dir) / s if config_dir is not None else Path(s))
+        if not p.is_file():
+            from medfm.configs import config_path
+
+            p = config_path(s) if config_path(s).is_file() else p
         if s in MODELS:
             model_cfg = {"name": s}
         elif p.is_file():

@@ -222,10 +222,12 @@ def apply_init(model: Any, specs: Mapping[str, Any], base_dir: Optional[Path] = 
 
     sources = dict(getattr(model, "init_sources", {}) or {})
     reports = dict(getattr(model, "init_reports", {}) or {})
+    used = []
     for mod, value in specs.items():
         model.tower(mod)  # a clear error for an unknown modality
         spec = resolve_format(value if isinstance(value, InitSpec) else parse_spec(mod, value, base_dir))
         fmt = WEIGHT_FORMATS.get(spec.format)
+        used.append(fmt)
         report = fmt.load(model, mod, spec)
         if spec.strict:
             _check_strict(spec, report)
@@ -240,6 +242,8 @@ def apply_init(model: Any, specs: Mapping[str, Any], base_dir: Optional[Path] = 
                 log.info("  adapted %s: %s", key, how)
             for note in getattr(report, "notes", []):
                 log.info("  note: %s", note)
+    for fmt in used:
+        fmt.release()
     model.init_sources = sources
     model.init_reports = reports
     return reports
