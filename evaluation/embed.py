@@ -48,6 +48,19 @@ class Embeddings:
 
 #: fingerprint → imported weight sources of models loaded with ``init`` (copied into results.json)
 _INIT_SOURCES: Dict[str, Dict[str, Any]] = {}
+#: fingerprint → key reports of imports made at load time (written as init_report.json beside the outputs)
+INIT_REPORTS: Dict[str, Dict[str, Any]] = {}
+
+
+def write_init_report_for(fingerprint: Optional[str], path: Any) -> Optional[Path]:
+    """``init_report.json`` at ``path`` when the model of ``fingerprint`` imported weights at load time."""
+    rep = INIT_REPORTS.get(fingerprint or "")
+    if not rep:
+        return None
+    p = Path(str(path))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(rep, indent=2))
+    return p
 
 
 def load_model(model_dir: Any, init: Optional[Dict[str, Any]] = None):
@@ -72,6 +85,7 @@ def load_model(model_dir: Any, init: Optional[Dict[str, Any]] = None):
         base = hashlib.sha256(json.dumps(model.config, sort_keys=True, default=str).encode()).hexdigest()
         fp = init_fingerprint(base, model.init_sources)
         _INIT_SOURCES[fp] = model.init_sources
+        INIT_REPORTS[fp] = model.init_reports
         return model.eval(), fp
     if not d.is_dir():
         raise CheckpointError(f"{d}: model directory not found")
@@ -80,6 +94,7 @@ def load_model(model_dir: Any, init: Optional[Dict[str, Any]] = None):
     if init:
         apply_init(model, init)
         fp = init_fingerprint(fp, {m: model.init_sources[m] for m in init})
+        INIT_REPORTS[fp] = model.init_reports
     if getattr(model, "init_sources", None):
         _INIT_SOURCES[fp] = model.init_sources
     model.eval()
@@ -184,6 +199,7 @@ def save_embeddings(path: Any, emb: Embeddings, *, modality: str, model_fingerpr
             "model_fingerprint": model_fingerprint or "", "model_dir": str(model_dir or ""),
             "ids": json.dumps(emb.ids), "skipped": json.dumps(emb.skipped), "absent": json.dumps(emb.absent)}
     save_file({"embeddings": np.ascontiguousarray(emb.emb, dtype=np.float32)}, str(p), metadata=meta)
+    write_init_report_for(model_fingerprint, p.with_name(p.stem + ".init_report.json"))
     return p
 
 

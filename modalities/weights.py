@@ -97,6 +97,15 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, corrupt file, ...
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"{p}: refused: this pickle needs code beyond tensors and plain containers to load, and medfm "
+                f"only reads torch files with torch.load(weights_only=True) (running a checkpoint's code is how "
+                f"a malicious file takes over a machine); re-save its state dict as .safetensors where you "
+                f"trust it. torch says: {first}") from e
         raise CheckpointError(f"{p}: cannot read checkpoint: {type(e).__name__}: {e}") from e
     for _ in range(3):
         if isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):

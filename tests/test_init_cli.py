@@ -113,6 +113,7 @@ def test_zeroshot_from_an_open_clip_file_records_the_source(setup, open_clip_fil
     sources = rec["model"]["init_sources"]
     assert sources["xray"]["sha256"] == sources["text"]["sha256"] == sha(path)
     assert sources["text"]["format"] == "open_clip"
+    assert json.loads((out / "init_report.json").read_text())["text"]["source"]["format"] == "open_clip"
     assert rec["logit_scale"] == pytest.approx(float(ref.logit_scale.detach().exp()), rel=1e-5)
 
 
@@ -129,6 +130,7 @@ def test_embed_with_init_on_a_checkpoint_changes_the_fingerprint(setup, capsys, 
 
     a, b = load_embeddings(tmp_path / "a.safetensors"), load_embeddings(tmp_path / "b.safetensors")
     assert a.meta["model_fingerprint"] != b.meta["model_fingerprint"]
+    assert (tmp_path / "b.init_report.json").is_file() and not (tmp_path / "a.init_report.json").exists()
     assert not np.allclose(a.emb, b.emb)
 
 
