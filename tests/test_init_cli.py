@@ -152,6 +152,15 @@ def test_pretrain_from_imported_weights_writes_report_and_sources(setup, capsys)
     assert conf["training"]["manifest"]["n_rows"] == 24 and conf["training"]["steps"] == 2
     card = (out / "README.md").read_text()
     assert "manifest sha256" in card and "RETFound_small.pth" in card
+    # the same through the config key, with a path relative to the run config's folder
+    model = yaml.safe_load(setup["model_yaml"].read_text())
+    model["modalities"]["xray"]["init"] = {"path": setup["retfound"].name, "format": "retfound", "strict": True}
+    cfg2 = d / "pre2.yaml"
+    cfg2.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "model": model}))
+    assert main(["pretrain", str(cfg2), "--out", str(d / "pre2")]) == 0
+    capsys.readouterr()
+    conf = json.loads((d / "pre2" / "config.json").read_text())
+    assert conf["init_sources"]["xray"]["format"] == "retfound"
 
 
 def test_init_usage_errors(setup, capsys):

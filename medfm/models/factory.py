@@ -41,13 +41,14 @@ def _shipped(name: str) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def resolve_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[str, Any]:
+def resolve_config(config: Union[str, os.PathLike, Mapping[str, Any]],
+                   base_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
     """Name, YAML/JSON path or dict → a config dict merged over the defaults and its preset ``name``.
 
     ``modalities.<m>.init`` entries are moved to ``config["init"]`` with their format resolved
-    (see :mod:`medfm.models.init`); relative init paths resolve against the YAML file's folder.
+    (see :mod:`medfm.models.init`); relative init paths resolve against the YAML file's folder
+    (or ``base_dir``, the folder of the run config a dict came from).
     """
-    base_dir = None
     if isinstance(config, (str, Path)):
         s = str(config)
         if s in MODELS:

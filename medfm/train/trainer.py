@@ -143,7 +143,7 @@ class Trainer:
         model_cfg = self.config["model"]
         if isinstance(model_cfg, str) and self.config_dir is not None and (self.config_dir / model_cfg).is_file():
             model_cfg = str(self.config_dir / model_cfg)
-        mcfg = resolve_config(model_cfg)
+        mcfg = resolve_config(model_cfg, base_dir=self.config_dir)  # relative init paths: beside the run config
         adapters = {}
         for name, options in (mcfg.get("modalities") or {}).items():
             adapter = get_modality(name, **(options or {}))
