@@ -282,8 +282,8 @@ class OpenCLIPFormat(WeightFormat):
     Text tower: ``token_embedding`` + ``positional_embedding`` → token embedder; causal blocks;
     ``ln_final``; end-of-text pooling (``pool: last``: the last real token of right-padded ids, which is
     open_clip's ``argmax`` with its tokenizer); ``text_projection`` → projection. ``logit_scale`` (and a
-    SigLIP ``logit_bias``) load with the text tower. LayerNorm eps 1e-5, exact GELU (``act: quick_gelu``
-    in ``towers.<m>.trunk`` for OpenAI-trained weights). Attention heads: ``width // 64`` (open_clip's
+    SigLIP ``logit_bias``) load with the text tower. LayerNorm eps 1e-5, exact GELU (``init.act: quick_gelu``
+    for OpenAI-trained weights: the file does not record the activation). Attention heads: ``width // 64`` (open_clip's
     default head width) unless ``init.heads`` or ``towers.<m>.trunk.heads`` says otherwise.
     Not supported: attentional pooling (CoCa), ``hf`` text towers (BiomedCLIP's PubMedBERT: import it
     with format ``hf`` instead), timm-backbone image towers.
@@ -313,7 +313,8 @@ class OpenCLIPFormat(WeightFormat):
             width, patch = int(w.shape[0]), int(w.shape[-1])
             fc1 = sd["visual.transformer.resblocks.0.mlp.c_fc.weight"]
             trunk = {"width": width, "depth": _depth(sd, "visual."), "heads": int(heads or max(1, width // 64)),
-                     "mlp_ratio": fc1.shape[0] / width, "norm_eps": 1e-5, "pre_norm": "visual.ln_pre.weight" in sd}
+                     "mlp_ratio": fc1.shape[0] / width, "norm_eps": 1e-5, "pre_norm": "visual.ln_pre.weight" in sd,
+                     "act": spec.options.get("act", "gelu")}
             tower = {"pool": "cls", "trunk": trunk, "embedder": {"patch_size": patch}}
             mod = {}
             defaults = getattr(adapter_cls, "defaults", {})
@@ -330,7 +331,8 @@ class OpenCLIPFormat(WeightFormat):
         ctx = int(sd["positional_embedding"].shape[0])
         fc1 = sd["transformer.resblocks.0.mlp.c_fc.weight"]
         trunk = {"width": int(width), "depth": _depth(sd, ""), "heads": int(heads or max(1, width // 64)),
-                 "mlp_ratio": fc1.shape[0] / width, "norm_eps": 1e-5, "causal": True}
+                 "mlp_ratio": fc1.shape[0] / width, "norm_eps": 1e-5, "causal": True,
+                 "act": spec.options.get("act", "gelu")}
         tower = {"trunk": trunk, "pool": "last", "embedder": {"vocab_size": int(vocab), "max_len": ctx}}
         mod = {}
         if getattr(adapter_cls, "name", "") == "text":

@@ -240,14 +240,15 @@ def test_barcodebert_folder_reproduces_mean_features_and_checks_vocab(tmp_path):
         build({"dna": {"k": 5, "max_length": 64, "init": {"path": str(d), "format": "barcodebert"}}})
 
 
-def _open_clip_model():
+def _open_clip_model(quick_gelu=False, layers=2):
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(0)
-    m = open_clip.model.CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=W, head_width=32, patch_size=16,
-                                                                   image_size=32),
-                             text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=W, heads=HEADS, layers=2))
+    m = open_clip.model.CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=layers, width=W, head_width=32,
+                                                                   patch_size=16, image_size=32),
+                             text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=W, heads=HEADS,
+                                                  layers=layers), quick_gelu=quick_gelu)
     return perturb(m)
 
 
@@ -282,6 +283,29 @@ def test_open_clip_pair_reproduces_features_and_zeroshot_logits(open_clip_checkp
     check("open_clip text embedding", txt, txt_ref)
     check("open_clip zero-shot logits (scale×cos)", logits, logits_ref)
     assert torch.equal(logits.argmax(1), logits_ref.argmax(1))
+
+
+def test_open_clip_quick_gelu_weights_need_act_quick_gelu(tmp_path):
+    """OpenAI-trained CLIP weights use QuickGELU, which the file does not record: ``act=quick_gelu`` reproduces them,
+    the default (exact GELU) does not."""
+    import open_clip
+
+    ref = _open_clip_model(quick_gelu=True, layers=1)
+    path = tmp_path / "open_clip_pytorch_model.bin"  # the hub's older layout: a torch pickle of the state dict
+    torch.save(ref.state_dict(), path)
+    prompts = ["a normal fundus", "glaucoma"]
+    with torch.no_grad():
+        want = ref.encode_text(open_clip.tokenize(prompts), normalize=True)
+    for act, ok in (("quick_gelu", True), (None, False)):
+        spec = {"path": str(path), "heads": 2, **({"act": act} if act else {})}
+        model = build({"text": {"init": spec}})
+        batch = model.adapters["text"].tokenize(prompts)
+        with torch.no_grad():
+            got = model.encode("text", batch["x"], batch["mask"])
+        if ok:
+            check("open_clip text, QuickGELU (act=quick_gelu)", got, want)
+        else:
+            assert maxdiff(got, want) > 10 * TOL
 
 
 def test_open_clip_into_a_grey_xray_tower_adapts_and_reports(open_clip_checkpoint):

@@ -42,7 +42,7 @@ from ..io import deep_merge, hash_file, write_json
 log = logging.getLogger("medfm.init")
 
 INIT_REPORT = "init_report.json"
-SPEC_KEYS = ("path", "format", "strict", "tower", "heads")
+SPEC_KEYS = ("path", "format", "strict", "tower", "heads", "act")
 
 
 @dataclass
@@ -56,7 +56,7 @@ class InitSpec:
         strict: error unless every encoder key of the tower is matched.
         options: format options (``tower``: which tower of a multi-tower file, e.g. ``visual``/``text``
             of an open_clip checkpoint or a modality of a medfm checkpoint; ``heads``: attention heads
-            when the file does not say).
+            when the file does not say; ``act``: ``quick_gelu`` for OpenAI-trained CLIP weights).
     """
 
     modality: str
@@ -93,7 +93,7 @@ def parse_spec(modality: str, value: Union[str, os.PathLike, Mapping[str, Any]],
     if fmt != "auto" and fmt not in WEIGHT_FORMATS:
         raise ConfigError(f"model.modalities.{modality}.init.format {fmt!r} is unknown; "
                           f"known: auto, {', '.join(WEIGHT_FORMATS.names())}")
-    options = {k: value[k] for k in ("tower", "heads") if value.get(k) is not None}
+    options = {k: value[k] for k in ("tower", "heads", "act") if value.get(k) is not None}
     return InitSpec(modality, p.resolve(), fmt, bool(value.get("strict", False)), options)
 
 
@@ -108,14 +108,14 @@ def parse_init_arg(text: str) -> Tuple[str, Dict[str, Any]]:
         key, eq, val = part.partition("=")
         if key == "strict" and not eq:
             spec["strict"] = True
-        elif key in ("format", "tower") and eq:
+        elif key in ("format", "tower", "act") and eq:
             spec[key] = val
         elif key == "strict" and eq:
             spec["strict"] = val.lower() in ("1", "true", "yes")
         elif key == "heads" and eq:
             spec["heads"] = int(val)
         else:
-            raise UsageError(f"--init {text!r}: unknown option {part!r} (format=F, strict, tower=T, heads=N)")
+            raise UsageError(f"--init {text!r}: unknown option {part!r} (format=F, strict, tower=T, heads=N, act=A)")
     return mod.strip(), spec
 
 
