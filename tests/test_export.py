@@ -74,3 +74,23 @@ def test_export_usage_errors(ckpt, capsys):
     d, _ = ckpt
     assert main(["export", str(d / "model"), "--format", "onnx", "--out", str(d / "x"), "--modality", "ct"]) == 2
     assert "no 'ct' tower" in capsys.readouterr().err
+
+
+def test_onnx_causal_text_tower_with_other_lengths_and_batches(tmp_path):
+    """The open_clip-style text tower (causal mask, end-of-text pooling) keeps a dynamic length in ONNX."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = medfm.create_model({"name": "medfm-tiny", "trunk": {"width": 32, "depth": 1, "heads": 2},
+                                "modalities": {"text": {"tokenizer": "open_clip", "max_length": 77}}}).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--format", "onnx", "--out", str(tmp_path / "o")]) == 0
+    pre = json.loads((tmp_path / "o" / "preprocessing.json").read_text())["towers"]["text"]
+    assert pre["options"]["tokenizer"] == "open_clip" and "bpe_simple_vocab_16e6.txt.gz" in " ".join(pre["files"])
+    sess = ort.InferenceSession(str(tmp_path / "o" / "text.onnx"), providers=["CPUExecutionProvider"])
+    for texts in (["glaucoma"], ["a fundus photograph with moderate diabetic retinopathy", "normal", "drusen"]):
+        tok = model.adapters["text"].tokenize(texts)
+        (got,) = sess.run(None, {"x": tok["x"].numpy(), "mask": tok["mask"].numpy()})
+        with torch.no_grad():
+            want = model.encode("text", tok["x"], tok["mask"]).numpy()
+        assert np.abs(got - want).max() <= TOL

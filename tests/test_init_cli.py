@@ -57,7 +57,7 @@ def test_finetune_lora_from_a_retfound_file(setup, capsys):
                                    "task": {"kind": "multiclass", "label_column": "label"}, "method": "lora",
                                    "lora": {"r": 4, "alpha": 8}, "data": {"manifest": str(setup["manifest"]),
                                                                          "batch_size": 12},
-                                   "optim": {"epochs": 2}, "eval": {"n_boot": 0}, "progress": False}))
+                                   "optim": {"epochs": 1}, "eval": {"n_boot": 0}, "progress": False}))
     out = d / "ft"
     assert main(["finetune", str(cfg), "--out", str(out), "--init",
                  f"xray={setup['retfound']},format=retfound,strict"]) == 0
@@ -171,3 +171,29 @@ def test_init_usage_errors(setup, capsys):
     rc = main(["embed", "--model", str(setup["model_yaml"]), "--manifest", str(setup["manifest"]), "--modality",
                "xray", "--out", str(setup["dir"] / "e.safetensors"), "--init", "xray"])
     assert rc == 2 and "MODALITY=PATH" in capsys.readouterr().err
+
+
+def test_finetune_a_checkpoint_with_one_tower_replaced(setup, capsys, tmp_path):
+    torch.manual_seed(0)
+    medfm.create_model(setup["model_yaml"]).save_pretrained(tmp_path / "ckpt")
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(yaml.safe_dump({"base": str(tmp_path / "ckpt"), "task": {"kind": "multiclass",
+                                                                             "label_column": "label"},
+                                   "method": "linear", "data": {"manifest": str(setup["manifest"]), "batch_size": 12},
+                                   "optim": {"epochs": 1}, "eval": {"n_boot": 0}, "progress": False}))
+    out = tmp_path / "ft"
+    assert main(["finetune", str(cfg), "--out", str(out), "--init", f"xray={setup['retfound']},format=retfound"]) == 0
+    capsys.readouterr()
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["finetune"]["base_relative"] == "base" and meta["init_sources"]["xray"]["format"] == "retfound"
+    weights = load_file(str(out / "base" / "model.safetensors"))
+    torch.testing.assert_close(weights["towers.xray.trunk.blocks.0.attn.qkv.weight"],
+                               setup["vit"].state_dict()["blocks.0.attn.qkv.weight"])
+    untouched = load_file(str(tmp_path / "ckpt" / "model.safetensors"))["towers.xray.trunk.blocks.0.attn.qkv.weight"]
+    assert not torch.equal(untouched, weights["towers.xray.trunk.blocks.0.attn.qkv.weight"])
+
+
+def test_info_lists_the_weight_formats(capsys):
+    assert main(["info", "--json"]) == 0
+    names = {f["name"] for f in json.loads(capsys.readouterr().out)["weight_formats"]}
+    assert names == {"timm", "mae", "retfound", "octcube", "monai", "open_clip", "hf", "barcodebert", "medfm"}
