@@ -196,21 +196,27 @@ def _bert_folder(tmp_path, vocab_words, name="bert", safe=True):
     return d, ref, tok
 
 
-@pytest.mark.parametrize("safe", [True, False])
-def test_hf_bert_folder_reproduces_cls_features(tmp_path, safe):
+@pytest.mark.parametrize("layout", ["safetensors", "bin", "encoder-only"])
+def test_hf_bert_folder_reproduces_cls_features(tmp_path, layout):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "no acute cardiopulmonary process the lungs are clear " \
         "small left pleural effusion mild cardiomegaly".split()
+    safe = layout != "bin"
     d, ref, tok = _bert_folder(tmp_path, words, safe=safe)
+    if layout == "encoder-only":  # a BertModel folder (no MLM head), as most biomedical BERTs are published
+        ref.bert.save_pretrained(str(d))
     model = build({"text": {"init": {"path": str(d), "strict": True}}})
     rep = model.init_reports["text"]
     assert rep["source"]["format"] == "hf"
     assert rep["source"]["file"] == ("model.safetensors" if safe else "pytorch_model.bin")
+    if layout == "encoder-only":
+        assert any(k.startswith("cls.predictions") for k in rep["missing"])
+        assert "bert.embeddings.word_embeddings.weight" in rep["matched"]
     batch = model.adapters["text"].tokenize(["the lungs are clear", "small left pleural effusion mild cardiomegaly"])
     with torch.no_grad():
         want = ref.bert(input_ids=batch["x"], attention_mask=batch["mask"]).last_hidden_state[:, 0]
         tower = model.tower("text")
         got = tower.pool(tower.forward_features(batch["x"], batch["mask"]), batch["mask"])
-    check(f"hf BertForMaskedLM {'model.safetensors' if safe else 'pytorch_model.bin'} (CLS)", got, want)
+    check(f"hf BERT folder, {layout} (CLS)", got, want)
 
 
 def test_barcodebert_folder_reproduces_mean_features_and_checks_vocab(tmp_path):
