@@ -46,15 +46,57 @@ class Embeddings:
     meta: Dict[str, Any] = field(default_factory=dict)
 
 
-def load_model(model_dir: Any):
-    """``(model in eval mode, fingerprint)`` of a checkpoint directory."""
+#: fingerprint → imported weight sources of models loaded with ``init`` (copied into results.json)
+_INIT_SOURCES: Dict[str, Dict[str, Any]] = {}
+#: fingerprint → key reports of imports made at load time (written as init_report.json beside the outputs)
+INIT_REPORTS: Dict[str, Dict[str, Any]] = {}
+
+
+def write_init_report_for(fingerprint: Optional[str], path: Any) -> Optional[Path]:
+    """``init_report.json`` at ``path`` when the model of ``fingerprint`` imported weights at load time."""
+    rep = INIT_REPORTS.get(fingerprint or "")
+    if not rep:
+        return None
+    p = Path(str(path))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(rep, indent=2))
+    return p
+
+
+def load_model(model_dir: Any, init: Optional[Dict[str, Any]] = None):
+    """``(model in eval mode, fingerprint)`` of a checkpoint directory.
+
+    ``init`` (``{modality: spec}``, the ``--init`` flags) imports tower weights on top: into a
+    checkpoint directory's towers, or — when ``model_dir`` is a model config (preset name or YAML)
+    rather than a directory — into a model built from it, whose architecture the sources then
+    fix (see :mod:`medfm.models.init`). The fingerprint then also covers the sources' sha256.
+    """
     import medfm
+    from medfm.models.init import apply_init, init_fingerprint
 
     d = Path(str(model_dir))
+    if init and not (d / "config.json").is_file():
+        import hashlib
+
+        from medfm.cli.common import model_config_with_init
+        from medfm.models import resolve_config
+
+        model = medfm.create_model(resolve_config(model_config_with_init(str(model_dir), init)))
+        base = hashlib.sha256(json.dumps(model.config, sort_keys=True, default=str).encode()).hexdigest()
+        fp = init_fingerprint(base, model.init_sources)
+        _INIT_SOURCES[fp] = model.init_sources
+        INIT_REPORTS[fp] = model.init_reports
+        return model.eval(), fp
     if not d.is_dir():
         raise CheckpointError(f"{d}: model directory not found")
     fp = model_fingerprint(d)
     model = medfm.load_pretrained(d)
+    if init:
+        apply_init(model, init)
+        fp = init_fingerprint(fp, {m: model.init_sources[m] for m in init})
+        INIT_REPORTS[fp] = model.init_reports
+    if getattr(model, "init_sources", None):
+        _INIT_SOURCES[fp] = model.init_sources
     model.eval()
     return model, fp
 
@@ -157,6 +199,7 @@ def save_embeddings(path: Any, emb: Embeddings, *, modality: str, model_fingerpr
             "model_fingerprint": model_fingerprint or "", "model_dir": str(model_dir or ""),
             "ids": json.dumps(emb.ids), "skipped": json.dumps(emb.skipped), "absent": json.dumps(emb.absent)}
     save_file({"embeddings": np.ascontiguousarray(emb.emb, dtype=np.float32)}, str(p), metadata=meta)
+    write_init_report_for(model_fingerprint, p.with_name(p.stem + ".init_report.json"))
     return p
 
 
@@ -201,6 +244,8 @@ def base_record(task: str, model_dir: Any, fingerprint: str, manifest_path: Any,
     """The common head of every ``results.json`` (model identity, manifest hash, task)."""
     rec = {"task": task, "model": {"dir": str(model_dir), "fingerprint": fingerprint},
            "manifest": {"path": str(manifest_path), "sha256": df.attrs.get("sha256")}}
+    if _INIT_SOURCES.get(fingerprint):  # the weight files the model started from (name + sha256)
+        rec["model"]["init_sources"] = _INIT_SOURCES[fingerprint]
     rec.update(extra)
     return rec
 

@@ -135,4 +135,7 @@ def write_evaluation(out_dir: Any, record: Dict[str, Any], plots: Sequence[Path]
     rec["plots"] = [Path(p).name for p in plots if p is not None]
     (d / "results.json").write_text(json.dumps(rec, indent=2, allow_nan=False))
     (d / "report.md").write_text(render_markdown(rec, [p for p in plots if p is not None]))
+    from .embed import write_init_report_for  # weights imported with --init: their key report beside the results
+
+    write_init_report_for((rec.get("model") or {}).get("fingerprint"), d / "init_report.json")
     return {"results": d / "results.json", "report": d / "report.md"}

@@ -1,7 +1,7 @@
 """Name → factory registries, in the spirit of timm's ``register_model``.
 
-Four registries live here: modality adapters, token embedders, towers and
-objectives, plus named model configurations. Modality adapters are found only
+Registries live here: modality adapters, token embedders, towers,
+objectives and weight-file formats, plus named model configurations. Modality adapters are found only
 through :data:`MODALITIES`; the engine imports ``medfm.modalities`` (and any
 ``medfm.modalities`` entry point of third-party packages) the first time a
 modality is looked up, so that ``medfm/`` never imports a modality by name.
@@ -90,12 +90,16 @@ EMBEDDERS = Registry("token embedder", loader=_load_models)
 TOWERS = Registry("tower", loader=_load_models)
 OBJECTIVES = Registry("objective", loader=_load_objectives)
 MODELS = Registry("model config", loader=_load_models)
+#: file layouts a tower's weights can be imported from (``model.modalities.<m>.init.format``);
+#: the readers live with the modalities (``medfm.modalities.weight_formats``)
+WEIGHT_FORMATS = Registry("weight format", loader=_load_modalities)
 
 register_modality = MODALITIES.register
 register_embedder = EMBEDDERS.register
 register_tower = TOWERS.register
 register_objective = OBJECTIVES.register
 register_model = MODELS.register
+register_weight_format = WEIGHT_FORMATS.register
 
 
 def get_modality(name: str, **options: Any):

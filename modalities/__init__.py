@@ -9,3 +9,5 @@ for _name in _BUILTIN:
     except ModuleNotFoundError as _e:  # while a module is being written
         if _e.name != f"{__name__}.{_name}":
             raise
+
+from . import weight_formats  # noqa: E402,F401  (registers the weight-import formats)

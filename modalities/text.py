@@ -5,6 +5,10 @@ Two tokenizer sources:
 - ``model_dir`` set: the tokenizer of a local Hugging Face model directory
   (``AutoTokenizer.from_pretrained(model_dir, local_files_only=True)``), with the
   same directory loaded as the tower (any BERT/RoBERTa-family masked LM);
+- ``tokenizer: open_clip``: open_clip's CLIP BPE tokenizer (its vocabulary file ships with
+  ``open_clip``), ``[SOT] ... [EOT]`` truncated to ``max_length`` (77), with a causal
+  ``vit`` text tower pooled at the end-of-text token — the layout an open_clip checkpoint
+  imports into (``init: {format: open_clip}`` sets this);
 - otherwise a WordPiece tokenizer learnt on the cohort's own training texts in
   :meth:`TextAdapter.fit` with HF ``tokenizers`` and saved with the checkpoint, and a
   small built-in BERT tower.
@@ -96,6 +100,7 @@ class TextAdapter(ModalityAdapter):
     defaults: Dict[str, Any] = {
         "model_dir": None, "max_length": 128, "vocab_size": 4096, "lowercase": True, "min_frequency": 2,
         "sections": None, "taxonomy_columns": None, "pool": "cls", "mask_ratio": 0.15, "hf_config": {},
+        "tokenizer": "wordpiece",
     }
 
     def __init__(self, **options: Any):
@@ -104,6 +109,17 @@ class TextAdapter(ModalityAdapter):
             raise ConfigError("text: max_length must be at least 3")
         self.tokenizer = None  # a tokenizers.Tokenizer
         self._hf_tokenizer = None  # a transformers tokenizer when model_dir is set
+        self._clip = None  # open_clip's SimpleTokenizer with tokenizer="open_clip"
+        if self.options["tokenizer"] not in ("wordpiece", "open_clip"):
+            raise ConfigError(f"text: tokenizer must be 'wordpiece' or 'open_clip', got {self.options['tokenizer']!r}")
+        if self.options["tokenizer"] == "open_clip":
+            if self.options["model_dir"]:
+                raise ConfigError("text: tokenizer 'open_clip' and model_dir exclude each other")
+            try:
+                from open_clip.tokenizer import SimpleTokenizer
+            except ImportError as e:
+                raise ConfigError("text: tokenizer 'open_clip' needs the open_clip_torch package") from e
+            self._clip = SimpleTokenizer()
         if self.options["model_dir"]:
             self._load_hf_tokenizer(self.options["model_dir"])
 
@@ -151,12 +167,17 @@ class TextAdapter(ModalityAdapter):
             t = self._hf_tokenizer
             return {"pad": t.pad_token_id, "mask": t.mask_token_id, "cls": t.cls_token_id,
                     "sep": t.sep_token_id, "unk": t.unk_token_id}
+        if self._clip is not None:  # CLIP has no mask token: pad (0) stands in for it
+            return {"pad": 0, "mask": 0, "cls": self._clip.sot_token_id, "sep": self._clip.eot_token_id,
+                    "unk": None}
         return {"pad": tk.PAD_ID, "mask": tk.MASK_ID, "cls": tk.CLS_ID, "sep": tk.SEP_ID, "unk": tk.UNK_ID}
 
     @property
     def vocab_size(self) -> int:
         if self._hf_tokenizer is not None:
             return len(self._hf_tokenizer)
+        if self._clip is not None:
+            return len(self._clip.encoder)
         return self._require_tokenizer().get_vocab_size()
 
     def _require_tokenizer(self):
@@ -169,6 +190,10 @@ class TextAdapter(ModalityAdapter):
         n = int(self.options["max_length"])
         if self._hf_tokenizer is not None:
             return self._hf_tokenizer(list(texts), truncation=True, max_length=n)["input_ids"]
+        if self._clip is not None:  # open_clip.tokenize: [SOT] bpe [EOT], cut to n with EOT kept last
+            sot, eot = self._clip.sot_token_id, self._clip.eot_token_id
+            return [([sot] + self._clip.encode(t) + [eot])[:n - 1] + [eot] if len(self._clip.encode(t)) + 2 > n
+                    else [sot] + self._clip.encode(t) + [eot] for t in texts]
         tok = self._require_tokenizer()
         tok.enable_truncation(n)
         return [e.ids for e in tok.encode_batch(list(texts))]
@@ -177,6 +202,9 @@ class TextAdapter(ModalityAdapter):
         ids = [int(i) for i in ids]
         if self._hf_tokenizer is not None:
             return self._hf_tokenizer.decode(ids, skip_special_tokens=True)
+        if self._clip is not None:
+            sp = {self._clip.sot_token_id, self._clip.eot_token_id, 0}
+            return self._clip.decode([i for i in ids if i not in sp]).strip()
         return self._require_tokenizer().decode(ids, skip_special_tokens=True)
 
     def tokenize(self, texts: Sequence[str]) -> Dict[str, torch.Tensor]:
@@ -196,6 +224,11 @@ class TextAdapter(ModalityAdapter):
     def tower_config(self) -> Dict[str, Any]:
         o = self.options
         sp = self.special_ids
+        if self._clip is not None:  # open_clip's text transformer: causal, pooled at the end-of-text token
+            return {"type": "vit", "pool": "last", "masked": {"kind": "mlm", "mask_ratio": float(o["mask_ratio"])},
+                    "embedder": {"type": "tokens", "vocab_size": self.vocab_size, "max_len": int(o["max_length"]),
+                                 "pad_id": 0, "mask_id": 0, "special_ids": [0, sp["cls"], sp["sep"]]},
+                    "trunk": {"causal": True, "norm_eps": 1e-5}}
         # Built-in: the planned vocabulary size, so a model can be built before fit() (the
         # trained WordPiece vocabulary never exceeds it).
         vocab = self.vocab_size if self._hf_tokenizer is not None else int(o["vocab_size"])
@@ -208,7 +241,7 @@ class TextAdapter(ModalityAdapter):
 
     def fit(self, values: Iterable[Any]) -> None:
         """Learn the WordPiece vocabulary on training cells (strings, or rows with ``taxonomy_columns``)."""
-        if self._hf_tokenizer is not None:
+        if self._hf_tokenizer is not None or self._clip is not None:
             return
         texts = (t for t in (self.text_of(v) if isinstance(v, (str, Mapping)) else "" for v in values) if t)
         o = self.options
@@ -219,10 +252,16 @@ class TextAdapter(ModalityAdapter):
     def save_pretrained(self, directory: os.PathLike) -> None:
         if self._hf_tokenizer is not None:
             self._hf_tokenizer.save_pretrained(str(directory))
+        elif self._clip is not None:  # the BPE merges file, for a deployment without medfm
+            import shutil
+
+            from open_clip.tokenizer import default_bpe
+
+            shutil.copyfile(default_bpe(), os.path.join(str(directory), os.path.basename(default_bpe())))
         else:
             tk.save_tokenizer(self._require_tokenizer(), directory, "text_", self.config())
 
     def load_pretrained(self, directory: os.PathLike) -> None:
-        if self.options["model_dir"]:
-            return  # the tokenizer comes from model_dir
+        if self.options["model_dir"] or self._clip is not None:
+            return  # the tokenizer comes from model_dir / open_clip
         self.tokenizer, _ = tk.load_tokenizer(directory, "text_")

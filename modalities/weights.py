@@ -39,8 +39,13 @@ RENAMES: Sequence[Tuple[str, str]] = (
     (r"^patch_embed\.proj\.", "embedder.proj."),
     (r"^blocks\.", "trunk.blocks."),
     (r"^norm\.", "trunk.norm."),
+    (r"^norm_pre\.", "trunk.norm_pre."),
     (r"^fc_norm\.", "trunk.norm."),
 )
+
+
+#: keys of heads used only in pretraining (not part of an encoder checkpoint)
+PRETRAINING_HEADS = re.compile(r"^(decoder\.|mlm_head\.|cls\.predictions\.|lm_head\.)")
 
 
 @dataclass
@@ -53,6 +58,7 @@ class KeyReport:
         missing: target keys the checkpoint did not provide (decoder keys listed too).
         unexpected: source keys with no place in the target (MAE decoder, classifier head, ...).
         mismatched: ``(key, source shape, target shape)`` that could not be adapted (not loaded).
+        notes: what else the import should tell (a shared trunk, a pooling the engine does differently).
     """
 
     loaded: List[str] = field(default_factory=list)
@@ -60,11 +66,13 @@ class KeyReport:
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
     @property
     def missing_encoder(self) -> List[str]:
-        """Missing keys outside the MAE decoder (those an encoder checkpoint should have had)."""
-        return [k for k in self.missing if not k.startswith("decoder.")]
+        """Missing keys outside pretraining-only heads (MAE decoder, MLM heads): those an encoder checkpoint
+        should have had."""
+        return [k for k in self.missing if not PRETRAINING_HEADS.match(k)]
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors ({len(self.adapted)} adapted)"]
@@ -72,6 +80,7 @@ class KeyReport:
         lines += [f"  missing    {k}" for k in self.missing]
         lines += [f"  unexpected {k}" for k in self.unexpected]
         lines += [f"  mismatched {k}: checkpoint {s} vs model {t}" for k, s, t in self.mismatched]
+        lines += [f"  note       {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -88,6 +97,15 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, corrupt file, ...
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"{p}: refused: this pickle needs code beyond tensors and plain containers to load, and medfm "
+                f"only reads torch files with torch.load(weights_only=True) (running a checkpoint's code is how "
+                f"a malicious file takes over a machine); re-save its state dict as .safetensors where you "
+                f"trust it. torch says: {first}") from e
         raise CheckpointError(f"{p}: cannot read checkpoint: {type(e).__name__}: {e}") from e
     for _ in range(3):
         if isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -150,8 +168,9 @@ def _adapt_patch_weight(w: torch.Tensor, target: torch.Tensor) -> Tuple[Optional
 
     how = []
     if w.shape[1] != target.shape[1]:
+        how.append(f"in_chans {w.shape[1]}→{target.shape[1]} (timm adapt_input_conv: "
+                   + ("channel weights summed)" if target.shape[1] == 1 else "channel weights tiled)"))
         w = adapt_input_conv(target.shape[1], w)
-        how.append(f"in_chans {tuple(w.shape)[1]}")
     if w.ndim == 4 and target.ndim == 5:
         w = inflate_patch_weight(w, target.shape[2])
         how.append(f"inflated 2D→3D over {target.shape[2]} frames")
@@ -183,7 +202,10 @@ def _adapt_pos(src: torch.Tensor, target: torch.Tensor, tgt_grid: Sequence[int],
         src_grid = _grid_from_tokens(body.shape[1], nd) or _grid_from_tokens(body.shape[1], 2)
     if src_grid is None or math.prod(src_grid) != body.shape[1]:
         return None, None, ""
-    how = f"grid {tuple(src_grid)}→{tuple(tgt_grid)}"
+    how = (f"grid {tuple(src_grid)}→{tuple(tgt_grid)}" if tuple(src_grid) != tuple(tgt_grid)
+           else f"grid {tuple(src_grid)} unchanged")
+    if n_prefix:
+        how += f", {n_prefix} class-token position(s) split off"
     if len(src_grid) == 2 and nd == 3:  # 2D checkpoint into a 3D tower: spatial pos + the target's depth profile
         spatial = resample_grid_pos(body, src_grid, tgt_grid[1:]).reshape(1, 1, -1, target.shape[-1])
         depth_prof = target.detach().reshape(1, tgt_grid[0], -1, target.shape[-1]).mean(2, keepdim=True)
@@ -212,8 +234,14 @@ def _separable_pos(sd: Dict[str, torch.Tensor]) -> Optional[Tuple[torch.Tensor, 
     return full, (tp.shape[1], g[0], g[1]), n_prefix
 
 
+#: target biases that may be absent from a source layer built without bias (open_clip ``conv1``,
+#: MONAI ``qkv_bias=False``): filled with zeros, which is the same function
+_ZERO_BIAS = re.compile(r"^(embedder\.proj|trunk\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2))\.bias$")
+
+
 def load_vit_weights(target: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *,
-                     modality: Optional[str] = None, strict: bool = False) -> KeyReport:
+                     modality: Optional[str] = None, strict: bool = False,
+                     pos_prefix: Optional[int] = None) -> KeyReport:
     """Load a ViT-family checkpoint into an engine ``vit`` tower.
 
     Args:
@@ -221,6 +249,8 @@ def load_vit_weights(target: nn.Module, checkpoint: Union[str, os.PathLike, Mapp
         checkpoint: a ``.safetensors`` / ``.pth`` path (read with ``weights_only=True``) or a state dict.
         strict: raise :class:`CheckpointError` when an encoder key is missing, unexpected
             source keys other than MAE-decoder/head keys remain, or a shape cannot be adapted.
+        pos_prefix: tokens before the patch grid in ``pos_embed`` (default: 1 per class/distillation
+            token in the checkpoint; 0 for MONAI, whose class token has no position).
 
     Returns:
         :class:`KeyReport` listing loaded, adapted, missing, unexpected and mismatched keys.
@@ -239,6 +269,8 @@ def load_vit_weights(target: nn.Module, checkpoint: Union[str, os.PathLike, Mapp
     sep = _separable_pos(sd)
     n_prefix = 1 if "cls_token" in sd else 0
     n_prefix += 1 if "dist_token" in sd else 0
+    if pos_prefix is not None:
+        n_prefix = int(pos_prefix)
     pos_src, pos_grid = sd.get("pos_embed"), None
     consumed = set()
     if sep is not None:
@@ -292,6 +324,10 @@ def load_vit_weights(target: nn.Module, checkpoint: Union[str, os.PathLike, Mapp
             report.mismatched.append((name, tuple(val.shape), tuple(t.shape)))
             continue
         new[name] = val.to(t.dtype)
+    for name, t in tgt.items():
+        if name not in new and _ZERO_BIAS.match(name) and name[:-len("bias")] + "weight" in new:
+            new[name] = torch.zeros_like(t)
+            report.adapted.append((name, "zeros (the source layer has no bias)"))
     tower.load_state_dict(new, strict=False)
     report.loaded = sorted(new)
     report.missing = sorted(k for k in tgt if k not in new)

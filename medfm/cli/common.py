@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI commands: config loading with ``--set`` overrides."""
+"""Helpers shared by the CLI commands: config loading with ``--set`` overrides, ``--init`` weight imports."""
 from __future__ import annotations
 
 import argparse
@@ -27,3 +27,56 @@ def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
         if shipped.is_file():
             path = shipped
     return apply_overrides(load_config_file(path), args.overrides), path.resolve().parent
+
+
+# ------------------------------------------------------------------ --init
+def add_init_args(parser: argparse.ArgumentParser) -> None:
+    """``--init MOD=PATH[,format=F][,strict][,tower=T][,heads=N]`` (repeatable): start a tower from a file."""
+    parser.add_argument("--init", action="append", default=[], metavar="MOD=PATH[,format=F][,strict]",
+                        help="start the MOD tower from weights on disk (timm/MAE/RETFound/OCTCube .pth or "
+                             ".safetensors, MONAI ViT, open_clip checkpoint, Hugging Face folder, medfm checkpoint; "
+                             "`medfm info` lists the formats); repeatable")
+
+
+def init_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    """``{modality: init spec}`` from ``--init`` flags; paths made absolute (relative to the working directory)."""
+    from ..models.init import parse_init_arg
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for text in getattr(args, "init", None) or []:
+        mod, spec = parse_init_arg(text)
+        spec["path"] = str(Path(spec["path"]).expanduser().resolve())
+        out[mod] = spec
+    return out
+
+
+def model_config_with_init(model_cfg: Any, inits: Dict[str, Dict[str, Any]], config_dir: Any = None) -> Any:
+    """A run config's ``model`` section (preset name, YAML path or dict) with ``modalities.<m>.init`` set."""
+    if not inits:
+        return model_cfg
+    from ..errors import UsageError
+    from ..io import deep_merge
+    from ..registry import MODELS
+
+    if isinstance(model_cfg, (str, Path)):
+        s = str(model_cfg)
+        p = Path(s) if Path(s).is_file() else (Path(config_dir) / s if config_dir is not None else Path(s))
+        if not p.is_file():
+            from medfm.configs import config_path
+
+            p = config_path(s) if config_path(s).is_file() else p
+        if s in MODELS:
+            model_cfg = {"name": s}
+        elif p.is_file():
+            loaded = load_config_file(p)
+            model_cfg = loaded.get("model", loaded)
+        else:
+            raise UsageError(f"--init: model {s!r} is neither a preset nor a config file")
+    model_cfg = deep_merge({}, model_cfg or {})
+    mods = model_cfg.setdefault("modalities", {})
+    for mod, spec in inits.items():
+        if mod not in mods:
+            raise UsageError(f"--init {mod}=...: the model config has no {mod!r} modality "
+                             f"(it has: {', '.join(mods) or 'none'})")
+        mods[mod] = {**(mods[mod] or {}), "init": spec}
+    return model_cfg

@@ -55,8 +55,10 @@ def _state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
 def _write_config(directory: Path, model, meta: Dict[str, Any]) -> None:
     from ..models.multimodal import FORMAT, FORMAT_VERSION
 
-    write_json(directory / CONFIG_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                         "model": model.config_with_adapters(), "finetune": meta})
+    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config_with_adapters(), "finetune": meta}
+    if getattr(model, "init_sources", None):  # the weight files the base started from
+        cfg["init_sources"] = model.init_sources
+    write_json(directory / CONFIG_NAME, cfg)
 
 
 def finetune_meta(base: os.PathLike, out_dir: os.PathLike, method: str, modalities, task: TaskSpec,

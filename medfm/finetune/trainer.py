@@ -40,7 +40,8 @@ log = logging.getLogger("medfm.finetune")
 METHODS = ("lora", "full", "linear")
 
 DEFAULT_CONFIG: Dict[str, Any] = {
-    "base": None,                 # base checkpoint directory (medfm.load_pretrained)
+    "base": None,                 # base checkpoint directory, or a model config (preset/YAML/dict) with ``init``
+    "init": {},                   # {modality: init spec}: tower weights imported into the base (medfm.models.init)
     "modalities": None,           # towers to fine-tune / fuse; default: every base modality with a manifest column
     "columns": {},                # {modality: manifest column} when not named after the modality
     "task": {"kind": "multiclass", "label_column": "label", "separator": ";", "class_balanced": False,
@@ -217,10 +218,12 @@ class FineTuner:
         cfg = self.cfg
         torch.manual_seed(int(cfg["seed"]))
         np.random.seed(int(cfg["seed"]))
-        self.base = self._path(cfg["base"], config_dir)
-        self.model = model if model is not None else medfm.load_pretrained(self.base)
         dcfg = cfg["data"]
         self.df = read_manifest(self._path(dcfg["manifest"], config_dir))
+        self.base = self._path(cfg["base"], config_dir) if not isinstance(cfg["base"], Mapping) else None
+        if model is None:
+            model = self._base_model(cfg, config_dir)
+        self.model = model
         self.columns = {m: (cfg["columns"] or {}).get(m, m) for m in self.model.modalities}
         mods = cfg["modalities"] or [m for m in self.model.modalities if self.columns[m] in self.df.columns]
         for m in mods:
@@ -247,6 +250,44 @@ class FineTuner:
         self.n_trainable, self.n_total = count_parameters(self.model)
 
     # ---------------------------------------------------------- building
+    def _base_model(self, cfg: Mapping[str, Any], config_dir):
+        """The base checkpoint, or — with ``init`` or a model config as ``base`` — a model built and
+        initialised from imported weights, saved to ``OUT/base`` (the fine-tuned checkpoint refers to it)."""
+        import medfm
+        from ..models.init import apply_init, summary_lines, write_init_report
+
+        inits = dict(cfg.get("init") or {})
+        is_ckpt = self.base is not None and (self.base / "config.json").is_file()
+        if is_ckpt and not inits:
+            return medfm.load_pretrained(self.base)
+        if is_ckpt:
+            model = medfm.load_pretrained(self.base)
+            apply_init(model, inits, base_dir=config_dir)
+        else:
+            from ..cli.common import model_config_with_init
+            from ..data.manifest import is_missing
+            from ..models import resolve_config
+            from ..registry import get_modality
+
+            base_cfg = cfg["base"] if isinstance(cfg["base"], Mapping) or self.base is None or not self.base.is_file() \
+                else str(self.base)
+            mcfg = resolve_config(model_config_with_init(base_cfg, inits, config_dir))
+            adapters = {}
+            for name, options in (mcfg.get("modalities") or {}).items():  # tokenizers learnt on the training rows
+                adapter = get_modality(name, **(options or {}))
+                column = (cfg["columns"] or {}).get(name, name)
+                if column in self.df.columns:
+                    adapter.fit([v for v in (adapter.source_from_row(r, column) for r in self.df.to_dict("records"))
+                                 if not is_missing(v)])
+                adapters[name] = adapter
+            model = medfm.create_model(mcfg, adapters=adapters)
+        for line in summary_lines(model.init_reports):
+            log.info(line)
+        self.base = self.out / "base"
+        model.save_pretrained(self.base)
+        write_init_report(self.out, model)
+        return model
+
     @staticmethod
     def _path(value, config_dir) -> Path:
         p = Path(str(value)).expanduser()
@@ -418,11 +459,16 @@ class FineTuner:
         else:
             log.warning("no test split: test metrics are not computed")
         result["n_skipped"] = n_skipped
+        if getattr(self.model, "init_sources", None):
+            result["init_sources"] = self.model.init_sources
         save_finetuned(self.model, self.model.task_head, self.out, self.model.finetune_config,
                        trained=self._encoder_state() if cfg["method"] == "full" else None)
         if cfg["merge"]:
             result["merged"] = str(export_merged(self.model, self.out / "merged"))
         write_json(self.out / "metrics.json", result)
+        from ..card import write_model_card
+
+        write_model_card(self.out)
         return result
 
     def _write_predictions(self, pred: Dict[str, Any]) -> None:

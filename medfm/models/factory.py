@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 from ..errors import ConfigError
 from ..io import deep_merge, load_config_file
 from ..registry import MODELS, get_modality, register_model
+from .init import apply_init, prepare_init
 from .multimodal import CONFIG_NAME, DEFAULT_CONFIG, MultiModalModel
 
 
@@ -40,14 +41,22 @@ def _shipped(name: str) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def resolve_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[str, Any]:
-    """Name, YAML/JSON path or dict → a config dict merged over the defaults and its preset ``name``."""
+def resolve_config(config: Union[str, os.PathLike, Mapping[str, Any]],
+                   base_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
+    """Name, YAML/JSON path or dict → a config dict merged over the defaults and its preset ``name``.
+
+    ``modalities.<m>.init`` entries are moved to ``config["init"]`` with their format resolved
+    (see :mod:`medfm.models.init`); relative init paths resolve against the YAML file's folder
+    (or ``base_dir``, the folder of the run config a dict came from).
+    """
     if isinstance(config, (str, Path)):
         s = str(config)
         if s in MODELS:
             cfg: Dict[str, Any] = {"name": s}
         elif Path(s).is_file() or _shipped(s) is not None:
-            cfg = load_config_file(s if Path(s).is_file() else _shipped(s))
+            path = Path(s) if Path(s).is_file() else _shipped(s)
+            base_dir = path.resolve().parent
+            cfg = load_config_file(path)
             cfg = cfg.get("model", cfg)
         else:
             raise ConfigError(f"unknown model {s!r}: not a preset ({', '.join(MODELS.names())}) nor a config file")
@@ -57,7 +66,7 @@ def resolve_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[s
     name = cfg.get("name")
     if name is not None:
         base = deep_merge(base, MODELS.get(name)())
-    return deep_merge(base, cfg)
+    return prepare_init(deep_merge(base, cfg), base_dir)
 
 
 def create_model(config: Union[str, os.PathLike, Mapping[str, Any]], pretrained: Optional[os.PathLike] = None,
@@ -69,6 +78,9 @@ def create_model(config: Union[str, os.PathLike, Mapping[str, Any]], pretrained:
             directory. ``config["modalities"]`` maps modality names to adapter options;
             ``config["towers"][name]`` overrides parts of the tower config the adapter proposes.
         pretrained: a checkpoint directory whose weights are loaded (strictly).
+            ``config["modalities"][m]["init"]`` imports a tower's weights from a timm / MAE /
+            RETFound / OCTCube / MONAI / open_clip / Hugging Face / medfm file instead
+            (:mod:`medfm.models.init`); the report is ``model.init_reports``.
         adapters: ready adapter instances (e.g. with a fitted tokenizer); others are
             built from ``config["modalities"]``.
 
@@ -82,6 +94,7 @@ def create_model(config: Union[str, os.PathLike, Mapping[str, Any]], pretrained:
             raise ConfigError("give a checkpoint directory either as config or as pretrained, not both")
         return model
     cfg = resolve_config(config)
+    init = cfg.pop("init", None)
     adapters = dict(adapters or {})
     for name, options in cfg.get("modalities", {}).items():
         if name not in adapters:
@@ -97,6 +110,8 @@ def create_model(config: Union[str, os.PathLike, Mapping[str, Any]], pretrained:
     if pretrained is not None:
         weights = MultiModalModel.from_pretrained(pretrained)
         model.load_state_dict(weights.state_dict(), strict=True)
+    if init:
+        apply_init(model, init)
     return model
 
 

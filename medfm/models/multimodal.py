@@ -152,6 +152,8 @@ class MultiModalModel(nn.Module):
         staging = directory.parent / f".{directory.name}.staging"
         with atomic_directory(staging) as tmp:
             cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config_with_adapters()}
+            if getattr(self, "init_sources", None):  # weights this model started from (name + sha256)
+                cfg["init_sources"] = self.init_sources
             if extra:
                 cfg.update(extra)
             save_model(self, str(tmp / WEIGHTS_NAME))
@@ -221,4 +223,5 @@ class MultiModalModel(nn.Module):
             raise CheckpointError(
                 f"{weights}: weights do not match the config; missing: {sorted(missing)[:10]}, "
                 f"unexpected: {sorted(unexpected)[:10]}")
+        model.init_sources = dict(meta.get("init_sources") or {})
         return model

@@ -54,23 +54,28 @@ class ViTTower(nn.Module):
     Args:
         embedder: embedder config ``{"type": "patch3d", ...}`` (see :mod:`medfm.models.embedders`).
         trunk: a :class:`Trunk` (possibly shared with other towers).
-        pool: ``"mean"`` over real tokens or ``"cls"``.
+        pool: ``"mean"`` over real tokens, ``"cls"`` (a learned class token, pooled first) or
+            ``"last"`` (the last real token: the end-of-text token of a causal text transformer,
+            as open_clip's ``argmax``/``eos`` pooling over right-padded ids).
+        cls_token: prepend a learned class token even when ``pool`` is not ``"cls"`` (an imported
+            MAE/RETFound/timm ViT attends over one; mean/last pooling then skips it, as timm's ``avg``).
         masked: ``{"kind": "mae"|"mlm", "mask_ratio": float, "norm_pix_loss": bool}``.
         decoder: MAE decoder size ``{"width", "depth", "heads"}``.
     """
 
     def __init__(self, embedder: Dict[str, Any], trunk: Trunk, pool: str = "mean",
-                 masked: Optional[Dict[str, Any]] = None, decoder: Optional[Dict[str, Any]] = None, **unused):
+                 masked: Optional[Dict[str, Any]] = None, decoder: Optional[Dict[str, Any]] = None,
+                 cls_token: bool = False, **unused):
         super().__init__()
         if unused:
             raise ConfigError(f"vit tower: unknown option(s) {sorted(unused)}")
-        if pool not in ("mean", "cls"):
-            raise ConfigError(f"vit tower: pool must be 'mean' or 'cls', got {pool!r}")
+        if pool not in ("mean", "cls", "last"):
+            raise ConfigError(f"vit tower: pool must be 'mean', 'cls' or 'last', got {pool!r}")
         self.width = trunk.width
         self.embedder = build_embedder(embedder, self.width)
         self.trunk = trunk
         self.pool_kind = pool
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.width)) if pool == "cls" else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.width)) if (pool == "cls" or cls_token) else None
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
         masked = dict(masked or {})
@@ -102,9 +107,16 @@ class ViTTower(nn.Module):
         return self.trunk(tok, mask)
 
     def pool(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``(B, [1+]N, D)`` → ``(B, D)``."""
+        """``(B, [1+]N, D)`` → ``(B, D)``; ``mask`` ``(B, N)`` is over the N input tokens."""
         if self.pool_kind == "cls":
             return tokens[:, 0]
+        if self.cls_token is not None:  # a class token the pooling does not use
+            tokens = tokens[:, 1:]
+        if self.pool_kind == "last":
+            if mask is None:
+                return tokens[:, -1]
+            last = (mask.long().sum(1) - 1).clamp_min(0)  # right-padded: index of the last real token
+            return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
         if mask is None:
             return tokens.mean(dim=1)
         m = mask.to(tokens.dtype)[..., None]

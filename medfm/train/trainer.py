@@ -28,6 +28,8 @@ from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest
 from ..errors import CheckpointError, ConfigError
 from ..io import deep_merge, write_json
 from ..models import MultiModalModel, create_model, resolve_config
+from ..card import write_model_card
+from ..models.init import write_init_report
 from ..registry import get_modality
 from .checkpoint import (BY_NAME, checkpoint_candidates, clean_temporaries, first_difference, load_optimizer_state_by_name,
                          load_trainer_state, optimizer_state_by_name, read_run_config, rng_state, save_checkpoint,
@@ -168,7 +170,7 @@ class Trainer:
         model_cfg = self.config["model"]
         if isinstance(model_cfg, str) and self.config_dir is not None and (self.config_dir / model_cfg).is_file():
             model_cfg = str(self.config_dir / model_cfg)
-        mcfg = resolve_config(model_cfg)
+        mcfg = resolve_config(model_cfg, base_dir=self.config_dir)  # relative init paths: beside the run config
         adapters = {}
         # sorted: the order a checkpoint's config.json restores, so a resumed model is the same
         # module tree (and draws MAE masks in the same order) whatever the order in the YAML
@@ -362,6 +364,7 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "run_config.json", self.config)
+            write_init_report(self.out, self.model)
             if tcfg["tensorboard"]:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -450,8 +453,11 @@ class Trainer:
                     self._checkpoint()
             final = self._checkpoint()
             if self.dist.is_main:
-                final.save_pretrained(self.out, extra={"training": {"steps": self.step,
-                                                                       "n_skipped": self.n_skipped}})
+                final.init_sources = getattr(self.model, "init_sources", {})
+                final.save_pretrained(self.out, extra={"training": {
+                    "steps": self.step, "n_skipped": self.n_skipped, "objectives": self.config["objectives"],
+                    "manifest": {"sha256": self.df.attrs.get("sha256"), "n_rows": len(self.df)}}})
+                write_model_card(self.out)
         finally:
             bar.close()
             if metrics_fh:

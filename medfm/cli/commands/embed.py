@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--split", default=None, help="only rows of this split")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from medfm.cli.common import add_init_args
+
+    add_init_args(p)
     p.set_defaults(func=run)
 
 
@@ -27,7 +30,9 @@ def run(args) -> int:
     from medfm.evaluation.embed import (embed_manifest, load_model, open_manifest, report_skipped,
                                         require_modality, save_embeddings)
 
-    model, fp = load_model(args.model)
+    from medfm.cli.common import init_overrides
+
+    model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, args.modality)
     df = open_manifest(args.manifest, split=args.split)
     emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=args.column,

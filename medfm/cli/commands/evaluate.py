@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medfm.cli.common import add_init_args, init_overrides
+
 
 def _common(p) -> None:
     p.add_argument("--model", required=True)
@@ -15,6 +17,7 @@ def _common(p) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    add_init_args(p)
 
 
 def register(subparsers) -> None:
@@ -80,7 +83,7 @@ def run_retrieval(args) -> int:
     from medfm.evaluation.retrieval import ground_truth, keys_from_manifest, metrics_from_ranks, rank_arrays
 
     qm, gm = args.query_modality, args.gallery_modality
-    model, fp = load_model(args.model)
+    model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, qm)
     require_modality(model, gm)
     df = open_manifest(args.manifest, split=args.split)
@@ -142,7 +145,7 @@ def run_probe(args) -> int:
         shots = [int(s) for s in args.shots.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--shots must be comma-separated integers, not {args.shots!r}") from None
-    model, fp = load_model(args.model)
+    model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, args.modality)
     df = open_manifest(args.manifest, require=[args.label_column])
     labelled = df[df[args.label_column].notna()].reset_index(drop=True)
@@ -198,7 +201,7 @@ def run_bioscan(args) -> int:
 
     ranks = [r.strip() for r in args.ranks.split(",") if r.strip()]
     km = args.key_modality or args.query_modality
-    model, fp = load_model(args.model)
+    model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, args.query_modality)
     require_modality(model, km)
     full = open_manifest(args.manifest, require=ranks + ["split"])

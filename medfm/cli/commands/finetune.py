@@ -7,9 +7,12 @@ from pathlib import Path
 
 def run(args) -> int:
     from ...finetune import finetune
-    from ..common import load_run_config
+    from ..common import init_overrides, load_run_config
 
     config, config_dir = load_run_config(args)
+    inits = init_overrides(args)
+    if inits:
+        config["init"] = {**(config.get("init") or {}), **inits}
     if args.manifest is not None:
         config.setdefault("data", {})["manifest"] = str(Path(args.manifest).resolve())
     if args.base is not None:
@@ -34,7 +37,7 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    from ..common import add_config_args
+    from ..common import add_config_args, add_init_args
 
     p = sub.add_parser("finetune", help="LoRA or full fine-tuning with a task head on a cohort",
                        description="Fine-tune a pretrained checkpoint on a labelled manifest (LoRA/DoRA, full or "
@@ -42,6 +45,7 @@ def register(sub) -> None:
                                    "metrics with patient-level bootstrap CIs. Writes a checkpoint loadable by "
                                    "from_pretrained, metrics.json, history.jsonl, test_predictions.csv.")
     add_config_args(p)
+    add_init_args(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--merge", action="store_true", help="also export a merged model to OUT/merged")
     p.add_argument("--base", help="override base (pretrained checkpoint directory)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ...registry import MODALITIES, MODELS, OBJECTIVES
+from ...registry import MODALITIES, MODELS, OBJECTIVES, WEIGHT_FORMATS
 
 
 def collect() -> dict:
@@ -14,8 +14,10 @@ def collect() -> dict:
         modalities.append({"name": name, "input": cls.input_kind, "suffixes": list(cls.suffixes),
                            "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
     configs = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml"))
+    formats = [{"name": n, "description": f.description} for n, f in WEIGHT_FORMATS.items()]
     return {"modalities": [m["name"] for m in modalities], "modality_details": modalities,
-            "objectives": OBJECTIVES.names(), "models": MODELS.names(), "configs": configs}
+            "objectives": OBJECTIVES.names(), "models": MODELS.names(), "configs": configs,
+            "weight_formats": formats}
 
 
 def run(args) -> int:
@@ -29,6 +31,9 @@ def run(args) -> int:
         print(f"  {m['name']:<8} {m['input']:<6} {suffixes}")
     print("objectives: " + ", ".join(info["objectives"]))
     print("models:     " + ", ".join(info["models"]))
+    print("weight formats (model.modalities.<m>.init.format, --init MOD=PATH[,format=F]; 'auto' sniffs):")
+    for f in info["weight_formats"]:
+        print(f"  {f['name']:<12} {f['description']}")
     print("configs:")
     for c in info["configs"]:
         print(f"  {c}")
@@ -36,6 +41,6 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="modalities, formats, objectives, models and configs available")
+    p = sub.add_parser("info", help="modalities, weight formats, objectives, models and configs available")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

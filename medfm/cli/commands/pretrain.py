@@ -8,9 +8,12 @@ from pathlib import Path
 def run(args) -> int:
     from ...train import Trainer
     from ...train.distributed import cleanup
-    from ..common import load_run_config
+    from ..common import init_overrides, load_run_config, model_config_with_init
 
     config, config_dir = load_run_config(args)
+    inits = init_overrides(args)
+    if inits:
+        config["model"] = model_config_with_init(config.get("model", {"name": "medfm-tiny"}), inits, config_dir)
     if args.max_steps is not None:
         config.setdefault("train", {})["max_steps"] = args.max_steps
     if args.manifest is not None:
@@ -33,9 +36,10 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="contrastive and/or masked pretraining on a manifest")
-    from ..common import add_config_args
+    from ..common import add_config_args, add_init_args
 
     add_config_args(p)
+    add_init_args(p)
     p.add_argument("--out", required=True, help="output directory (checkpoint loadable by from_pretrained)")
     p.add_argument("--manifest", help="override data.manifest")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    from medfm.cli.common import add_init_args
+
+    add_init_args(p)
     p.set_defaults(func=run)
 
 
@@ -47,7 +50,9 @@ def run(args) -> int:
     if bool(args.prompts) == bool(args.prototypes):
         raise UsageError("give exactly one of --prompts FILE or --prototypes")
     prompts = zs.load_prompt_set(args.prompts) if args.prompts else None
-    model, fp = load_model(args.model)
+    from medfm.cli.common import init_overrides
+
+    model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, args.modality)
     full = open_manifest(args.manifest, require=[args.label_column])
     df = full if args.split is None else open_manifest(args.manifest, split=args.split)

@@ -1,0 +1,161 @@
+"""Export a checkpoint's towers for deployment: ONNX or TorchScript, one file per tower.
+
+Each file maps the tensors a modality adapter produces to the model's embedding::
+
+    <modality>.onnx | <modality>.pt     inputs  x (B, ...) [+ mask (B, L) int64 for token inputs]
+                                        output  embedding (B, embed_dim) float32, L2-normalised
+
+with a dynamic batch dimension (and a dynamic sequence length for token inputs), plus
+``preprocessing.json`` — what the adapter does to a file before the tower (its options:
+spacing, HU windows, sampling rate, leads, sizes, normalisation; the tokenizer files copied
+next to it; input shapes and dtypes) — and the model's ``logit_scale``, so a deployment can
+reproduce the pipeline without medfm.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ConfigError, UsageError
+from .io import write_json
+
+log = logging.getLogger("medfm.export")
+
+FORMATS = ("onnx", "torchscript")
+
+
+class TowerEncoder(nn.Module):
+    """One modality of a model as a plain module: ``(x[, mask]) → (B, embed_dim)`` L2-normalised."""
+
+    def __init__(self, model: nn.Module, modality: str):
+        super().__init__()
+        self.tower = model.tower(modality)
+        self.projection = model.projections[modality]
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        pooled = self.tower.pool(self.tower.forward_features(x, mask), mask)
+        return F.normalize(self.projection(pooled), dim=-1)
+
+
+def example_inputs(model: nn.Module, modality: str, batch: int = 2) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Inputs of the configured size for ``modality`` and their description (shape with -1 for dynamic axes)."""
+    tower = model.tower(modality)
+    emb = getattr(tower, "embedder", None)
+    if emb is not None and hasattr(emb, "patch_size"):
+        shape = (batch, emb.in_chans, *emb.input_size)
+        return {"x": torch.randn(*shape)}, {"x": {"shape": [-1, *shape[1:]], "dtype": "float32"}}
+    adapter = model.adapters.get(modality)
+    length = int(getattr(emb, "max_len", 0) or 0) or int((adapter.options.get("max_length") if adapter else 0) or 32)
+    length = min(length, 16)
+    vocab = int(getattr(tower, "vocab_size", 0) or getattr(emb, "vocab_size", 100))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(5, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2:] = 0  # a padded row, so the mask's path is traced
+    return ({"x": x, "mask": mask},
+            {"x": {"shape": [-1, -1], "dtype": "int64", "meaning": "token ids, right-padded"},
+             "mask": {"shape": [-1, -1], "dtype": "int64", "meaning": "1 = real token, 0 = padding"}})
+
+
+def _tokenizer_files(model: nn.Module, modality: str, out: Path) -> List[str]:
+    adapter = model.adapters.get(modality)
+    if adapter is None:
+        return []
+    sub = out / "modalities" / modality
+    sub.mkdir(parents=True, exist_ok=True)
+    try:
+        adapter.save_pretrained(sub)
+    except Exception as e:  # an adapter with nothing to save (e.g. an unfitted tokenizer)
+        log.warning("%s: adapter files not written: %s", modality, e)
+    return sorted(str(p.relative_to(out)) for p in sub.rglob("*") if p.is_file())
+
+
+def preprocessing_record(model: nn.Module, modality: str, inputs: Dict[str, Any], files: List[str]) -> Dict[str, Any]:
+    """What the adapter does before the tower, as data (``preprocessing.json`` entry)."""
+    adapter = model.adapters.get(modality)
+    cls = type(adapter)
+    doc = inspect.getdoc(inspect.getmodule(cls)) or ""
+    rec: Dict[str, Any] = {
+        "adapter": getattr(adapter, "name", modality), "input_kind": getattr(adapter, "input_kind", None),
+        "reads": list(getattr(adapter, "suffixes", ())),
+        "options": adapter.config() if adapter is not None else {},
+        "inputs": inputs,
+        "output": {"name": "embedding", "shape": [-1, int(model.embed_dim)], "dtype": "float32", "l2_normalised": True},
+        "files": files,
+        "pipeline": doc,
+    }
+    if hasattr(adapter, "special_ids"):
+        try:
+            rec["special_ids"] = adapter.special_ids
+            rec["vocab_size"] = int(adapter.vocab_size)
+        except Exception:  # noqa: BLE001 - an unfitted tokenizer has none yet
+            pass
+    return rec
+
+
+def export_tower(model: nn.Module, modality: str, fmt: str, path: Path, opset: int = 17) -> Dict[str, Any]:
+    """Write one tower to ``path``; returns ``{"inputs", "file"}``."""
+    enc = TowerEncoder(model, modality).eval()
+    inputs, described = example_inputs(model, modality)
+    names = list(inputs)
+    args = tuple(inputs[n] for n in names)
+    with torch.no_grad():
+        if fmt == "onnx":
+            dyn = {n: ({0: "batch"} if n == "x" and inputs[n].dtype.is_floating_point else {0: "batch", 1: "length"})
+                   for n in names}
+            dyn["embedding"] = {0: "batch"}
+            torch.onnx.export(enc, args, str(path), input_names=names, output_names=["embedding"],
+                              dynamic_axes=dyn, opset_version=opset, dynamo=False, do_constant_folding=True)
+        elif fmt == "torchscript":
+            traced = torch.jit.trace(enc, args, check_trace=False)
+            traced.save(str(path))
+        else:
+            raise UsageError(f"export format must be one of {FORMATS}, got {fmt!r}")
+    return {"inputs": described, "file": path.name}
+
+
+def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities: Optional[Sequence[str]] = None,
+                 opset: int = 17) -> Dict[str, Any]:
+    """Export every tower (or ``modalities``) of a checkpoint directory; returns the written manifest.
+
+    Writes ``OUT/<modality>.onnx`` (or ``.pt``), ``OUT/modalities/<m>/`` (tokenizer / adapter files),
+    ``OUT/preprocessing.json`` and a copy of the model card.
+    """
+    import medfm
+    from .card import write_model_card
+
+    if fmt not in FORMATS:
+        raise UsageError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    model = medfm.load_pretrained(model_dir).eval()
+    if getattr(model, "task_head", None) is not None:
+        log.info("the task head is not exported: the files give embeddings")
+    mods = list(modalities or model.modalities)
+    for m in mods:
+        model.tower(m)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    manifest: Dict[str, Any] = {"format": fmt, "model_dir": str(Path(model_dir).resolve()),
+                                "embed_dim": int(model.embed_dim),
+                                "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
+                                "init_sources": getattr(model, "init_sources", {}), "towers": {}}
+    for m in mods:
+        info = export_tower(model, m, fmt, out / f"{m}{suffix}", opset=opset)
+        files = _tokenizer_files(model, m, out)
+        manifest["towers"][m] = {**preprocessing_record(model, m, info["inputs"], files), "file": info["file"]}
+        log.info("exported %s → %s", m, out / info["file"])
+    write_json(out / "preprocessing.json", manifest)
+    card = write_model_card(model_dir) if (Path(model_dir) / "model.safetensors").is_file() or \
+        (Path(model_dir) / "config.json").is_file() else None
+    if card is not None:
+        shutil.copyfile(card, out / "README.md")
+    return manifest
