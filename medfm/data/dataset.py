@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError, MedFMError
 from .cache import PreprocessCache
 from .manifest import is_missing
+from ..modality import file_reference
 
 log = logging.getLogger("medfm.data")
 
@@ -73,8 +74,15 @@ class ManifestDataset(Dataset):
         return len(self._records)
 
     def _resolve(self, adapter, value: Any) -> Any:
-        if adapter.input_kind != "path" or not isinstance(value, str) or self.base_dir is None:
+        """Relative paths resolve against the manifest's folder — for inline-value modalities too,
+        when the cell is a file reference (``seqs.fasta#ID``, ``report.txt``)."""
+        if not isinstance(value, str) or self.base_dir is None:
             return value
+        if adapter.input_kind != "path":
+            ref = file_reference(value, adapter.suffixes)
+            if ref is None or ref[0].is_absolute():
+                return value
+            return str(self.base_dir / ref[0]) + (f"#{ref[1]}" if ref[1] else "")
         p = Path(value).expanduser()
         return str(p if p.is_absolute() else self.base_dir / p)
 

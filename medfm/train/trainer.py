@@ -346,7 +346,8 @@ class Trainer:
             final = self._checkpoint()
             if self.dist.is_main:
                 final.save_pretrained(self.out, extra={"training": {"steps": self.step,
-                                                                       "n_skipped": self.n_skipped}})
+                                                                       "n_skipped": self.n_skipped},
+                                                       "data_columns": dict(self.config["data"].get("columns") or {})})
         finally:
             bar.close()
             if metrics_fh:

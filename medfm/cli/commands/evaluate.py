@@ -15,6 +15,9 @@ def _common(p) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    from medfm.cli.common import add_column_args
+
+    add_column_args(p)
 
 
 def register(subparsers) -> None:
@@ -65,7 +68,10 @@ def _embed(model, df, modality, args):
     from medfm.errors import DataError
     from medfm.evaluation.embed import embed_manifest, report_skipped
 
-    emb = embed_manifest(model, df, modality, batch_size=args.batch_size, progress=not args.no_progress)
+    from medfm.cli.common import column_map
+
+    emb = embed_manifest(model, df, modality, batch_size=args.batch_size, progress=not args.no_progress,
+                         column=column_map(args, args.model).get(modality))
     if emb.skipped:
         print(report_skipped(emb, modality), file=sys.stderr)
     if len(emb.ids) == 0:

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    from medfm.cli.common import add_column_args
+
+    add_column_args(p)
     p.set_defaults(func=run)
 
 
@@ -66,7 +69,11 @@ def run(args) -> int:
     if prompts is not None:
         # validate the labels before spending time on embeddings
         zs.label_targets(list(df[args.label_column]), prompts, source=args.manifest, column=args.label_column)
-    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress)
+    from medfm.cli.common import column_map
+
+    column = column_map(args, args.model).get(args.modality)
+    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress,
+                         column=column)
     if emb.skipped:
         print(report_skipped(emb, args.modality), file=sys.stderr)
     if len(emb.ids) == 0:
@@ -85,7 +92,7 @@ def run(args) -> int:
         support_df = open_manifest(args.manifest, split=args.support_split, require=[args.label_column])
         support_df = support_df[support_df[args.label_column].notna()].reset_index(drop=True)
         sup = embed_manifest(model, support_df, args.modality, batch_size=args.batch_size,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, column=column)
         if len(sup.ids) == 0:
             raise DataError(f"empty support set (split {args.support_split!r})", source=args.manifest)
         y_all, classes = encode_labels(list(rows_for(support_df, sup.ids)[args.label_column]) +
