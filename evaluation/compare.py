@@ -129,12 +129,15 @@ def compare_predictions(a: Dict[str, Any], b: Dict[str, Any], *, n_boot: int = 1
             return {k: mb[k] - ma[k] for k in ma}
         res["metrics"] = _summarise(pt_a, pt_b, _boot_diff(fn, clusters, n_boot=n_boot, seed=seed))
         return res
-    if list(a["classes"]) != list(b["classes"]):
-        raise DataError(f"different classes: {list(a['classes'])} vs {list(b['classes'])}", source=source)
-    ya, yb = a["y_true"][ia], b["y_true"][ib]
+    ca, cb = [str(c) for c in a["classes"]], [str(c) for c in b["classes"]]
+    if sorted(ca) != sorted(cb):
+        raise DataError(f"different classes: {ca} vs {cb}", source=source)
+    perm = np.array([cb.index(c) for c in ca])  # B's columns in A's class order
+    ya, yb, sb_all = a["y_true"][ia], b["y_true"][ib], b["scores"][:, perm]
+    yb = yb[:, perm] if yb.ndim == 2 else np.array([ca.index(cb[j]) for j in yb], dtype=ya.dtype)
     if not np.array_equal(ya, yb):
         raise DataError("the two results disagree on the labels of common samples; not the same task", source=source)
-    sa, sb = a["scores"][ia], b["scores"][ib]
+    sa, sb = a["scores"][ia], sb_all[ib]
     classes = [str(c) for c in a["classes"]]
     pt_a, pt_b = classification_metrics(ya, sa, classes), classification_metrics(ya, sb, classes)
 

@@ -242,10 +242,11 @@ class TableScanner(Scanner):
                 yield Unreadable(f"{path}#{key}", "empty sequence")
                 continue
             extra = {c: (row[c] or None) for c in ranks}
-            if ranks:
-                extra["text"] = taxonomy_text(row, ranks) or None
-            value = f"{path.resolve()}#{key}" if unique else row[seq_col]
+            value = f"{path.absolute()}#{key}" if unique else row[seq_col]
             yield Entry(ctx.modality or "dna", value, key=str(key), columns=extra, is_path=unique, source=str(path))
+            text = taxonomy_text(row, ranks) if ranks else ""
+            if text:  # the lineage as the row's text: DNA <-> taxonomy pairs
+                yield Entry("text", text, key=str(key), is_path=False, source=str(path))
 
     def _records(self, path: Path, df: pd.DataFrame, path_col: Optional[str], report_col: Optional[str],
                  ctx: ScanContext) -> Iterator:
@@ -269,11 +270,11 @@ class TableScanner(Scanner):
                 extra["text"] = text or None
             patient = None if patient_col is None or is_missing(row[patient_col]) else str(row[patient_col])
             study = None if study_col is None or is_missing(row[study_col]) else str(row[study_col])
+            text = extra.pop("text", None)
+            if text:  # the report, paired with the record of the same row
+                yield Entry("text", text, key=key, patient=patient, study=study, columns=extra, is_path=False,
+                            source=str(path))
             if path_col is None or is_missing(row[path_col]):
-                if extra.get("text"):
-                    text = extra.pop("text")
-                    yield Entry("text", text, key=key, patient=patient, study=study, columns=extra, is_path=False,
-                                source=str(path))
                 continue
             p = Path(str(row[path_col]))
             p = p if p.is_absolute() else (path.parent / p)
@@ -287,8 +288,8 @@ class TableScanner(Scanner):
             if modality is None:
                 yield Unreadable(str(p), "no modality reads this file type")
                 continue
-            yield Entry(modality, str(p.resolve()), key=key, patient=patient, study=study, columns=extra,
-                        source=str(p))
+            yield Entry(modality, str(p.absolute()), key=key, patient=patient, study=study, columns=extra,
+                        source=str(path))  # the table: pairs with the row's report
 
 
 def _modality_of(path: Path, modalities) -> Optional[str]:
@@ -319,7 +320,7 @@ class FastaScanner(Scanner):
             yield Unreadable(str(path), f"unreadable FASTA: {e}")
             return
         for rid, _seq in records:
-            yield Entry(ctx.modality or "dna", f"{path.resolve()}#{rid}", key=rid, source=str(path))
+            yield Entry(ctx.modality or "dna", f"{path.absolute()}#{rid}", key=rid, source=str(path))
 
 
 @register_source("image_folder")
@@ -342,17 +343,17 @@ class ImageFolderScanner(Scanner):
     def scan_folder(self, folder: Path, ctx: ScanContext) -> Iterator:
         for sub in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
             if ctx.modality == "oct":
-                yield Entry("oct", str(sub.resolve()), key=sub.name, source=str(sub))
+                yield Entry("oct", str(sub.absolute()), key=sub.name, source=str(sub))
                 continue
             for img in sorted(p for p in sub.iterdir() if not p.name.startswith(".")):
-                yield Entry(ctx.modality or "xray", str(img.resolve()), key=f"{sub.name}-{img.stem}",
+                yield Entry(ctx.modality or "xray", str(img.absolute()), key=f"{sub.name}-{img.stem}",
                             columns={"label": sub.name}, source=str(img))
 
     def claims_file(self, path: Path, ctx: ScanContext) -> bool:
         return path.suffix.lower() in IMAGE_SUFFIXES
 
     def scan_file(self, path: Path, ctx: ScanContext) -> Iterator:
-        yield Entry(ctx.modality or "xray", str(path.resolve()), key=path.stem, source=str(path))
+        yield Entry(ctx.modality or "xray", str(path.absolute()), key=path.stem, source=str(path))
 
 
 @register_source("nifti")
@@ -373,7 +374,7 @@ class NiftiScanner(Scanner):
             yield Unreadable(str(path), f"unreadable NIfTI header: {type(e).__name__}")
             return
         key = path.name[: -len(matching_suffix(path, (".nii", ".nii.gz")))]
-        yield Entry(ctx.modality or "ct", str(path.resolve()), key=key, columns={}, source=str(path))
+        yield Entry(ctx.modality or "ct", str(path.absolute()), key=key, columns={}, source=str(path))
 
 
 @register_source("vendor_oct")
@@ -386,7 +387,7 @@ class VendorOctScanner(Scanner):
         return path.suffix.lower() in OCT_VENDOR
 
     def scan_file(self, path: Path, ctx: ScanContext) -> Iterator:
-        value = str(path.resolve())
+        value = str(path.absolute())
         yield Entry(ctx.modality or "oct", value, key=path.stem, source=str(path))
         if ctx.modality is None and path.suffix.lower() in FUNDUS_VENDOR:
             yield Entry("fundus", value, key=path.stem, source=str(path))

@@ -183,7 +183,7 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
         split: e.g. ``{"val": 0.1, "test": 0.2}``; the rest is ``train``. Grouped by patient.
         verify: optional ``entry -> None | reason``; a reason drops the cell and lists it as unreadable.
     """
-    base = Path(out).resolve().parent
+    base = Path(os.path.abspath(out)).parent
     entries: List[Entry] = []
     unreadable: List[Dict[str, str]] = []
     for spec in sources:
@@ -194,7 +194,7 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
             if verify is not None:
                 reason = verify(item)
                 if reason:
-                    unreadable.append({"path": _rel(item.source or item.value, base), "reason": reason})
+                    unreadable.append({"path": _rel(item.value if item.is_path else item.source, base), "reason": reason})
                     continue
             entries.append(item)
     if not entries:
@@ -209,7 +209,7 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
             rk = ("sample", e.key, e.source)
         row = rows.get(rk)
         if row is None:
-            pid = salted_hash(e.patient, salt) if e.patient is not None else salted_hash(f"sample:{e.key}:{e.source}", salt)
+            pid = salted_hash(e.patient, salt) if e.patient is not None else salted_hash(f"sample:{Path(e.source).name}:{e.key}", salt)
             sid = f"st-{salted_hash(f'{e.patient}|{e.study}', salt, 12)}" if e.study is not None else _safe_id(e.key)
             row = rows[rk] = {"id": sid, "patient_id": pid}
         value = _rel(e.value, base) if e.is_path else e.value
@@ -298,12 +298,11 @@ def parse_fractions(spec: str) -> Dict[str, float]:
 
 def _rel(value: str, base: Path) -> str:
     path, sep, rec = str(value).partition("#")
-    p = Path(path).expanduser().resolve()
-    if True:
-        try:
-            path = os.path.relpath(p, base)
-        except ValueError:  # another drive on Windows
-            path = str(p)
+    p = os.path.abspath(os.path.expanduser(path))  # not resolve(): keep the user's symlinks
+    try:
+        path = os.path.relpath(p, base)
+    except ValueError:  # another drive on Windows
+        path = p
     return path + (sep + rec if sep else "")
 
 
