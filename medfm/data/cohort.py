@@ -197,6 +197,7 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
                     unreadable.append({"path": _rel(item.value if item.is_path else item.source, base), "reason": reason})
                     continue
             entries.append(item)
+    entries = _merge_duplicates(entries)
     if not entries:
         raise DataError(f"nothing usable found in {list(sources)} ({len(unreadable)} unreadable file(s))",
                         source=", ".join(map(str, sources)))
@@ -239,6 +240,34 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
         log.warning("%d path(s) in the manifest contain the patient identifier of their DICOM header; "
                     "rename those folders before sharing the manifest", path_warnings)
     return BuildResult(df, summary)
+
+
+def _merge_duplicates(entries: List[Entry]) -> List[Entry]:
+    """One entry per (modality, file): a file named by a table and also found in a folder walk stays once,
+    as the table's entry (it knows the patient and the report), with the folder entry's columns merged in."""
+    by_key: Dict[Tuple[str, str], Entry] = {}
+    out: List[Entry] = []
+    for e in entries:
+        if not e.is_path:
+            out.append(e)
+            continue
+        k = (e.modality, os.path.abspath(e.value))
+        prev = by_key.get(k)
+        if prev is None:
+            by_key[k] = e
+            out.append(e)
+            continue
+        richer, other = (e, prev) if _richness(e) > _richness(prev) else (prev, e)
+        for c, v in other.columns.items():
+            richer.columns.setdefault(c, v)
+        if richer is e:
+            out[out.index(prev)] = e
+            by_key[k] = e
+    return out
+
+
+def _richness(e: Entry) -> int:
+    return 2 * (e.patient is not None) + (e.study is not None) + (os.path.abspath(e.source) != os.path.abspath(e.value))
 
 
 def summarize(df: pd.DataFrame, modalities: Sequence[str], unreadable: List[Dict[str, str]]) -> Dict[str, Any]:
