@@ -41,7 +41,7 @@ def machine_info() -> Dict[str, Any]:
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = torch.get_num_threads()
+    threads = max(torch.get_num_threads(), cores)  # all cores, whatever the caller set
     return {"cpu_count": cores, "torch_threads": threads, "gemm_gflops_all": round(gemm_gflops(threads=threads), 1),
             "gemm_gflops_1": round(gemm_gflops(threads=1), 1), "processor": platform.processor() or platform.machine()}
 
