@@ -23,7 +23,7 @@ from conftest import shared_data
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STEPS = 40
-SALT = f"{8:064x}"
+SALT = f"{28:064x}"
 
 
 def walkthrough_commands():
