@@ -1,7 +1,6 @@
 """Parts of ``medfm evaluate`` kept apart from evaluate.py: ``evaluate compare`` and multi-label probes."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
