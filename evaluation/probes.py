@@ -122,3 +122,49 @@ def few_shot(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_tes
             out[f"{k}shot_{name}_mean"] = float(np.mean(vals)) if vals else float("nan")
             out[f"{k}shot_{name}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
     return out
+
+
+def multilabel_linear_probe(X_train: np.ndarray, Y_train: np.ndarray, X_val: np.ndarray, Y_val: np.ndarray,
+                            X_test: np.ndarray, *, Cs: Iterable[float] = DEFAULT_CS, seed: int = 0,
+                            refit_on_val: bool = True) -> Dict[str, Any]:
+    """One logistic regression per finding (one-vs-rest), ``C`` chosen on validation macro AUROC.
+
+    Args:
+        X_*: ``(N, D)`` embeddings; Y_*: ``(N, C)`` 0/1 targets.
+    Returns:
+        ``{"C", "val_macro_auroc": {C: auc}, "proba": (N_test, C)}``; a finding constant in the
+        training rows gets that constant as its probability.
+    """
+    from .metrics import multilabel_metrics
+
+    def fit_predict(C, Xf, Yf, Xp):
+        out = np.zeros((len(Xp), Yf.shape[1]))
+        for c in range(Yf.shape[1]):
+            if Yf[:, c].min() == Yf[:, c].max():
+                out[:, c] = float(Yf[0, c]) if len(Yf) else 0.0
+            else:
+                out[:, c] = _logreg(C, seed).fit(Xf, Yf[:, c]).predict_proba(Xp)[:, 1]
+        return out
+
+    val_auc: Dict[float, float] = {}
+    for C in Cs:
+        if len(Y_val):
+            auc = multilabel_metrics(Y_val, fit_predict(C, X_train, Y_train, X_val))["macro_auroc"]
+            val_auc[float(C)] = -1.0 if np.isnan(auc) else float(auc)
+        else:
+            val_auc[float(C)] = 0.0
+    best = max(val_auc, key=lambda c: (val_auc[c], -c))
+    if refit_on_val and len(Y_val):
+        Xf, Yf = np.concatenate([X_train, X_val]), np.concatenate([Y_train, Y_val])
+    else:
+        Xf, Yf = X_train, Y_train
+    return {"C": best, "val_macro_auroc": val_auc, "proba": fit_predict(best, Xf, Yf, X_test)}
+
+
+def multilabel_knn_probe(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, k: int = 20) -> np.ndarray:
+    """Cosine kNN: per finding, the fraction of the ``k`` nearest training rows that have it → ``(N_test, C)``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=min(k, len(X_train)), metric="cosine").fit(X_train)
+    idx = nn.kneighbors(X_test, return_distance=False)
+    return Y_train[idx].mean(axis=1).astype(np.float64)

@@ -104,8 +104,15 @@ def parse_prompt_set(data: Dict[str, Any], source: str = "prompts") -> PromptSet
 
 
 def load_prompt_set(path: Any) -> PromptSet:
-    """Read and validate a prompt-set YAML file."""
+    """Read and validate a prompt-set YAML file (a local file, else a shipped one: ``chexpert14.yaml``)."""
     p = Path(str(path))
+    if not p.is_file():
+        from medfm.configs import config_path
+
+        for cand in (config_path(str(path)), config_path(f"prompts/{path}")):
+            if cand.is_file():
+                p = cand
+                break
     if not p.is_file():
         raise DataError("prompt file not found", source=str(p))
     try:

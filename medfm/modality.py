@@ -175,6 +175,69 @@ def check_finite(item: Mapping[str, Any], modality: str, source: Any) -> None:
             raise DataError(f"{modality} input has non-finite values after preprocessing", source=str(source), field=key)
 
 
+def matching_suffix(path: Any, suffixes: Sequence[str]) -> Optional[str]:
+    """The longest of ``suffixes`` that ``path``'s name ends with (case-insensitive), or ``None``.
+
+    ``""`` in ``suffixes`` (files without a suffix, e.g. DICOM) matches a name with no dot.
+    """
+    name = Path(str(path)).name.lower()
+    for sfx in sorted((s for s in suffixes if s), key=len, reverse=True):
+        if name.endswith(sfx.lower()):
+            return sfx.lower()
+    if "" in suffixes and "." not in name:
+        return ""
+    return None
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        return head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def check_format(path: Any, modality: str, suffixes: Sequence[str]) -> str:
+    """The format suffix of a file an adapter is asked to read, or :class:`DataError`.
+
+    Folders pass (DICOM series, B-scan folders) as ``"/"``. A file whose suffix is not among
+    ``suffixes`` passes only when it is sniffed as DICOM (``DICM`` at byte 128) and the modality
+    reads DICOM; otherwise: ``unsupported format X for modality Y; supported: ...``.
+    """
+    p = Path(str(path))
+    if p.is_dir():
+        return "/"
+    sfx = matching_suffix(p, suffixes)
+    if sfx is not None:
+        return sfx
+    if ".dcm" in suffixes and _is_dicom(p):
+        return ".dcm"
+    name = p.name.lower()
+    found = name[name.index("."):] if "." in name else "(no suffix)"
+    if found.count(".") > 1:
+        found = "." + found.rsplit(".", 1)[-1]
+    listed = " ".join(s or "(no suffix: DICOM)" for s in suffixes)
+    raise DataError(f"unsupported format {found!r} for modality {modality!r}; supported: {listed}", source=str(p))
+
+
+def file_reference(value: Any, suffixes: Sequence[str]) -> Optional[tuple]:
+    """For inline-value modalities: ``(Path, record_id or None)`` when a cell names a file.
+
+    A cell is a file reference when it is one line whose path part (before an optional
+    ``#RECORD``) ends with one of ``suffixes`` — ``barcodes.fasta#BOLD123`` or ``report.txt``.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        return None
+    s = str(value).strip()
+    if not s or "\n" in s or len(s) > 4096:
+        return None
+    path, _, rec = s.partition("#")
+    if matching_suffix(path, [x for x in suffixes if x]) is None:
+        return None
+    return Path(path).expanduser(), (rec.strip() or None)
+
+
 def require_file(path: Any, *, what: str = "file") -> Path:
     """Return ``Path(path)`` or raise :class:`DataError` when it does not exist."""
     p = Path(str(path)).expanduser()

@@ -1,7 +1,7 @@
 """Modality adapters. Importing this package registers every built-in modality."""
 import importlib
 
-_BUILTIN = ("ct", "xray", "oct", "fundus", "ecg", "dna", "text")
+_BUILTIN = ("ct", "xray", "oct", "fundus", "ecg", "dna", "text", "sources")
 
 for _name in _BUILTIN:
     try:

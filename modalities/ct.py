@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from medfm.errors import ConfigError, DataError
-from medfm.modality import ModalityAdapter, Record, require_file
+from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
@@ -104,7 +104,7 @@ class CTAdapter(ModalityAdapter):
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """Path → ``Record(data=(D, H, W) HU float32, meta)``."""
         path = require_file(source, what="CT input")
-        sfx = _suffix(path)
+        sfx = check_format(path, self.name, self.suffixes)
         if path.is_dir():
             vol, fmt = im.read_dicom_series(path, series_uid=self.options["series_uid"],
                                             spacing_tolerance=self.options["spacing_tolerance"]), "dicom-series"

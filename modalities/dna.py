@@ -15,6 +15,7 @@ Output of ``preprocess``: ``{"x": LongTensor (L,), "mask": LongTensor (L,), "len
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 
 from medfm.errors import ConfigError, DataError
-from medfm.modality import ModalityAdapter, Record, require_file
+from medfm.modality import ModalityAdapter, Record, file_reference, require_file
 from medfm.registry import register_modality
 
 from . import tokenizers as tk
@@ -89,7 +90,7 @@ def read_sequence_table(path: os.PathLike, *, clean: bool = True, id_column: Opt
     """
     p = require_file(path, what="sequence table")
     name = p.name.lower().removesuffix(".gz")
-    sep = "\t" if name.endswith((".tsv", ".txt")) else ","
+    sep = "\t" if name.endswith((".tsv", ".txt")) else ","  # noqa
     df = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=True)
     col = next((c for c in SEQUENCE_COLUMNS if c in df.columns), None)
     if col is None:
@@ -100,6 +101,43 @@ def read_sequence_table(path: os.PathLike, *, clean: bool = True, id_column: Opt
     elif col != "nucleotides":
         df["nucleotides"] = df[col]
     return df
+
+
+RECORD_ID_COLUMNS = ("processid", "sampleid", "id", "record_id")
+FASTA_SUFFIXES = (".fasta", ".fa", ".fna", ".fas", ".fasta.gz", ".fa.gz", ".fna.gz", ".fas.gz")
+TABLE_SUFFIXES = (".tsv", ".csv", ".tsv.gz", ".csv.gz")
+
+
+@functools.lru_cache(maxsize=8)
+def _sequences_of(path: str, mtime_ns: int) -> Tuple[Dict[str, str], List[str]]:
+    """``({record_id: raw sequence}, ids in file order)`` of a FASTA or sequence table (cached per file)."""
+    p = Path(path)
+    if p.name.lower().endswith(FASTA_SUFFIXES):
+        recs = read_fasta(p, clean=False)
+    else:
+        df = read_sequence_table(p, clean=False)
+        col = next((c for c in RECORD_ID_COLUMNS if c in df.columns), None)
+        ids = df[col].astype(str) if col else pd.Series(range(len(df))).astype(str)
+        recs = list(zip(ids, df["nucleotides"]))
+    return dict(recs), [r[0] for r in recs]
+
+
+def sequence_from_file(path: os.PathLike, record_id: Optional[str] = None) -> Tuple[str, str]:
+    """``(raw sequence, label)`` of one record of a FASTA/TSV/CSV file: ``record_id``, or the only one.
+
+    Raises:
+        DataError: missing file, unknown record id, or several records and no id to pick one.
+    """
+    p = require_file(path, what="sequence file")
+    seqs, order = _sequences_of(str(p.resolve()), p.stat().st_mtime_ns)
+    if record_id is None:
+        if len(order) != 1:
+            raise DataError(f"{len(order)} records in the file; select one with {p.name}#RECORD_ID "
+                            f"(e.g. {p.name}#{order[0]})", source=str(p))
+        record_id = order[0]
+    if record_id not in seqs:
+        raise DataError(f"no record {record_id!r} in the file", source=str(p), field="record_id")
+    return seqs[record_id], f"{p}#{record_id}"
 
 
 @register_modality("dna")
@@ -122,7 +160,7 @@ class DNAAdapter(ModalityAdapter):
 
     name = "dna"
     input_kind = "value"
-    suffixes = (".fasta", ".fa", ".fna", ".fas", ".fasta.gz", ".fa.gz", ".tsv", ".csv")
+    suffixes = FASTA_SUFFIXES + TABLE_SUFFIXES
     defaults: Dict[str, Any] = {
         "k": 6, "stride": None, "max_length": 660, "pad_with_n": False, "tokenizer": "kmer", "alphabet": "ACGTN",
         "bpe_vocab_size": 512, "add_special_tokens": True, "random_offset": True,
@@ -156,7 +194,17 @@ class DNAAdapter(ModalityAdapter):
 
     # ------------------------------------------------------------------ reading
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
-        """An inline sequence → ``Record(cleaned str, {"raw_length": n})``."""
+        """An inline sequence, or a file reference → ``Record(cleaned str, {"raw_length": n})``.
+
+        File references (see :func:`medfm.modality.file_reference`): a FASTA or a sequence table
+        holding one sequence, or ``FILE#ID`` selecting the record ``ID`` (FASTA record id; in a
+        table, the first of the columns ``processid``, ``sampleid``, ``id``, ``record_id``).
+        """
+        ref = file_reference(source, self.suffixes)
+        if ref is not None:
+            seq, label = sequence_from_file(ref[0], ref[1])
+            seq = clean_sequence(seq, source=label)
+            return Record(seq, {"raw_length": len(seq), "source_file": str(ref[0]), "record_id": ref[1]})
         seq = clean_sequence(source, source=sample_id)
         if self.options["tokenizer"] == "kmer" and len(seq) < self.k:
             raise DataError(f"sequence of {len(seq)} nt is shorter than k={self.k}: no k-mer to embed",

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from medfm.errors import ConfigError, DataError
-from medfm.modality import ModalityAdapter, Record, require_file
+from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import signal as sig
@@ -379,6 +379,7 @@ class ECGAdapter(ModalityAdapter):
             return read_dicom_waveform(p)
         if suffix == ".xml":
             return read_muse_xml(p)
+        check_format(p, self.name, self.suffixes)
         arr, info = read_array(p)
         info.update({k: v for k, v in _sidecar(p).items() if k in ("fs", "leads", "units")})
         if row is not None:

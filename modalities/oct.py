@@ -6,6 +6,8 @@ Reads a volume as:
   OCTCube's layout),
 * a multi-frame DICOM (Ophthalmic Tomography) via pydicom,
 * ``.npy`` / ``.npz`` holding ``(F, H, W)``,
+* NIfTI (``.nii``/``.nii.gz``, nnU-Net-style retinal OCT): a 3D volume ``(x, y, z)`` = (fast axis,
+  depth, B-scan index) or a single 2D B-scan ``(x, y)``, via nibabel,
 * vendor files through the optional extra ``medfm[oct-vendor]``: Heidelberg ``.vol``
   and ``.e2e`` via eyepy, Topcon ``.fds``/``.fda`` and Zeiss ``.img`` via oct-converter.
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from medfm.errors import ConfigError, DataError
-from medfm.modality import ModalityAdapter, Record, require_file
+from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
@@ -75,6 +77,31 @@ def read_vendor_oct(path: Path) -> Tuple[np.ndarray, Dict[str, Any]]:
     return _vendor_call(path, g)
 
 
+def read_nifti_oct(path: Path) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """NIfTI OCT → ``((F, H, W) float32, meta)`` via nibabel.
+
+    NIfTI stores ``(x, y[, z])``: x = the fast (A-scan) axis, y = depth, z = the B-scan index.
+    A 2D file (or a 3D one with a single slice) is one B-scan, ``F = 1``. ``meta["spacing_mm"]``
+    is ``(z, y, x)`` voxel size from the header.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj, dtype=np.float32)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except Exception as e:  # nibabel raises many types for damaged files
+        raise DataError(f"unreadable NIfTI: {type(e).__name__}: {e}", source=str(path)) from e
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise DataError(f"NIfTI OCT must be 2D or 3D, got shape {arr.shape}", source=str(path), field="shape")
+    zooms = (zooms + (1.0, 1.0, 1.0))[:3]
+    return np.ascontiguousarray(arr.transpose(2, 1, 0)), {"spacing_mm": (zooms[2], zooms[1], zooms[0])}
+
+
 def read_vendor_enface(path: Path) -> Tuple[np.ndarray, Dict[str, Any]]:
     """The en-face (SLO/fundus) image stored in a vendor OCT file → ``((H, W[, 3]) float32, meta)``."""
     sfx = path.suffix.lower()
@@ -111,7 +138,7 @@ class OCTAdapter(ModalityAdapter):
 
     name = "oct"
     input_kind = "path"
-    suffixes = (".dcm", ".npy", ".npz", "") + VENDOR_SUFFIXES
+    suffixes = (".dcm", ".npy", ".npz", ".nii", ".nii.gz", "") + VENDOR_SUFFIXES
     defaults: Dict[str, Any] = {
         "frames": 60,
         "size": [256, 256],
@@ -134,10 +161,13 @@ class OCTAdapter(ModalityAdapter):
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """Path → ``Record((F, H, W) float32, meta)`` with B-scans in acquisition order."""
         path = require_file(source, what="OCT input")
-        sfx = path.suffix.lower()
+        sfx = check_format(path, self.name, self.suffixes)
         meta: Dict[str, Any] = {}
         if path.is_dir():
             data, meta["format"] = im.read_image_folder(path), "bscan-folder"
+        elif sfx in (".nii", ".nii.gz"):
+            data, nmeta = read_nifti_oct(path)
+            meta.update(nmeta, format="nifti")
         elif sfx in (".npy", ".npz"):
             data, meta["format"] = im.read_array_file(path, key=self.options["npz_key"]), "array"
         elif sfx in VENDOR_SUFFIXES:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from medfm.errors import ConfigError, DataError
-from medfm.modality import ModalityAdapter, Record
+from medfm.modality import ModalityAdapter, Record, file_reference, require_file
 from medfm.registry import register_modality
 
 from . import tokenizers as tk
@@ -154,6 +154,15 @@ class TextAdapter(ModalityAdapter):
         return super().source_from_row(row, column)
 
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
+        """An inline text, or a ``.txt`` file reference (UTF-8) → ``Record(normalised str, meta)``."""
+        ref = file_reference(source, self.suffixes) if not self.options["taxonomy_columns"] else None
+        if ref is not None:
+            path = require_file(ref[0], what="text file")
+            try:
+                source = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise DataError(f"cannot read text file: {e}", source=str(path)) from None
+            sample_id = str(path)
         text = self.text_of(source, row)
         if not text:
             raise DataError("empty text", source=sample_id, field="text")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from medfm.errors import ConfigError
-from medfm.modality import ModalityAdapter, Record, require_file
+from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
@@ -100,6 +100,7 @@ class Image2DAdapter(ModalityAdapter):
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """Path → ``Record((H, W) or (H, W, 3) float32, meta)``."""
         path = require_file(source, what=f"{self.name} image")
+        check_format(path, self.name, self.suffixes)
         rec = self.read_special(path)
         if rec is None:
             if path.suffix.lower() in im.IMAGE_SUFFIXES:

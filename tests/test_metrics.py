@@ -136,3 +136,31 @@ def test_delong_identical_models_and_clear_difference():
     assert delong_test(y, s, s)["p_value"] == 1.0
     good, bad = y * 3 + rng.normal(0, 1, 400), rng.normal(0, 1, 400)
     assert delong_test(y, good, bad)["p_value"] < 1e-6
+
+
+def test_numpy_metrics_equal_scikit_learn():
+    """The bootstrap's numpy AUROC/AUPRC/accuracy/balanced accuracy/macro-F1 are scikit-learn's numbers."""
+    import warnings
+
+    from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, f1_score,
+                                 roc_auc_score)
+
+    from medfm.evaluation.metrics import _binary_auc, multiclass_metrics
+
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        n = int(rng.integers(3, 50))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        s = np.round(rng.random(n), 1) if t % 2 else rng.random(n)  # with and without ties
+        auc, ap = _binary_auc(y, s)
+        assert auc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert ap == pytest.approx(average_precision_score(y, s), abs=1e-12)
+        yt, sc = rng.integers(0, 3, n), rng.random((n, 4))  # class 3 never true, sometimes predicted
+        m, pred = multiclass_metrics(yt, sc), sc.argmax(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert m["accuracy"] == pytest.approx(accuracy_score(yt, pred), abs=1e-12)
+            assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(yt, pred), abs=1e-12)
+            assert m["macro_f1"] == pytest.approx(
+                f1_score(yt, pred, labels=np.unique(yt), average="macro", zero_division=0), abs=1e-12)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..io import apply_overrides, load_config_file
 
@@ -80,3 +80,25 @@ def model_config_with_init(model_cfg: Any, inits: Dict[str, Dict[str, Any]], con
                              f"(it has: {', '.join(mods) or 'none'})")
         mods[mod] = {**(mods[mod] or {}), "init": spec}
     return model_cfg
+
+def add_column_args(parser: argparse.ArgumentParser, *, bare_means: Optional[str] = None) -> None:
+    """``--column MODALITY=COLUMN`` (repeatable): where a modality's cells are in the manifest.
+
+    Default: the mapping recorded in the checkpoint the command loads, else the modality's name.
+    ``bare_means`` names the argument (e.g. ``"modality"``) whose value a bare ``--column COL`` maps.
+    """
+    extra = f"; a bare COLUMN applies to --{bare_means}" if bare_means else ""
+    parser.add_argument("--column", dest="columns", action="append", default=[], metavar="MODALITY=COLUMN",
+                        help="manifest column of a modality (repeatable); default: the mapping recorded in the "
+                             f"checkpoint, else the modality's name{extra}")
+    parser.set_defaults(_column_bare=bare_means)
+
+
+def column_map(args: argparse.Namespace, model_dir: Any = None) -> Dict[str, str]:
+    """``{modality: column}``: ``--column`` flags over the mapping recorded in ``model_dir``."""
+    from ..data.columns import parse_column_specs, resolve_columns
+
+    bare = getattr(args, "_column_bare", None)
+    flags = parse_column_specs(getattr(args, "columns", []) or [],
+                               default_modality=getattr(args, bare, None) if bare else None)
+    return resolve_columns(flags, model_dir)

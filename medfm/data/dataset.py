@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError, MedFMError
 from .cache import PreprocessCache
 from .manifest import is_missing
+from ..modality import file_reference
 
 log = logging.getLogger("medfm.data")
 
@@ -93,16 +94,28 @@ class ManifestDataset(Dataset):
         return len(self._records)
 
     def _resolve(self, adapter, value: Any, column: Optional[str] = None) -> Any:
-        if adapter.input_kind != "path" or not isinstance(value, str):
+        """Relative paths resolve against the manifest's folder — for inline-value modalities too,
+        when the cell is a file reference (``seqs.fasta#ID``, ``report.txt``) — and must stay
+        inside the data root when one is set."""
+        if not isinstance(value, str):
             return value
-        p = Path(value).expanduser()
+        suffix = ""
+        if adapter.input_kind != "path":
+            ref = file_reference(value, adapter.suffixes)
+            if ref is None:
+                return value
+            p, suffix = ref[0], (f"#{ref[1]}" if ref[1] else "")
+        else:
+            p = Path(value).expanduser()
         full = p if p.is_absolute() or self.base_dir is None else self.base_dir / p
         if self.root is not None:
             norm = Path(os.path.normpath(os.path.abspath(full)))
             if not norm.is_relative_to(self.root):
                 raise DataError(f"path {value!r} leads outside the data root {self.root}; set data.root to a "
                                 "folder that holds it (or data.confine_paths: false)", field=column)
-        return str(full) if self.base_dir is not None else value
+        if self.base_dir is None and not p.is_absolute():
+            return value
+        return str(full) + suffix
 
     def load_modality(self, index: int, modality: str) -> Optional[Dict[str, Any]]:
         """Read and preprocess one cell; ``None`` when the cell is empty. Raises DataError."""

@@ -244,7 +244,8 @@ class FineTuner:
         head = TaskHead(self.modalities, self.model.embed_dim, self.task.n_outputs, cfg["fusion"],
                         **cfg["head"])
         meta = finetune_meta(self.base, self.out, cfg["method"], self.modalities, self.task, head,
-                             fusion=cfg["fusion"], manifest_sha256=self.df.attrs.get("sha256"))
+                             fusion=cfg["fusion"], manifest_sha256=self.df.attrs.get("sha256"),
+                             columns=dict(self.columns))
         attach_head(self.model, head, self.task, meta)
         self.model.to(self.device)
         self.n_trainable, self.n_total = count_parameters(self.model)

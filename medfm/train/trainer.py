@@ -456,7 +456,8 @@ class Trainer:
                 final.init_sources = getattr(self.model, "init_sources", {})
                 final.save_pretrained(self.out, extra={"training": {
                     "steps": self.step, "n_skipped": self.n_skipped, "objectives": self.config["objectives"],
-                    "manifest": {"sha256": self.df.attrs.get("sha256"), "n_rows": len(self.df)}}})
+                    "manifest": {"sha256": self.df.attrs.get("sha256"), "n_rows": len(self.df)}},
+                    "data_columns": dict(self.config["data"].get("columns") or {})})
                 write_model_card(self.out)
         finally:
             bar.close()

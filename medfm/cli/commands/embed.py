@@ -16,7 +16,9 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", required=True, help="CSV/TSV/JSONL/Parquet manifest")
     p.add_argument("--modality", required=True, help="modality to embed (a model tower)")
     p.add_argument("--out", required=True, help="output file, *.safetensors")
-    p.add_argument("--column", default=None, help="manifest column of the modality (default: its name)")
+    from medfm.cli.common import add_column_args
+
+    add_column_args(p, bare_means="modality")
     p.add_argument("--split", default=None, help="only rows of this split")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -27,6 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from medfm.cli.common import column_map
     from medfm.evaluation.embed import (embed_manifest, load_model, open_manifest, report_skipped,
                                         require_modality, save_embeddings)
 
@@ -35,14 +38,15 @@ def run(args) -> int:
     model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, args.modality)
     df = open_manifest(args.manifest, split=args.split)
-    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=args.column,
+    column = column_map(args, args.model).get(args.modality)
+    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=column,
                          progress=not args.no_progress)
     msg = report_skipped(emb, args.modality)
     if msg:
         print(msg, file=sys.stderr)
     if len(emb.ids) == 0:
         raise DataError(f"no sample could be embedded ({len(emb.skipped)} unreadable, {len(emb.absent)} without "
-                        f"a {args.modality!r} cell)", source=args.manifest, field=args.column or args.modality)
+                        f"a {args.modality!r} cell)", source=args.manifest, field=column or args.modality)
     path = save_embeddings(args.out, emb, modality=args.modality, model_fingerprint=fp, model_dir=args.model)
     print(f"wrote {len(emb.ids)} {args.modality} embeddings ({emb.emb.shape[1]}-d) to {path}; "
           f"{len(emb.skipped)} skipped, {len(emb.absent)} absent")

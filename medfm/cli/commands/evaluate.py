@@ -18,12 +18,18 @@ def _common(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     add_init_args(p)
+    from medfm.cli.common import add_column_args
+
+    add_column_args(p)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="retrieval metrics, BIOSCAN accuracy or probes on frozen embeddings")
-    sub = p.add_subparsers(dest="evaluate_command", metavar="{retrieval,probe,bioscan}")
+    sub = p.add_subparsers(dest="evaluate_command", metavar="{retrieval,probe,bioscan,compare}")
     sub.required = True
+    from .evaluate_extra import add_compare_parser
+
+    add_compare_parser(sub)
     r = sub.add_parser(
         "retrieval", help="query-modality → gallery-modality retrieval, both directions",
         description="Ground truth --match: 'id' (the same manifest row: paired data), 'patient' (same "
@@ -41,7 +47,9 @@ def register(subparsers) -> None:
                     "a patient in two splits is refused.")
     _common(b)
     b.add_argument("--modality", required=True)
-    b.add_argument("--label-column", required=True)
+    b.add_argument("--label-column", default=None,
+                   help="class per row, or findings separated by '|' (multi-label: one-vs-rest probes)")
+    b.add_argument("--label-columns", default=None, metavar="A,B,C", help="multi-label from 0/1 columns")
     b.add_argument("--knn-k", type=int, default=20)
     b.add_argument("--shots", default="1,5,10", help="few-shot k per class, comma-separated")
     b.add_argument("--few-shot-seeds", type=int, default=5)
@@ -68,7 +76,10 @@ def _embed(model, df, modality, args):
     from medfm.errors import DataError
     from medfm.evaluation.embed import embed_manifest, report_skipped
 
-    emb = embed_manifest(model, df, modality, batch_size=args.batch_size, progress=not args.no_progress)
+    from medfm.cli.common import column_map
+
+    emb = embed_manifest(model, df, modality, batch_size=args.batch_size, progress=not args.no_progress,
+                         column=column_map(args, args.model).get(modality))
     if emb.skipped:
         print(report_skipped(emb, modality), file=sys.stderr)
     if len(emb.ids) == 0:
@@ -92,7 +103,7 @@ def run_retrieval(args) -> int:
     rq, rg = rows_for(df, eq.ids), rows_for(df, eg.ids)
     kq, kg = keys_from_manifest(rq, args.match, args.manifest), keys_from_manifest(rg, args.match, args.manifest)
     gt = ground_truth(kq, kg)
-    metrics, ci, curves = {}, {}, {}
+    metrics, ci, curves, per_query = {}, {}, {}, None
     for (a, b, za, zb, g, ra) in ((qm, gm, eq.emb, eg.emb, gt, rq), (gm, qm, eg.emb, eq.emb, gt.T, rg)):
         pre = f"{a}_to_{b}_"
         r = rank_arrays(za, zb, g, source=args.manifest)
@@ -100,6 +111,9 @@ def run_retrieval(args) -> int:
         metrics[pre + "n_queries"] = int(r["first_rank"].size)
         metrics[pre + "n_no_match"] = r["n_no_match"]
         curves[f"{a} → {b}"] = r["first_rank"]
+        if per_query is None:  # the query → gallery direction, for `evaluate compare`
+            per_query = (np.asarray(eq.ids)[r["query_index"]], rq["patient_id"].astype(str).to_numpy()[r["query_index"]],
+                         r["first_rank"], r["ap"])
         if args.n_boot > 0 and r["first_rank"].size:
             groups = ra["patient_id"].astype(str).to_numpy()[r["query_index"]]
             ci.update(cluster_bootstrap(lambda f, ap, pre=pre: metrics_from_ranks(f, ap, prefix=pre),
@@ -112,6 +126,10 @@ def run_retrieval(args) -> int:
                       ci_method=f"percentile, {args.n_boot} cluster-bootstrap replicates over query patients",
                       n_skipped=len(eq.skipped) + len(eg.skipped))
     paths = write_evaluation(out, rec, [plot])
+    from medfm.evaluation.compare import write_predictions
+
+    write_predictions(out, ids=per_query[0], groups=per_query[1], task="retrieval", first_rank=per_query[2],
+                      ap=per_query[3])
     print(f"{qm}_to_{gm}_R@1 {metrics[f'{qm}_to_{gm}_R@1']:.4f}  {gm}_to_{qm}_R@1 {metrics[f'{gm}_to_{qm}_R@1']:.4f}"
           f"; wrote {paths['results']} and {paths['report']}")
     return 0
@@ -145,9 +163,20 @@ def run_probe(args) -> int:
         shots = [int(s) for s in args.shots.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--shots must be comma-separated integers, not {args.shots!r}") from None
+    from medfm.evaluation.labels import JOINED, is_multilabel_column, join_binary_columns, parse_label_columns
+
+    binary_cols = parse_label_columns(args.label_columns)
+    if bool(args.label_column) == bool(binary_cols):
+        raise UsageError("give exactly one of --label-column COL or --label-columns A,B,C")
     model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, args.modality)
-    df = open_manifest(args.manifest, require=[args.label_column])
+    df = open_manifest(args.manifest, require=[args.label_column] if args.label_column else binary_cols)
+    if binary_cols or is_multilabel_column(df[args.label_column]):
+        from .evaluate_extra import run_multilabel_probe
+
+        if binary_cols:
+            df[JOINED] = join_binary_columns(df, binary_cols, source=args.manifest)
+        return run_multilabel_probe(args, model, fp, df, JOINED if binary_cols else args.label_column, binary_cols)
     labelled = df[df[args.label_column].notna()].reset_index(drop=True)
     labelled.attrs.update(df.attrs)
     if len(labelled) == 0:
@@ -189,6 +218,10 @@ def run_probe(args) -> int:
                       ci_method=f"percentile, {args.n_boot} cluster-bootstrap replicates over test patients",
                       n_skipped=len(emb.skipped))
     paths = write_evaluation(out, rec, [p for p in plots if p is not None])
+    from medfm.evaluation.compare import write_predictions
+
+    write_predictions(out, ids=np.asarray(emb.ids)[te], groups=groups, task="multiclass", y_true=y[te],
+                      scores=lin["proba"], classes=classes)
     print(f"linear probe (C={lin['C']:g}) test accuracy {metrics['linear/accuracy']:.4f}, kNN "
           f"{metrics['knn/accuracy']:.4f}; wrote {paths['results']} and {paths['report']}")
     return 0

@@ -21,6 +21,9 @@ def run(args) -> int:
         config["merge"] = True
     if args.no_progress:
         config["progress"] = False
+    from ..common import column_map  # --column over the config's columns over the base's recorded mapping
+
+    config["columns"] = {**column_map(args, config.get("base")), **(config.get("columns") or {}), **column_map(args)}
     result = finetune(config, Path(args.out), config_dir=config_dir)
     summary = {k: result[k] for k in ("out", "method", "task", "monitor", "best_epoch", "epochs_run",
                                       "n_trainable", "n_total") if k in result}
@@ -51,4 +54,7 @@ def register(sub) -> None:
     p.add_argument("--base", help="override base (pretrained checkpoint directory)")
     p.add_argument("--manifest", help="override data.manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..common import add_column_args
+
+    add_column_args(p)
     p.set_defaults(func=run)

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     b.add_argument("--split", default=None)
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--no-progress", action="store_true")
+    from medfm.cli.common import add_column_args
+
+    add_column_args(b, bare_means="modality")
     b.set_defaults(func=run)
 
 
@@ -39,7 +42,10 @@ def run(args) -> int:
     model, fp = load_model(args.model)
     require_modality(model, args.modality)
     df = open_manifest(args.manifest, split=args.split, require=cols)
-    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress)
+    from medfm.cli.common import column_map
+
+    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress,
+                         column=column_map(args, args.model).get(args.modality))
     if emb.skipped:
         print(report_skipped(emb, args.modality), file=sys.stderr)
     if len(emb.ids) == 0:

@@ -24,6 +24,10 @@ def run(args) -> int:
         config.setdefault("train", {})["init_from"] = args.init_from
     if args.no_progress:
         config.setdefault("train", {})["progress"] = False
+    if args.columns:
+        from ..common import column_map
+
+        config.setdefault("data", {}).setdefault("columns", {}).update(column_map(args))
     try:
         trainer = Trainer(config, Path(args.out), config_dir=config_dir)
         last = trainer.fit()
@@ -47,4 +51,7 @@ def register(sub) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh even when OUT/checkpoints holds a checkpoint (default: resume from it)")
     p.add_argument("--init-from", metavar="DIR", help="start from the weights of this checkpoint (matching tensors)")
+    from ..common import add_column_args
+
+    add_column_args(p)
     p.set_defaults(func=run)

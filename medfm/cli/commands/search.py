@@ -12,7 +12,7 @@ def register(subparsers) -> None:
                     "index built by another model is refused) and prints ranked ids, scores and metadata.")
     p.add_argument("--index", required=True, help="index directory")
     q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--query", help="a query file (or, for inline modalities such as dna, a file holding the value)")
+    q.add_argument("--query", help="a query file; for dna also FILE#RECORD_ID of a FASTA/TSV (or a file holding the value)")
     q.add_argument("--text", help="a query text, encoded with the text tower")
     p.add_argument("--query-modality", default=None,
                    help="modality of --query (default: the index's); --text uses --text-modality")
@@ -26,6 +26,13 @@ def register(subparsers) -> None:
 def _query_value(adapter, path: str):
     from medfm.errors import DataError
 
+    from medfm.modality import file_reference
+
+    ref = file_reference(path, getattr(adapter, "suffixes", ())) if adapter.input_kind != "path" else None
+    if ref is not None:  # FILE or FILE#RECORD (FASTA/TSV, .txt): the adapter reads it
+        if not ref[0].is_file():
+            raise DataError("query file not found", source=str(ref[0]))
+        return path
     p = Path(path)
     if not p.is_file():
         raise DataError("query file not found", source=str(p))

@@ -19,8 +19,10 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--modality", required=True, help="modality of the samples to classify")
-    p.add_argument("--label-column", required=True,
+    p.add_argument("--label-column", default=None,
                    help="class name per row (multi-class) or findings separated by '|' (multi-label)")
+    p.add_argument("--label-columns", default=None, metavar="A,B,C",
+                   help="multi-label from 0/1 columns, one per finding (instead of --label-column)")
     p.add_argument("--prompts", help="prompt set YAML (see configs/prompts/)")
     p.add_argument("--prototypes", action="store_true",
                    help="non-text zero-shot: class prototypes from the rows of --support-split")
@@ -32,9 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    from medfm.cli.common import add_init_args
+    from medfm.cli.common import add_column_args, add_init_args
 
     add_init_args(p)
+    add_column_args(p)
     p.set_defaults(func=run)
 
 
@@ -49,13 +52,27 @@ def run(args) -> int:
 
     if bool(args.prompts) == bool(args.prototypes):
         raise UsageError("give exactly one of --prompts FILE or --prototypes")
+    from medfm.evaluation.labels import JOINED, join_binary_columns, parse_label_columns
+
+    binary_cols = parse_label_columns(args.label_columns)
+    if bool(args.label_column) == bool(binary_cols):
+        raise UsageError("give exactly one of --label-column COL or --label-columns A,B,C")
     prompts = zs.load_prompt_set(args.prompts) if args.prompts else None
     from medfm.cli.common import init_overrides
 
     model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, args.modality)
-    full = open_manifest(args.manifest, require=[args.label_column])
-    df = full if args.split is None else open_manifest(args.manifest, split=args.split)
+    if binary_cols:  # 0/1 columns → one '|'-separated column, the multi-label path below
+        full = open_manifest(args.manifest)
+        full[JOINED] = join_binary_columns(full, binary_cols, source=args.manifest)
+        args.label_column = JOINED
+    else:
+        full = open_manifest(args.manifest, require=[args.label_column])
+    from medfm.data import select_split
+
+    df = select_split(full, args.split)
+    if len(df) == 0:
+        raise DataError(f"no rows in split {args.split!r}", source=args.manifest, field="split")
     if args.prototypes:
         if "split" not in full.columns:
             raise DataError("--prototypes needs a 'split' column (support rows vs evaluated rows)",
@@ -71,7 +88,11 @@ def run(args) -> int:
     if prompts is not None:
         # validate the labels before spending time on embeddings
         zs.label_targets(list(df[args.label_column]), prompts, source=args.manifest, column=args.label_column)
-    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress)
+    from medfm.cli.common import column_map
+
+    column = column_map(args, args.model).get(args.modality)
+    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress,
+                         column=column)
     if emb.skipped:
         print(report_skipped(emb, args.modality), file=sys.stderr)
     if len(emb.ids) == 0:
@@ -87,10 +108,10 @@ def run(args) -> int:
         classes, task = prompts.classes, f"zeroshot-{prompts.task}"
         extra["prompt_set"] = prompts.name
     else:
-        support_df = open_manifest(args.manifest, split=args.support_split, require=[args.label_column])
+        support_df = select_split(full, args.support_split)
         support_df = support_df[support_df[args.label_column].notna()].reset_index(drop=True)
         sup = embed_manifest(model, support_df, args.modality, batch_size=args.batch_size,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, column=column)
         if len(sup.ids) == 0:
             raise DataError(f"empty support set (split {args.support_split!r})", source=args.manifest)
         y_all, classes = encode_labels(list(rows_for(support_df, sup.ids)[args.label_column]) +
@@ -113,11 +134,16 @@ def run(args) -> int:
     if y.ndim == 1:
         plots.append(plot_confusion(y, scores.argmax(1), classes, out / "confusion.png"))
     rec = base_record(task, args.model, fp, args.manifest, df, modality=args.modality, n=len(emb.ids),
-                      n_patients=int(rows["patient_id"].nunique()), label_column=args.label_column,
+                      n_patients=int(rows["patient_id"].nunique()),
+                      label_column=args.label_column if not binary_cols else None, label_columns=binary_cols or None,
                       classes=list(classes), metrics=point, ci=ci, logit_scale=scale,
                       ci_method=f"percentile, {args.n_boot} cluster-bootstrap replicates over patients",
                       n_skipped=len(emb.skipped), skipped_ids=[s["id"] for s in emb.skipped], **extra)
     paths = write_evaluation(out, rec, [p for p in plots if p is not None])
+    from medfm.evaluation.compare import write_predictions
+
+    write_predictions(out, ids=emb.ids, groups=rows["patient_id"].astype(str), task="multilabel" if y.ndim == 2
+                      else "multiclass", y_true=y, scores=scores, classes=classes)
     acc = point.get("accuracy", float("nan"))
     print(f"{task}: n={len(emb.ids)} macro AUROC {point['macro_auroc']:.4f}"
           + ("" if y.ndim == 2 else f" accuracy {acc:.4f}") + f"; wrote {paths['results']} and {paths['report']}")
