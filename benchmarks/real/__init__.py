@@ -29,14 +29,14 @@ SEED = 0
 BUDGETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "full": {
         "dna": {"n_species": None, "n_per_species": None, "n_unseen": 20, "n_test_per_species": 10,
-                "n_val_per_species": 5, "mlm_steps": 100, "clibd_steps": 60, "batch_size": 32, "n_boot": 500},
+                "n_val_per_species": 5, "ssl_steps": 30, "clibd_steps": 30, "batch_size": 64, "n_boot": 500},
         "ecg": {"max_per_source": None, "mae_steps": 30, "batch_size": 8, "top_codes": 4, "n_boot": 1000},
         "imaging": {"ct_size": [32, 128, 128]},
         "reports": {"n_reports": None, "mlm_steps": 60, "batch_size": 32, "max_length": 96, "n_boot": 1000},
     },
     "quick": {
         "dna": {"n_species": 8, "n_per_species": 10, "n_unseen": 2, "n_test_per_species": 3,
-                "n_val_per_species": 2, "mlm_steps": 2, "clibd_steps": 2, "batch_size": 16, "n_boot": 50},
+                "n_val_per_species": 2, "ssl_steps": 2, "clibd_steps": 2, "batch_size": 16, "n_boot": 50},
         "ecg": {"max_per_source": 6, "mae_steps": 1, "batch_size": 8, "top_codes": 3, "n_boot": 50},
         "imaging": {"ct_size": [16, 64, 64]},
         "reports": {"n_reports": 200, "mlm_steps": 2, "batch_size": 16, "max_length": 48, "n_boot": 50},
