@@ -206,6 +206,35 @@ def _clibd_config(budget: Dict[str, Any], seed: int) -> Dict[str, Any]:
             "train": {"max_steps": int(budget["clibd_steps"]), "seed": seed}}
 
 
+CURVE_METRICS = ("1nn_species_acc_seen", "1nn_genus_acc_unseen", "bioscan_unseen_family_micro",
+                 "bioscan_unseen_order_micro")
+
+
+def learning_curve(reps: Dict[str, Dict[str, Any]], info: Dict[str, Any], steps: List[int], df: pd.DataFrame, *,
+                   n_boot: int, seed: int) -> List[Dict[str, Any]]:
+    """1-NN metrics (with CIs) vs training minutes: random init, the kept intermediate checkpoints
+    at ``steps`` and the final ``ssl`` tower. Minutes = step × the run's mean seconds per step."""
+    from medfm import load_pretrained
+
+    sec_per_step = info["seconds"] / max(1, info["steps"])
+    points = [(0, reps["random"])]
+    for s in steps:
+        ck = info.get("checkpoints", {}).get(s)
+        if ck is not None and s < info["steps"]:
+            points.append((s, evaluate_representation(_embed(load_pretrained(ck).eval(), df), df, n_boot=n_boot,
+                                                      seed=seed, probe=False)))
+    points.append((info["steps"], reps["ssl"]))
+    rows = []
+    for s, metrics in points:
+        row = {"step": s, "minutes": round(s * sec_per_step / 60, 2)}
+        for m in CURVE_METRICS:
+            if m in metrics:
+                row[m] = round(metrics[m]["value"], 3)
+                row[m + "_ci"] = [round(v, 3) for v in metrics[m]["ci"]]
+        rows.append(row)
+    return rows
+
+
 def zero_shot_genus(model, df: pd.DataFrame, X_dna: np.ndarray, *, n_boot: int, seed: int) -> Dict[str, Any]:
     """Classify unseen-species sequences among every genus's taxonomy string ``"order family genus"``."""
     from medfm.evaluation.embed import encode_values, logit_scale
@@ -267,9 +296,10 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
                "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["ssl_steps"]) // 10)},
                "train": {"max_steps": int(budget["ssl_steps"]), "seed": seed}}
     train_df = df[df["split"].isin(["train", "val"])].assign(split="train")
+    curve_steps = [int(c) for c in budget.get("curve_steps", [])]
     with sw("ssl_pretrain"):
         ssl, random_init, info = pretrain(ssl_cfg, train_df[["id", "patient_id", "split", "nucleotides"]],
-                                          out_dir / "ssl")
+                                          out_dir / "ssl", checkpoint_every=min(curve_steps) if curve_steps else 0)
     res["training"] = {"ssl": info}
     res["trunk_gate"] = {"random": float(random_init.towers["dna"].trunk_gate.detach()),
                          "ssl": float(ssl.towers["dna"].trunk_gate.detach())}
@@ -277,6 +307,8 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
         for name, model in (("ssl", ssl), ("random", random_init)):
             reps[name] = evaluate_representation(_embed(model, df), df, n_boot=nb, seed=seed)
     res["baselines"].append("random")
+    with sw("learning_curve"):
+        res["tables"]["learning_curve"] = learning_curve(reps, info, curve_steps, df, n_boot=nb, seed=seed)
     with sw("clibd_train"):
         def init(model):
             model.towers["dna"].load_state_dict(ssl.towers["dna"].state_dict())
