@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
 import os
 import re
 from pathlib import Path
@@ -25,10 +26,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
 
 from medfm.errors import ConfigError, DataError
 from medfm.modality import ModalityAdapter, Record, file_reference, require_file
-from medfm.registry import register_modality
+from medfm.models.embedders import DiscreteTokenEmbedder
+from medfm.registry import register_embedder, register_modality
 
 from . import tokenizers as tk
 
@@ -139,6 +142,111 @@ def sequence_from_file(path: os.PathLike, record_id: Optional[str] = None) -> Tu
         raise DataError(f"no record {record_id!r} in the file", source=str(p), field="record_id")
     return seqs[record_id], f"{p}#{record_id}"
 
+@register_embedder("kmer_tokens")
+class KmerBagEmbedder(DiscreteTokenEmbedder):
+    """k-mer token embedder with a bag-of-k-mers global path (tower embedder ``kmer_tokens``).
+
+    Tokens are as :class:`~medfm.models.embedders.DiscreteTokenEmbedder` (the transformer
+    and MLM see them unchanged). :meth:`global_features` rebuilds the nucleotides from the
+    token ids (canonical k-mer vocabulary over ``alphabet`` after the special tokens), counts
+    the *overlapping* ``bag_k``-mers over A/C/G/T (windows with N, a special, a masked or a
+    padded position are skipped), L2-normalises the count vector and multiplies it by a
+    learnt ``(4**bag_k, width)`` table. With random weights this is a random projection of
+    the k-mer frequency vector, so cosine similarity of the random tower already tracks
+    k-mer cosine (the classical barcode baseline), and it is the same for a sequence and
+    its one-base offset.
+
+    Args:
+        k, stride, alphabet, n_special: how the adapter made the token ids.
+        bag_k: length of the counted k-mers.
+        trunk_gate_init: initial weight of the transformer's pooled tokens in the tower output.
+    """
+
+    def __init__(self, width: int, vocab_size: int, max_len: int, *, k: int, stride: int, bag_k: int = 5,
+                 alphabet: str = "ACGTN", n_special: int = 5, trunk_gate_init: float = 0.0, **kw):
+        super().__init__(width, vocab_size, max_len, **kw)
+        if not 1 <= int(bag_k) <= 8:
+            raise ConfigError(f"dna: kmer_bag must be in 1..8, got {bag_k}")
+        self.k, self.stride, self.bag_k = int(k), int(stride), int(bag_k)
+        self.trunk_gate_init = float(trunk_gate_init)
+        # letter code (0..3 for A/C/G/T, -1 otherwise) of every position of every token id: (V, k)
+        acgt = {c: i for i, c in enumerate("ACGT")}
+        letters = torch.full((self.vocab_size, self.k), -1, dtype=torch.long)
+        for i, kmer in enumerate(itertools.product(alphabet, repeat=self.k)):
+            if n_special + i < self.vocab_size:
+                letters[n_special + i] = torch.tensor([acgt.get(c, -1) for c in kmer])
+        self.register_buffer("letters", letters, persistent=False)
+        # index of each position's letter in `alphabet` (-1 for special tokens): re-tokenising views
+        codes = torch.full((self.vocab_size, self.k), -1, dtype=torch.long)
+        for i, kmer in enumerate(itertools.product(range(len(alphabet)), repeat=self.k)):
+            if n_special + i < self.vocab_size:
+                codes[n_special + i] = torch.tensor(kmer)
+        self.register_buffer("codes", codes, persistent=False)
+        self.n_letters, self.n_special = len(alphabet), int(n_special)
+        self.register_buffer("bag_weights", 4 ** torch.arange(self.bag_k - 1, -1, -1), persistent=False)
+        self.bag = nn.Embedding(4 ** self.bag_k, self.width)
+        nn.init.normal_(self.bag.weight, std=1.0)
+
+    def kmer_counts(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x (B, L)`` token ids → overlapping ``bag_k``-mer counts ``(B, 4**bag_k)`` float."""
+        lt = self.letters[x]                                     # (B, L, k)
+        if mask is not None:
+            lt = lt.masked_fill(~mask.bool()[..., None], -1)
+        seq = lt[:, :, : self.stride].reshape(x.shape[0], -1)    # each token's first `stride` letters
+        if seq.shape[1] < self.bag_k:
+            return seq.new_zeros(x.shape[0], 4 ** self.bag_k, dtype=torch.float32)
+        win = seq.unfold(1, self.bag_k, 1)                       # (B, W, bag_k)
+        ok = (win >= 0).all(-1)
+        ids = (win.clamp_min(0) * self.bag_weights).sum(-1)
+        counts = torch.zeros(x.shape[0], 4 ** self.bag_k, dtype=torch.float32, device=x.device)
+        return counts.scatter_add_(1, ids, ok.float())
+
+    def random_view(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, *, crop: float = 0.8,
+                    mutation: float = 0.02, generator: Optional[torch.Generator] = None):
+        """A random view of each barcode for view-contrastive training (SimCLR on DNA).
+
+        Per row: the nucleotides are rebuilt from the ids, a random window of at least
+        ``crop`` of them is kept (a random start, so also a random k-mer offset), each A/C/G/T
+        is replaced by a random base with probability ``mutation`` (point mutations), and the
+        result is cut into k-mers again (leading/trailing special tokens kept).
+        ``x, mask (B, L)`` → ``(ids (B, L'), mask (B, L'))``.
+        """
+        if mask is None:
+            mask = (x != self.pad_id).long()
+        code = self.codes[x].masked_fill(~mask.bool()[..., None], -1)[:, :, : self.stride].reshape(x.shape[0], -1)
+        powers = self.n_letters ** torch.arange(self.k - 1, -1, -1, device=x.device)
+        rows = []
+        for b in range(x.shape[0]):
+            real = x[b][mask[b].bool()]
+            head = real[:1] if real.numel() and self.codes[real[0], 0] < 0 else real[:0]
+            tail = real[-1:] if real.numel() > 1 and self.codes[real[-1], 0] < 0 else real[:0]
+            seq = code[b][code[b] >= 0]
+            n = int(seq.numel())
+            if n >= self.k:
+                m = int(torch.randint(max(self.k, int(np.ceil(crop * n))), n + 1, (1,), generator=generator))
+                start = int(torch.randint(0, n - m + 1, (1,), generator=generator))
+                seq = seq[start:start + m].clone()
+                acgt = seq < 4
+                hit = (torch.rand(seq.shape, generator=generator) < mutation).to(seq.device) & acgt
+                seq[hit] = torch.randint(0, 4, (int(hit.sum()),), generator=generator).to(seq.device)
+                ids = (seq.unfold(0, self.k, self.stride) * powers).sum(-1) + self.n_special
+            else:
+                ids = real[:0]
+            rows.append(torch.cat([head, ids, tail])[: self.max_len])
+        L = max(int(r.numel()) for r in rows)
+        out = torch.full((len(rows), L), self.pad_id, dtype=x.dtype, device=x.device)
+        out_mask = torch.zeros((len(rows), L), dtype=torch.long, device=x.device)
+        for b, r in enumerate(rows):
+            out[b, : r.numel()] = r
+            out_mask[b, : r.numel()] = 1
+        return out, out_mask
+
+    def global_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Bag-of-k-mers path ``(B, width)``: L2-normalised counts @ the learnt table."""
+        counts = self.kmer_counts(x, mask)
+        freq = counts / counts.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        return freq.to(self.bag.weight.dtype) @ self.bag.weight
+
 
 @register_modality("dna")
 class DNAAdapter(ModalityAdapter):
@@ -156,6 +264,9 @@ class DNAAdapter(ModalityAdapter):
         tower: ``"vit"`` (tokens embedder + shared trunk) or ``"hf"`` (a BERT, ``model_dir`` to load
             a BarcodeBERT-style ``BertForMaskedLM`` from disk; ``hf_config`` for the built-in one).
         mask_ratio, pool: masked-token ratio (0.5 as BarcodeBERT) and pooling.
+        kmer_bag: ``vit`` tower only — add a bag-of-``kmer_bag``-mers path to the pooled output
+            (:class:`KmerBagEmbedder`; ``None`` = off); ``trunk_gate`` is the initial weight of the
+            transformer's pooled tokens beside it (0: the untrained tower is the k-mer bag).
     """
 
     name = "dna"
@@ -165,6 +276,7 @@ class DNAAdapter(ModalityAdapter):
         "k": 6, "stride": None, "max_length": 660, "pad_with_n": False, "tokenizer": "kmer", "alphabet": "ACGTN",
         "bpe_vocab_size": 512, "add_special_tokens": True, "random_offset": True,
         "tower": "vit", "model_dir": None, "hf_config": {}, "mask_ratio": 0.5, "pool": "mean",
+        "kmer_bag": None, "trunk_gate": 0.0,
     }
 
     def __init__(self, **options: Any):
@@ -325,10 +437,15 @@ class DNAAdapter(ModalityAdapter):
             return {"type": "hf", "model_dir": o["model_dir"], "hf_config": hf, "pool": o["pool"], "masked": masked,
                     "mask_id": tk.MASK_ID, "pad_id": tk.PAD_ID, "vocab_size": self.vocab_size,
                     "special_ids": list(range(len(tk.SPECIAL_TOKENS)))}
-        return {"type": "vit", "pool": o["pool"], "masked": masked,
-                "embedder": {"type": "tokens", "vocab_size": self.vocab_size, "max_len": self.max_tokens(),
-                             "pad_id": tk.PAD_ID, "mask_id": tk.MASK_ID,
-                             "special_ids": list(range(len(tk.SPECIAL_TOKENS)))}}
+        embedder = {"type": "tokens", "vocab_size": self.vocab_size, "max_len": self.max_tokens(),
+                    "pad_id": tk.PAD_ID, "mask_id": tk.MASK_ID, "special_ids": list(range(len(tk.SPECIAL_TOKENS)))}
+        if o["kmer_bag"]:
+            if o["tokenizer"] != "kmer":
+                raise ConfigError("dna: kmer_bag needs the k-mer tokenizer (tokenizer: kmer)")
+            embedder.update({"type": "kmer_tokens", "k": self.k, "stride": self.stride, "bag_k": int(o["kmer_bag"]),
+                             "alphabet": o["alphabet"], "n_special": len(tk.SPECIAL_TOKENS),
+                             "trunk_gate_init": float(o["trunk_gate"])})
+        return {"type": "vit", "pool": o["pool"], "masked": masked, "embedder": embedder}
 
     def fit(self, values: Iterable[Any]) -> None:
         """Train the BPE tokenizer on the training sequences (k-mer vocabularies are fixed: nothing to learn)."""

@@ -59,17 +59,19 @@ def test_dna_metrics_and_baselines(quick_run):
     _, res, _ = quick_run
     dna = res["blocks"]["dna"]
     assert {"kmer4", "kmer5", "kmer6", "random"} <= set(dna["baselines"])
-    for rep in ("mlm", "random", "kmer4", "kmer5", "kmer6", "clibd"):
+    for rep in ("ssl", "random", "kmer4", "kmer5", "kmer6", "clibd"):
         for metric in ("1nn_species_acc_seen", "1nn_genus_acc_unseen", "bioscan_seen_species_micro",
                        "bioscan_unseen_genus_macro"):
             m = dna["metrics"][f"{rep}/{metric}"]
             assert 0.0 <= m["value"] <= 1.0 and m["n"] > 0
             lo, hi = m["ci"]
             assert lo - 1e-9 <= m["value"] <= hi + 1e-9
-    for rep in ("mlm", "random", "kmer4"):
+    for rep in ("ssl", "random", "kmer4"):
         assert 0.0 <= _value(dna, f"{rep}/probe_species_acc_seen") <= 1.0
     assert any(k.startswith("clibd/zeroshot_genus_acc_unseen_species") for k in dna["metrics"])
-    assert dna["training"]["mlm"]["steps"] == res["budgets"]["dna"]["mlm_steps"]
+    assert dna["training"]["ssl"]["steps"] == res["budgets"]["dna"]["ssl_steps"]
+    # the trunk gate starts at 0 (random tower = bag of 5-mers) and training moves it
+    assert dna["trunk_gate"]["random"] == 0.0 and dna["trunk_gate"]["ssl"] != 0.0
     # unseen species are held out entirely
     splits = {r["split"]: r for r in dna["tables"]["split"]}
     assert splits["unseen"]["species"] == res["budgets"]["dna"]["n_unseen"]

@@ -180,3 +180,101 @@ def test_vectorised_kmer_ids_equal_the_hf_tokenizer(k, stride, alphabet):
     assert a.encode_batch(same_len) == a.encode_batch(same_len, backend="tokenizers")
     if alphabet == "ACGT":
         assert any(tk.UNK_ID in f for f in fast)  # N-containing k-mers are unknown
+
+
+def _bag_model(**dna):
+    import medfm
+
+    torch.manual_seed(0)
+    opts = {"k": 5, "max_length": 660, "kmer_bag": 4, **dna}
+    return medfm.create_model({"name": "medfm-tiny", "modalities": {"dna": opts}})
+
+
+@pytest.mark.parametrize("k,stride,bag_k", [(5, 5, 4), (6, 6, 6), (4, 2, 3)])
+def test_kmer_bag_counts_equal_scikit_learn_char_ngrams(k, stride, bag_k):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    model = _bag_model(k=k, stride=stride, kmer_bag=bag_k)
+    a, emb = model.adapters["dna"], model.towers["dna"].embedder
+    rng = np.random.default_rng(k)
+    seqs = ["".join(rng.choice(list("ACGTN"), n, p=[0.24] * 4 + [0.04])) for n in (30, 61, 200, 17)]
+    items = [a.preprocess(a.read(s)) for s in seqs]
+    batch = a.collate(items)
+    counts = emb.kmer_counts(batch["x"], batch["mask"]).numpy()
+    vec = CountVectorizer(analyzer="char", ngram_range=(bag_k, bag_k), lowercase=False)
+    for s, row in zip(seqs, counts):
+        kept = s[: (len(s) - k) // stride * stride + stride] if stride < k else s[: len(s) // k * k]
+        if stride < k:  # the bag sees each token's first `stride` letters
+            kept = kept[: ((len(s) - k) // stride + 1) * stride]
+        ref = vec.fit([kept]).transform([kept]).toarray()[0] if len(kept) >= bag_k else np.zeros(0)
+        names = vec.get_feature_names_out() if len(kept) >= bag_k else []
+        want = np.zeros(4 ** bag_k)
+        for name, c in zip(names, ref):
+            if set(name) <= set("ACGT"):
+                want[sum("ACGT".index(ch) * 4 ** (bag_k - 1 - i) for i, ch in enumerate(name))] = c
+        np.testing.assert_array_equal(row, want)
+
+
+def test_kmer_bag_is_offset_invariant_and_random_tower_tracks_kmer_cosine():
+    model = _bag_model(kmer_bag=5).eval()
+    a = model.adapters["dna"]
+    rng = np.random.default_rng(0)
+    base = "".join(rng.choice(list("ACGT"), 600))
+    seqs = [base, base[1:]] + ["".join(rng.choice(list("ACGT"), 600)) for _ in range(6)]
+    batch = a.collate([a.preprocess(a.read(s)) for s in seqs])
+    # a 1-base offset changes every non-overlapping 5-mer token of the original ...
+    n = int(batch["mask"][1].sum()) - 1
+    assert int((batch["x"][0, 1:n] == batch["x"][1, 1:n]).sum()) <= 2
+    with torch.no_grad():
+        z = model.encode("dna", batch["x"], batch["mask"])
+    sim = (z @ z.T).numpy()
+    # ... but the random-weights tower (trunk gate 0) still maps it next to the original
+    assert sim[0, 1] > 0.95 and sim[0, 2:].max() < sim[0, 1] - 0.2
+    assert float(model.towers["dna"].trunk_gate.detach()) == 0.0
+
+
+def test_random_views_of_a_barcode():
+    model = _bag_model(kmer_bag=4)
+    a, emb = model.adapters["dna"], model.towers["dna"].embedder
+    rng = np.random.default_rng(1)
+    seq = "".join(rng.choice(list("ACGT"), 400))
+    batch = a.collate([a.preprocess(a.read(s)) for s in (seq, seq[:200])])
+    same, m = emb.random_view(batch["x"], batch["mask"], crop=1.0, mutation=0.0)
+    assert torch.equal(same, batch["x"]) and torch.equal(m, batch["mask"])
+    g = torch.Generator().manual_seed(0)
+    v, vm = emb.random_view(batch["x"], batch["mask"], crop=0.5, mutation=0.1, generator=g)
+    view = a.decode(v[0][vm[0].bool()].tolist())
+    assert 200 <= len(view) <= 400 and v[0, 0] == tk.CLS_ID and v[0, int(vm[0].sum()) - 1] == tk.SEP_ID
+    # a cropped window of the original with about 10 % × 3/4 of its bases changed
+    best = min(sum(x != y for x, y in zip(view, seq[o:o + len(view)])) for o in range(len(seq) - len(view) + 1))
+    assert 0.02 * len(view) < best < 0.15 * len(view)
+
+
+def test_views_objective_trains_and_bag_model_round_trips(tmp_path):
+    import medfm
+    from medfm.objectives import build_objective
+
+    if not BOLD.is_file():
+        pytest.skip(f"real DNA data not found at {BOLD}")
+    df = D.read_sequence_table(BOLD).groupby("species_name").head(1).head(32)
+    model = _bag_model(kmer_bag=4, max_length=300)
+    a = model.adapters["dna"]
+    batch = a.collate([a.preprocess(a.read(s)) for s in df["nucleotides"]])
+    full = {"id": list(df["processid"]), "inputs": {"dna": batch}}
+    obj = build_objective([{"name": "views", "weight": 1.0, "temperature": 0.1}])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(8):
+        loss = obj(model, full, {})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert float(model.towers["dna"].trunk_gate.detach()) != 0.0   # the transformer joins in
+    model.save_pretrained(tmp_path / "m")
+    back = medfm.load_pretrained(tmp_path / "m").eval()
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.encode("dna", batch["x"], batch["mask"]), back.encode("dna", batch["x"], batch["mask"]))

@@ -29,14 +29,16 @@ SEED = 0
 BUDGETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "full": {
         "dna": {"n_species": None, "n_per_species": None, "n_unseen": 20, "n_test_per_species": 10,
-                "n_val_per_species": 5, "mlm_steps": 100, "clibd_steps": 60, "batch_size": 32, "n_boot": 500},
+                "n_val_per_species": 5, "ssl_steps": 30, "curve_steps": [10, 20], "clibd_steps": 30,
+                "batch_size": 64, "n_boot": 500},
         "ecg": {"max_per_source": None, "mae_steps": 30, "batch_size": 8, "top_codes": 4, "n_boot": 1000},
         "imaging": {"ct_size": [32, 128, 128]},
         "reports": {"n_reports": None, "mlm_steps": 60, "batch_size": 32, "max_length": 96, "n_boot": 1000},
     },
     "quick": {
         "dna": {"n_species": 8, "n_per_species": 10, "n_unseen": 2, "n_test_per_species": 3,
-                "n_val_per_species": 2, "mlm_steps": 2, "clibd_steps": 2, "batch_size": 16, "n_boot": 50},
+                "n_val_per_species": 2, "ssl_steps": 2, "curve_steps": [], "clibd_steps": 2, "batch_size": 16,
+                "n_boot": 50},
         "ecg": {"max_per_source": 6, "mae_steps": 1, "batch_size": 8, "top_codes": 3, "n_boot": 50},
         "imaging": {"ct_size": [16, 64, 64]},
         "reports": {"n_reports": 200, "mlm_steps": 2, "batch_size": 16, "max_length": 48, "n_boot": 50},
@@ -69,7 +71,8 @@ class Stopwatch:
 
 
 def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
-             init: Optional[Callable[[Any], None]] = None) -> Tuple[Any, Any, Dict[str, Any]]:
+             init: Optional[Callable[[Any], None]] = None,
+             checkpoint_every: int = 0) -> Tuple[Any, Any, Dict[str, Any]]:
     """Train with :class:`medfm.train.Trainer` on ``manifest`` (written to ``out_dir/manifest.csv``).
 
     Args:
@@ -77,6 +80,8 @@ def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
             ``data.manifest`` is filled in here.
         init: called with the freshly built model before training (e.g. to copy in a
             pretrained tower); the random-weights copy is taken *after* it.
+        checkpoint_every: keep a checkpoint every N steps (``info["checkpoints"]``: step → dir),
+            e.g. for a learning curve; 0 = none.
     Returns:
         ``(trained model in eval mode, the same model at initialisation in eval mode,
         {"steps", "seconds", "loss_first", "loss_last", "losses": [...]})``.
@@ -89,8 +94,9 @@ def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
     manifest.to_csv(path, index=False)
     cfg = copy.deepcopy(run_config)
     cfg.setdefault("data", {})["manifest"] = str(path)
-    cfg.setdefault("train", {}).update({"progress": False, "tensorboard": False, "checkpoint_every": 0,
-                                        "keep_checkpoints": 1, "device": "cpu", "precision": "fp32"})
+    cfg.setdefault("train", {}).update({"progress": False, "tensorboard": False, "checkpoint_every": int(checkpoint_every),
+                                        "keep_checkpoints": 1000 if checkpoint_every else 1, "device": "cpu",
+                                        "precision": "fp32"})
     run_dir = out_dir / "run"
     if run_dir.exists():  # a previous run's checkpoints would make the Trainer resume (and skip training)
         shutil.rmtree(run_dir)
@@ -109,7 +115,8 @@ def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
         losses = [float(json.loads(line).get("loss", float("nan"))) for line in mpath.read_text().splitlines() if line]
     info = {"steps": trainer.step, "seconds": round(seconds, 1), "losses": losses,
             "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(losses[-10:])) if losses else None,
-            "n_train_rows": len(trainer.df), "n_skipped": trainer.n_skipped}
+            "n_train_rows": len(trainer.df), "n_skipped": trainer.n_skipped,
+            "checkpoints": {int(p.name.split("_")[1]): str(p) for p in sorted((run_dir / "checkpoints").glob("step_*"))}}
     return trainer.model.eval(), initial, info
 
 

@@ -7,12 +7,16 @@ the sequences of every other ("seen") species are split per species into test
 (``n_test_per_species``), val (``n_val_per_species``, only for choosing the probe's C) and
 train (the rest).
 
-Learned representations (all with the same tokenizer, k = 5 non-overlapping k-mers over
-ACGTN, and the same 4-block width-128 trunk):
+Learned representations (all with the same tokenizer, k = 6 non-overlapping k-mers over
+ACGTN, a bag-of-overlapping-5-mers path added to the pooled output, and the same 2-block
+width-128 trunk, whose pooled tokens enter through a learnt gate that starts at 0):
 
-- ``mlm``: masked-token pretraining on the train+val sequences for ``mlm_steps`` steps;
-- ``random``: the same encoder at its (seeded) initialisation;
-- ``clibd``: the ``mlm`` DNA tower + a small BERT over taxonomy strings
+- ``ssl``: SimCLR on the train+val sequences for ``ssl_steps`` steps: two random views of each
+  barcode (a window of ≥ 80 % at a random offset, 2 % point mutations) are the positive pair
+  (``views`` objective, τ = 0.1);
+- ``random``: the same encoder at its (seeded) initialisation — a random projection of the
+  5-mer counts, so it already tracks k-mer cosine;
+- ``clibd``: the ``ssl`` DNA tower + a small BERT over taxonomy strings
   ``"order family genus"`` trained with label-aware CLIP (same genus = positive) for
   ``clibd_steps`` steps; used for zero-shot genus classification from taxonomy strings.
 
@@ -36,7 +40,14 @@ from . import TRUNK, TEXT_HF, Stopwatch, accuracy_ci, block_result, cosine_1nn, 
 from .baselines import kmer_frequencies
 
 RANKS = ("order_name", "family_name", "genus_name", "species_name")
-DNA_OPTIONS = {"k": 5, "max_length": 660, "tower": "vit", "mask_ratio": 0.5, "pool": "mean"}
+#: k = 6 non-overlapping tokens for the transformer + a bag of overlapping 5-mers added to the pooled
+#: output (trunk gate 0 at start: the random tower is a random projection of 5-mer counts)
+DNA_OPTIONS = {"k": 6, "max_length": 660, "tower": "vit", "mask_ratio": 0.5, "pool": "mean", "kmer_bag": 5,
+               "trunk_gate": 0.0}
+#: the DNA tower's trunk: 2 blocks (the suite's width 128); chosen for CPU minutes, see README
+DNA_TRUNK = {**TRUNK, "trunk": {**TRUNK["trunk"], "depth": 2}}
+#: SimCLR views of one barcode: a random window of ≥ 80 % (random offset) and 2 % point mutations
+VIEWS = {"name": "views", "weight": 1.0, "temperature": 0.1, "view": {"crop": 0.8, "mutation": 0.02}}
 TAXONOMY_RANKS = ["order_name", "family_name", "genus_name"]
 
 
@@ -82,6 +93,20 @@ def split_species(df: pd.DataFrame, *, n_unseen: int, n_test: int, n_val: int, s
         split[order[:n_test]] = "test"
         split[order[n_test:n_test + n_val]] = "val"
     return split
+
+
+def gemm_gflops(n: int = 1024, repeat: int = 10) -> float:
+    """Measured float32 matmul rate (GFLOP/s) of this machine now, printed beside the timings."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return 2 * n ** 3 * repeat / (time.perf_counter() - t0) / 1e9
 
 
 def _embed(model, df: pd.DataFrame, modality: str = "dna") -> np.ndarray:
@@ -173,12 +198,41 @@ def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, see
 def _clibd_config(budget: Dict[str, Any], seed: int) -> Dict[str, Any]:
     text = {"taxonomy_columns": TAXONOMY_RANKS, "max_length": 24, "vocab_size": 2048, "min_frequency": 1,
             "pool": "cls", "hf_config": TEXT_HF}
-    return {"model": {**TRUNK, "modalities": {"dna": dict(DNA_OPTIONS), "text": text}},
+    return {"model": {**DNA_TRUNK, "modalities": {"dna": dict(DNA_OPTIONS), "text": text}},
             "data": {"split": "train", "columns": {"dna": "nucleotides", "text": "genus_name"},
                      "label_columns": ["genus_name"], "batch_size": int(budget["batch_size"])},
             "objectives": [{"name": "clip", "weight": 1.0, "mode": "pairs", "label_column": "genus_name"}],
             "optim": {"lr": 5e-4, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["clibd_steps"]) // 10)},
             "train": {"max_steps": int(budget["clibd_steps"]), "seed": seed}}
+
+
+CURVE_METRICS = ("1nn_species_acc_seen", "1nn_genus_acc_unseen", "bioscan_unseen_family_micro",
+                 "bioscan_unseen_order_micro")
+
+
+def learning_curve(reps: Dict[str, Dict[str, Any]], info: Dict[str, Any], steps: List[int], df: pd.DataFrame, *,
+                   n_boot: int, seed: int) -> List[Dict[str, Any]]:
+    """1-NN metrics (with CIs) vs training minutes: random init, the kept intermediate checkpoints
+    at ``steps`` and the final ``ssl`` tower. Minutes = step × the run's mean seconds per step."""
+    from medfm import load_pretrained
+
+    sec_per_step = info["seconds"] / max(1, info["steps"])
+    points = [(0, reps["random"])]
+    for s in steps:
+        ck = info.get("checkpoints", {}).get(s)
+        if ck is not None and s < info["steps"]:
+            points.append((s, evaluate_representation(_embed(load_pretrained(ck).eval(), df), df, n_boot=n_boot,
+                                                      seed=seed, probe=False)))
+    points.append((info["steps"], reps["ssl"]))
+    rows = []
+    for s, metrics in points:
+        row = {"step": s, "minutes": round(s * sec_per_step / 60, 2)}
+        for m in CURVE_METRICS:
+            if m in metrics:
+                row[m] = round(metrics[m]["value"], 3)
+                row[m + "_ci"] = [round(v, 3) for v in metrics[m]["ci"]]
+        rows.append(row)
+    return rows
 
 
 def zero_shot_genus(model, df: pd.DataFrame, X_dna: np.ndarray, *, n_boot: int, seed: int) -> Dict[str, Any]:
@@ -214,6 +268,9 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     sw = Stopwatch()
     res = block_result(budget=dict(budget))
     nb = int(budget["n_boot"])
+    res["gemm_gflops"] = gemm_gflops()
+    res["notes"].append(f"fp32 GEMM rate at the start of the block: {res['gemm_gflops']:.1f} GFLOP/s "
+                        f"(1024² matmul, torch threads as the suite); timings scale with it.")
     with sw("load"):
         df = load_table(data_dir, budget.get("n_species"), budget.get("n_per_species"), seed)
         df["split"] = split_species(df, n_unseen=int(budget["n_unseen"]), n_test=int(budget["n_test_per_species"]),
@@ -233,24 +290,29 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
             X = kmer_frequencies(df["nucleotides"].tolist(), k)
             reps[f"kmer{k}"] = evaluate_representation(X, df, n_boot=nb, seed=seed, probe=(k == 4))
             res["baselines"].append(f"kmer{k}")
-    mlm_cfg = {"model": {**TRUNK, "modalities": {"dna": dict(DNA_OPTIONS)}},
+    ssl_cfg = {"model": {**DNA_TRUNK, "modalities": {"dna": dict(DNA_OPTIONS)}},
                "data": {"split": "train", "columns": {"dna": "nucleotides"}, "batch_size": int(budget["batch_size"])},
-               "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": 0.5}],
-               "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["mlm_steps"]) // 10)},
-               "train": {"max_steps": int(budget["mlm_steps"]), "seed": seed}}
+               "objectives": [dict(VIEWS)],
+               "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["ssl_steps"]) // 10)},
+               "train": {"max_steps": int(budget["ssl_steps"]), "seed": seed}}
     train_df = df[df["split"].isin(["train", "val"])].assign(split="train")
-    with sw("mlm_pretrain"):
-        mlm, random_init, info = pretrain(mlm_cfg, train_df[["id", "patient_id", "split", "nucleotides"]],
-                                          out_dir / "mlm")
-    res["training"] = {"mlm": info}
+    curve_steps = [int(c) for c in budget.get("curve_steps", [])]
+    with sw("ssl_pretrain"):
+        ssl, random_init, info = pretrain(ssl_cfg, train_df[["id", "patient_id", "split", "nucleotides"]],
+                                          out_dir / "ssl", checkpoint_every=min(curve_steps) if curve_steps else 0)
+    res["training"] = {"ssl": info}
+    res["trunk_gate"] = {"random": float(random_init.towers["dna"].trunk_gate.detach()),
+                         "ssl": float(ssl.towers["dna"].trunk_gate.detach())}
     with sw("embed_eval"):
-        for name, model in (("mlm", mlm), ("random", random_init)):
+        for name, model in (("ssl", ssl), ("random", random_init)):
             reps[name] = evaluate_representation(_embed(model, df), df, n_boot=nb, seed=seed)
     res["baselines"].append("random")
+    with sw("learning_curve"):
+        res["tables"]["learning_curve"] = learning_curve(reps, info, curve_steps, df, n_boot=nb, seed=seed)
     with sw("clibd_train"):
         def init(model):
-            model.towers["dna"].load_state_dict(mlm.towers["dna"].state_dict())
-            model.projections["dna"].load_state_dict(mlm.projections["dna"].state_dict())
+            model.towers["dna"].load_state_dict(ssl.towers["dna"].state_dict())
+            model.projections["dna"].load_state_dict(ssl.projections["dna"].state_dict())
         cols = ["id", "patient_id", "split", "nucleotides", *TAXONOMY_RANKS]
         clibd, _, cinfo = pretrain(_clibd_config(budget, seed), train_df[cols], out_dir / "clibd", init=init)
     res["training"]["clibd"] = cinfo
@@ -274,10 +336,10 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     for m in ("1nn_species_acc_seen", "1nn_genus_acc_unseen", "probe_species_acc_seen",
               "bioscan_seen_species_macro", "bioscan_unseen_genus_micro", "bioscan_unseen_order_micro"):
         for base in ("random", "kmer4", "kmer5", "kmer6"):
-            if m in reps["mlm"] and m in reps[base]:
-                res["comparisons"].append({"task": f"dna {m}", "ours": "mlm", "baseline": base,
-                                           "ours_value": reps["mlm"][m]["value"], "baseline_value": reps[base][m]["value"],
-                                           "verdict": verdict(reps["mlm"][m], reps[base][m])})
+            if m in reps["ssl"] and m in reps[base]:
+                res["comparisons"].append({"task": f"dna {m}", "ours": "ssl", "baseline": base,
+                                           "ours_value": reps["ssl"][m]["value"], "baseline_value": reps[base][m]["value"],
+                                           "verdict": verdict(reps["ssl"][m], reps[base][m])})
     res["timing_s"] = sw.times
     res["seed"] = seed
     return res

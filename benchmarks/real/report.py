@@ -21,15 +21,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 #: headline rows: (block, metric suffix, ours, named baseline)
 HEADLINE: List[Tuple[str, str, str, str]] = [
-    ("dna", "1nn_species_acc_seen", "mlm", "kmer6"),
-    ("dna", "1nn_genus_acc_unseen", "mlm", "kmer6"),
-    ("dna", "probe_species_acc_seen", "mlm", "kmer4"),
-    ("dna", "bioscan_seen_species_micro", "mlm", "kmer6"),
-    ("dna", "bioscan_seen_species_macro", "mlm", "kmer6"),
-    ("dna", "bioscan_unseen_genus_micro", "mlm", "kmer6"),
-    ("dna", "bioscan_unseen_genus_macro", "mlm", "kmer6"),
-    ("dna", "bioscan_unseen_family_micro", "mlm", "kmer6"),
-    ("dna", "bioscan_unseen_order_micro", "mlm", "kmer6"),
+    ("dna", "1nn_species_acc_seen", "ssl", "kmer6"),
+    ("dna", "1nn_genus_acc_unseen", "ssl", "kmer6"),
+    ("dna", "probe_species_acc_seen", "ssl", "kmer4"),
+    ("dna", "bioscan_seen_species_micro", "ssl", "kmer6"),
+    ("dna", "bioscan_seen_species_macro", "ssl", "kmer6"),
+    ("dna", "bioscan_unseen_genus_micro", "ssl", "kmer6"),
+    ("dna", "bioscan_unseen_genus_macro", "ssl", "kmer6"),
+    ("dna", "bioscan_unseen_family_micro", "ssl", "kmer6"),
+    ("dna", "bioscan_unseen_order_micro", "ssl", "kmer6"),
     ("dna", "zeroshot_genus_acc_unseen_species", "clibd", ""),
     ("dna", "zeroshot_genus_acc_unseen_species_genus_in_train", "clibd", ""),
     ("dna", "zeroshot_genus_acc_seen_test", "clibd", ""),
@@ -144,6 +144,33 @@ def loss_plot(curves: Mapping[str, Sequence[float]], path: Path) -> Optional[Pat
     return path
 
 
+def curve_plot(rows: Sequence[Mapping[str, Any]], baselines: Mapping[str, float], path: Path) -> Optional[Path]:
+    """Metric vs training minutes (with CI bars) from a ``learning_curve`` table; baselines dashed."""
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [k for k in rows[0] if k not in ("step", "minutes") and not k.endswith("_ci")]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    x = [r["minutes"] for r in rows]
+    for i, mname in enumerate(metrics):
+        y = [r.get(mname, float("nan")) for r in rows]
+        err = [[v - r[mname + "_ci"][0] for v, r in zip(y, rows)], [r[mname + "_ci"][1] - v for v, r in zip(y, rows)]]
+        line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=mname)
+        if mname in baselines:
+            ax.axhline(baselines[mname], ls="--", lw=0.8, color=line[0].get_color())
+    ax.set_xlabel("training minutes (this CPU)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("DNA: learning curve (dashed: k-mer 6 cosine)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def block_plots(name: str, rec: Dict[str, Any], out: Path) -> List[Path]:
     """Plots of one block (bars with CIs, loss curves, ROC), written into ``out``."""
     from medfm.evaluation.report import plot_roc
@@ -157,8 +184,11 @@ def block_plots(name: str, rec: Dict[str, Any], out: Path) -> List[Path]:
     if name == "dna":
         plots.append(bar_ci(group(["1nn_species_acc_seen", "probe_species_acc_seen", "1nn_genus_acc_unseen",
                                    "bioscan_unseen_genus_micro", "bioscan_unseen_family_micro",
-                                   "bioscan_unseen_order_micro"], ["mlm", "clibd", "random", "kmer4", "kmer5", "kmer6"]),
+                                   "bioscan_unseen_order_micro"], ["ssl", "clibd", "random", "kmer4", "kmer5", "kmer6"]),
                             out / "dna_accuracy.png", "DNA barcodes: frozen-embedding accuracy (95% CI)", "accuracy"))
+        plots.append(curve_plot(rec.get("tables", {}).get("learning_curve") or [],
+                                {k.split("/", 1)[1]: v["value"] for k, v in m.items() if k.startswith("kmer6/")},
+                                out / "dna_learning_curve.png"))
         plots.append(bar_ci({k.split("/", 1)[1]: {"clibd": v} for k, v in m.items() if "/zeroshot_" in k},
                             out / "dna_zeroshot.png", "DNA → taxonomy text zero-shot genus accuracy", "accuracy"))
         plots.append(loss_plot({k: v.get("losses", []) for k, v in rec.get("training", {}).items()},

@@ -96,8 +96,7 @@ class MultiModalModel(nn.Module):
     def encode(self, modality: str, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
                normalize: bool = True) -> torch.Tensor:
         """Embed one modality's batch ``x`` (``(B, ...)`` as its adapter makes it) → ``(B, embed_dim)``."""
-        tower = self.tower(modality)
-        pooled = tower.pool(tower.forward_features(x, mask), mask)
+        pooled = self.tower(modality)(x, mask)  # pool(forward_features) (+ a tower's global path)
         z = self.projections[modality](pooled)
         return F.normalize(z, dim=-1) if normalize else z
 

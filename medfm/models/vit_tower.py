@@ -78,6 +78,10 @@ class ViTTower(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.width)) if (pool == "cls" or cls_token) else None
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
+        # an embedder with a global path (e.g. a bag of k-mers) adds it to the pooled tokens,
+        # which are scaled by a learnt gate (0 at start: the tower begins as the global path alone)
+        self.trunk_gate = (nn.Parameter(torch.tensor(float(getattr(self.embedder, "trunk_gate_init", 1.0))))
+                           if hasattr(self.embedder, "global_features") else None)
         masked = dict(masked or {})
         self.masked_kind = masked.pop("kind", self.embedder.target_kind)
         self.mask_ratio = float(masked.pop("mask_ratio", 0.75 if self.masked_kind == "mae" else 0.15))
@@ -121,6 +125,14 @@ class ViTTower(nn.Module):
             return tokens.mean(dim=1)
         m = mask.to(tokens.dtype)[..., None]
         return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pooled features ``(B, D)``: ``pool(trunk tokens)``, or with a global embedder path
+        ``trunk_gate · pool(trunk tokens) + embedder.global_features(x, mask)``."""
+        pooled = self.pool(self.forward_features(x, mask), mask)
+        if self.trunk_gate is None:
+            return pooled
+        return self.trunk_gate * pooled + self.embedder.global_features(x, mask)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.grad_checkpointing = enable

@@ -143,8 +143,12 @@ class Trainer:
         self.wrapped = self._wrap(self.model)
         ocfg = self.config["optim"]
         self.optimizer = build_optimizer(self.model, float(ocfg["lr"]), float(ocfg["weight_decay"]), ocfg["betas"])
+        # with train.max_minutes the schedule follows the time budget (warm-up and decay fitted to it)
+        self.train_seconds, self._fit_t0 = 0.0, None
+        budget = 60.0 * float(tcfg["max_minutes"]) if tcfg.get("max_minutes") is not None else None
         self.scheduler = cosine_with_warmup(self.optimizer, int(ocfg["warmup_steps"]), int(tcfg["max_steps"]),
-                                            float(ocfg.get("min_lr_ratio", 0.0)))
+                                            float(ocfg.get("min_lr_ratio", 0.0)), budget_s=budget,
+                                            elapsed=self.elapsed_seconds)
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
         self.n_skipped, self.n_errors, self.n_flagged = 0, 0, 0
 
@@ -280,6 +284,12 @@ class Trainer:
                         self.resume_from)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the config's horizon wins over the saved one (e.g. a resume with a larger max_steps)
+        sched, tcfg = self.scheduler, self.config["train"]
+        sched.warmup_steps, sched.total_steps = int(self.config["optim"]["warmup_steps"]), max(1, int(tcfg["max_steps"]))
+        sched.budget_s = 60.0 * float(tcfg["max_minutes"]) if tcfg.get("max_minutes") is not None else None
+        sched.set_clock(self.elapsed_seconds)
+        self.train_seconds = float(state["position"].get("train_seconds", 0.0))
         self.step = int(state["step"])
         self.epoch = int(state["position"]["epoch"])
         self.micro_in_epoch = int(state["position"]["micro_in_epoch"])
@@ -334,10 +344,15 @@ class Trainer:
         rngs = gather_objects(rng_state())
         model, optim_state = self._full_model_and_optimizer()
         if self.dist.is_main:
-            position = {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "n_skipped": self.n_skipped}
+            position = {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "n_skipped": self.n_skipped,
+                        "train_seconds": self.elapsed_seconds()}
             save_checkpoint(self.ckpt_root, self.step, model, optim_state, self.scheduler, position, rngs,
                             self.config, keep=int(self.config["train"]["keep_checkpoints"]))
         return model
+
+    def elapsed_seconds(self) -> float:
+        """Training seconds of this run so far, time before a resume included (drives the time budget)."""
+        return self.train_seconds + (time.monotonic() - self._fit_t0 if self._fit_t0 is not None else 0.0)
 
     def _past(self, deadline: float) -> bool:
         """Whether rank 0 is past the time budget (every rank stops at the same step)."""
@@ -378,7 +393,10 @@ class Trainer:
         it = self._loader()
         last: Dict[str, Any] = {}
         self.model.train()
-        deadline = (time.monotonic() + 60 * float(tcfg["max_minutes"])) if tcfg.get("max_minutes") is not None else None
+        self._fit_t0 = time.monotonic()
+        # train.max_minutes bounds the whole run's training time, time before a resume included
+        deadline = (self._fit_t0 + 60 * float(tcfg["max_minutes"]) - self.train_seconds
+                    if tcfg.get("max_minutes") is not None else None)
         try:
             while self.step < max_steps:
                 t_step = time.perf_counter()
@@ -460,6 +478,7 @@ class Trainer:
                     "data_columns": dict(self.config["data"].get("columns") or {})})
                 write_model_card(self.out)
         finally:
+            self.train_seconds, self._fit_t0 = self.elapsed_seconds(), None
             bar.close()
             if metrics_fh:
                 metrics_fh.close()
