@@ -383,10 +383,11 @@ class Trainer:
             if tcfg["tensorboard"]:
                 from torch.utils.tensorboard import SummaryWriter
 
-                # purge_step: scalars logged after the checkpoint by a killed run are dropped
-                writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.resume_from else None)
-            if self.resume_from is not None:
-                self._trim_metrics()
+                # purge_step: scalars logged after the checkpoint (or, with none, at all) by a killed run are dropped
+                writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)
+            # also when no intact checkpoint exists (killed before or during the first write): a fresh
+            # start must not keep the steps the killed run logged
+            self._trim_metrics()
         metrics_fh = open(self.out / "metrics.jsonl", "a", encoding="utf-8") if self.dist.is_main else None
         bar = tqdm(total=max_steps, initial=self.step, desc="pretrain", disable=not (self.dist.is_main and tcfg["progress"]),
                    dynamic_ncols=True)
