@@ -4,7 +4,11 @@ Two kinds (faiss, inner product on L2-normalised vectors):
 
 ``ivfpq``      ``IndexIVFPQ``: a coarse k-means quantizer with ``nlist`` lists and product-quantised
                residuals, ``m`` bytes per vector (+ 8 bytes of id). For ``d = 256`` and ``m = 64``
-               that is 72 bytes per vector against 1,024 for the exact flat index.
+               that is 72 bytes per vector against 1,024 for the exact flat index. With
+               ``refine = r`` (faiss ``IndexRefineFlat``, factory ``...,RFlat``) the ``r·k`` PQ
+               candidates are re-ranked with the exact vectors, which stay in the index file and
+               are memory-mapped at load (``IO_FLAG_MMAP_IFC``): RAM holds the PQ codes, the disk
+               the vectors, and only the candidates' pages are read per query.
 ``ivf-ondisk`` ``IndexIVFFlat`` whose inverted lists live in ``index.ivfdata`` beside the index
                (faiss ``OnDiskInvertedLists``, memory-mapped): only the quantizer is resident and
                the answers are exact within the probed lists. Filled as one block per chunk and
@@ -94,7 +98,7 @@ class Gallery:
 
 
 def plan(n: int, dim: int, kind: str, *, nlist: Optional[int] = None, m: Optional[int] = None,
-         nprobe: Optional[int] = None, train_size: Optional[int] = None) -> Dict[str, Any]:
+         nprobe: Optional[int] = None, train_size: Optional[int] = None, refine: int = 0) -> Dict[str, Any]:
     """Parameters of a streamed index: nlist ≈ 4·√n (a power of two), m = dim/4 sub-quantizers (8 bits)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown streamed index kind {kind!r}; use one of {KINDS}")
@@ -105,17 +109,26 @@ def plan(n: int, dim: int, kind: str, *, nlist: Optional[int] = None, m: Optiona
         m = int(m or max(1, dim // 4))
         if dim % m:
             raise ConfigError(f"--pq-m {m} must divide the embedding dimension {dim}")
-        p.update(m=m, nbits=8)
+        p.update(m=m, nbits=8, refine=int(refine or 0))
     return {"kind": kind, "params": p}
 
 
 def _empty_index(dim: int, spec: Dict[str, Any]) -> "faiss.Index":
     p = spec["params"]
     desc = f"IVF{p['nlist']},PQ{p['m']}x{p['nbits']}" if spec["kind"] == "ivfpq" else f"IVF{p['nlist']},Flat"
+    if p.get("refine"):
+        desc += ",RFlat"
     index = faiss.index_factory(dim, desc, faiss.METRIC_INNER_PRODUCT)
     if spec["kind"] == "ivfpq":  # the factory turns on polysemous training: minutes of annealing, unused here
-        faiss.downcast_index(index).do_polysemous_training = False
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+    set_refine(index, p)
     return index
+
+
+def set_refine(index: "faiss.Index", params: Dict[str, Any]) -> None:
+    """The re-ranking depth ``k_factor`` of an ``IndexRefineFlat`` (no-op for other indexes)."""
+    if params.get("refine"):
+        faiss.downcast_index(index).k_factor = float(params["refine"])
 
 
 def _recall(found: np.ndarray, truth: np.ndarray, own: np.ndarray, k: int) -> float:
@@ -128,7 +141,9 @@ def _recall(found: np.ndarray, truth: np.ndarray, own: np.ndarray, k: int) -> fl
 
 
 def resident_bytes(index: "faiss.Index", kind: str) -> int:
-    """RAM the filled index holds: codes + ids of the lists (not for on-disk lists), quantizer, codebooks."""
+    """RAM the filled index needs: codes + ids of the lists (not for on-disk lists), quantizer, codebooks.
+
+    The exact vectors of a refined index are memory-mapped from disk, not counted."""
     ivf = faiss.extract_index_ivf(index)
     total = ivf.quantizer.ntotal * ivf.d * 4
     if kind == "ivfpq":
@@ -142,7 +157,7 @@ def resident_bytes(index: "faiss.Index", kind: str) -> int:
 
 def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", nlist: Optional[int] = None,
                     m: Optional[int] = None, nprobe: Optional[int] = None, train_size: Optional[int] = None,
-                    n_queries: int = 1000, k: int = 10, seed: int = 0, chunk: int = 262_144,
+                    refine: int = 0, n_queries: int = 1000, k: int = 10, seed: int = 0, chunk: int = 262_144,
                     progress: bool = True) -> Dict[str, Any]:
     """Build ``out/`` (``index.faiss`` [+ ``index.ivfdata``], ``index.json``, ``metadata.parquet``).
 
@@ -155,7 +170,7 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
 
     t0 = time.perf_counter()
     gal = Gallery(gallery_files(patterns))
-    spec = plan(gal.n, gal.dim, kind, nlist=nlist, m=m, nprobe=nprobe, train_size=train_size)
+    spec = plan(gal.n, gal.dim, kind, nlist=nlist, m=m, nprobe=nprobe, train_size=train_size, refine=refine)
     p = spec["params"]
     rng = np.random.default_rng(seed)
     n_queries = int(min(n_queries, max(1, gal.n // 10)))
@@ -196,7 +211,7 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
             faiss.write_index(block, blocks[-1])
             del block
         else:
-            index.add_with_ids(x, gid)
+            index.add(x)  # ids = gallery positions (chunks come in order)
         writer.write_table(pa.table({"id": pa.array(ids, pa.string())}))
         bar.update(len(x))
     bar.close()

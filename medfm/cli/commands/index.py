@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     b.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfpq", "ivf-ondisk"])
     b.add_argument("--nlist", type=int, help="streamed IVF: inverted lists (default ≈ 4·√N)")
     b.add_argument("--pq-m", type=int, help="ivfpq: bytes per vector (sub-quantizers; default dim/4)")
+    b.add_argument("--refine", type=int, default=0, metavar="R",
+                   help="ivfpq: re-rank R·k PQ candidates with the exact vectors (kept on disk, memory-mapped)")
     b.add_argument("--train-size", type=int, help="streamed IVF: vectors sampled to train the quantizers")
     b.add_argument("--recall-queries", type=int, default=1000, help="held-out queries for the recorded recall")
     b.add_argument("--flat-max", type=int, default=50_000)
@@ -84,7 +86,8 @@ def _run_streamed(args) -> int:
     if not args.embeddings or args.kind not in KINDS:
         raise UsageError(f"a streamed index needs --embeddings FILES and --kind one of {', '.join(KINDS)}")
     info = build_streaming(args.embeddings, args.out, kind=args.kind, nlist=args.nlist, m=args.pq_m,
-                           nprobe=args.nprobe, train_size=args.train_size, n_queries=args.recall_queries,
+                           nprobe=args.nprobe, train_size=args.train_size, refine=args.refine,
+                           n_queries=args.recall_queries,
                            progress=not args.no_progress)
     r = info["recall"]
     print(f"built {info['kind']} index of {info['n']} {info.get('modality') or ''} vectors ({info['params']}) in "
