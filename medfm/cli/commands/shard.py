@@ -38,11 +38,14 @@ def run(args) -> int:
     from medfm.models import resolve_config
     from medfm.registry import get_modality
 
-    columns = {}
-    if Path(args.config).is_file():
+    columns, model_cfg = {}, args.config
+    if Path(args.config).is_file():  # a run config (model + data.columns) or a model config
         raw = load_config_file(args.config)
         columns = dict((raw.get("data") or {}).get("columns") or {})
-    mcfg = resolve_config(args.config)
+        model_cfg = raw.get("model", raw)
+        if isinstance(model_cfg, str) and (Path(args.config).parent / model_cfg).is_file():
+            model_cfg = str(Path(args.config).parent / model_cfg)
+    mcfg = resolve_config(model_cfg)
     options = dict(mcfg.get("modalities") or {})
     if args.modalities:
         wanted = [m.strip() for m in args.modalities.split(",") if m.strip()]
