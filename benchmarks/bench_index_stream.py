@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--nlist", type=int, default=2048)
     ap.add_argument("--train-size", type=int, default=65_536)
+    ap.add_argument("--nprobes", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--only-refined", action="store_true", help="only the m=64 re-ranked IVF-PQ")
     args = ap.parse_args(argv)
     faiss.omp_set_num_threads(1)
     print(f"fp32 GEMM (1024², numpy, 1 thread): {gemm_gflops():.1f} GFLOP/s")
@@ -87,12 +89,14 @@ def main(argv=None) -> int:
               f"{'queries/s':>10} {'x exact':>8} {'recall@10':>10}")
         configs = [("ivfpq", {"m": 32}), ("ivfpq", {"m": 32, "refine": 10}), ("ivfpq", {"m": 64, "refine": 10}),
                    ("ivf-ondisk", {})]
+        if args.only_refined:
+            configs = [("ivfpq", {"m": 64, "refine": 10})]
         for kind, extra in configs:
             out = tmp / f"{kind}-{extra.get('m', '')}-{extra.get('refine', 0)}"
             info = build_streaming([str(f) for f in gal.files], out, kind=kind, nlist=args.nlist,
                                    train_size=args.train_size, progress=False, **extra)
             idx = VectorIndex.load(out)
-            rows = recall_sweep(idx.index, queries, heap.I, qpos, (16, 32, 64))
+            rows = recall_sweep(idx.index, queries, heap.I, qpos, args.nprobes)
             name = f"{kind}" + (f" m={extra['m']}" if extra else "") + (" +refine10" if extra.get("refine") else "")
             for i, r in enumerate(rows):
                 lead = (f"{name:<22} {info['build_seconds']:>8.1f} {info['disk_bytes'] / 2**20:>9.1f} "
