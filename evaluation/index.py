@@ -109,8 +109,10 @@ def set_search_params(index: "faiss.Index", spec: Dict[str, Any]) -> None:
     p = spec.get("params", {})
     if spec["kind"] == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = int(p.get("efSearch", 128))
-    elif spec["kind"] == "ivf":
+    elif spec["kind"] in ("ivf", "ivfpq", "ivf-ondisk"):
         faiss.extract_index_ivf(index).nprobe = int(p.get("nprobe", 8))
+        if p.get("refine"):
+            faiss.downcast_index(index).k_factor = float(p["refine"])
 
 
 class VectorIndex:
@@ -168,7 +170,11 @@ class VectorIndex:
         info = json.loads((d / "index.json").read_text())
         if info.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"{d}: index format {info.get('format')!r} not supported")
-        index = faiss.read_index(str(d / "index.faiss"))
+        # on-disk inverted lists (evaluation.index_stream) live in index.ivfdata beside index.faiss
+        # and a refined IVF-PQ's exact vectors are memory-mapped, not read into RAM
+        flags = (faiss.IO_FLAG_ONDISK_SAME_DIR if info.get("kind") == "ivf-ondisk"
+                 else faiss.IO_FLAG_MMAP_IFC if info.get("params", {}).get("refine") else 0)
+        index = faiss.read_index(str(d / "index.faiss"), flags)
         set_search_params(index, info)
         meta = pd.read_parquet(d / "metadata.parquet")
         if len(meta) != index.ntotal:

@@ -197,7 +197,11 @@ def pair_loss(
         pos = positive_mask(targets, n, view.labels[valid_local], view.labels_full[valid_full])
     scale = scale_from_log(logit_scale)
     single = view.world_size == 1  # rows == columns: one matrix serves both directions
-    if kind == "clip":
+    if kind == "clip" and single and pos is None and not hard_negative_beta:
+        from .clip_fused import symmetric_clip_sum  # one rank, plain CLIP: one (n, n) matrix kept
+
+        total = symmetric_clip_sum(rows_a, rows_b, scale)
+    elif kind == "clip":
         logits_ab = similarity_logits(rows_a, cols_b, scale)
         logits_ba = logits_ab.t() if single else similarity_logits(rows_b, cols_a, scale)
         total = 0.5 * (

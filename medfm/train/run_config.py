@@ -6,7 +6,7 @@ Validated up front — before the manifest or any data file is read — by
 
     model:       a preset name, a YAML/JSON path, or a mapping (checked by create_model)
     data:        manifest, split, columns, label_columns, batch_size, num_workers, cache_dir,
-                 root, confine_paths, limits {max_file_mb, max_elements, max_sample_mb}
+                 root, confine_paths, limits {max_file_mb, max_elements, max_sample_mb}, shards, shuffle_buffer
     objectives:  a list of {name, weight, ...objective options}
     optim:       lr, weight_decay, betas, warmup_steps, min_lr_ratio, grad_clip
     train:       max_steps, accumulation, precision, checkpoint_every, keep_checkpoints,
@@ -47,10 +47,13 @@ class DataConfig:
     root: Optional[str] = None
     confine_paths: bool = True
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    shards: Optional[str] = None
+    shuffle_buffer: int = field(default=1000, metadata=_min(1))
 
     def check(self, path: str) -> None:
-        if not self.manifest:
-            raise ConfigError("data.manifest is required (a CSV/TSV/JSONL/Parquet cohort manifest)")
+        if not self.manifest and not self.shards:
+            raise ConfigError("data.manifest is required (a CSV/TSV/JSONL/Parquet cohort manifest), "
+                              "or data.shards (a folder/URL written by `medfm shard`)")
 
 
 @dataclass

@@ -43,7 +43,8 @@ log = logging.getLogger("medfm.train")
 DEFAULT_RUN: Dict[str, Any] = {
     "model": {"name": "medfm-tiny"},
     "data": {"manifest": None, "split": "train", "columns": {}, "label_columns": [], "batch_size": 16,
-             "num_workers": 0, "cache_dir": None, "root": None, "confine_paths": True, "limits": {}},
+             "num_workers": 0, "cache_dir": None, "root": None, "confine_paths": True, "limits": {},
+             "shards": None, "shuffle_buffer": 1000},
     "objectives": [{"name": "clip", "weight": 1.0}],
     "optim": {"lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_steps": 10, "min_lr_ratio": 0.0,
               "grad_clip": 1.0},
@@ -118,10 +119,15 @@ class Trainer:
         if tcfg.get("num_threads"):  # tiny models on a CPU often run faster on one thread
             torch.set_num_threads(int(tcfg["num_threads"]))
         torch.manual_seed(int(tcfg["seed"]))  # identical initial weights on every rank
-        manifest = Path(dcfg["manifest"])
+        self.shards = None
+        if dcfg.get("shards"):  # streaming from `medfm shard` output (medfm.data.shard_stream)
+            from ..data.shards import fit_frame, open_index
+
+            self.shards = open_index(dcfg["shards"])
+        manifest = Path(dcfg["manifest"] or self.shards.url("index.json"))
         if not manifest.is_absolute() and config_dir is not None and not manifest.exists():
             manifest = Path(config_dir) / manifest
-        df = read_manifest(manifest)
+        df = read_manifest(manifest) if dcfg["manifest"] else fit_frame(self.shards)
         # the "train" split when the manifest has a split column; every row otherwise
         self.df = select_split(df, dcfg["split"]) if dcfg.get("split") and "split" in df.columns else df
         if len(self.df) == 0:
@@ -134,12 +140,22 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         torch.manual_seed(int(tcfg["seed"]) + self.dist.rank)  # per-rank randomness (MAE masks) from here on
         self.objective = build_objective(self.config["objectives"])
-        self.dataset = ManifestDataset(self.df, self.model.adapters, train=True,
-                                       label_columns=dcfg.get("label_columns") or (), columns=dcfg.get("columns"),
-                                       cache_dir=dcfg.get("cache_dir"), seed=int(tcfg["seed"]),
-                                       root=self._data_root(), confine=bool(dcfg.get("confine_paths", True)))
-        self.sampler = ResumableSampler(len(self.dataset), shuffle=True, seed=int(tcfg["seed"]),
-                                        rank=self.dist.rank, world_size=self.dist.world_size)
+        if self.shards is not None:  # the shards hold the samples (shard with --split train)
+            from ..data.shard_stream import ShardStream
+            from ..data.shards import check_adapters
+
+            check_adapters(self.shards, self.model.adapters)
+            self.dataset = ShardStream(self.shards, self.model.adapters, batch_size=int(dcfg["batch_size"]),
+                                       seed=int(tcfg["seed"]), shuffle_buffer=int(dcfg["shuffle_buffer"]),
+                                       label_columns=dcfg.get("label_columns") or (), rank=self.dist.rank,
+                                       world_size=self.dist.world_size, num_workers=int(dcfg.get("num_workers") or 0))
+        else:
+            self.dataset = ManifestDataset(self.df, self.model.adapters, train=True,
+                                           label_columns=dcfg.get("label_columns") or (), columns=dcfg.get("columns"),
+                                           cache_dir=dcfg.get("cache_dir"), seed=int(tcfg["seed"]),
+                                           root=self._data_root(), confine=bool(dcfg.get("confine_paths", True)))
+            self.sampler = ResumableSampler(len(self.dataset), shuffle=True, seed=int(tcfg["seed"]),
+                                            rank=self.dist.rank, world_size=self.dist.world_size)
         self.wrapped = self._wrap(self.model)
         ocfg = self.config["optim"]
         self.optimizer = build_optimizer(self.model, float(ocfg["lr"]), float(ocfg["weight_decay"]), ocfg["betas"])
@@ -257,6 +273,11 @@ class Trainer:
     def _loader(self) -> Iterator[Dict[str, Any]]:
         dcfg = self.config["data"]
         bs = int(dcfg["batch_size"])
+        if self.shards is not None:
+            from ..data.shard_stream import shard_loader
+
+            self.dataset.set_epoch(self.epoch, start=self.micro_in_epoch)
+            return iter(shard_loader(self.dataset, pin_memory=self.dist.device.type == "cuda"))
         self.sampler.set_epoch(self.epoch, start=self.micro_in_epoch * bs)
         self.dataset.set_epoch(self.epoch)
         nw = int(dcfg.get("num_workers") or 0)

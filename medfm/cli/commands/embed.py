@@ -1,6 +1,7 @@
 """``medfm embed``: write the embeddings of a manifest's modality to one safetensors file."""
 from __future__ import annotations
 
+import os
 import sys
 
 from medfm.errors import DataError
@@ -11,7 +12,9 @@ def register(subparsers) -> None:
         "embed", help="embed a manifest's modality with a model and write ids + embeddings",
         description="Embed every sample of a manifest that holds MODALITY. Output: a .safetensors file with "
                     "tensor 'embeddings' (N, D) float32 and metadata 'ids' (JSON), 'skipped' (unreadable "
-                    "samples with reasons), 'absent', 'modality', 'model_fingerprint'.")
+                    "samples with reasons), 'absent', 'modality', 'model_fingerprint'. Under torchrun "
+                    "(torchrun --nproc_per_node N -m medfm embed ...) each rank embeds a contiguous part and writes "
+                    "OUT.rankR-of-N.safetensors; rank 0 merges them into OUT, equal to a single-process run.")
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--manifest", required=True, help="CSV/TSV/JSONL/Parquet manifest")
     p.add_argument("--modality", required=True, help="modality to embed (a model tower)")
@@ -39,8 +42,16 @@ def run(args) -> int:
     require_modality(model, args.modality)
     df = open_manifest(args.manifest, split=args.split)
     column = column_map(args, args.model).get(args.modality)
-    emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=column,
-                         progress=not args.no_progress)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank writes a part, rank 0 merges
+        from medfm.evaluation.embed_dist import embed_ranks
+
+        emb = embed_ranks(model, df, args.modality, out=args.out, batch_size=args.batch_size, column=column,
+                          progress=not args.no_progress, model_fingerprint=fp, model_dir=args.model)
+        if emb is None:
+            return 0
+    else:
+        emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=column,
+                             progress=not args.no_progress)
     msg = report_skipped(emb, args.modality)
     if msg:
         print(msg, file=sys.stderr)

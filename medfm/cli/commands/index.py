@@ -13,12 +13,23 @@ def register(subparsers) -> None:
         description="Writes DIR/index.faiss, DIR/index.json (kind, parameters, model fingerprint) and "
                     "DIR/metadata.parquet (ids and the --label-columns you name; nothing else from the "
                     "manifest is stored, so no PHI). Kind 'auto': exact IndexFlatIP up to --flat-max "
-                    "vectors, IVF (inner product) above; 'hnsw' on request.")
-    b.add_argument("--model", required=True)
-    b.add_argument("--manifest", required=True)
-    b.add_argument("--modality", required=True)
+                    "vectors, IVF (inner product) above; 'hnsw' on request. For galleries that do not fit in "
+                    "RAM, --embeddings FILES (medfm embed outputs, e.g. the per-rank parts) with --kind ivfpq "
+                    "or ivf-ondisk streams them: trained on a sample, filled chunk by chunk, its recall@10 "
+                    "against exact search on held-out queries recorded in index.json.")
+    b.add_argument("--model")
+    b.add_argument("--manifest")
+    b.add_argument("--modality")
+    b.add_argument("--embeddings", nargs="+", metavar="FILE_OR_GLOB",
+                   help="build from embedding files by streaming (with --kind ivfpq or ivf-ondisk)")
     b.add_argument("--out", required=True, help="output directory")
-    b.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"])
+    b.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfpq", "ivf-ondisk"])
+    b.add_argument("--nlist", type=int, help="streamed IVF: inverted lists (default ≈ 4·√N)")
+    b.add_argument("--pq-m", type=int, help="ivfpq: bytes per vector (sub-quantizers; default dim/4)")
+    b.add_argument("--refine", type=int, default=0, metavar="R",
+                   help="ivfpq: re-rank R·k PQ candidates with the exact vectors (kept on disk, memory-mapped)")
+    b.add_argument("--train-size", type=int, help="streamed IVF: vectors sampled to train the quantizers")
+    b.add_argument("--recall-queries", type=int, default=1000, help="held-out queries for the recorded recall")
     b.add_argument("--flat-max", type=int, default=50_000)
     b.add_argument("--nprobe", type=int, help="IVF: inverted lists probed per query (speed/recall trade-off)")
     b.add_argument("--ef-search", type=int, help="HNSW: efSearch (speed/recall trade-off)")
@@ -38,6 +49,11 @@ def run(args) -> int:
     from medfm.evaluation.index import VectorIndex, choose_index
     from medfm.errors import DataError, UsageError
 
+    if args.embeddings or args.kind in ("ivfpq", "ivf-ondisk"):
+        return _run_streamed(args)
+    missing = [f"--{k}" for k in ("model", "manifest", "modality") if not getattr(args, k)]
+    if missing:
+        raise UsageError(f"index build needs {', '.join(missing)} (or --embeddings FILES with --kind ivfpq)")
     cols = [c.strip() for c in args.label_columns.split(",") if c.strip()]
     model, fp = load_model(args.model)
     require_modality(model, args.modality)
@@ -66,4 +82,22 @@ def run(args) -> int:
     path = index.save(args.out)
     print(f"built {index.info['kind']} index of {len(index)} {args.modality} vectors "
           f"({index.info['params'] or 'exact'}) in {path}")
+    return 0
+
+
+def _run_streamed(args) -> int:
+    from medfm.errors import UsageError
+    from medfm.evaluation.index_stream import KINDS, build_streaming
+
+    if not args.embeddings or args.kind not in KINDS:
+        raise UsageError(f"a streamed index needs --embeddings FILES and --kind one of {', '.join(KINDS)}")
+    info = build_streaming(args.embeddings, args.out, kind=args.kind, nlist=args.nlist, m=args.pq_m,
+                           nprobe=args.nprobe, train_size=args.train_size, refine=args.refine,
+                           n_queries=args.recall_queries,
+                           progress=not args.no_progress)
+    r = info["recall"]
+    print(f"built {info['kind']} index of {info['n']} {info.get('modality') or ''} vectors ({info['params']}) in "
+          f"{args.out}: recall@{r['k']} {r['recall_at_k']:.3f} vs exact on {r['n_queries']} held-out queries; "
+          f"{info['memory_bytes'] / 2**20:.1f} MiB in RAM (flat: {info['flat_memory_bytes'] / 2**20:.1f} MiB), "
+          f"{info['disk_bytes'] / 2**20:.1f} MiB on disk, {info['build_seconds']:.1f} s")
     return 0

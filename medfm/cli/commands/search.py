@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -71,10 +72,15 @@ def run(args) -> int:
         value, label = _query_value(adapter, args.query), args.query
     z = encode_values(model, modality, [value], source=label)
     hits = index.search_records(z, args.k)[0]
+    answered = {"kind": index.info.get("kind"), "params": index.info.get("params", {}),
+                "recall_at_build": index.info.get("recall")}
     if args.json:
         print(json.dumps({"query": label if args.text is None else args.text, "query_modality": modality,
-                          "index_modality": index.info.get("modality"), "results": hits}, indent=2))
+                          "index_modality": index.info.get("modality"), "index": answered, "results": hits}, indent=2))
         return 0
+    rec = answered["recall_at_build"]
+    print(f"index: {answered['kind']} {answered['params'] or '(exact)'}"
+          + (f", recall@{rec['k']} {rec['recall_at_k']:.3f} vs exact at build" if rec else ""), file=sys.stderr)
     cols = index.info.get("metadata_columns", [])
     print("\t".join(["rank", "id", "score"] + cols))
     for h in hits:
