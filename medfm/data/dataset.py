@@ -17,6 +17,9 @@ from .manifest import is_missing
 
 log = logging.getLogger("medfm.data")
 
+#: item key an adapter may set to an int ≥ 0 equal for identical content (duplicate-aware contrastive targets)
+CONTENT_KEY = "content_key"
+
 
 def build_label_vocab(df: pd.DataFrame, columns: Iterable[str]) -> Dict[str, List[str]]:
     """Sorted distinct non-empty values of each label column."""
@@ -128,7 +131,14 @@ class MultiModalCollate:
          "present": {mod: BoolTensor(B)},
          "inputs": {mod: adapter.collate(rows of samples that have mod)},
          "labels": {col: LongTensor(B)  (-1 = missing)},
+         "keys": {mod: LongTensor(B)  (-1 = absent or no key)},
          "n_skipped": int, "errors": [(id, modality, reason)]}
+
+    ``keys`` are the items' ``"content_key"`` entries (an int ≥ 0 that is equal for
+    identical content, e.g. the hash of a normalised report; see
+    :data:`CONTENT_KEY`), taken out of the inputs; the contrastive objectives treat
+    equal keys as positives. Every modality gets a row of keys (all -1 when its adapter
+    sets none), so every rank of a distributed run gathers the same ones.
     """
 
     def __init__(self, adapters: Mapping[str, Any]):
@@ -142,13 +152,16 @@ class MultiModalCollate:
             "id": [it["id"] for it in kept],
             "patient_id": [it["patient_id"] for it in kept],
             "index": torch.tensor([it["index"] for it in kept], dtype=torch.long),
-            "present": {}, "inputs": {}, "labels": {},
+            "present": {}, "inputs": {}, "labels": {}, "keys": {},
             "n_skipped": n_skipped, "errors": errors,
         }
         for mod, adapter in self.adapters.items():
             present = torch.tensor([mod in it["inputs"] for it in kept], dtype=torch.bool)
             batch["present"][mod] = present
             rows = [it["inputs"][mod] for it in kept if mod in it["inputs"]]
+            batch["keys"][mod] = torch.tensor([int(it["inputs"][mod].get(CONTENT_KEY, -1)) if mod in it["inputs"]
+                                               else -1 for it in kept], dtype=torch.long)
+            rows = [{k: v for k, v in r.items() if k != CONTENT_KEY} if CONTENT_KEY in r else r for r in rows]
             if rows:
                 batch["inputs"][mod] = adapter.collate(rows)
         if kept:
