@@ -140,7 +140,7 @@ def test_reports_retrieval_and_tfidf(quick_run):
     rep = res["blocks"]["reports"]
     assert {"tfidf", "random"} <= set(rep["baselines"])
     n = rep["tables"]["split"][1]["reports"]
-    for model in ("mlm", "random", "tfidf"):
+    for model in ("clip", "random", "tfidf"):
         r = [_value(rep, f"{model}/findings_to_impression_R@{k}") for k in (1, 5, 10)]
         assert r[0] <= r[1] <= r[2] <= 1.0
     # TF-IDF matches a report's findings to its own impression far above chance (10 / n at k = 10)

@@ -102,3 +102,27 @@ def test_collate_keys_identical_reports_and_objective_uses_them():
     assert float(off) == pytest.approx(ref_dup_clip(emb["ecg"], emb["text"], ls, None, None), rel=1e-6)
     assert float(on) == pytest.approx(ref_dup_clip(emb["ecg"], emb["text"], ls, None, keys.tolist()), rel=1e-6)
     assert abs(float(on) - float(off)) > 1e-3
+
+
+def test_two_text_modalities_by_adapter_alias_round_trip(tmp_path):
+    """``{"impression": {"adapter": "text"}}``: a second text tower; the checkpoint rebuilds it."""
+    from medfm.errors import ConfigError
+
+    hf = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    adapters = {}
+    for name, texts in (("findings", ["heart size normal", "left effusion"]), ("impression", ["no acute disease"])):
+        adapters[name] = medfm.get_modality(name, adapter="text", vocab_size=60, min_frequency=1, max_length=12,
+                                            hf_config=hf)
+        adapters[name].fit(texts * 3)
+    model = medfm.create_model({"name": "medfm-tiny", "modalities": {}}, adapters=adapters).eval()
+    assert model.modalities == ["findings", "impression"]
+    assert model.config_with_adapters()["modalities"]["impression"]["adapter"] == "text"
+    model.save_pretrained(tmp_path / "m")
+    back = medfm.load_pretrained(tmp_path / "m").eval()
+    from medfm.evaluation.embed import encode_values
+
+    for m in ("findings", "impression"):
+        torch.testing.assert_close(torch.from_numpy(encode_values(back, m, ["left effusion"])),
+                                   torch.from_numpy(encode_values(model, m, ["left effusion"])))
+    with pytest.raises(ConfigError, match="findings"):
+        medfm.get_modality("findings")  # without adapter= the name must be a registered modality

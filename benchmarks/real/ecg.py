@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,8 @@ SNOMED_NAMES = {
 }
 ECG_OPTIONS = {"fs": 500, "duration": 10.0, "patch_size": 50, "per_channel": False, "mask_ratio": 0.75,
                "random_crop": True}
+#: the MAE's ECG options (chosen on the training sources only; see README and :func:`tune`)
+MAE_OPTIONS = dict(ECG_OPTIONS)
 
 
 def source_of(record: str) -> str:
@@ -92,7 +94,7 @@ def read_records(data_dir: Path, max_per_source=None) -> pd.DataFrame:
                 row["problems"].append(f"shorter than {ECG_OPTIONS['duration']} s (padded)")
             item = adapter.preprocess(r, train=False)
             row["preprocessed_shape"] = "x".join(map(str, item["x"].shape))
-            row["item"] = item
+            row["record_obj"] = r
             feats, summ = ecg_features(x, fs)
             row["features"] = feats
             row.update({k: round(v, 1) for k, v in summ.items()})
@@ -161,9 +163,54 @@ def encode_items(model, items: List[Dict[str, Any]], batch_size: int = 16) -> np
                            for s in range(0, len(items), batch_size)])
 
 
-def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
-    import torch
+def mae_config(budget: Dict[str, Any], seed: int, ecg_options: Dict[str, Any], *, lr: float = None,
+               mask_ratio: float = None, steps: int = None) -> Dict[str, Any]:
+    """Run config of one fold's ECG MAE (one thread: a tiny model on a shared CPU; see README)."""
+    steps = int(steps or budget["mae_steps"])
+    mask_ratio = float(mask_ratio if mask_ratio is not None else ecg_options.get("mask_ratio", 0.75))
+    return {"model": {**TRUNK, "modalities": {"ecg": {**ecg_options, "mask_ratio": mask_ratio}}},
+            "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"])},
+            "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": mask_ratio}],
+            "optim": {"lr": float(lr or budget.get("lr", 1e-3)), "weight_decay": 0.05,
+                      "warmup_steps": max(1, steps // 10)},
+            "train": {"max_steps": steps, "seed": seed, "num_threads": 1}}
 
+
+def fold_embeddings(ok: pd.DataFrame, budget: Dict[str, Any], seed: int, out_dir: Path, ecg_options: Dict[str, Any],
+                    sw: Stopwatch = None, **cfg_kw) -> Tuple[Dict[str, np.ndarray], np.ndarray, Dict[str, Any]]:
+    """Per held-out source: an MAE pretrained on the other two sources embeds every record.
+
+    Returns ``({held-out source: (N, D)}, random-weights embeddings (N, D), training infos)``.
+    """
+    import torch
+    import medfm
+
+    sw = sw or Stopwatch()
+    adapter = medfm.get_modality("ecg", **ecg_options)
+    with sw("preprocess"):
+        items = [{"x": adapter.preprocess(r, train=False)["x"]} for r in ok["record_obj"]]
+    manifest = pd.DataFrame({"id": ok["record"], "patient_id": ok["record"], "split": "train", "ecg": ok["path"],
+                             "source": ok["source"]})
+    emb: Dict[str, np.ndarray] = {}
+    emb_rand, infos = None, {}
+    threads = torch.get_num_threads()
+    try:
+        # The MAE of each fold sees the ECGs of the two training sources only (no labels, no test source).
+        for held in sorted(ok["source"].unique()):
+            with sw("mae_pretrain"):
+                model, init, info = pretrain(mae_config(budget, seed, ecg_options, **cfg_kw),
+                                             manifest[manifest["source"] != held], out_dir / f"mae_without_{held}")
+            infos[f"mae_without_{held}"] = info
+            with sw("embed"), torch.no_grad():
+                emb[held] = encode_items(model, items)
+                if emb_rand is None:
+                    emb_rand = encode_items(init, items)
+    finally:
+        torch.set_num_threads(threads)
+    return emb, emb_rand, infos
+
+
+def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
     out_dir = Path(out_dir)
     sw = Stopwatch()
     res = block_result(budget=dict(budget))
@@ -186,26 +233,7 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
         feats = np.stack(ok["features"].to_list())
         base = probe_codes(feats, ok, codes, n_boot=nb, seed=seed)
     res["baselines"] += ["simple_features", "random"]
-    manifest = pd.DataFrame({"id": ok["record"], "patient_id": ok["record"], "split": "train", "ecg": ok["path"],
-                             "source": ok["source"]})
-    emb_mae: Dict[str, np.ndarray] = {}
-    emb_rand = None
-    res["training"] = {}
-    # The MAE of each fold sees the ECGs of the two training sources only (no labels, no test source).
-    for held in sorted(ok["source"].unique()):
-        cfg = {"model": {**TRUNK, "modalities": {"ecg": dict(ECG_OPTIONS)}},
-               "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"])},
-               "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": 0.75}],
-               "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["mae_steps"]) // 10)},
-               "train": {"max_steps": int(budget["mae_steps"]), "seed": seed}}
-        with sw("mae_pretrain"):
-            model, init, info = pretrain(cfg, manifest[manifest["source"] != held], out_dir / f"mae_without_{held}")
-        res["training"][f"mae_without_{held}"] = info
-        with sw("embed"), torch.no_grad():
-            items = [{"x": it["x"]} for it in ok["item"]]
-            emb_mae[held] = encode_items(model, items)
-            if emb_rand is None:
-                emb_rand = encode_items(init, items)
+    emb_mae, emb_rand, res["training"] = fold_embeddings(ok, budget, seed, out_dir, MAE_OPTIONS, sw)
     with sw("probes"):
         mae = probe_codes(emb_mae, ok, codes, n_boot=nb, seed=seed)
         rnd = probe_codes(emb_rand, ok, codes, n_boot=nb, seed=seed)
@@ -225,3 +253,57 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
                    "names": [SNOMED_NAMES.get(c, c) for c in codes]}
     res["timing_s"] = sw.times
     return res
+
+
+# ----------------------------------------------------------------- tuning
+#: variants of :func:`tune`: ECG options over :data:`ECG_OPTIONS` and config keywords
+ECG_VARIANTS: Dict[str, Dict[str, Any]] = {
+    "base": {"opts": {}, "cfg": {}},                                          # 500 Hz, 50-sample patches, 30 steps
+    "steps150": {"opts": {}, "cfg": {"steps": 150}},
+    "fs100_p25": {"opts": {"fs": 100, "patch_size": 25}, "cfg": {"steps": 150}},
+    "fs100_p50_perlead": {"opts": {"fs": 100, "patch_size": 50, "per_channel": True}, "cfg": {"steps": 150}},
+    "fs100_p25_mask50": {"opts": {"fs": 100, "patch_size": 25}, "cfg": {"steps": 150, "mask_ratio": 0.5}},
+    "fs100_p25_mv": {"opts": {"fs": 100, "patch_size": 25, "normalize": "none"}, "cfg": {"steps": 150}},
+    "fs100_p25_cls": {"opts": {"fs": 100, "patch_size": 25, "pool": "cls"}, "cfg": {"steps": 150}},
+    "fs100_p25_600": {"opts": {"fs": 100, "patch_size": 25}, "cfg": {"steps": 600}},
+}
+
+
+def tune(data_dir: Path, out: Path, only=()) -> None:
+    """Validation-only comparison of ECG variants (see :mod:`benchmarks.real.tune`).
+
+    Score: macro AUROC of the probes trained on one *training* source and scored on the
+    other, pooled over the three folds — the held-out source of a fold is never scored.
+    """
+    import json
+    import time
+    from . import BUDGETS
+
+    budget = BUDGETS["full"]["ecg"]
+    ok = read_records(data_dir)
+    ok = ok[ok["ok"]].reset_index(drop=True)
+    counts = Counter(c for dx in ok["dx"] for c in dx)
+    codes = [c for c, _ in counts.most_common(int(budget["top_codes"]))]
+    for name, v in ECG_VARIANTS.items():
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        emb, rand, infos = fold_embeddings(ok, budget, 0, out / f"ecg_{name}", {**ECG_OPTIONS, **v["opts"]}, **v["cfg"])
+        scores, ys = [], []
+        row = {"variant": name, "seconds": round(time.perf_counter() - t0, 1)}
+        for label, E in (("mae", emb), ("random", {h: rand for h in emb})):
+            val_scores, val_y = [], []
+            for held, X in E.items():
+                inner = (ok["source"] != held).to_numpy()
+                r = probe_codes(X[inner], ok[inner].reset_index(drop=True), codes, n_boot=0, seed=0)
+                val_scores.append(r["_scores"])
+                val_y.append(r["_y"])
+            from medfm.evaluation.metrics import metrics_with_ci
+            names = [SNOMED_NAMES.get(c, c) for c in codes]
+            point, _ = metrics_with_ci(np.concatenate(val_y), np.concatenate(val_scores), groups=None,
+                                       class_names=names, n_boot=0, seed=0)
+            row[f"val_macro_auroc_{label}"] = point.get("macro_auroc")
+        row["loss_first_last"] = [[round(i["loss_first"], 3), round(i["loss_last"], 3)] for i in infos.values()]
+        print(json.dumps(row), flush=True)
+        with open(out / "tune_ecg.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")

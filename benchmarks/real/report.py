@@ -34,9 +34,9 @@ HEADLINE: List[Tuple[str, str, str, str]] = [
     ("dna", "zeroshot_genus_acc_unseen_species_genus_in_train", "clibd", ""),
     ("dna", "zeroshot_genus_acc_seen_test", "clibd", ""),
     ("ecg", "macro_auroc", "mae", "simple_features"),
-    ("reports", "findings_to_impression_R@1", "mlm", "tfidf"),
-    ("reports", "findings_to_impression_R@5", "mlm", "tfidf"),
-    ("reports", "findings_to_impression_R@10", "mlm", "tfidf"),
+    ("reports", "findings_to_impression_R@1", "clip", "tfidf"),
+    ("reports", "findings_to_impression_R@5", "clip", "tfidf"),
+    ("reports", "findings_to_impression_R@10", "clip", "tfidf"),
 ]
 
 
@@ -175,7 +175,7 @@ def block_plots(name: str, rec: Dict[str, Any], out: Path) -> List[Path]:
         plots.append(loss_plot({k: v.get("losses", []) for k, v in rec.get("training", {}).items()},
                                out / "ecg_loss.png"))
     elif name == "reports":
-        plots.append(bar_ci(group([f"findings_to_impression_R@{k}" for k in (1, 5, 10)], ["mlm", "random", "tfidf"]),
+        plots.append(bar_ci(group([f"findings_to_impression_R@{k}" for k in (1, 5, 10)], ["clip", "random", "tfidf"]),
                             out / "reports_recall.png", "Findings → impression retrieval (95% CI)", "recall"))
         plots.append(loss_plot({k: v.get("losses", []) for k, v in rec.get("training", {}).items()
                                 if isinstance(v, dict)}, out / "reports_loss.png"))
