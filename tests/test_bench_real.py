@@ -106,7 +106,7 @@ def test_ecg_records_table_probes_and_feature_baseline(quick_run):
     assert len(rows) == ecg["metrics"]["records_read"]["n"] > 0
     assert {r["source"] for r in rows} == {"Georgia", "PTB-XL", "Ningbo"}
     assert all(r["leads_found"] == 12 and r["duration_s"] == 10.0 for r in rows)
-    for rep in ("mae", "random", "simple_features"):
+    for rep in ("pretrained", "random", "simple_features"):
         assert f"{rep}/macro_auroc" in ecg["metrics"]
         assert len(ecg["tables"][f"folds_{rep}"]) == 3 * res["budgets"]["ecg"]["top_codes"]
     # heart rate from R peaks agrees with the cardiologists' labels: sinus tachycardia means > 100 bpm,

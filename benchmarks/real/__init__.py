@@ -30,7 +30,7 @@ BUDGETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "full": {
         "dna": {"n_species": None, "n_per_species": None, "n_unseen": 20, "n_test_per_species": 10,
                 "n_val_per_species": 5, "mlm_steps": 100, "clibd_steps": 60, "batch_size": 32, "n_boot": 500},
-        "ecg": {"max_per_source": None, "mae_steps": 30, "batch_size": 8, "top_codes": 4, "n_boot": 1000},
+        "ecg": {"max_per_source": None, "mae_steps": 150, "batch_size": 8, "top_codes": 4, "n_boot": 1000},
         "imaging": {"ct_size": [32, 128, 128]},
         "reports": {"n_reports": None, "clip_steps": 150, "batch_size": 64, "max_length": 64, "lr": 1e-3,
                     "n_boot": 1000},

@@ -40,8 +40,11 @@ SNOMED_NAMES = {
 }
 ECG_OPTIONS = {"fs": 500, "duration": 10.0, "patch_size": 50, "per_channel": False, "mask_ratio": 0.75,
                "random_crop": True}
-#: the MAE's ECG options (chosen on the training sources only; see README and :func:`tune`)
-MAE_OPTIONS = dict(ECG_OPTIONS)
+#: the pretrained tower's ECG options, chosen on the training sources only (README, :func:`tune`):
+#: 100 Hz, 0.25 s patches, 5 s windows (two random crops of a record are the contrastive views)
+MAE_OPTIONS = {**ECG_OPTIONS, "fs": 100, "patch_size": 25, "duration": 5.0}
+#: objective weights of the shipped variant ("views5s" of :data:`ECG_VARIANTS`)
+PRETRAIN = {"views": 1.0, "mae": 0.0}
 
 
 def source_of(record: str) -> str:
@@ -164,13 +167,23 @@ def encode_items(model, items: List[Dict[str, Any]], batch_size: int = 16) -> np
 
 
 def mae_config(budget: Dict[str, Any], seed: int, ecg_options: Dict[str, Any], *, lr: float = None,
-               mask_ratio: float = None, steps: int = None) -> Dict[str, Any]:
-    """Run config of one fold's ECG MAE (one thread: a tiny model on a shared CPU; see README)."""
+               mask_ratio: float = None, steps: int = None, views: float = 0.0, mae: float = 1.0) -> Dict[str, Any]:
+    """Run config of one fold's ECG pretraining (one thread: a tiny model on a shared CPU; see README).
+
+    ``mae``: weight of the MAE loss. ``views`` > 0 adds, with that weight, CLIP between two
+    random crops of the same record (``ecg`` and ``ecg_view``, a second ECG tower; CLOCS-style
+    record-level positives): what stays the same along a record — rhythm, rate, morphology.
+    """
     steps = int(steps or budget["mae_steps"])
     mask_ratio = float(mask_ratio if mask_ratio is not None else ecg_options.get("mask_ratio", 0.75))
-    return {"model": {**TRUNK, "modalities": {"ecg": {**ecg_options, "mask_ratio": mask_ratio}}},
-            "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"])},
-            "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": mask_ratio}],
+    mods = {"ecg": {**ecg_options, "mask_ratio": mask_ratio}}
+    objectives = [{"name": "masked", "weight": float(mae), "mask_ratio": mask_ratio, "modalities": ["ecg"]}] if mae else []
+    if views:
+        mods["ecg_view"] = {**mods["ecg"], "adapter": "ecg"}
+        objectives.append({"name": "clip", "weight": float(views), "modalities": ["ecg", "ecg_view"]})
+    return {"model": {**TRUNK, "modalities": mods},
+            "data": {"split": "train", "columns": {m: "ecg" for m in mods}, "batch_size": int(budget["batch_size"])},
+            "objectives": objectives,
             "optim": {"lr": float(lr or budget.get("lr", 1e-3)), "weight_decay": 0.05,
                       "warmup_steps": max(1, steps // 10)},
             "train": {"max_steps": steps, "seed": seed, "num_threads": 1}}
@@ -188,7 +201,19 @@ def fold_embeddings(ok: pd.DataFrame, budget: Dict[str, Any], seed: int, out_dir
     sw = sw or Stopwatch()
     adapter = medfm.get_modality("ecg", **ecg_options)
     with sw("preprocess"):
-        items = [{"x": adapter.preprocess(r, train=False)["x"]} for r in ok["record_obj"]]
+        # a window shorter than the records: embed consecutive windows and average the embeddings
+        n_win = max(1, int(round(10.0 / float(adapter.options["duration"]))))
+        windows = []
+        for w in range(n_win):
+            wins = []
+            for r in ok["record_obj"]:
+                start = int(round(w * float(adapter.options["duration"]) * float(r.meta["fs"])))
+                wins.append({"x": adapter.preprocess(type(r)(r.data[:, start:], r.meta), train=False)["x"]})
+            windows.append(wins)
+
+    def encode_all(m):
+        return np.mean([encode_items(m, items) for items in windows], axis=0)
+
     manifest = pd.DataFrame({"id": ok["record"], "patient_id": ok["record"], "split": "train", "ecg": ok["path"],
                              "source": ok["source"]})
     emb: Dict[str, np.ndarray] = {}
@@ -197,14 +222,16 @@ def fold_embeddings(ok: pd.DataFrame, budget: Dict[str, Any], seed: int, out_dir
     try:
         # The MAE of each fold sees the ECGs of the two training sources only (no labels, no test source).
         for held in sorted(ok["source"].unique()):
-            with sw("mae_pretrain"):
+            with sw("pretrain"):
                 model, init, info = pretrain(mae_config(budget, seed, ecg_options, **cfg_kw),
-                                             manifest[manifest["source"] != held], out_dir / f"mae_without_{held}")
-            infos[f"mae_without_{held}"] = info
+                                             manifest[manifest["source"] != held], out_dir / f"pretrain_without_{held}")
+            infos[f"pretrain_without_{held}"] = info
+            if info["n_skipped"]:
+                raise RuntimeError(f"pretraining without {held}: {info['n_skipped']} training samples could not be read")
             with sw("embed"), torch.no_grad():
-                emb[held] = encode_items(model, items)
+                emb[held] = encode_all(model)
                 if emb_rand is None:
-                    emb_rand = encode_items(init, items)
+                    emb_rand = encode_all(init)
     finally:
         torch.set_num_threads(threads)
     return emb, emb_rand, infos
@@ -233,23 +260,23 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
         feats = np.stack(ok["features"].to_list())
         base = probe_codes(feats, ok, codes, n_boot=nb, seed=seed)
     res["baselines"] += ["simple_features", "random"]
-    emb_mae, emb_rand, res["training"] = fold_embeddings(ok, budget, seed, out_dir, MAE_OPTIONS, sw)
+    emb_mae, emb_rand, res["training"] = fold_embeddings(ok, budget, seed, out_dir, MAE_OPTIONS, sw, **PRETRAIN)
     with sw("probes"):
         mae = probe_codes(emb_mae, ok, codes, n_boot=nb, seed=seed)
         rnd = probe_codes(emb_rand, ok, codes, n_boot=nb, seed=seed)
     from . import verdict
-    for rep, r in (("mae", mae), ("random", rnd), ("simple_features", base)):
+    for rep, r in (("pretrained", mae), ("random", rnd), ("simple_features", base)):
         for k, v in r.items():
             if not k.startswith("_") and k != "folds":
                 res["metrics"][f"{rep}/{k}"] = v
         res["tables"][f"folds_{rep}"] = r["folds"]
     for k in [k for k in mae if k.startswith("auroc/") or k == "macro_auroc"]:
         for bname, b in (("simple_features", base), ("random", rnd)):
-            res["comparisons"].append({"task": f"ecg {k}", "ours": "mae", "baseline": bname,
+            res["comparisons"].append({"task": f"ecg {k}", "ours": "pretrained", "baseline": bname,
                                        "ours_value": mae[k]["value"], "baseline_value": b[k]["value"],
                                        "verdict": verdict(mae[k], b[k])})
     res["codes"] = codes
-    res["_roc"] = {"y": mae["_y"], "mae": mae["_scores"], "simple_features": base["_scores"],
+    res["_roc"] = {"y": mae["_y"], "pretrained": mae["_scores"], "simple_features": base["_scores"],
                    "names": [SNOMED_NAMES.get(c, c) for c in codes]}
     res["timing_s"] = sw.times
     return res
@@ -266,6 +293,8 @@ ECG_VARIANTS: Dict[str, Dict[str, Any]] = {
     "fs100_p25_mv": {"opts": {"fs": 100, "patch_size": 25, "normalize": "none"}, "cfg": {"steps": 150}},
     "fs100_p25_cls": {"opts": {"fs": 100, "patch_size": 25, "pool": "cls"}, "cfg": {"steps": 150}},
     "fs100_p25_600": {"opts": {"fs": 100, "patch_size": 25}, "cfg": {"steps": 600}},
+    "views5s": {"opts": {"fs": 100, "patch_size": 25, "duration": 5.0}, "cfg": {"steps": 150, "views": 1.0, "mae": 0.0}},
+    "views5s_mae": {"opts": {"fs": 100, "patch_size": 25, "duration": 5.0}, "cfg": {"steps": 150, "views": 1.0, "mae": 0.5}},
 }
 
 

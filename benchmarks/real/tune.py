@@ -86,10 +86,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     only = {s for s in args.only.split(",") if s}
     if args.block == "reports":
-        tune_reports(Path(args.data), out, args.steps or int(BUDGETS["full"]["reports"]["clip_steps"]), only)
+        tune_reports(Path(args.data).resolve(), out, args.steps or int(BUDGETS["full"]["reports"]["clip_steps"]), only)
     else:
         from .ecg import tune as tune_ecg
-        tune_ecg(Path(args.data), out, only)
+        tune_ecg(Path(args.data).resolve(), out, only)
     return 0
 
 

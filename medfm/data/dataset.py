@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -42,7 +43,7 @@ class ManifestDataset(Dataset):
         columns: ``{modality: column}`` when a column is not named after its modality.
         base_dir: folder that relative paths resolve against (default: the manifest's folder).
         cache_dir: on-disk cache of the deterministic preprocessing (see :class:`PreprocessCache`).
-        seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i)``,
+        seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i, modality)``,
             so results do not depend on worker scheduling and a resumed run sees the same views.
 
     An item is ``{"id", "patient_id", "index", "inputs": {mod: {...}}, "labels": {col: int},
@@ -90,7 +91,9 @@ class ManifestDataset(Dataset):
             return None
         value = self._resolve(adapter, value)
         sid = row["id"]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        # one stream per modality: two columns read by the same kind of adapter (two crops of one
+        # ECG as contrastive views) get independent augmentations
+        rng = np.random.default_rng([self.seed, self.epoch, index, zlib.crc32(modality.encode())])
         if self.cache is not None:
             item = self.cache.get_or_compute(value, adapter.cache_signature(row),
                                              lambda: adapter.load(value, train=False, sample_id=sid, row=row),
