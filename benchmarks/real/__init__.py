@@ -30,7 +30,8 @@ BUDGETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "full": {
         "dna": {"n_species": None, "n_per_species": None, "n_unseen": 20, "n_test_per_species": 10,
                 "n_val_per_species": 5, "mlm_steps": 100, "clibd_steps": 60, "batch_size": 32, "n_boot": 500},
-        "ecg": {"max_per_source": None, "mae_steps": 150, "batch_size": 8, "top_codes": 4, "n_boot": 1000},
+        "ecg": {"max_per_source": None, "mae_steps": 150, "batch_size": 8, "top_codes": 4, "n_boot": 1000,
+                "curve_points": 3},
         "imaging": {"ct_size": [32, 128, 128]},
         "reports": {"n_reports": None, "clip_steps": 150, "batch_size": 64, "max_length": 64, "lr": 1e-3,
                     "n_boot": 1000},
@@ -72,7 +73,7 @@ class Stopwatch:
 
 
 def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
-             init: Optional[Callable[[Any], None]] = None) -> Tuple[Any, Any, Dict[str, Any]]:
+             init: Optional[Callable[[Any], None]] = None, keep_every: int = 0) -> Tuple[Any, Any, Dict[str, Any]]:
     """Train with :class:`medfm.train.Trainer` on ``manifest`` (written to ``out_dir/manifest.csv``).
 
     Args:
@@ -80,6 +81,8 @@ def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
             ``data.manifest`` is filled in here.
         init: called with the freshly built model before training (e.g. to copy in a
             pretrained tower); the random-weights copy is taken *after* it.
+        keep_every: > 0 keeps a checkpoint every that many steps in ``out_dir/run/checkpoints``
+            (learning curves from one run); 0 = none.
     Returns:
         ``(trained model in eval mode, the same model at initialisation in eval mode,
         {"steps", "seconds", "loss_first", "loss_last", "losses": [...]})``.
@@ -92,8 +95,9 @@ def pretrain(run_config: Dict[str, Any], manifest: pd.DataFrame, out_dir: Path,
     manifest.to_csv(path, index=False)
     cfg = copy.deepcopy(run_config)
     cfg.setdefault("data", {})["manifest"] = str(path)
-    cfg.setdefault("train", {}).update({"progress": False, "tensorboard": False, "checkpoint_every": 0,
-                                        "keep_checkpoints": 1, "device": "cpu", "precision": "fp32"})
+    cfg.setdefault("train", {}).update({"progress": False, "tensorboard": False, "checkpoint_every": int(keep_every),
+                                        "keep_checkpoints": 1000 if keep_every else 1, "device": "cpu",
+                                        "precision": "fp32"})
     run_dir = out_dir / "run"
     if run_dir.exists():  # a previous run's checkpoints would make the Trainer resume (and skip training)
         shutil.rmtree(run_dir)
