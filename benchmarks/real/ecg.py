@@ -7,9 +7,12 @@ in the Ningbo range — the CinC challenge ships both under ``JS``).
 1. Every record goes through the ``ecg`` adapter (WFDB header + ``.mat``; canonical lead
    order, mV, resampling to 500 Hz, 0.5–40 Hz band-pass, 10 s): a per-record table of
    leads found/derived, duration, flat or non-finite leads and any reader error.
-2. Leave-one-source-out: for each source, an ECG MAE (one token per 50-sample patch over
-   all 12 leads, 75 % masked) is pretrained on the *other two* sources only, then every
-   record is embedded; the random-weights encoder is the same tower at its seeded init.
+2. Leave-one-source-out: for each source, an ECG tower is pretrained on the *other two*
+   sources only — CLIP between two random 5 s crops of each record (100 Hz, 0.25 s patches;
+   chosen over the MAE on the training sources, see :func:`tune` and the README) — then every
+   record is embedded (mean of its two 5 s halves); the random-weights encoder is the same
+   tower at its seeded init. Checkpoints every ``mae_steps // curve_points`` steps give the
+   learning curve.
 3. Probe of the ``top_codes`` most frequent SNOMED codes: per code a logistic regression
    (standardised inputs, C = 1, balanced class weights — fixed a priori, nothing tuned)
    trained on two sources, scored on the held-out one. A fold whose training sources lack
