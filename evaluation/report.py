@@ -122,9 +122,31 @@ def render_markdown(record: Mapping[str, Any], plots: Sequence[Path] = ()) -> st
         lines.append(f"| {name} | {_fmt(val)} | {cs} |")
     if ci:
         lines += ["", f"Intervals: {record.get('ci_method', 'percentile bootstrap')}."]
+    lines += _baseline_table(record)
     for p in plots:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
     return "\n".join(lines) + "\n"
+
+
+def _baseline_table(record: Mapping[str, Any]) -> list:
+    """"Model vs baseline" rows for every metric that has a ``baseline/<name>/`` twin."""
+    base = record.get("baseline") or {}
+    name = base.get("name")
+    metrics, ci = record.get("metrics") or {}, record.get("ci") or {}
+    prefix = f"baseline/{name}/"
+    rows = [m for m in metrics if not m.startswith("baseline/") and prefix + m in metrics]
+    if not name or not rows:
+        return []
+
+    def cell(m):
+        c = ci.get(m)
+        return _fmt(metrics.get(m)) + (f" [{_fmt(c[0])}, {_fmt(c[1])}]" if c else "")
+
+    out = ["", f"## Model vs baseline `{name}` (same samples, same run)", "",
+           f"Baseline: {', '.join(f'{k}={v}' for k, v in base.items() if not isinstance(v, (list, dict)))}.", "",
+           f"| metric | model | {name} |", "| --- | ---: | ---: |"]
+    out += [f"| {m} | {cell(m)} | {cell(prefix + m)} |" for m in rows]
+    return out
 
 
 def write_evaluation(out_dir: Any, record: Dict[str, Any], plots: Sequence[Path] = ()) -> Dict[str, Path]:

@@ -160,8 +160,15 @@ class ModalityAdapter:
         return sig
 
     def config(self) -> Dict[str, Any]:
-        """Options to rebuild this adapter (stored in a checkpoint's ``config.json``)."""
-        return copy.deepcopy(self.options)
+        """Options to rebuild this adapter (stored in a checkpoint's ``config.json``).
+
+        An adapter used under another modality name (:func:`medfm.registry.get_modality`
+        with ``adapter=``) adds ``"adapter": <registered name>``.
+        """
+        cfg = copy.deepcopy(self.options)
+        if getattr(self, "alias_of", None):
+            cfg["adapter"] = self.alias_of
+        return cfg
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"

@@ -103,8 +103,18 @@ register_weight_format = WEIGHT_FORMATS.register
 
 
 def get_modality(name: str, **options: Any):
-    """Instantiate the adapter registered as ``name`` with ``options``."""
-    return MODALITIES.get(name)(**options)
+    """Instantiate the adapter registered as ``name`` with ``options``.
+
+    ``options["adapter"]`` names the registered adapter when ``name`` is a second modality
+    of the same kind, e.g. ``get_modality("impression", adapter="text")`` for a findings ↔
+    impression model with two text towers; the adapter remembers it (``config()`` returns
+    it, so checkpoints rebuild the same adapter).
+    """
+    kind = options.pop("adapter", None) or name
+    adapter = MODALITIES.get(kind)(**options)
+    if kind != name:
+        adapter.alias_of = kind
+    return adapter
 
 
 def list_modalities() -> List[str]:

@@ -19,11 +19,14 @@ to sections (``sections=["FINDINGS", "IMPRESSION"]``) and truncated to
 from the manifest row (``"order family genus species"``, missing ranks skipped)
 for CLIBD-style DNA ↔ taxonomy alignment.
 
-Output of ``preprocess``: ``{"x": LongTensor (L,), "mask": LongTensor (L,)}``;
-``collate`` right-pads with the pad id.
+Output of ``preprocess``: ``{"x": LongTensor (L,), "mask": LongTensor (L,), "content_key": int}``;
+``collate`` right-pads with the pad id. ``content_key`` (:func:`duplicate_key`) is equal for
+texts that differ only in case, whitespace and punctuation: the contrastive objectives make
+such duplicates positives of each other (many reports are word-for-word ``"normal ECG"``).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -53,6 +56,19 @@ def normalize_report(text: Any) -> str:
     s = unicodedata.normalize("NFKC", str(text))
     s = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in s)
     return _WS.sub(" ", s).strip()
+
+
+def duplicate_key(text: Any) -> int:
+    """A 62-bit key equal for texts that differ only in case, whitespace and punctuation.
+
+    ``"No acute findings."`` and ``"no  acute findings"`` share a key. Computed with
+    BLAKE2b (stable across processes and runs, unlike Python's ``hash``).
+    """
+    s = normalize_report(text).casefold()
+    s = "".join(" " if unicodedata.category(c).startswith("P") else c for c in s)
+    s = _WS.sub(" ", s).strip()
+    digest = hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 62) - 1)
 
 
 def split_sections(text: str) -> Dict[str, str]:
@@ -224,7 +240,7 @@ class TextAdapter(ModalityAdapter):
 
     def preprocess(self, record: Record, *, train: bool = False, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
         ids = torch.tensor(self.encode_batch([record.data])[0], dtype=torch.long)
-        return {"x": ids, "mask": torch.ones_like(ids)}
+        return {"x": ids, "mask": torch.ones_like(ids), "content_key": duplicate_key(record.data)}
 
     def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         return tk.collate_token_items(items, self.special_ids["pad"])

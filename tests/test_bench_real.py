@@ -108,7 +108,7 @@ def test_ecg_records_table_probes_and_feature_baseline(quick_run):
     assert len(rows) == ecg["metrics"]["records_read"]["n"] > 0
     assert {r["source"] for r in rows} == {"Georgia", "PTB-XL", "Ningbo"}
     assert all(r["leads_found"] == 12 and r["duration_s"] == 10.0 for r in rows)
-    for rep in ("mae", "random", "simple_features"):
+    for rep in ("pretrained", "random", "simple_features"):
         assert f"{rep}/macro_auroc" in ecg["metrics"]
         assert len(ecg["tables"][f"folds_{rep}"]) == 3 * res["budgets"]["ecg"]["top_codes"]
     # heart rate from R peaks agrees with the cardiologists' labels: sinus tachycardia means > 100 bpm,
@@ -142,7 +142,7 @@ def test_reports_retrieval_and_tfidf(quick_run):
     rep = res["blocks"]["reports"]
     assert {"tfidf", "random"} <= set(rep["baselines"])
     n = rep["tables"]["split"][1]["reports"]
-    for model in ("mlm", "random", "tfidf"):
+    for model in ("clip", "random", "tfidf"):
         r = [_value(rep, f"{model}/findings_to_impression_R@{k}") for k in (1, 5, 10)]
         assert r[0] <= r[1] <= r[2] <= 1.0
     # TF-IDF matches a report's findings to its own impression far above chance (10 / n at k = 10)

@@ -7,9 +7,12 @@ in the Ningbo range — the CinC challenge ships both under ``JS``).
 1. Every record goes through the ``ecg`` adapter (WFDB header + ``.mat``; canonical lead
    order, mV, resampling to 500 Hz, 0.5–40 Hz band-pass, 10 s): a per-record table of
    leads found/derived, duration, flat or non-finite leads and any reader error.
-2. Leave-one-source-out: for each source, an ECG MAE (one token per 50-sample patch over
-   all 12 leads, 75 % masked) is pretrained on the *other two* sources only, then every
-   record is embedded; the random-weights encoder is the same tower at its seeded init.
+2. Leave-one-source-out: for each source, an ECG tower is pretrained on the *other two*
+   sources only — CLIP between two random 5 s crops of each record (100 Hz, 0.25 s patches;
+   chosen over the MAE on the training sources, see :func:`tune` and the README) — then every
+   record is embedded (mean of its two 5 s halves); the random-weights encoder is the same
+   tower at its seeded init. Checkpoints every ``mae_steps // curve_points`` steps give the
+   learning curve.
 3. Probe of the ``top_codes`` most frequent SNOMED codes: per code a logistic regression
    (standardised inputs, C = 1, balanced class weights — fixed a priori, nothing tuned)
    trained on two sources, scored on the held-out one. A fold whose training sources lack
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pandas as pd
@@ -40,6 +43,11 @@ SNOMED_NAMES = {
 }
 ECG_OPTIONS = {"fs": 500, "duration": 10.0, "patch_size": 50, "per_channel": False, "mask_ratio": 0.75,
                "random_crop": True}
+#: the pretrained tower's ECG options, chosen on the training sources only (README, :func:`tune`):
+#: 100 Hz, 0.25 s patches, 5 s windows (two random crops of a record are the contrastive views)
+MAE_OPTIONS = {**ECG_OPTIONS, "fs": 100, "patch_size": 25, "duration": 5.0}
+#: objective weights of the shipped variant ("views5s" of :data:`ECG_VARIANTS`)
+PRETRAIN = {"views": 1.0, "mae": 0.0}
 
 
 def source_of(record: str) -> str:
@@ -94,7 +102,7 @@ def read_records(data_dir: Path, max_per_source=None) -> pd.DataFrame:
                 row["problems"].append(f"shorter than {ECG_OPTIONS['duration']} s (padded)")
             item = adapter.preprocess(r, train=False)
             row["preprocessed_shape"] = "x".join(map(str, item["x"].shape))
-            row["item"] = item
+            row["record_obj"] = r
             feats, summ = ecg_features(x, fs)
             row["features"] = feats
             row.update({k: round(v, 1) for k, v in summ.items()})
@@ -163,9 +171,98 @@ def encode_items(model, items: List[Dict[str, Any]], batch_size: int = 16) -> np
                            for s in range(0, len(items), batch_size)])
 
 
-def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
-    import torch
+def mae_config(budget: Dict[str, Any], seed: int, ecg_options: Dict[str, Any], *, lr: float = None,
+               mask_ratio: float = None, steps: int = None, views: float = 0.0, mae: float = 1.0) -> Dict[str, Any]:
+    """Run config of one fold's ECG pretraining (one thread: a tiny model on a shared CPU; see README).
 
+    ``mae``: weight of the MAE loss. ``views`` > 0 adds, with that weight, CLIP between two
+    random crops of the same record (``ecg`` and ``ecg_view``, a second ECG tower; CLOCS-style
+    record-level positives): what stays the same along a record — rhythm, rate, morphology.
+    """
+    steps = int(steps or budget["mae_steps"])
+    mask_ratio = float(mask_ratio if mask_ratio is not None else ecg_options.get("mask_ratio", 0.75))
+    mods = {"ecg": {**ecg_options, "mask_ratio": mask_ratio}}
+    objectives = [{"name": "masked", "weight": float(mae), "mask_ratio": mask_ratio, "modalities": ["ecg"]}] if mae else []
+    if views:
+        mods["ecg_view"] = {**mods["ecg"], "adapter": "ecg"}
+        objectives.append({"name": "clip", "weight": float(views), "modalities": ["ecg", "ecg_view"]})
+    return {"model": {**TRUNK, "modalities": mods},
+            "data": {"split": "train", "columns": {m: "ecg" for m in mods}, "batch_size": int(budget["batch_size"])},
+            "objectives": objectives,
+            "optim": {"lr": float(lr or budget.get("lr", 1e-3)), "weight_decay": 0.05,
+                      "warmup_steps": max(1, steps // 10)},
+            "train": {"max_steps": steps, "seed": seed, "num_threads": 1}}
+
+
+def fold_embeddings(ok: pd.DataFrame, budget: Dict[str, Any], seed: int, out_dir: Path, ecg_options: Dict[str, Any],
+                    sw: Stopwatch = None, curve_points: int = 0,
+                    **cfg_kw) -> Tuple[Dict[str, np.ndarray], np.ndarray, Dict[str, Any]]:
+    """Per held-out source: a tower pretrained on the other two sources embeds every record.
+
+    ``curve_points`` > 0 also embeds with checkpoints kept every ``steps // curve_points``
+    steps, into ``infos["curve"] = {step: {held-out source: (N, D)}}`` (a learning curve
+    from the one run; these are points of one cosine schedule, not separately budgeted runs).
+
+    Returns ``({held-out source: (N, D)}, random-weights embeddings (N, D), training infos)``.
+    """
+    import torch
+    import medfm
+
+    sw = sw or Stopwatch()
+    adapter = medfm.get_modality("ecg", **ecg_options)
+    with sw("preprocess"):
+        # a window shorter than the records: embed consecutive windows and average the embeddings
+        n_win = max(1, int(round(10.0 / float(adapter.options["duration"]))))
+        windows = []
+        for w in range(n_win):
+            wins = []
+            for r in ok["record_obj"]:
+                start = int(round(w * float(adapter.options["duration"]) * float(r.meta["fs"])))
+                wins.append({"x": adapter.preprocess(type(r)(r.data[:, start:], r.meta), train=False)["x"]})
+            windows.append(wins)
+
+    def encode_all(m):
+        return np.mean([encode_items(m, items) for items in windows], axis=0)
+
+    manifest = pd.DataFrame({"id": ok["record"], "patient_id": ok["record"], "split": "train", "ecg": ok["path"],
+                             "source": ok["source"]})
+    emb: Dict[str, np.ndarray] = {}
+    emb_rand, infos = None, {}
+    curve: Dict[int, Dict[str, np.ndarray]] = {}
+    steps = int(cfg_kw.get("steps") or budget["mae_steps"])
+    every = steps // curve_points if curve_points else 0
+    threads = torch.get_num_threads()
+    try:
+        # The MAE of each fold sees the ECGs of the two training sources only (no labels, no test source).
+        for held in sorted(ok["source"].unique()):
+            with sw("pretrain"):
+                model, init, info = pretrain(mae_config(budget, seed, ecg_options, **cfg_kw),
+                                             manifest[manifest["source"] != held], out_dir / f"pretrain_without_{held}",
+                                             checkpoint_every=every)
+            infos[f"pretrain_without_{held}"] = info
+            if info["n_skipped"]:
+                raise RuntimeError(f"pretraining without {held}: {info['n_skipped']} training samples could not be read")
+            with sw("embed"), torch.no_grad():
+                emb[held] = encode_all(model)
+                if emb_rand is None:
+                    emb_rand = encode_all(init)
+                if every:
+                    from medfm.models import MultiModalModel
+
+                    ckpts = sorted((out_dir / f"pretrain_without_{held}" / "run" / "checkpoints").glob("step_*"))
+                    for ck in ckpts:
+                        step = int(ck.name.split("_")[1])
+                        if step < steps:
+                            curve.setdefault(step, {})[held] = encode_all(MultiModalModel.from_pretrained(ck).eval())
+                    curve.setdefault(steps, {})[held] = emb[held]
+    finally:
+        torch.set_num_threads(threads)
+    if curve:
+        infos["curve"] = {k: v for k, v in sorted(curve.items()) if len(v) == len(emb)}
+    return emb, emb_rand, infos
+
+
+def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
     out_dir = Path(out_dir)
     sw = Stopwatch()
     res = block_result(budget=dict(budget))
@@ -188,42 +285,141 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
         feats = np.stack(ok["features"].to_list())
         base = probe_codes(feats, ok, codes, n_boot=nb, seed=seed)
     res["baselines"] += ["simple_features", "random"]
-    manifest = pd.DataFrame({"id": ok["record"], "patient_id": ok["record"], "split": "train", "ecg": ok["path"],
-                             "source": ok["source"]})
-    emb_mae: Dict[str, np.ndarray] = {}
-    emb_rand = None
-    res["training"] = {}
-    # The MAE of each fold sees the ECGs of the two training sources only (no labels, no test source).
-    for held in sorted(ok["source"].unique()):
-        cfg = {"model": {**TRUNK, "modalities": {"ecg": dict(ECG_OPTIONS)}},
-               "data": {"split": "train", "columns": {"ecg": "ecg"}, "batch_size": int(budget["batch_size"])},
-               "objectives": [{"name": "masked", "weight": 1.0, "mask_ratio": 0.75}],
-               "optim": {"lr": 1e-3, "weight_decay": 0.05, "warmup_steps": max(1, int(budget["mae_steps"]) // 10)},
-               "train": {"max_steps": int(budget["mae_steps"]), "seed": seed}}
-        with sw("mae_pretrain"):
-            model, init, info = pretrain(cfg, manifest[manifest["source"] != held], out_dir / f"mae_without_{held}")
-        res["training"][f"mae_without_{held}"] = info
-        with sw("embed"), torch.no_grad():
-            items = [{"x": it["x"]} for it in ok["item"]]
-            emb_mae[held] = encode_items(model, items)
-            if emb_rand is None:
-                emb_rand = encode_items(init, items)
+    emb_mae, emb_rand, res["training"] = fold_embeddings(ok, budget, seed, out_dir, MAE_OPTIONS, sw,
+                                                         curve_points=int(budget.get("curve_points", 0)), **PRETRAIN)
+    curve = res["training"].pop("curve", {})
     with sw("probes"):
         mae = probe_codes(emb_mae, ok, codes, n_boot=nb, seed=seed)
         rnd = probe_codes(emb_rand, ok, codes, n_boot=nb, seed=seed)
     from . import verdict
-    for rep, r in (("mae", mae), ("random", rnd), ("simple_features", base)):
+    for rep, r in (("pretrained", mae), ("random", rnd), ("simple_features", base)):
         for k, v in r.items():
             if not k.startswith("_") and k != "folds":
                 res["metrics"][f"{rep}/{k}"] = v
         res["tables"][f"folds_{rep}"] = r["folds"]
     for k in [k for k in mae if k.startswith("auroc/") or k == "macro_auroc"]:
         for bname, b in (("simple_features", base), ("random", rnd)):
-            res["comparisons"].append({"task": f"ecg {k}", "ours": "mae", "baseline": bname,
+            res["comparisons"].append({"task": f"ecg {k}", "ours": "pretrained", "baseline": bname,
                                        "ours_value": mae[k]["value"], "baseline_value": b[k]["value"],
                                        "verdict": verdict(mae[k], b[k])})
+    if curve:
+        try:
+            with sw("learning_curve"):
+                res["learning_curve"] = learning_curve(curve, rnd, ok, codes, res["training"], seed=seed,
+                                                       n_boot=min(nb, 200))
+            res["plots"].append(plot_curve(res["learning_curve"], out_dir / "ecg_learning_curve.png"))
+            res["tables"]["learning_curve"] = [{"step": p["step"], "minutes": p["minutes"], "macro_auroc": p["value"],
+                                                "ci_low": p["ci"][0], "ci_high": p["ci"][1]}
+                                               for p in res["learning_curve"]["points"]]
+        except Exception as e:  # the curve is extra: report why it is missing, keep the block's numbers
+            res["notes"].append(f"learning curve failed: {type(e).__name__}: {e}")
     res["codes"] = codes
-    res["_roc"] = {"y": mae["_y"], "mae": mae["_scores"], "simple_features": base["_scores"],
+    res["_roc"] = {"y": mae["_y"], "pretrained": mae["_scores"], "simple_features": base["_scores"],
                    "names": [SNOMED_NAMES.get(c, c) for c in codes]}
     res["timing_s"] = sw.times
     return res
+
+
+def learning_curve(curve: Dict[int, Dict[str, np.ndarray]], rnd: Dict[str, Any], ok: pd.DataFrame, codes: List[str],
+                   infos: Dict[str, Any], *, seed: int, n_boot: int) -> Dict[str, Any]:
+    """Macro AUROC (95% CI) at each kept step vs training minutes, and a log-linear extrapolation.
+
+    Minutes are the mean training seconds of the folds scaled by the step fraction. The
+    extrapolation fits ``AUROC = a + b·ln(minutes)`` to the points and says at how many
+    minutes the point estimate would pass the random-weights interval's upper end, if ever
+    below 1 — a trend, not a promise: n = 50 records, one seed.
+    """
+    steps_total = max(curve)
+    secs = float(np.mean([v["seconds"] for v in infos.values() if isinstance(v, dict) and "seconds" in v]))
+    points = [{"step": 0, "minutes": 0.0, **{k: rnd["macro_auroc"][k] for k in ("value", "ci")}}]
+    for step, X in curve.items():
+        r = probe_codes(X, ok, codes, n_boot=n_boot, seed=seed)["macro_auroc"]
+        points.append({"step": int(step), "minutes": round(secs / 60 * step / steps_total, 3),
+                       "value": r["value"], "ci": r["ci"]})
+    out: Dict[str, Any] = {"points": points, "random_ci_high": rnd["macro_auroc"]["ci"][1],
+                           "note": "checkpoints of one cosine schedule per fold (not separately budgeted runs)"}
+    xs = np.array([p["minutes"] for p in points[1:]])
+    ys = np.array([p["value"] for p in points[1:]], dtype=float)
+    if len(xs) >= 2 and np.all(xs > 0) and np.all(np.isfinite(ys)):
+        b, a = np.polyfit(np.log(xs), ys, 1)
+        target = out["random_ci_high"]
+        out["fit"] = {"intercept": float(a), "slope_per_ln_minute": float(b)}
+        if b > 0 and target is not None and np.isfinite(target):
+            out["minutes_to_pass_random_upper_ci"] = float(np.exp((target - a) / b))
+    return out
+
+
+def plot_curve(lc: Dict[str, Any], path: Path) -> Path:
+    from .report import plt
+
+    pts = lc["points"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    x = [p["minutes"] for p in pts]
+    y = [p["value"] for p in pts]
+    lo = [p["value"] - p["ci"][0] for p in pts]
+    hi = [p["ci"][1] - p["value"] for p in pts]
+    ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label="pretrained (held-out sources pooled)")
+    ax.axhline(lc["random_ci_high"], color="grey", ls="--", lw=1, label="random weights, upper 95% CI")
+    ax.set(xlabel="training minutes per fold (this CPU)", ylabel="macro AUROC", ylim=(0.3, 1.0),
+           title="ECG: leave-one-source-out macro AUROC vs training time")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------- tuning
+#: variants of :func:`tune`: ECG options over :data:`ECG_OPTIONS` and config keywords
+ECG_VARIANTS: Dict[str, Dict[str, Any]] = {
+    "base": {"opts": {}, "cfg": {}},                                          # 500 Hz, 50-sample patches, 30 steps
+    "steps150": {"opts": {}, "cfg": {"steps": 150}},
+    "fs100_p25": {"opts": {"fs": 100, "patch_size": 25}, "cfg": {"steps": 150}},
+    "fs100_p50_perlead": {"opts": {"fs": 100, "patch_size": 50, "per_channel": True}, "cfg": {"steps": 150}},
+    "fs100_p25_mask50": {"opts": {"fs": 100, "patch_size": 25}, "cfg": {"steps": 150, "mask_ratio": 0.5}},
+    "fs100_p25_mv": {"opts": {"fs": 100, "patch_size": 25, "normalize": "none"}, "cfg": {"steps": 150}},
+    "fs100_p25_cls": {"opts": {"fs": 100, "patch_size": 25, "pool": "cls"}, "cfg": {"steps": 150}},
+    "fs100_p25_600": {"opts": {"fs": 100, "patch_size": 25}, "cfg": {"steps": 600}},
+    "views5s": {"opts": {"fs": 100, "patch_size": 25, "duration": 5.0}, "cfg": {"steps": 150, "views": 1.0, "mae": 0.0}},
+    "views5s_mae": {"opts": {"fs": 100, "patch_size": 25, "duration": 5.0}, "cfg": {"steps": 150, "views": 1.0, "mae": 0.5}},
+}
+
+
+def tune(data_dir: Path, out: Path, only=()) -> None:
+    """Validation-only comparison of ECG variants (see :mod:`benchmarks.real.tune`).
+
+    Score: macro AUROC of the probes trained on one *training* source and scored on the
+    other, pooled over the three folds — the held-out source of a fold is never scored.
+    """
+    import json
+    import time
+    from . import BUDGETS
+
+    budget = BUDGETS["full"]["ecg"]
+    ok = read_records(data_dir)
+    ok = ok[ok["ok"]].reset_index(drop=True)
+    counts = Counter(c for dx in ok["dx"] for c in dx)
+    codes = [c for c, _ in counts.most_common(int(budget["top_codes"]))]
+    for name, v in ECG_VARIANTS.items():
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        emb, rand, infos = fold_embeddings(ok, budget, 0, out / f"ecg_{name}", {**ECG_OPTIONS, **v["opts"]}, **v["cfg"])
+        scores, ys = [], []
+        row = {"variant": name, "seconds": round(time.perf_counter() - t0, 1)}
+        for label, E in (("mae", emb), ("random", {h: rand for h in emb})):
+            val_scores, val_y = [], []
+            for held, X in E.items():
+                inner = (ok["source"] != held).to_numpy()
+                r = probe_codes(X[inner], ok[inner].reset_index(drop=True), codes, n_boot=0, seed=0)
+                val_scores.append(r["_scores"])
+                val_y.append(r["_y"])
+            from medfm.evaluation.metrics import metrics_with_ci
+            names = [SNOMED_NAMES.get(c, c) for c in codes]
+            point, _ = metrics_with_ci(np.concatenate(val_y), np.concatenate(val_scores), groups=None,
+                                       class_names=names, n_boot=0, seed=0)
+            row[f"val_macro_auroc_{label}"] = point.get("macro_auroc")
+        row["loss_first_last"] = [[round(i["loss_first"], 3), round(i["loss_last"], 3)] for i in infos.values()]
+        print(json.dumps(row), flush=True)
+        with open(out / "tune_ecg.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")

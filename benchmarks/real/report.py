@@ -33,10 +33,10 @@ HEADLINE: List[Tuple[str, str, str, str]] = [
     ("dna", "zeroshot_genus_acc_unseen_species", "clibd", ""),
     ("dna", "zeroshot_genus_acc_unseen_species_genus_in_train", "clibd", ""),
     ("dna", "zeroshot_genus_acc_seen_test", "clibd", ""),
-    ("ecg", "macro_auroc", "mae", "simple_features"),
-    ("reports", "findings_to_impression_R@1", "mlm", "tfidf"),
-    ("reports", "findings_to_impression_R@5", "mlm", "tfidf"),
-    ("reports", "findings_to_impression_R@10", "mlm", "tfidf"),
+    ("ecg", "macro_auroc", "pretrained", "simple_features"),
+    ("reports", "findings_to_impression_R@1", "clip", "tfidf"),
+    ("reports", "findings_to_impression_R@5", "clip", "tfidf"),
+    ("reports", "findings_to_impression_R@10", "clip", "tfidf"),
 ]
 
 
@@ -64,8 +64,8 @@ def headline_rows(blocks: Mapping[str, Any]) -> List[Dict[str, Any]]:
     rows = []
     ecg_codes = []
     if "ecg" in blocks and "metrics" in blocks["ecg"]:
-        ecg_codes = [k.split("/", 1)[1] for k in blocks["ecg"]["metrics"] if k.startswith("mae/auroc/")]
-    extra = [("ecg", c, "mae", "simple_features") for c in ecg_codes]
+        ecg_codes = [k.split("/", 1)[1] for k in blocks["ecg"]["metrics"] if k.startswith("pretrained/auroc/")]
+    extra = [("ecg", c, "pretrained", "simple_features") for c in ecg_codes]
     for block, metric, ours, base in HEADLINE[:13] + extra + HEADLINE[13:]:
         m = (blocks.get(block) or {}).get("metrics") or {}
         o = m.get(f"{ours}/{metric}")
@@ -194,18 +194,18 @@ def block_plots(name: str, rec: Dict[str, Any], out: Path) -> List[Path]:
         plots.append(loss_plot({k: v.get("losses", []) for k, v in rec.get("training", {}).items()},
                                out / "dna_loss.png"))
     elif name == "ecg":
-        codes = [k.split("/", 1)[1] for k in m if k.startswith("mae/auroc/")] + ["macro_auroc"]
-        plots.append(bar_ci(group(codes, ["mae", "random", "simple_features"]), out / "ecg_auroc.png",
+        codes = [k.split("/", 1)[1] for k in m if k.startswith("pretrained/auroc/")] + ["macro_auroc"]
+        plots.append(bar_ci(group(codes, ["pretrained", "random", "simple_features"]), out / "ecg_auroc.png",
                             "ECG leave-one-source-out AUROC (pooled, 95% CI)", "AUROC"))
         roc = rec.get("_roc")
         if roc is not None:
-            for rep in ("mae", "simple_features"):
+            for rep in ("pretrained", "simple_features"):
                 plots.append(plot_roc(roc["y"], roc[rep], roc["names"], out / f"ecg_roc_{rep}.png",
                                       title=f"ECG ROC ({rep}, held-out sources pooled)"))
         plots.append(loss_plot({k: v.get("losses", []) for k, v in rec.get("training", {}).items()},
                                out / "ecg_loss.png"))
     elif name == "reports":
-        plots.append(bar_ci(group([f"findings_to_impression_R@{k}" for k in (1, 5, 10)], ["mlm", "random", "tfidf"]),
+        plots.append(bar_ci(group([f"findings_to_impression_R@{k}" for k in (1, 5, 10)], ["clip", "random", "tfidf"]),
                             out / "reports_recall.png", "Findings → impression retrieval (95% CI)", "recall"))
         plots.append(loss_plot({k: v.get("losses", []) for k, v in rec.get("training", {}).items()
                                 if isinstance(v, dict)}, out / "reports_loss.png"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -17,6 +18,9 @@ from .manifest import is_missing
 from ..modality import file_reference
 
 log = logging.getLogger("medfm.data")
+
+#: item key an adapter may set to an int ≥ 0 equal for identical content (duplicate-aware contrastive targets)
+CONTENT_KEY = "content_key"
 
 
 def build_label_vocab(df: pd.DataFrame, columns: Iterable[str]) -> Dict[str, List[str]]:
@@ -46,7 +50,7 @@ class ManifestDataset(Dataset):
             path cells are relative, the manifest's folder is the root; a manifest of absolute
             paths only is not confined. The check is lexical (symlinks inside the root are followed).
         confine: ``False`` turns the confinement off.
-        seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i)``,
+        seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i, modality)``,
             so results do not depend on worker scheduling and a resumed run sees the same views.
 
     An item is ``{"id", "patient_id", "index", "inputs": {mod: {...}}, "labels": {col: int},
@@ -129,7 +133,9 @@ class ManifestDataset(Dataset):
             value = self._resolve(adapter, value, self.columns[modality])
         except DataError as e:
             raise DataError(e.reason, source=sid, field=e.field) from None
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        # one stream per modality: two columns read by the same kind of adapter (two crops of one
+        # ECG as contrastive views) get independent augmentations
+        rng = np.random.default_rng([self.seed, self.epoch, index, zlib.crc32(modality.encode())])
         if self.cache is not None:
             item = self.cache.get_or_compute(value, adapter.cache_signature(row),
                                              lambda: adapter.load(value, train=False, sample_id=sid, row=row),
@@ -175,7 +181,14 @@ class MultiModalCollate:
          "present": {mod: BoolTensor(B)},
          "inputs": {mod: adapter.collate(rows of samples that have mod)},
          "labels": {col: LongTensor(B)  (-1 = missing)},
+         "keys": {mod: LongTensor(B)  (-1 = absent or no key)},
          "n_skipped": int, "errors": [(id, modality, reason)], "flags": [(id, modality, warning)]}
+
+    ``keys`` are the items' ``"content_key"`` entries (an int ≥ 0 that is equal for
+    identical content, e.g. the hash of a normalised report; see
+    :data:`CONTENT_KEY`), taken out of the inputs; the contrastive objectives treat
+    equal keys as positives. Every modality gets a row of keys (all -1 when its adapter
+    sets none), so every rank of a distributed run gathers the same ones.
     """
 
     def __init__(self, adapters: Mapping[str, Any]):
@@ -190,13 +203,16 @@ class MultiModalCollate:
             "id": [it["id"] for it in kept],
             "patient_id": [it["patient_id"] for it in kept],
             "index": torch.tensor([it["index"] for it in kept], dtype=torch.long),
-            "present": {}, "inputs": {}, "labels": {},
+            "present": {}, "inputs": {}, "labels": {}, "keys": {},
             "n_skipped": n_skipped, "errors": errors, "flags": flags,
         }
         for mod, adapter in self.adapters.items():
             present = torch.tensor([mod in it["inputs"] for it in kept], dtype=torch.bool)
             batch["present"][mod] = present
             rows = [it["inputs"][mod] for it in kept if mod in it["inputs"]]
+            batch["keys"][mod] = torch.tensor([int(it["inputs"][mod].get(CONTENT_KEY, -1)) if mod in it["inputs"]
+                                               else -1 for it in kept], dtype=torch.long)
+            rows = [{k: v for k, v in r.items() if k != CONTENT_KEY} if CONTENT_KEY in r else r for r in rows]
             if rows:
                 batch["inputs"][mod] = adapter.collate(rows)
         if kept:

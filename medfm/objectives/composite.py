@@ -118,6 +118,10 @@ class ContrastiveObjective(nn.Module):
         anchor: anchor modality of ``"anchored"`` (default: the first modality).
         label_column: label column for label-aware targets (CLIBD); ``None`` = off.
         hard_negative_beta: concentration of the hard-negative weighting; 0 = off.
+        duplicate_positives: samples whose content is identical in one of a pair's
+            modalities (``batch["keys"]``: the text adapter keys each report by its
+            normalised text — case, whitespace and punctuation ignored) are positives, not
+            negatives (default on; ``false`` = plain one-positive-per-row targets).
     """
 
     kind = "clip"
@@ -129,6 +133,7 @@ class ContrastiveObjective(nn.Module):
         anchor: Optional[str] = None,
         label_column: Optional[str] = None,
         hard_negative_beta: float = 0.0,
+        duplicate_positives: bool = True,
     ):
         super().__init__()
         if mode not in MODES:
@@ -141,15 +146,20 @@ class ContrastiveObjective(nn.Module):
         self.mode, self.anchor = mode, anchor
         self.label_column = label_column
         self.hard_negative_beta = float(hard_negative_beta)
+        self.duplicate_positives = bool(duplicate_positives)
 
     def forward(self, model: nn.Module, batch: Dict, cache: Optional[Dict] = None) -> Dict[str, Any]:
         emb, present = _select(model, batch, cache, self.modalities)
         core = unwrap_model(model)
         bias = getattr(core, "logit_bias", None) if self.kind == "siglip" else None
+        keys = None
+        if self.duplicate_positives and emb:
+            device = next(iter(emb.values())).device
+            keys = {m: k.to(device) for m, k in (batch.get("keys") or {}).items() if m in emb}
         loss, logs = multimodal_contrastive_loss(
             emb, present, core.logit_scale, bias,
             kind=self.kind, mode=self.mode, anchor=self.anchor,
-            labels=_labels(batch, self.label_column), hard_negative_beta=self.hard_negative_beta,
+            labels=_labels(batch, self.label_column), hard_negative_beta=self.hard_negative_beta, keys=keys,
         )
         logs["logit_scale"] = float(core.logit_scale.detach().exp())
         return {"loss": loss, **logs}

@@ -13,6 +13,11 @@ Notation: ``za, zb`` are ``(B, D)`` L2-normalised features of two modalities,
 - Label-aware (CLIBD): all pairs sharing an integer label (≥ 0) are positives; the
   target distribution is uniform over a row's positives; label -1 = unlabelled, only
   its own pair is positive.
+- Duplicate-aware: samples ``i, j`` whose content key (e.g. the hash of the normalised
+  report text, see :mod:`medfm.data.dataset`) is equal in modality ``a`` *or* in ``b``
+  are positives of each other: ``a_i`` is as much the partner of ``b_j`` as of ``b_i``
+  when ``a_i == a_j`` (identical reports are not negatives). Same soft targets as the
+  label-aware loss; key -1 = no key.
 - Hard negatives (Robinson et al., ICLR 2021): each negative's term is re-weighted by
   ``w_ij = exp(β cos_ij) / mean_{k∈neg(i)} exp(β cos_ik)`` (weights average to 1 over a
   row's negatives); ``β = 0`` is exactly the plain loss.
@@ -32,6 +37,7 @@ __all__ = [
     "scale_from_log",
     "zero_loss",
     "positive_mask",
+    "duplicate_mask",
     "hard_negative_log_weights",
     "similarity_logits",
     "clip_rows",
@@ -79,6 +85,13 @@ def positive_mask(
         pos = (row_labels[:, None] == col_labels[None, :]) & (row_labels[:, None] >= 0)
     pos[torch.arange(n_rows, device=targets.device), targets] = True
     return pos
+
+
+def duplicate_mask(row_keys: Optional[torch.Tensor], col_keys: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Boolean ``(n_rows, n_cols)``: equal content keys (≥ 0); ``None`` when either is ``None``."""
+    if row_keys is None or col_keys is None:
+        return None
+    return (row_keys[:, None] == col_keys[None, :]) & (row_keys[:, None] >= 0)
 
 
 def hard_negative_log_weights(cos: torch.Tensor, pos: torch.Tensor, beta: float) -> torch.Tensor:
@@ -172,10 +185,13 @@ def pair_loss(
     kind: str = "clip",
     use_labels: bool = False,
     hard_negative_beta: float = 0.0,
+    use_keys: bool = True,
 ) -> Tuple[torch.Tensor, int]:
     """Contrastive loss between modalities ``a`` and ``b`` of a gathered view.
 
-    Only rows where both are present count. Returns ``(loss, n)`` where ``n`` is the
+    With ``use_keys`` (default) rows whose content key in ``a`` or ``b`` is equal
+    (``view.keys``) are positives of each other (duplicate-aware targets; see the
+    module doc). Only rows where both are present count. Returns ``(loss, n)`` where ``n`` is the
     global number of such rows; when ``n < 2`` the loss is a graph-connected 0.
     The loss is this rank's share: its mean over ranks is the global mean.
     """
@@ -195,6 +211,11 @@ def pair_loss(
     pos = None
     if use_labels and view.labels is not None:
         pos = positive_mask(targets, n, view.labels[valid_local], view.labels_full[valid_full])
+    if use_keys:
+        for m in (a, b):
+            if m in view.keys and bool((view.keys_full[m] >= 0).any()):
+                dup = duplicate_mask(view.keys[m][valid_local], view.keys_full[m][valid_full])
+                pos = (positive_mask(targets, n) if pos is None else pos) | dup
     scale = scale_from_log(logit_scale)
     single = view.world_size == 1  # rows == columns: one matrix serves both directions
     if kind == "clip" and single and pos is None and not hard_negative_beta:
@@ -220,9 +241,10 @@ def pair_loss(
     return total * (view.world_size / n), n
 
 
-def _pairwise(za, zb, logit_scale, logit_bias, kind, labels, valid, hard_negative_beta):
+def _pairwise(za, zb, logit_scale, logit_bias, kind, labels, valid, hard_negative_beta, keys=(None, None)):
     present = None if valid is None else {"a": valid, "b": valid}
-    view = gather_view({"a": za, "b": zb}, present, labels)
+    keys = {m: k for m, k in zip(("a", "b"), keys) if k is not None}
+    view = gather_view({"a": za, "b": zb}, present, labels, keys)
     return pair_loss(
         view, "a", "b", logit_scale, logit_bias,
         kind=kind, use_labels=labels is not None, hard_negative_beta=hard_negative_beta,
@@ -237,6 +259,8 @@ def clip_loss(
     labels: Optional[torch.Tensor] = None,
     valid: Optional[torch.Tensor] = None,
     hard_negative_beta: float = 0.0,
+    keys_a: Optional[torch.Tensor] = None,
+    keys_b: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Symmetric CLIP/InfoNCE loss (label-aware when ``labels`` is given).
 
@@ -246,9 +270,11 @@ def clip_loss(
         labels: optional ``(B,)`` long; same label ≥ 0 = positive, -1 = unlabelled.
         valid: optional ``(B,)`` bool, rows to use (others are ignored).
         hard_negative_beta: β of the hard-negative re-weighting; 0 = plain CLIP.
+        keys_a, keys_b: optional ``(B,)`` long content keys of ``za`` / ``zb`` rows (-1 = none);
+            rows with an equal key in either are positives (duplicate-aware targets).
     Returns: scalar loss (this rank's share in a distributed run; see module doc).
     """
-    return _pairwise(za, zb, logit_scale, None, "clip", labels, valid, hard_negative_beta)
+    return _pairwise(za, zb, logit_scale, None, "clip", labels, valid, hard_negative_beta, (keys_a, keys_b))
 
 
 def siglip_loss(
@@ -260,9 +286,12 @@ def siglip_loss(
     labels: Optional[torch.Tensor] = None,
     valid: Optional[torch.Tensor] = None,
     hard_negative_beta: float = 0.0,
+    keys_a: Optional[torch.Tensor] = None,
+    keys_b: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """SigLIP sigmoid loss, normalised by the number of rows (Zhai et al., 2023).
 
     Same arguments as :func:`clip_loss` plus ``logit_bias`` (scalar Parameter).
     """
-    return _pairwise(za, zb, logit_scale, logit_bias, "siglip", labels, valid, hard_negative_beta)
+    return _pairwise(za, zb, logit_scale, logit_bias, "siglip", labels, valid, hard_negative_beta,
+                     (keys_a, keys_b))

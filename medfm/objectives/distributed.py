@@ -18,7 +18,7 @@ Outside a distributed run (or with ``world_size == 1``) everything is the identi
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -121,6 +121,9 @@ class GlobalView:
         labels_full: optional ``(W*B,)`` gathered labels.
         offset: global index of this rank's first row (``rank * B``).
         world_size: number of ranks W.
+        keys: ``{modality: (B,) long}`` content keys (equal key = identical content, e.g. the
+            same normalised report text), -1 = none; only modalities that have keys.
+        keys_full: ``{modality: (W*B,) long}`` gathered keys.
     """
 
     local: Dict[str, torch.Tensor]
@@ -131,20 +134,24 @@ class GlobalView:
     labels_full: Optional[torch.Tensor]
     offset: int
     world_size: int
+    keys: Dict[str, torch.Tensor] = field(default_factory=dict)
+    keys_full: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def gather_view(
     embeddings: Dict[str, torch.Tensor],
     present: Optional[Dict[str, torch.Tensor]] = None,
     labels: Optional[torch.Tensor] = None,
+    keys: Optional[Dict[str, torch.Tensor]] = None,
 ) -> GlobalView:
-    """Gather every modality's embeddings (with gradient), presence and labels once.
+    """Gather every modality's embeddings (with gradient), presence, labels and content keys once.
 
     Args:
         embeddings: ``{modality: (B, D)}``; all ranks must pass the same keys in the
             same order and the same ``B``.
         present: ``{modality: (B,) bool}``; a missing entry means all rows present.
         labels: optional ``(B,)`` long, -1 = unlabelled.
+        keys: optional ``{modality: (B,) long}`` content keys, -1 = none (see :class:`GlobalView`).
     """
     rank, world = world_info()
     local, full, pres, pres_full = {}, {}, {}, {}
@@ -162,14 +169,24 @@ def gather_view(
             p = torch.cat([p, p.new_zeros(b_max - p.shape[0])], 0)
         z_all, p_all = gather_features(z, p)
         local[name], full[name], pres[name], pres_full[name] = z, z_all, p, p_all
-    labels_full = None
-    if labels is not None:
-        device = next(iter(embeddings.values())).device if embeddings else labels.device
-        labels = labels.to(device=device, dtype=torch.long)
-        if labels.shape[0] < b_max:
-            labels = torch.cat([labels, labels.new_full((b_max - labels.shape[0],), -1)], 0)
-        labels_full = gather_nograd(labels)
-    return GlobalView(local, full, pres, pres_full, labels, labels_full, rank * b_max, world)
+    labels, labels_full = _gather_ids(labels, embeddings, b_max)
+    keys_local, keys_full = {}, {}
+    for name in sorted(keys or {}):  # the same order on every rank
+        if name in embeddings and keys[name] is not None:
+            keys_local[name], keys_full[name] = _gather_ids(keys[name], embeddings, b_max)
+    return GlobalView(local, full, pres, pres_full, labels, labels_full, rank * b_max, world,
+                      keys_local, keys_full)
+
+
+def _gather_ids(ids: Optional[torch.Tensor], embeddings: Dict[str, torch.Tensor], b_max: int):
+    """``(B,)`` long ids (labels, content keys) padded with -1 to ``b_max`` → ``(local, gathered)``."""
+    if ids is None:
+        return None, None
+    device = next(iter(embeddings.values())).device if embeddings else ids.device
+    ids = ids.to(device=device, dtype=torch.long)
+    if ids.shape[0] < b_max:
+        ids = torch.cat([ids, ids.new_full((b_max - ids.shape[0],), -1)], 0)
+    return ids, gather_nograd(ids)
 
 
 def _max_over_ranks(n: int) -> int:

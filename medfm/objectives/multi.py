@@ -41,8 +41,8 @@ def modality_pairs(names: Sequence[str], mode: str = "pairs", anchor: Optional[s
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
-def _as_view(embeddings, present, labels) -> GlobalView:
-    return embeddings if isinstance(embeddings, GlobalView) else gather_view(embeddings, present, labels)
+def _as_view(embeddings, present, labels, keys=None) -> GlobalView:
+    return embeddings if isinstance(embeddings, GlobalView) else gather_view(embeddings, present, labels, keys)
 
 
 def multimodal_contrastive_loss(
@@ -56,6 +56,7 @@ def multimodal_contrastive_loss(
     anchor: Optional[str] = None,
     labels: Optional[torch.Tensor] = None,
     hard_negative_beta: float = 0.0,
+    keys: Optional[Dict[str, torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Mean pairwise contrastive loss over the modality pairs of ``mode``.
 
@@ -66,10 +67,12 @@ def multimodal_contrastive_loss(
         kind: ``"clip"`` or ``"siglip"``.
         mode: ``"pairs"`` or ``"anchored"`` (anchor defaults to the first modality).
         labels: optional ``(B,)`` long for label-aware targets (-1 = unlabelled).
+        keys: optional ``{modality: (B,) long}`` content keys (-1 = none): rows with an equal
+            key in either modality of a pair are positives (duplicate-aware targets).
     Returns:
         ``(loss, logs)``; logs hold ``"<a>-<b>"`` → float pair loss and ``"n_pairs"``.
     """
-    view = _as_view(embeddings, present, labels)
+    view = _as_view(embeddings, present, labels, keys)
     use_labels = view.labels is not None
     terms, logs = [], {}
     for a, b in modality_pairs(list(view.local), mode, anchor):

@@ -21,6 +21,9 @@ def _common(p) -> None:
     from medfm.cli.common import add_column_args
 
     add_column_args(p)
+    p.add_argument("--baseline", default=None, metavar="NAME",
+                   help="also score a classical baseline on the same samples: kmer (kmer<k>) for dna, tfidf for "
+                        "text, ecg-features for ecg; its metrics go beside the model's as baseline/NAME/...")
 
 
 def register(subparsers) -> None:
@@ -118,13 +121,27 @@ def run_retrieval(args) -> int:
             groups = ra["patient_id"].astype(str).to_numpy()[r["query_index"]]
             ci.update(cluster_bootstrap(lambda f, ap, pre=pre: metrics_from_ranks(f, ap, prefix=pre),
                                         r["first_rank"], r["ap"], groups, n_boot=args.n_boot, seed=args.seed))
+    extra = {}
+    if args.baseline:
+        from medfm.evaluation.baselines import retrieval_features
+
+        bq, bg, extra["baseline"] = retrieval_features(args.baseline, model, qm, gm, rq, rg, df.attrs.get("base_dir"))
+        for (a, b, za, zb, g, ra) in ((qm, gm, bq, bg, gt, rq), (gm, qm, bg, bq, gt.T, rg)):
+            pre = f"baseline/{extra['baseline']['name']}/{a}_to_{b}_"
+            r = rank_arrays(za, zb, g, source=args.manifest)
+            metrics.update(metrics_from_ranks(r["first_rank"], r["ap"], prefix=pre))
+            curves[f"{extra['baseline']['name']}: {a} → {b}"] = r["first_rank"]
+            if args.n_boot > 0 and r["first_rank"].size:
+                groups = ra["patient_id"].astype(str).to_numpy()[r["query_index"]]
+                ci.update(cluster_bootstrap(lambda f, ap, pre=pre: metrics_from_ranks(f, ap, prefix=pre),
+                                            r["first_rank"], r["ap"], groups, n_boot=args.n_boot, seed=args.seed))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot = _recall_curve(curves, out / "recall_at_k.png")
     rec = base_record("retrieval", args.model, fp, args.manifest, df, query_modality=qm, gallery_modality=gm,
                       match=args.match, n=int(len(eq.ids)), n_gallery=int(len(eg.ids)), metrics=metrics, ci=ci,
                       ci_method=f"percentile, {args.n_boot} cluster-bootstrap replicates over query patients",
-                      n_skipped=len(eq.skipped) + len(eg.skipped))
+                      n_skipped=len(eq.skipped) + len(eg.skipped), **extra)
     paths = write_evaluation(out, rec, [plot])
     from medfm.evaluation.compare import write_predictions
 
@@ -205,6 +222,18 @@ def run_probe(args) -> int:
         ci.update({f"{name}/{k}": v for k, v in c.items()})
     metrics.update({f"fewshot/{k}": v for k, v in probes.few_shot(
         X[tr], y[tr], X[te], y[te], len(classes), shots=shots, seeds=range(args.few_shot_seeds)).items()})
+    extra = {}
+    if args.baseline:  # the same rows, splits, probes and bootstrap on the baseline's features
+        from medfm.evaluation.baselines import probe_features
+
+        B, extra["baseline"] = probe_features(args.baseline, model, args.modality, rows, tr, labelled.attrs.get("base_dir"))
+        blin = probes.linear_probe(B[tr], y[tr], B[va], y[va], B[te], len(classes), seed=args.seed)
+        extra["baseline"]["linear_C"] = blin["C"]
+        for name, proba in (("linear", blin["proba"]), ("knn", probes.knn_probe(B[tr], y[tr], B[te], len(classes),
+                                                                                k=args.knn_k))):
+            pt, c = metrics_with_ci(y[te], proba, groups, classes, n_boot=args.n_boot, seed=args.seed)
+            metrics.update({f"baseline/{extra['baseline']['name']}/{name}/{k}": v for k, v in pt.items()})
+            ci.update({f"baseline/{extra['baseline']['name']}/{name}/{k}": v for k, v in c.items()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_roc(y[te], lin["proba"], classes, out / "roc.png", title="linear probe ROC (test)"),
@@ -216,7 +245,7 @@ def run_probe(args) -> int:
                       split_source="manifest split column" if "split" in df.columns else "deterministic split by patient",
                       linear_C=lin["C"], knn_k=args.knn_k, metrics=metrics, ci=ci,
                       ci_method=f"percentile, {args.n_boot} cluster-bootstrap replicates over test patients",
-                      n_skipped=len(emb.skipped))
+                      n_skipped=len(emb.skipped), **extra)
     paths = write_evaluation(out, rec, [p for p in plots if p is not None])
     from medfm.evaluation.compare import write_predictions
 
@@ -245,11 +274,19 @@ def run_bioscan(args) -> int:
     qrows, krows = rows_for(qdf, eq.ids), rows_for(kdf, ek.ids)
     metrics = bioscan_accuracy(eq.emb, qrows, ek.emb, krows, ranks,
                                train_species=set(train_df[ranks[-1]].dropna().astype(str)))
+    extra = {}
+    if args.baseline:
+        from medfm.evaluation.baselines import retrieval_features
+
+        bq, bk, extra["baseline"] = retrieval_features(args.baseline, model, args.query_modality, km, qrows, krows,
+                                                       full.attrs.get("base_dir"))
+        metrics.update({f"baseline/{extra['baseline']['name']}/{k}": v for k, v in bioscan_accuracy(
+            bq, qrows, bk, krows, ranks, train_species=set(train_df[ranks[-1]].dropna().astype(str))).items()})
     out = Path(args.out)
     rec = base_record("bioscan", args.model, fp, args.manifest, full, query_modality=args.query_modality,
                       key_modality=km, query_split=args.query_split, key_split=args.key_split, ranks=ranks,
                       n=int(len(eq.ids)), n_keys=int(len(ek.ids)), metrics=metrics, ci={},
-                      n_skipped=len(eq.skipped) + len(ek.skipped))
+                      n_skipped=len(eq.skipped) + len(ek.skipped), **extra)
     out.mkdir(parents=True, exist_ok=True)
     paths = write_evaluation(out, rec, [_rank_bars(metrics, ranks, out / "accuracy_by_rank.png")])
     print(f"bioscan: seen {metrics['seen/n']} / unseen {metrics['unseen/n']} queries; "
