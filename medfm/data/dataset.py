@@ -33,6 +33,14 @@ def build_label_vocab(df: pd.DataFrame, columns: Iterable[str]) -> Dict[str, Lis
     return vocab
 
 
+def augmentation_rng(seed: int, epoch: int, index: int, modality: str) -> np.random.Generator:
+    """The generator of the train-time augmentation of one cell: seeded by ``(seed, epoch, manifest
+    row, modality)``, so views do not depend on worker scheduling, survive a resume, are the same
+    from shards and from a manifest, and two columns read by the same kind of adapter (two crops of
+    one ECG as contrastive views) get independent augmentations."""
+    return np.random.default_rng([int(seed), int(epoch), int(index), zlib.crc32(modality.encode())])
+
+
 class ManifestDataset(Dataset):
     """One item per manifest row: each present modality read and preprocessed by its adapter.
 
@@ -133,9 +141,7 @@ class ManifestDataset(Dataset):
             value = self._resolve(adapter, value, self.columns[modality])
         except DataError as e:
             raise DataError(e.reason, source=sid, field=e.field) from None
-        # one stream per modality: two columns read by the same kind of adapter (two crops of one
-        # ECG as contrastive views) get independent augmentations
-        rng = np.random.default_rng([self.seed, self.epoch, index, zlib.crc32(modality.encode())])
+        rng = augmentation_rng(self.seed, self.epoch, index, modality)
         if self.cache is not None:
             item = self.cache.get_or_compute(value, adapter.cache_signature(row),
                                              lambda: adapter.load(value, train=False, sample_id=sid, row=row),

@@ -41,7 +41,7 @@ from safetensors.torch import save as st_save
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError, MedFMError
-from .dataset import ManifestDataset
+from .dataset import ManifestDataset, augmentation_rng
 from .manifest import is_missing
 
 log = logging.getLogger("medfm.data")
@@ -161,7 +161,7 @@ def decode_sample(raw: Mapping[str, Any], adapters: Mapping[str, Any], modalitie
                   ) -> Dict[str, Any]:
     """A raw shard sample → a :class:`~medfm.data.ManifestDataset`-style item.
 
-    The augmentation of a modality uses ``np.random.default_rng([seed, epoch, index])`` with the
+    The augmentation of a modality uses :func:`~medfm.data.dataset.augmentation_rng` with the
     manifest row ``index``, exactly as manifest training with a preprocessing cache does.
     A modality that fails is logged, listed in ``errors`` and dropped from the sample.
     """
@@ -185,7 +185,7 @@ def decode_sample(raw: Mapping[str, Any], adapters: Mapping[str, Any], modalitie
             else:
                 continue
             if train:
-                item = adapter.augment(item, np.random.default_rng([seed, epoch, index]))
+                item = adapter.augment(item, augmentation_rng(seed, epoch, index, mod))
             inputs[mod] = item
         except MedFMError as e:
             log.warning("skipping %s of sample %s: %s", mod, sid, e)
