@@ -37,7 +37,7 @@ class DemoSettings:
     """Sizes of one demo run (:func:`settings` gives the full and the ``--quick`` ones)."""
 
     n_patients: int = 120
-    steps: int = 130
+    steps: int = 170
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 15
@@ -47,7 +47,7 @@ class DemoSettings:
 
 
 def settings(quick: bool = False) -> DemoSettings:
-    """The full demo (≈240 samples, 130 steps) or the ``--quick`` one (≈130 samples, 130 steps) the tests run.
+    """The full demo (≈240 samples, 170 steps) or the ``--quick`` one (≈130 samples, 130 steps) the tests run.
 
     The full run is sized to finish in about 150 s on a 2-core CPU whose fp32 GEMM rate is about
     90 GFLOP/s (the demo prints the measured rate in its header).
