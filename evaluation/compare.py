@@ -20,7 +20,6 @@ agree) and tests each metric:
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from medfm.errors import DataError
 
-from .metrics import _group_index, classification_metrics, delong_test
+from .metrics import _group_index, bootstrap_replicates, classification_metrics, delong_test
 
 PREDICTIONS = "predictions.npz"
 
@@ -80,19 +79,6 @@ def _align(a: Dict[str, Any], b: Dict[str, Any], source: str):
     return np.array([ia[i] for i in common]), np.array([ib[i] for i in common]), common
 
 
-def _boot_diff(fn, n_clusters_idx, *, n_boot: int, seed: int) -> Dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    reps: Dict[str, list] = {}
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(n_clusters_idx), size=len(n_clusters_idx))
-        idx = np.concatenate([n_clusters_idx[i] for i in pick])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for k, v in fn(idx).items():
-                reps.setdefault(k, []).append(v)
-    return {k: np.asarray(v, dtype=np.float64) for k, v in reps.items()}
-
-
 def _summarise(point_a: Dict[str, float], point_b: Dict[str, float], reps: Dict[str, np.ndarray]) -> Dict[str, Dict]:
     out = {}
     for k in point_a:
@@ -127,7 +113,7 @@ def compare_predictions(a: Dict[str, Any], b: Dict[str, Any], *, n_boot: int = 1
         def fn(idx):
             ma, mb = metrics_from_ranks(fa[idx], pa[idx]), metrics_from_ranks(fb[idx], pb[idx])
             return {k: mb[k] - ma[k] for k in ma}
-        res["metrics"] = _summarise(pt_a, pt_b, _boot_diff(fn, clusters, n_boot=n_boot, seed=seed))
+        res["metrics"] = _summarise(pt_a, pt_b, bootstrap_replicates(fn, clusters, n_boot=n_boot, seed=seed))
         return res
     ca, cb = [str(c) for c in a["classes"]], [str(c) for c in b["classes"]]
     if sorted(ca) != sorted(cb):
@@ -144,7 +130,7 @@ def compare_predictions(a: Dict[str, Any], b: Dict[str, Any], *, n_boot: int = 1
     def fn(idx):
         ma, mb = classification_metrics(ya[idx], sa[idx], classes), classification_metrics(ya[idx], sb[idx], classes)
         return {k: mb[k] - ma[k] for k in ma if k in mb}
-    metrics = _summarise(pt_a, pt_b, _boot_diff(fn, clusters, n_boot=n_boot, seed=seed))
+    metrics = _summarise(pt_a, pt_b, bootstrap_replicates(fn, clusters, n_boot=n_boot, seed=seed))
     for c, name in enumerate(classes):  # AUROC per class/finding: the paired DeLong test
         y = (ya == c).astype(int) if ya.ndim == 1 else ya[:, c]
         keep = y >= 0

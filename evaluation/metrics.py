@@ -144,6 +144,27 @@ def _group_index(groups: Sequence) -> list:
     return np.split(order, bounds)
 
 
+def bootstrap_replicates(fn: Callable[[np.ndarray], Dict[str, float]], clusters: Sequence[np.ndarray], *,
+                         n_boot: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """``n_boot`` cluster-bootstrap replicates of ``fn(row_indices) -> {name: value}``.
+
+    Each replicate draws ``len(clusters)`` clusters with replacement (``clusters``: row
+    indices per patient, from :func:`_group_index`) and passes the concatenated rows to
+    ``fn``. Returns ``{name: (n_boot,) float64}`` (NaN where a metric is undefined).
+    """
+    rng = np.random.default_rng(seed)
+    reps: Dict[str, list] = {}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(clusters), size=len(clusters))
+        idx = np.concatenate([clusters[i] for i in pick])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = fn(idx)
+        for k, v in values.items():
+            reps.setdefault(k, []).append(v)
+    return {k: np.asarray(v, dtype=np.float64) for k, v in reps.items()}
+
+
 def cluster_bootstrap(metric_fn: MetricFn, y_true: np.ndarray, scores: np.ndarray,
                       groups: Optional[Sequence] = None, *, n_boot: int = 1000,
                       alpha: float = 0.05, seed: int = 0) -> Dict[str, Tuple[float, float]]:
@@ -163,18 +184,9 @@ def cluster_bootstrap(metric_fn: MetricFn, y_true: np.ndarray, scores: np.ndarra
     """
     y_true = np.asarray(y_true)
     scores = np.asarray(scores)
-    n = len(y_true)
-    clusters = _group_index(groups if groups is not None else np.arange(n))
-    rng = np.random.default_rng(seed)
-    reps: Dict[str, list] = {}
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(clusters), size=len(clusters))
-        idx = np.concatenate([clusters[i] for i in pick])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            values = metric_fn(y_true[idx], scores[idx])
-        for k, v in values.items():
-            reps.setdefault(k, []).append(v)
+    clusters = _group_index(groups if groups is not None else np.arange(len(y_true)))
+    reps = bootstrap_replicates(lambda idx: metric_fn(y_true[idx], scores[idx]), clusters,
+                                n_boot=n_boot, seed=seed)
     out: Dict[str, Tuple[float, float]] = {}
     for k, vals in reps.items():
         arr = np.asarray(vals, dtype=np.float64)

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from medfm.data.inspect import guess_modality, inspect_file, render_preview
+    from medfm.modalities.inspect import guess_modality, inspect_file, render_preview
     from medfm.registry import MODALITIES, get_modality
 
     if args.model:

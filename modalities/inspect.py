@@ -18,8 +18,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from ..errors import DataError, MedFMError, UsageError
-from ..modality import check_format, file_reference, matching_suffix
+from medfm.errors import DataError, MedFMError, UsageError
+from medfm.modality import check_format, file_reference, matching_suffix
 
 
 PREFERRED = ("ct", "oct", "ecg", "xray", "dna", "text", "fundus")
@@ -41,7 +41,7 @@ def guess_modality(path: Any, modalities: Dict[str, Any]) -> str:
         if dicom:
             import pydicom
 
-            from medfm.modalities.sources import DICOM_MODALITY
+            from .sources import DICOM_MODALITY
 
             ds = pydicom.dcmread(str(p), stop_before_pixels=True)
             tag = str(getattr(ds, "Modality", "") or "").upper()
@@ -92,7 +92,7 @@ def inspect_file(path: Any, adapter: Any) -> Dict[str, Any]:
     meta = {k: _describe(v) for k, v in record.meta.items() if k not in ("affine",)}
     for key in ("lead_mask", "derived_mask"):
         if key in record.meta and hasattr(adapter, "options"):
-            from medfm.modalities.ecg import LEADS
+            from .ecg import LEADS
 
             mask = np.asarray(record.meta[key], dtype=bool)
             meta["leads_found" if key == "lead_mask" else "leads_derived"] = [LEADS[i] for i in np.flatnonzero(mask)]
@@ -157,7 +157,7 @@ def render_preview(result: Dict[str, Any], out: Any) -> Path:
         ax.set_title("after VOI LUT / windowing / resize", fontsize=8)
         ax.axis("off")
     elif x is not None and x.is_floating_point() and x.ndim == 2:  # (leads, T)
-        from medfm.modalities.ecg import LEADS
+        from .ecg import LEADS
 
         sig = x.numpy()
         derived = set(info["meta"].get("leads_derived") or [])
