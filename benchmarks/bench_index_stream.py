@@ -28,17 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import clustered  # noqa: E402
 
 from medfm.evaluation.embed import Embeddings, save_embeddings  # noqa: E402
+from medfm.demo.machine import gemm_gflops  # noqa: E402
 from medfm.evaluation.index import VectorIndex  # noqa: E402
 from medfm.evaluation.index_stream import Gallery, build_streaming, recall_sweep  # noqa: E402
-
-
-def gemm_gflops(n: int = 1024, reps: int = 5) -> float:
-    a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def main(argv=None) -> int:
@@ -53,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only-refined", action="store_true", help="only the m=64 re-ranked IVF-PQ")
     args = ap.parse_args(argv)
     faiss.omp_set_num_threads(1)
-    print(f"fp32 GEMM (1024², numpy, 1 thread): {gemm_gflops():.1f} GFLOP/s")
+    print(f"fp32 GEMM (1024², torch, 1 thread): {gemm_gflops(1024, threads=1):.1f} GFLOP/s")
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((1000, args.dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,16 +32,8 @@ from medfm.data import ManifestDataset, MultiModalCollate, read_manifest
 from medfm.data.shard_stream import ShardStream, shard_loader
 from medfm.data.shards import open_index, write_shards
 from medfm.registry import get_modality
+from medfm.demo.machine import gemm_gflops
 from medfm.train.sampler import ResumableSampler
-
-
-def gemm_gflops(n: int = 1024, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def du(path: Path) -> int:
@@ -65,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-size", default="64MB")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"fp32 GEMM (1024², 1 thread): {gemm_gflops():.1f} GFLOP/s")
+    print(f"fp32 GEMM (1024², 1 thread): {gemm_gflops(1024, threads=1):.1f} GFLOP/s")
     opts = {"size": list(args.size), "windows": ["mediastinum"], "target_spacing": None, "orient": False}
     adapter = get_modality("ct", **opts)
     d, h, w = args.size

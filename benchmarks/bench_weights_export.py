@@ -22,17 +22,7 @@ import resource
 import time
 from pathlib import Path
 
-
-def gemm_gflops(threads: int, n: int = 1024, reps: int = 10) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    t = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+from medfm.demo.machine import gemm_gflops
 
 
 def _rss_mb() -> float:
@@ -98,7 +88,7 @@ def main() -> None:
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"fp32 GEMM (1024², {a.threads} thread(s)): {gemm_gflops(a.threads):.1f} GFLOP/s (shared, loaded machine)")
+    print(f"fp32 GEMM (1024², {a.threads} thread(s)): {gemm_gflops(1024, threads=a.threads):.1f} GFLOP/s (shared, loaded machine)")
     torch.manual_seed(0)
     vit = timm.models.vision_transformer.VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12,
                                                            num_heads=12, num_classes=0)
@@ -166,7 +156,7 @@ def main() -> None:
     for name, s in timings.items():
         print(f"| {name} | {s:.3f} | {a.batch / s:.2f} | {base / s:.2f} |")
     gflop = 17.56 * a.batch  # ViT-B/16 at 224²: ~17.6 GFLOPs per image forward
-    print(f"(pytorch at {gflop / base:.1f} GFLOP/s effective; GEMM again now: {gemm_gflops(a.threads):.1f} GFLOP/s)")
+    print(f"(pytorch at {gflop / base:.1f} GFLOP/s effective; GEMM again now: {gemm_gflops(1024, threads=a.threads):.1f} GFLOP/s)")
     print(json.dumps({"import": rows, "throughput_s_per_batch": timings, "onnx_max_abs_diff": diff}))
 
 

@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 
 from . import TRUNK, TEXT_HF, Stopwatch, accuracy_ci, block_result, cosine_1nn, pretrain, verdict
+from medfm.demo.machine import gemm_gflops
+
 from .baselines import kmer_frequencies
 
 RANKS = ("order_name", "family_name", "genus_name", "species_name")
@@ -93,20 +95,6 @@ def split_species(df: pd.DataFrame, *, n_unseen: int, n_test: int, n_val: int, s
         split[order[:n_test]] = "test"
         split[order[n_test:n_test + n_val]] = "val"
     return split
-
-
-def gemm_gflops(n: int = 1024, repeat: int = 10) -> float:
-    """Measured float32 matmul rate (GFLOP/s) of this machine now, printed beside the timings."""
-    import time
-
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    return 2 * n ** 3 * repeat / (time.perf_counter() - t0) / 1e9
 
 
 def _embed(model, df: pd.DataFrame, modality: str = "dna") -> np.ndarray:
@@ -268,7 +256,7 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     sw = Stopwatch()
     res = block_result(budget=dict(budget))
     nb = int(budget["n_boot"])
-    res["gemm_gflops"] = gemm_gflops()
+    res["gemm_gflops"] = gemm_gflops(1024)
     res["notes"].append(f"fp32 GEMM rate at the start of the block: {res['gemm_gflops']:.1f} GFLOP/s "
                         f"(1024² matmul, torch threads as the suite); timings scale with it.")
     with sw("load"):
