@@ -3,7 +3,7 @@
 Submodules (import what you need; none imports torch-heavy engine parts at import time
 except :mod:`.embed`):
 
-* :mod:`.metrics` — classification metrics (scikit-learn), patient cluster bootstrap CIs, DeLong.
+* :mod:`medfm.metrics` (the engine's) — classification metrics, patient cluster bootstrap CIs, DeLong.
 * :mod:`.retrieval` — Recall@k / MRR / mAP / ranks with many-to-many ground truth; BIOSCAN accuracy.
 * :mod:`.index` — persistent faiss index with the building model's fingerprint.
 * :mod:`.zeroshot` — prompt sets, prompt ensembling, multi-class / multi-label / prototype zero-shot.
@@ -12,5 +12,5 @@ except :mod:`.embed`):
 * :mod:`.report` — ``results.json`` + ``report.md`` + PNG plots.
 """
 from .index import VectorIndex, model_fingerprint  # noqa: F401
-from .metrics import classification_metrics, cluster_bootstrap, delong_test, metrics_with_ci  # noqa: F401
+from medfm.metrics import classification_metrics, cluster_bootstrap, delong_test, metrics_with_ci  # noqa: F401
 from .retrieval import bioscan_accuracy, cross_modal_retrieval, ground_truth, retrieval_metrics  # noqa: F401

@@ -12,7 +12,7 @@ Every classification and retrieval evaluator writes ``predictions.npz`` beside i
 agree) and tests each metric:
 
 * AUROC (per class, one-vs-rest for multi-class; per finding for multi-label): the paired
-  DeLong test (:func:`medfm.evaluation.metrics.delong_test`);
+  DeLong test (:func:`medfm.metrics.delong_test`);
 * every other metric (accuracy, macro AUROC/AUPRC/F1, R@k, MRR, mAP): a paired
   patient-cluster bootstrap of the difference B − A, with a percentile 95 % interval and a
   two-sided bootstrap p-value ``min(1, 2 · min(P(Δ ≤ 0), P(Δ ≥ 0)))``.
@@ -27,7 +27,7 @@ import numpy as np
 
 from medfm.errors import DataError
 
-from .metrics import _group_index, bootstrap_replicates, classification_metrics, delong_test
+from medfm.metrics import _group_index, bootstrap_replicates, classification_metrics, delong_test
 
 PREDICTIONS = "predictions.npz"
 

@@ -135,7 +135,7 @@ def multilabel_linear_probe(X_train: np.ndarray, Y_train: np.ndarray, X_val: np.
         ``{"C", "val_macro_auroc": {C: auc}, "proba": (N_test, C)}``; a finding constant in the
         training rows gets that constant as its probability.
     """
-    from .metrics import multilabel_metrics
+    from medfm.metrics import multilabel_metrics
 
     def fit_predict(C, Xf, Yf, Xp):
         out = np.zeros((len(Xp), Yf.shape[1]))

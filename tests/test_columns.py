@@ -12,7 +12,7 @@ import yaml
 from medfm.cli import main
 from medfm.data.columns import parse_column_specs, recorded_columns
 from medfm.errors import UsageError
-from medfm.evaluation.metrics import delong_test
+from medfm.metrics import delong_test
 
 N_PATIENTS = 24
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from medfm.evaluation.metrics import (classification_metrics, cluster_bootstrap, delong_test, metrics_with_ci,
+from medfm.metrics import (classification_metrics, cluster_bootstrap, delong_test, metrics_with_ci,
                                       multilabel_metrics)
 
 
@@ -145,7 +145,7 @@ def test_numpy_metrics_equal_scikit_learn():
     from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, f1_score,
                                  roc_auc_score)
 
-    from medfm.evaluation.metrics import _binary_auc, multiclass_metrics
+    from medfm.metrics import _binary_auc, multiclass_metrics
 
     rng = np.random.default_rng(0)
     for t in range(60):

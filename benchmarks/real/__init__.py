@@ -128,9 +128,9 @@ def accuracy_ci(y_true: Sequence[Any], y_pred: Sequence[Any], *, n_boot: int, se
                 groups: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
     """Top-1 accuracy with a percentile bootstrap 95% interval (resampling rows or ``groups``).
 
-    Uses :func:`medfm.evaluation.metrics.cluster_bootstrap`. Returns ``{"value", "ci", "n"}``.
+    Uses :func:`medfm.metrics.cluster_bootstrap`. Returns ``{"value", "ci", "n"}``.
     """
-    from medfm.evaluation.metrics import cluster_bootstrap
+    from medfm.metrics import cluster_bootstrap
 
     y = np.asarray([str(v) for v in y_true])
     p = np.asarray([str(v) for v in y_pred])

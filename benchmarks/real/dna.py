@@ -131,7 +131,7 @@ def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, see
     """Every frozen-embedding metric of one representation ``X (N, D)`` (rows = ``df`` rows)."""
     from medfm.evaluation.probes import linear_probe
     from medfm.evaluation.retrieval import bioscan_accuracy
-    from medfm.evaluation.metrics import cluster_bootstrap
+    from medfm.metrics import cluster_bootstrap
 
     X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)  # cosine everywhere
     split = df["split"].to_numpy()

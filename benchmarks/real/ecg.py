@@ -123,7 +123,7 @@ def probe_codes(X: np.ndarray, df: pd.DataFrame, codes: List[str], *, n_boot: in
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from medfm.evaluation.metrics import metrics_with_ci
+    from medfm.metrics import metrics_with_ci
 
     sources = sorted(df["source"].unique())
     Y = np.asarray([[int(c in dx) for c in codes] for dx in df["dx"]])
@@ -414,7 +414,7 @@ def tune(data_dir: Path, out: Path, only=()) -> None:
                 r = probe_codes(X[inner], ok[inner].reset_index(drop=True), codes, n_boot=0, seed=0)
                 val_scores.append(r["_scores"])
                 val_y.append(r["_y"])
-            from medfm.evaluation.metrics import metrics_with_ci
+            from medfm.metrics import metrics_with_ci
             names = [SNOMED_NAMES.get(c, c) for c in codes]
             point, _ = metrics_with_ci(np.concatenate(val_y), np.concatenate(val_scores), groups=None,
                                        class_names=names, n_boot=0, seed=0)

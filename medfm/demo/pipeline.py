@@ -120,7 +120,7 @@ def majority_rate(y: np.ndarray) -> float:
 
 def mean_with_ci(values: np.ndarray, groups: Sequence[Any], n_boot: int, seed: int) -> Dict[str, Any]:
     """Mean of per-query values with a patient-cluster bootstrap 95% CI."""
-    from medfm.evaluation.metrics import cluster_bootstrap
+    from medfm.metrics import cluster_bootstrap
 
     v = np.asarray(values, dtype=np.float64)
     ci = cluster_bootstrap(lambda y, s: {"mean": float(np.mean(y))}, v, v, list(groups), n_boot=n_boot, seed=seed)
@@ -186,7 +186,7 @@ def label_index(rows: pd.DataFrame) -> np.ndarray:
 def step_zeroshot(model, ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict[str, Any]:
     """Text-prompt zero-shot on the test split: each non-text modality and their fusion."""
     from medfm.evaluation.embed import encode_values, logit_scale
-    from medfm.evaluation.metrics import metrics_with_ci
+    from medfm.metrics import metrics_with_ci
     from medfm.evaluation.zeroshot import parse_prompt_set, text_classifier, zeroshot_scores
 
     prompts = parse_prompt_set(PROMPTS, "demo prompts")
@@ -270,7 +270,7 @@ def step_index(model, ec: EmbeddedCohort, out_dir: Path, query: str, target_clas
 
 def step_probe(ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict[str, Any]:
     """Logistic-regression probe on frozen fused imaging embeddings (C chosen on val)."""
-    from medfm.evaluation.metrics import metrics_with_ci
+    from medfm.metrics import metrics_with_ci
     from medfm.evaluation.probes import linear_probe
 
     (xtr, rtr), (xva, rva), (xte, rte) = (ec.fused(sp) for sp in ("train", "val", "test"))

@@ -92,7 +92,7 @@ def _embed(model, df, modality, args):
 
 def run_retrieval(args) -> int:
     from medfm.evaluation.embed import base_record, load_model, open_manifest, require_modality, rows_for
-    from medfm.evaluation.metrics import cluster_bootstrap
+    from medfm.metrics import cluster_bootstrap
     from medfm.evaluation.report import write_evaluation
     from medfm.evaluation.retrieval import ground_truth, keys_from_manifest, metrics_from_ranks, rank_arrays
 
@@ -173,7 +173,7 @@ def run_probe(args) -> int:
     from medfm.errors import DataError, UsageError
     from medfm.evaluation import probes
     from medfm.evaluation.embed import base_record, load_model, open_manifest, require_modality, rows_for
-    from medfm.evaluation.metrics import metrics_with_ci
+    from medfm.metrics import metrics_with_ci
     from medfm.evaluation.report import plot_confusion, plot_roc, write_evaluation
 
     try:

@@ -51,7 +51,7 @@ def run_multilabel_probe(args, model, fp, df, label_source: str, binary_cols) ->
     from medfm.evaluation.compare import write_predictions
     from medfm.evaluation.embed import base_record, rows_for
     from medfm.evaluation.labels import multilabel_targets
-    from medfm.evaluation.metrics import metrics_with_ci
+    from medfm.metrics import metrics_with_ci
     from medfm.evaluation.report import plot_roc, write_evaluation
 
     from .evaluate import _embed

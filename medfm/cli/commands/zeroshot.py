@@ -45,7 +45,7 @@ def run(args) -> int:
     from medfm.evaluation import zeroshot as zs
     from medfm.evaluation.embed import (base_record, embed_manifest, encode_values, load_model, logit_scale,
                                         open_manifest, report_skipped, require_modality, rows_for)
-    from medfm.evaluation.metrics import metrics_with_ci
+    from medfm.metrics import metrics_with_ci
     from medfm.data.splits import check_no_leakage
     from medfm.evaluation.probes import encode_labels
     from medfm.evaluation.report import plot_confusion, plot_roc, write_evaluation

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -260,12 +260,3 @@ def delong_test(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) 
         p = float(2 * stats.norm.sf(abs(z)))
     return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff,
             "se": float(math.sqrt(max(var, 0.0))), "z": float(z), "p_value": float(p)}
-
-
-def format_ci(point: Mapping[str, float], ci: Mapping[str, Tuple[float, float]], name: str) -> str:
-    """``"0.812 (0.780-0.840)"`` for the report tables."""
-    v = point.get(name, float("nan"))
-    if name in ci:
-        lo, hi = ci[name]
-        return f"{v:.3f} ({lo:.3f}-{hi:.3f})"
-    return f"{v:.3f}"
