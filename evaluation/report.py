@@ -92,6 +92,40 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence
     return Path(str(path))
 
 
+def plot_recall_at_k(curves: Mapping[str, np.ndarray], path: Any) -> Path:
+    """Recall@k against k (log scale) of each ``{label: first_rank (Q,)}`` curve to ``path`` (PNG)."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, first in curves.items():
+        first = np.asarray(first)
+        if len(first) == 0:
+            continue
+        ks = np.arange(1, max(2, int(first.max())) + 1)
+        ax.plot(ks, [(first <= k).mean() for k in ks], label=name)
+    ax.set(xscale="log", xlabel="k", ylabel="Recall@k", ylim=(0, 1.02), title="Recall@k")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)
+    return Path(str(path))
+
+
+def plot_rank_bars(metrics: Mapping[str, float], ranks: Sequence[str], path: Any) -> Path:
+    """BIOSCAN top-1 accuracy per rank, seen/unseen × micro/macro bars, to ``path`` (PNG)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    w = 0.2
+    x = np.arange(len(ranks))
+    for i, (split, avg) in enumerate([(s, a) for s in ("seen", "unseen") for a in ("micro", "macro")]):
+        vals = [metrics.get(f"{split}/{r}/{avg}", float("nan")) for r in ranks]
+        ax.bar(x + (i - 1.5) * w, np.nan_to_num(vals), w, label=f"{split} {avg}")
+    ax.set_xticks(x, ranks, fontsize=8)
+    ax.set(ylabel="top-1 accuracy", ylim=(0, 1), title="BIOSCAN accuracy by rank")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)
+    return Path(str(path))
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "n/a"
@@ -115,11 +149,16 @@ def render_markdown(record: Mapping[str, Any], plots: Sequence[Path] = ()) -> st
             continue
         lines.append(f"- **{key}**: {_fmt(val)}")
     ci = record.get("ci") or {}
-    lines += ["", "| metric | value | 95% CI |", "| --- | ---: | :---: |"]
+    chance = record.get("chance") or {}
+    if chance:
+        lines += ["", "| metric | value | 95% CI | chance |", "| --- | ---: | :---: | ---: |"]
+    else:
+        lines += ["", "| metric | value | 95% CI |", "| --- | ---: | :---: |"]
     for name, val in (record.get("metrics") or {}).items():
         c = ci.get(name)
         cs = f"{_fmt(c[0])} – {_fmt(c[1])}" if c else ""
-        lines.append(f"| {name} | {_fmt(val)} | {cs} |")
+        lines.append(f"| {name} | {_fmt(val)} | {cs} |" + (f" {_fmt(chance[name]) if name in chance else ''} |"
+                                                            if chance else ""))
     if ci:
         lines += ["", f"Intervals: {record.get('ci_method', 'percentile bootstrap')}."]
     lines += _baseline_table(record)

@@ -23,6 +23,7 @@ gallery order (stable sort).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -137,6 +138,23 @@ def rank_arrays(query: np.ndarray, gallery: np.ndarray, gt: sparse.spmatrix, *,
             "n_no_match": int((~has).sum())}
 
 
+def recall_chance(n_relevant: np.ndarray, n_gallery: int, k: int) -> float:
+    """Expected R@k of a random ranking: mean over queries of ``1 − C(G−r, k) / C(G, k)``.
+
+    Args:
+        n_relevant: ``(Q,)`` relevant gallery items per query; n_gallery: ``G``.
+    """
+    r = np.asarray(n_relevant, dtype=np.int64)
+    out = []
+    for ri in r:
+        if n_gallery - ri < k:
+            out.append(1.0)
+        else:
+            out.append(1.0 - math.exp(math.lgamma(n_gallery - ri + 1) - math.lgamma(n_gallery - ri - k + 1)
+                                      - math.lgamma(n_gallery + 1) + math.lgamma(n_gallery - k + 1)))
+    return float(np.mean(out)) if out else float("nan")
+
+
 def metrics_from_ranks(first_rank: np.ndarray, ap: np.ndarray, *, ks: Iterable[int] = (1, 5, 10),
                        prefix: str = "") -> Dict[str, float]:
     """R@k, MRR, mAP, median and mean rank from per-query ``first_rank (Q,)`` and ``ap (Q,)``."""
@@ -187,6 +205,15 @@ def cross_modal_retrieval(emb_a: np.ndarray, emb_b: np.ndarray, keys_a: Sequence
 
 
 # ------------------------------------------------------------------- BIOSCAN
+def nearest_key(query: np.ndarray, keys: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Index of each query's nearest key by inner product: ``(Q, D), (K, D) -> (Q,)``."""
+    nearest = np.empty(len(query), dtype=np.int64)
+    k = np.asarray(keys, dtype=np.float32)
+    for s in range(0, len(query), block):
+        nearest[s:s + block] = (np.asarray(query[s:s + block], dtype=np.float32) @ k.T).argmax(1)
+    return nearest
+
+
 def bioscan_accuracy(query: np.ndarray, query_labels: pd.DataFrame, keys: np.ndarray,
                      key_labels: pd.DataFrame, ranks: Sequence[str], *,
                      seen: Optional[np.ndarray] = None, species_rank: Optional[str] = None,
@@ -219,10 +246,7 @@ def bioscan_accuracy(query: np.ndarray, query_labels: pd.DataFrame, keys: np.nda
         pool = set(map(str, train_species)) if train_species is not None else set(key_labels[species_rank].astype(str))
         seen = query_labels[species_rank].astype(str).isin(pool).to_numpy()
     seen = np.asarray(seen, dtype=bool)
-    nearest = np.empty(len(query), dtype=np.int64)
-    k = np.asarray(keys, dtype=np.float32)
-    for s in range(0, len(query), 1024):
-        nearest[s:s + 1024] = (np.asarray(query[s:s + 1024], dtype=np.float32) @ k.T).argmax(1)
+    nearest = nearest_key(query, keys)
     out: Dict[str, float] = {}
     for split, mask in (("seen", seen), ("unseen", ~seen)):
         out[f"{split}/n"] = int(mask.sum())
