@@ -9,7 +9,8 @@ import pytest
 
 from medfm.cli import main
 from medfm.demo.cohort import CLASSES
-from medfm.demo.pipeline import chance_row, recall_chance
+from medfm.demo.chance import chance_row
+from medfm.evaluation.retrieval import recall_chance
 
 BLOCKS = ("cohort", "pretrain", "zeroshot", "retrieval", "index", "probe", "finetune", "real_files", "summary",
           "timing_s")

@@ -7,7 +7,8 @@ Public API::
     df = generate_cohort("cohort", CohortSpec(n_patients=40, seed=1))
 
 Modules: :mod:`.cohort` (the documented generator), :mod:`.pipeline` (the loop),
-:mod:`.report` (summary table, plots, report.md, results.json).
+:mod:`.report` (summary table, plots, report.md, results.json), :mod:`.chance` (one line of the
+metric-vs-chance table, which both use).
 """
 from .cohort import CLASSES, PROMPTS, CohortSpec, copy_real_files, generate_cohort
 from .pipeline import DemoSettings, run_demo, settings

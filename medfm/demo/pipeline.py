@@ -9,13 +9,14 @@
 Every step uses the public pieces: :class:`medfm.train.Trainer`, ``medfm.evaluation``
 (``embed``, ``zeroshot``, ``retrieval``, ``index``, ``probes``, ``metrics``) and
 :func:`medfm.finetune.finetune`. Each metric is stored with its chance level and, where
-it has one, a patient-level bootstrap 95% CI (:func:`chance_row`).
+it has one, a patient-level bootstrap 95% CI (:func:`medfm.demo.chance.chance_row`). The
+evaluation steps call the same task functions as ``medfm zeroshot`` / ``medfm evaluate``
+(:mod:`medfm.evaluation.tasks`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,8 +27,14 @@ import numpy as np
 import pandas as pd
 
 from medfm.errors import ConfigError
+from medfm.evaluation.embed import embed_manifest, encode_values, logit_scale, rows_for
+from medfm.evaluation.index import VectorIndex, model_fingerprint
+from medfm.evaluation.tasks import run_probe, run_retrieval, run_zeroshot
+from medfm.evaluation.zeroshot import l2n, parse_prompt_set, text_classifier, zeroshot_scores
 
+from . import report as rep
 from .cohort import CLASSES, IMAGING, PROMPTS, CohortSpec, copy_real_files, generate_cohort
+from .machine import machine_info, machine_line
 
 log = logging.getLogger("medfm.demo")
 
@@ -88,45 +95,6 @@ def pretrain_config(manifest: Path, s: DemoSettings, seed: int, progress: bool =
     }
 
 
-# ---------------------------------------------------------------- statistics
-def recall_chance(n_relevant: np.ndarray, n_gallery: int, k: int) -> float:
-    """Expected R@k of a random ranking: mean over queries of ``1 − C(G−r, k) / C(G, k)``."""
-    r = np.asarray(n_relevant, dtype=np.int64)
-    out = []
-    for ri in r:
-        if n_gallery - ri < k:
-            out.append(1.0)
-        else:
-            out.append(1.0 - math.exp(math.lgamma(n_gallery - ri + 1) - math.lgamma(n_gallery - ri - k + 1)
-                                      - math.lgamma(n_gallery + 1) + math.lgamma(n_gallery - k + 1)))
-    return float(np.mean(out)) if out else float("nan")
-
-
-def chance_row(block: str, metric: str, value: float, chance: float, ci: Optional[Sequence[float]] = None,
-               n: Optional[int] = None) -> Dict[str, Any]:
-    """One line of the summary table; ``beats_chance`` uses the CI's lower bound when there is a CI."""
-    lo = None if ci is None else float(ci[0])
-    hi = None if ci is None else float(ci[1])
-    ref = lo if lo is not None and math.isfinite(lo) else value
-    return {"block": block, "metric": metric, "value": float(value), "ci_low": lo, "ci_high": hi,
-            "chance": float(chance), "n": n, "beats_chance": bool(np.isfinite(value) and ref > chance)}
-
-
-def majority_rate(y: np.ndarray) -> float:
-    """Accuracy of always predicting the most frequent class (the accuracy chance level)."""
-    y = np.asarray(y)
-    return float(np.bincount(y).max() / len(y)) if len(y) else float("nan")
-
-
-def mean_with_ci(values: np.ndarray, groups: Sequence[Any], n_boot: int, seed: int) -> Dict[str, Any]:
-    """Mean of per-query values with a patient-cluster bootstrap 95% CI."""
-    from medfm.metrics import cluster_bootstrap
-
-    v = np.asarray(values, dtype=np.float64)
-    ci = cluster_bootstrap(lambda y, s: {"mean": float(np.mean(y))}, v, v, list(groups), n_boot=n_boot, seed=seed)
-    return {"value": float(v.mean()), "ci": list(ci["mean"])}
-
-
 # ------------------------------------------------------------------- helpers
 @dataclass
 class EmbeddedCohort:
@@ -138,8 +106,6 @@ class EmbeddedCohort:
     skipped: Dict[str, List[Dict[str, str]]] = field(default_factory=dict)
 
     def rows(self, modality: str) -> pd.DataFrame:
-        from medfm.evaluation.embed import rows_for
-
         return rows_for(self.df, self.ids[modality])
 
     def select(self, modality: str, split: str):
@@ -150,8 +116,6 @@ class EmbeddedCohort:
 
     def fused(self, split: str, modalities: Sequence[str] = IMAGING):
         """Mean of the L2-normalised embeddings a sample has among ``modalities`` → ``(n, D)``, rows."""
-        from medfm.evaluation.zeroshot import l2n
-
         df = self.df[self.df["split"] == split].reset_index(drop=True)
         pos = {sid: i for i, sid in enumerate(df["id"])}
         dim = next(iter(self.emb.values())).shape[1]
@@ -168,8 +132,6 @@ class EmbeddedCohort:
 
 
 def embed_all(model, df: pd.DataFrame, modalities: Sequence[str], progress: bool) -> EmbeddedCohort:
-    from medfm.evaluation.embed import embed_manifest
-
     out = EmbeddedCohort(df)
     for m in modalities:
         e = embed_manifest(model, df, m, batch_size=64, progress=progress)
@@ -184,11 +146,8 @@ def label_index(rows: pd.DataFrame) -> np.ndarray:
 
 # --------------------------------------------------------------------- steps
 def step_zeroshot(model, ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict[str, Any]:
-    """Text-prompt zero-shot on the test split: each non-text modality and their fusion."""
-    from medfm.evaluation.embed import encode_values, logit_scale
-    from medfm.metrics import metrics_with_ci
-    from medfm.evaluation.zeroshot import parse_prompt_set, text_classifier, zeroshot_scores
-
+    """Text-prompt zero-shot on the test split: each non-text modality and their fusion
+    (:func:`medfm.evaluation.tasks.run_zeroshot`)."""
     prompts = parse_prompt_set(PROMPTS, "demo prompts")
     clf = text_classifier(lambda p: encode_values(model, "text", p, source="prompt"), prompts)
     scale = logit_scale(model)
@@ -199,27 +158,28 @@ def step_zeroshot(model, ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict
     for name, (emb, rows) in targets.items():
         if len(rows) < 3:
             continue
-        y = label_index(rows)
-        scores = zeroshot_scores(emb, clf, scale)
-        point, ci = metrics_with_ci(y, scores, rows["patient_id"].tolist(), list(CLASSES), n_boot=s.n_boot, seed=seed)
-        out["per_modality"][name] = {"n": int(len(y)), "accuracy": point["accuracy"],
-                                     "accuracy_ci": list(ci.get("accuracy", (np.nan, np.nan))),
-                                     "macro_auroc": point["macro_auroc"],
-                                     "macro_auroc_ci": list(ci.get("macro_auroc", (np.nan, np.nan))),
-                                     "chance_accuracy": majority_rate(y), "chance_auroc": 0.5}
+        res = run_zeroshot(emb, label_index(rows), clf, classes=list(CLASSES), groups=rows["patient_id"].tolist(),
+                           logit_scale=scale, n_boot=s.n_boot, seed=seed)
+        out["per_modality"][name] = {"n": res.n, **_value(res, "accuracy"), **_value(res, "macro_auroc"),
+                                     "chance_accuracy": res.chance["accuracy"], "chance_auroc": res.chance["macro_auroc"]}
         if name == "fused":
-            out["_roc"] = (y, scores)
+            out["_roc"] = (res.details["y"], res.details["scores"])
     return out
 
 
+def _value(res, metric: str, name: Optional[str] = None) -> Dict[str, Any]:
+    """``{name: value, name_ci: [low, high]}`` of one metric of a task result (NaN interval when none)."""
+    name = name or metric
+    return {name: res.metrics[metric], f"{name}_ci": list(res.ci.get(metric, (np.nan, np.nan)))}
+
+
 def step_retrieval(ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict[str, Any]:
-    """Cross-modal retrieval on the test split, each imaging modality → report (and back).
+    """Cross-modal retrieval on the test split, each imaging modality → report (and back)
+    (:func:`medfm.evaluation.tasks.run_retrieval`).
 
     Ground truth: the same diagnosis (class label); chance is the exact expectation of a random
-    ranking (:func:`recall_chance`). R@1 and mAP have patient-bootstrap CIs.
+    ranking (:func:`medfm.evaluation.retrieval.recall_chance`). R@1 and mAP have patient-bootstrap CIs.
     """
-    from medfm.evaluation.retrieval import ground_truth, rank_arrays
-
     out: Dict[str, Any] = {"ground_truth": "same class label", "pairs": {}}
     g_emb, g_rows = ec.select("text", "test") if "text" in ec.emb else (None, None)
     if g_emb is None or len(g_rows) < 3:
@@ -230,29 +190,21 @@ def step_retrieval(ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict[str, 
         q_emb, q_rows = ec.select(m, "test")
         if len(q_rows) < 3:
             continue
-        for direction, (qe, qr, ge, gr) in ((f"{m}_to_text", (q_emb, q_rows, g_emb, g_rows)),
-                                            (f"text_to_{m}", (g_emb, g_rows, q_emb, q_rows))):
-            gt = ground_truth(list(qr["label"]), list(gr["label"]))
-            r = rank_arrays(qe, ge, gt)
-            n_rel = np.asarray(gt.sum(1)).ravel()[r["query_index"]]
-            groups = qr["patient_id"].to_numpy()[r["query_index"]]
-            hit1 = (r["first_rank"] <= 1).astype(float)
-            rec: Dict[str, Any] = {"n_queries": int(len(hit1)), "n_gallery": int(len(gr))}
-            m1 = mean_with_ci(hit1, groups, s.n_boot, seed)
-            rec["R@1"], rec["R@1_ci"], rec["R@1_chance"] = m1["value"], m1["ci"], recall_chance(n_rel, len(gr), 1)
-            ap = mean_with_ci(r["ap"], groups, s.n_boot, seed)
-            rec["mAP"], rec["mAP_ci"] = ap["value"], ap["ci"]
-            rec["mAP_chance"] = float(np.mean(n_rel / len(gr)))  # ≈ precision of a random ranking
-            out["pairs"][direction] = rec
+        res = run_retrieval(q_emb, g_emb, list(q_rows["label"]), list(g_rows["label"]),
+                            query_groups=q_rows["patient_id"], gallery_groups=g_rows["patient_id"],
+                            names=(m, "text"), ks=(1,), n_boot=s.n_boot, seed=seed)
+        for direction, n_gallery in ((f"{m}_to_text", len(g_rows)), (f"text_to_{m}", len(q_rows))):
+            pre = direction + "_"
+            out["pairs"][direction] = {
+                "n_queries": int(res.metrics[pre + "n_queries"]), "n_gallery": int(n_gallery),
+                **_value(res, pre + "R@1", "R@1"), "R@1_chance": res.chance[pre + "R@1"],
+                **_value(res, pre + "mAP", "mAP"), "mAP_chance": res.chance[pre + "mAP"]}
     return out
 
 
 def step_index(model, ec: EmbeddedCohort, out_dir: Path, query: str, target_class: str,
                modality: str = "xray", k: int = 5) -> Dict[str, Any]:
     """Build a persistent faiss index of the test ``modality`` embeddings, reload it, search it with text."""
-    from medfm.evaluation.embed import encode_values
-    from medfm.evaluation.index import VectorIndex, model_fingerprint
-
     emb, rows = ec.select(modality, "test")
     fp = model_fingerprint(out_dir / "model")
     index = VectorIndex.build(emb, list(rows["id"]), metadata=rows[["label", "split", modality]],
@@ -269,19 +221,19 @@ def step_index(model, ec: EmbeddedCohort, out_dir: Path, query: str, target_clas
 
 
 def step_probe(ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict[str, Any]:
-    """Logistic-regression probe on frozen fused imaging embeddings (C chosen on val)."""
-    from medfm.metrics import metrics_with_ci
-    from medfm.evaluation.probes import linear_probe
-
-    (xtr, rtr), (xva, rva), (xte, rte) = (ec.fused(sp) for sp in ("train", "val", "test"))
-    res = linear_probe(xtr, label_index(rtr), xva, label_index(rva), xte, len(CLASSES), seed=seed)
-    y = label_index(rte)
-    point, ci = metrics_with_ci(y, res["proba"], rte["patient_id"].tolist(), list(CLASSES), n_boot=s.n_boot, seed=seed)
-    return {"features": "mean of the imaging/ECG/DNA embeddings a sample has", "C": res["C"],
-            "n_train": int(len(rtr)), "n_test": int(len(y)), "accuracy": point["accuracy"],
-            "accuracy_ci": list(ci["accuracy"]), "macro_auroc": point["macro_auroc"],
-            "macro_auroc_ci": list(ci["macro_auroc"]), "chance_accuracy": majority_rate(y), "chance_auroc": 0.5,
-            "_roc": (y, res["proba"])}
+    """Logistic-regression probe on frozen fused imaging embeddings, C chosen on val
+    (:func:`medfm.evaluation.tasks.run_probe`, linear only)."""
+    parts = {sp: ec.fused(sp) for sp in ("train", "val", "test")}
+    X = np.concatenate([x for x, _ in parts.values()])
+    y = np.concatenate([label_index(r) for _, r in parts.values()])
+    splits = np.concatenate([[sp] * len(r) for sp, (_, r) in parts.items()])
+    groups = np.concatenate([r["patient_id"].to_numpy() for _, r in parts.values()])
+    res = run_probe(X, y, splits, classes=list(CLASSES), groups=groups, knn_k=None, shots=(), n_boot=s.n_boot,
+                    seed=seed)
+    return {"features": "mean of the imaging/ECG/DNA embeddings a sample has", "C": res.info["linear_C"],
+            "n_train": res.info["n_train"], "n_test": res.info["n_test"], **_value(res, "linear/accuracy", "accuracy"),
+            **_value(res, "linear/macro_auroc", "macro_auroc"), "chance_accuracy": res.chance["linear/accuracy"],
+            "chance_auroc": res.chance["linear/macro_auroc"], "_roc": (res.details["y_test"], res.details["linear"])}
 
 
 def step_finetune(out_dir: Path, manifest: Path, s: DemoSettings, seed: int, progress: bool) -> Dict[str, Any]:
@@ -381,10 +333,6 @@ def _run_steps(out: Path, s: DemoSettings, *, quick: bool, seed: int, progress: 
 
     from medfm.data import read_manifest
     from medfm.train import Trainer
-
-    from . import report as rep
-
-    from .machine import machine_info, machine_line
 
     times: Dict[str, float] = {}
     t_all = time.perf_counter()

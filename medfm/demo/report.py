@@ -8,7 +8,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from medfm.evaluation.report import plot_roc, plt, to_jsonable
+
+from .chance import chance_row
 from .cohort import CLASSES, MODALITIES
 
 
@@ -22,31 +26,25 @@ def cohort_summary(df: pd.DataFrame) -> Dict[str, Any]:
             "samples_missing_a_modality": int(df[list(present)].isna().any(axis=1).sum())}
 
 
-def _row(block, metric, value, chance, ci=None, n=None):
-    from .pipeline import chance_row
-
-    return chance_row(block, metric, value, chance, ci, n)
-
-
 def summary_rows(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """Every reported metric with its chance level (and CI where there is one)."""
     rows: List[Dict[str, Any]] = []
     for name, r in results["zeroshot"].get("per_modality", {}).items():
-        rows.append(_row(f"zero-shot {name}", "accuracy", r["accuracy"], r["chance_accuracy"], r["accuracy_ci"], r["n"]))
-        rows.append(_row(f"zero-shot {name}", "macro AUROC", r["macro_auroc"], 0.5, r["macro_auroc_ci"], r["n"]))
+        rows.append(chance_row(f"zero-shot {name}", "accuracy", r["accuracy"], r["chance_accuracy"], r["accuracy_ci"], r["n"]))
+        rows.append(chance_row(f"zero-shot {name}", "macro AUROC", r["macro_auroc"], 0.5, r["macro_auroc_ci"], r["n"]))
     for name, r in results["retrieval"].get("pairs", {}).items():
-        rows.append(_row(f"retrieval {name}", "R@1", r["R@1"], r["R@1_chance"], r["R@1_ci"], r["n_queries"]))
-        rows.append(_row(f"retrieval {name}", "mAP", r["mAP"], r["mAP_chance"], r["mAP_ci"], r["n_queries"]))
+        rows.append(chance_row(f"retrieval {name}", "R@1", r["R@1"], r["R@1_chance"], r["R@1_ci"], r["n_queries"]))
+        rows.append(chance_row(f"retrieval {name}", "mAP", r["mAP"], r["mAP_chance"], r["mAP_ci"], r["n_queries"]))
     idx = results["index"]
     k = idx["k"]
-    rows.append(_row("index search (text → x-ray)", f"precision@{k}", idx[f"precision@{k}"],
+    rows.append(chance_row("index search (text → x-ray)", f"precision@{k}", idx[f"precision@{k}"],
                      idx[f"precision@{k}_chance"], None, 1))
     for block, key in (("linear probe (fused)", "probe"), ("LoRA fine-tune (x-ray+ECG)", "finetune")):
         r = results[key]
         if r.get("accuracy") is None:
             continue
-        rows.append(_row(block, "accuracy", r["accuracy"], r["chance_accuracy"], r.get("accuracy_ci"), r.get("n_test")))
-        rows.append(_row(block, "macro AUROC", r["macro_auroc"], 0.5, r.get("macro_auroc_ci"), r.get("n_test")))
+        rows.append(chance_row(block, "accuracy", r["accuracy"], r["chance_accuracy"], r.get("accuracy_ci"), r.get("n_test")))
+        rows.append(chance_row(block, "macro AUROC", r["macro_auroc"], 0.5, r.get("macro_auroc_ci"), r.get("n_test")))
     return rows
 
 
@@ -81,11 +79,6 @@ def summary_table(rows: Sequence[Mapping[str, Any]], markdown: bool = False) -> 
 # --------------------------------------------------------------------- plots
 def plot_loss(curve: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]:
     """Pretraining loss (total, contrastive, masked) per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not curve:
         return None
     steps = [c["step"] for c in curve]
@@ -104,12 +97,6 @@ def plot_loss(curve: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]:
 
 def plot_retrieval_example(idx: Mapping[str, Any], cohort_dir: Path, path: Path) -> Optional[Path]:
     """The text query and the X-ray images of its top hits, titled with their class and score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
     hits = idx.get("hits") or []
     if not hits:
         return None
@@ -132,8 +119,6 @@ def make_plots(out: Path, curve, zs_roc: Optional[Tuple[np.ndarray, np.ndarray]]
                probe_roc: Optional[Tuple[np.ndarray, np.ndarray]], idx: Mapping[str, Any],
                cohort_dir: Path) -> List[Path]:
     """Loss curve, ROC curves (zero-shot fused, linear probe) and the retrieval example, as PNGs in ``out``."""
-    from medfm.evaluation.report import plot_roc
-
     plots = [plot_loss(curve, out / "loss_curve.png")]
     if zs_roc is not None:
         plots.append(plot_roc(zs_roc[0], zs_roc[1], CLASSES, out / "roc_zeroshot_fused.png",
@@ -188,7 +173,5 @@ def render_report(results: Mapping[str, Any], plots: Sequence[Path]) -> str:
 
 def write_results(out: Path, results: Dict[str, Any], plots: Sequence[Path]) -> None:
     """``results.json`` (plain JSON, NaN → null) and ``report.md``."""
-    from medfm.evaluation.report import to_jsonable
-
     (out / "results.json").write_text(json.dumps(to_jsonable(results), indent=2, allow_nan=False))
     (out / "report.md").write_text(render_report(results, plots))
