@@ -268,3 +268,46 @@ def test_index_build_search_parameters(setup, capsys):
     rc, _, err = _run(capsys, "index", "build", "--model", setup["a"], "--manifest", setup["manifest"],
                       "--modality", "toyb", "--out", setup["root"] / "x", "--nprobe", 4, "--no-progress")
     assert rc == 2 and "--nprobe applies to a ivf index" in err
+
+
+def test_cli_records_equal_the_task_functions(setup, capsys):
+    """`evaluate retrieval` and `zeroshot --prototypes` write what evaluation.tasks returns on the
+    embeddings `medfm embed` writes for the same rows."""
+    from medfm.evaluation import tasks
+    from medfm.evaluation.embed import logit_scale
+    from medfm.evaluation.probes import encode_labels
+    from medfm.evaluation.zeroshot import class_prototypes
+
+    root, df = setup["root"], setup["df"].set_index("id")
+    e = {}
+    for mod in ("toy", "toyb"):
+        path = root / f"{mod}_t.safetensors"
+        assert _run(capsys, "embed", "--model", setup["a"], "--manifest", setup["manifest"], "--modality", mod,
+                    "--out", path, "--no-progress")[0] == 0
+        e[mod] = load_embeddings(path)
+    out = root / "ret_eq"
+    assert _run(capsys, "evaluate", "retrieval", "--model", setup["a"], "--manifest", setup["manifest"],
+                "--query-modality", "toy", "--gallery-modality", "toyb", "--match", "patient", "--out", out,
+                "--n-boot", 40, "--seed", 3, "--no-progress")[0] == 0
+    rec = json.loads((out / "results.json").read_text())
+    pq, pg = df.loc[e["toy"].ids, "patient_id"].tolist(), df.loc[e["toyb"].ids, "patient_id"].tolist()
+    ref = tasks.run_retrieval(e["toy"].emb, e["toyb"].emb, pq, pg, query_groups=pq, gallery_groups=pg,
+                              names=("toy", "toyb"), n_boot=40, seed=3).to_dict()
+    for key in ("metrics", "ci", "chance", "n", "n_gallery", "settings", "ci_method"):
+        assert json.loads(json.dumps(ref[key])) == pytest.approx(rec[key]), key
+
+    out = root / "zs_eq"
+    assert _run(capsys, "zeroshot", "--model", setup["a"], "--manifest", setup["manifest"], "--modality", "toy",
+                "--label-column", "label", "--prototypes", "--out", out, "--n-boot", 40, "--no-progress")[0] == 0
+    rec = json.loads((out / "results.json").read_text())
+    split = df.loc[e["toy"].ids, "split"].to_numpy()
+    labels = df.loc[e["toy"].ids, "label"].tolist()
+    y_all, classes = encode_labels(labels)
+    sup, ev = split == "train", split != "train"
+    W = class_prototypes(e["toy"].emb[sup], y_all[sup], len(classes))
+    ref = tasks.run_zeroshot(e["toy"].emb[ev], y_all[ev], {"positive": W}, classes=classes,
+                             groups=df.loc[np.asarray(e["toy"].ids)[ev], "patient_id"].tolist(),
+                             logit_scale=logit_scale(medfm.load_pretrained(setup["a"])), n_boot=40,
+                             task="zeroshot-prototypes").to_dict()
+    for key in ("metrics", "ci", "chance", "n", "classes"):
+        assert json.loads(json.dumps(ref[key])) == pytest.approx(rec[key]), key
