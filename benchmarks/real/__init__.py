@@ -142,12 +142,6 @@ def accuracy_ci(y_true: Sequence[Any], y_pred: Sequence[Any], *, n_boot: int, se
     return {"value": float(correct.mean()), "ci": [float(ci[0]), float(ci[1])], "n": int(y.size)}
 
 
-def rate_ci(indicator: Sequence[float], *, n_boot: int, seed: int = SEED) -> Dict[str, Any]:
-    """Mean of a 0/1 indicator per row (e.g. hit@k) with a bootstrap 95% interval."""
-    v = np.asarray(indicator).astype(int)
-    return accuracy_ci(np.ones(v.size, dtype=int), v, n_boot=n_boot, seed=seed)
-
-
 def cosine_1nn(query: np.ndarray, keys: np.ndarray, block: int = 2048) -> np.ndarray:
     """Index of each query's nearest key by cosine similarity: ``(Q, D), (K, D) -> (Q,)``."""
     q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)

@@ -108,15 +108,6 @@ def _embed(model, df: pd.DataFrame, modality: str = "dna") -> np.ndarray:
     return emb.emb
 
 
-def _micro_macro(y: np.ndarray, p: np.ndarray) -> Dict[str, float]:
-    """Accuracy and mean per-class recall over the classes present in ``y`` (what
-    ``sklearn.metrics.balanced_accuracy_score`` computes), in numpy for the bootstrap replicates."""
-    hit = (y == p).astype(np.float64)
-    classes, inv = np.unique(y, return_inverse=True)
-    recall = np.bincount(inv, weights=hit, minlength=classes.size) / np.bincount(inv, minlength=classes.size)
-    return {"micro": float(hit.mean()), "macro": float(recall.mean())}
-
-
 def mean_pairwise_cosine(X: np.ndarray, n: int = 500, seed: int = 0) -> float:
     """Mean off-diagonal cosine of up to ``n`` rows: near 1 = collapsed/collinear embeddings."""
     rng = np.random.default_rng(seed)
@@ -130,8 +121,7 @@ def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, see
                             probe: bool = True) -> Dict[str, Any]:
     """Every frozen-embedding metric of one representation ``X (N, D)`` (rows = ``df`` rows)."""
     from medfm.evaluation.probes import linear_probe
-    from medfm.evaluation.retrieval import bioscan_accuracy
-    from medfm.metrics import cluster_bootstrap
+    from medfm.evaluation.tasks import run_bioscan
 
     X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)  # cosine everywhere
     split = df["split"].to_numpy()
@@ -159,27 +149,22 @@ def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, see
         pred = np.asarray(classes)[res["proba"].argmax(1)]
         out["probe_species_acc_seen"] = accuracy_ci(df["species_name"].iloc[test], pred, n_boot=n_boot, seed=seed)
         out["probe_species_acc_seen"]["C"] = res["C"]
-    # BIOSCAN protocol: queries = seen test + unseen, keys = train+val, nearest key's labels
+    # BIOSCAN protocol: queries = seen test + unseen, keys = train+val, nearest key's labels; each query its
+    # own bootstrap cluster (medfm.evaluation.tasks.run_bioscan)
     queries = np.concatenate([test, unseen])
     labels = df[list(RANKS)].astype(str)
-    point = bioscan_accuracy(X[queries], labels.iloc[queries].reset_index(drop=True), X[keys],
-                             labels.iloc[keys].reset_index(drop=True), list(RANKS),
-                             seen=np.isin(split[queries], ["test"]))
-    nn = cosine_1nn(X[queries], X[keys])
-    for part, idx in (("seen", test), ("unseen", unseen)):
-        if idx.size == 0:
+    bio = run_bioscan(X[queries], labels.iloc[queries].reset_index(drop=True), X[keys],
+                      labels.iloc[keys].reset_index(drop=True), list(RANKS), seen=np.isin(split[queries], ["test"]),
+                      n_boot=n_boot, seed=seed)
+    for part in ("seen", "unseen"):
+        if not bio.metrics[f"{part}/n"]:
             continue
-        pos = np.isin(queries, idx)
         for r in RANKS:
-            y = labels[r].to_numpy()[queries[pos]]
-            p = labels[r].to_numpy()[keys[nn[pos]]]
-            codes = {v: i for i, v in enumerate(sorted(set(y) | set(p)))}
-            yi, pi = np.asarray([codes[v] for v in y]), np.asarray([codes[v] for v in p])
-            ci = cluster_bootstrap(_micro_macro, yi, pi, None, n_boot=n_boot, seed=seed) if n_boot else {}
             for kind in ("micro", "macro"):
-                key = f"bioscan_{part}_{r.replace('_name', '')}_{kind}"
-                out[key] = {"value": point[f"{part}/{r}/{kind}"], "ci": list(ci.get(kind, (np.nan, np.nan))),
-                            "n": int(pos.sum())}
+                name = f"{part}/{r}/{kind}"
+                out[f"bioscan_{part}_{r.replace('_name', '')}_{kind}"] = {
+                    "value": bio.metrics[name], "ci": list(bio.ci.get(name, (np.nan, np.nan))),
+                    "n": int(bio.metrics[f"{part}/n"])}
     return out
 
 

@@ -25,7 +25,7 @@ from typing import Any, Dict
 import numpy as np
 import pandas as pd
 
-from . import TRUNK, TEXT_HF_NODROP, Stopwatch, block_result, pretrain, rate_ci, verdict
+from . import TRUNK, TEXT_HF_NODROP, Stopwatch, block_result, pretrain, verdict
 from .baselines import tfidf_embeddings
 from medfm.modalities.text import duplicate_key
 
@@ -52,22 +52,25 @@ def load_reports(data_dir: Path, n_reports=None, seed: int = 0) -> pd.DataFrame:
 
 
 def retrieval(q: np.ndarray, g: np.ndarray, *, n_boot: int, seed: int) -> Dict[str, Any]:
-    """Query i's match is gallery i. ``q (N, D)``, ``g (N, D)`` (dense or sparse), rows L2-normalised."""
+    """Query i's match is gallery i. ``q (N, D)``, ``g (N, D)`` (dense or sparse), rows L2-normalised.
+
+    :func:`medfm.evaluation.tasks.run_retrieval`, query → gallery only, each query its own
+    bootstrap cluster (a report is its own patient here).
+    """
     from scipy import sparse
-    from medfm.evaluation.retrieval import rank_arrays, retrieval_metrics
+    from medfm.evaluation.tasks import run_retrieval
 
     if sparse.issparse(q):
         q, g = q.toarray().astype(np.float32), g.toarray().astype(np.float32)
-    gt = sparse.identity(len(q), format="csr", dtype=np.float32)
-    point = retrieval_metrics(q, g, gt, ks=KS)
-    first = rank_arrays(q, g, gt)["first_rank"]
-    out: Dict[str, Any] = {}
-    for k in KS:
-        out[f"R@{k}"] = rate_ci(first <= k, n_boot=n_boot, seed=seed)
-        assert abs(out[f"R@{k}"]["value"] - point[f"R@{k}"]) < 1e-9
-    out["MRR"] = {"value": point["MRR"], "n": int(len(q))}
-    out["median_rank"] = {"value": point["median_rank"], "n": int(len(q))}
-    out["chance_R@1"] = {"value": 1.0 / len(q)}
+    rows = np.arange(len(q))
+    res = run_retrieval(q, g, rows, rows, query_groups=rows, gallery_groups=rows, names=("q", "g"), ks=KS,
+                        n_boot=n_boot, seed=seed, both=False)
+    m, n = res.metrics, int(len(q))
+    out: Dict[str, Any] = {f"R@{k}": {"value": m[f"q_to_g_R@{k}"], "ci": list(res.ci.get(f"q_to_g_R@{k}", (np.nan,) * 2)),
+                                      "n": n} for k in KS}
+    out["MRR"] = {"value": m["q_to_g_MRR"], "n": n}
+    out["median_rank"] = {"value": m["q_to_g_median_rank"], "n": n}
+    out["chance_R@1"] = {"value": res.chance["q_to_g_R@1"]}
     return out
 
 
