@@ -10,7 +10,12 @@ except :mod:`.embed`):
 * :mod:`.probes` — linear probe, kNN, few-shot, patient-grouped splits with a leakage check.
 * :mod:`.embed` — embed a manifest with a model; the on-disk embeddings format.
 * :mod:`.report` — ``results.json`` + ``report.md`` + PNG plots.
+* :mod:`.tasks` — the protocols on embeddings (:func:`run_retrieval`, :func:`run_zeroshot`,
+  :func:`run_probe`, :func:`run_bioscan` → :class:`TaskResult`) that the CLI, the demo and the
+  benchmarks call.
+* :mod:`.runs` — the manifest-level evaluations the CLI commands run (model + manifest → files).
 """
 from .index import VectorIndex, model_fingerprint  # noqa: F401
 from medfm.metrics import classification_metrics, cluster_bootstrap, delong_test, metrics_with_ci  # noqa: F401
 from .retrieval import bioscan_accuracy, cross_modal_retrieval, ground_truth, retrieval_metrics  # noqa: F401
+from .tasks import Baseline, TaskResult, run_bioscan, run_probe, run_retrieval, run_zeroshot  # noqa: F401

@@ -34,6 +34,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import signal as sps
 from scipy import stats
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from medfm.errors import ConfigError, UsageError
 
 __all__ = [
     "BaselineEncoder", "KmerEncoder", "TfidfEncoder", "EcgFeatureEncoder", "BASELINES", "get_baseline",
@@ -134,7 +137,6 @@ def ecg_features(x_mv: np.ndarray, fs: float) -> Tuple[np.ndarray, Dict[str, flo
 
 # -------------------------------------------------------------------- text
 def _tfidf(**kw: Any):
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
     opts = {"lowercase": True, "ngram_range": (1, 2), "min_df": 2, "sublinear_tf": True}
     opts.update(kw)
@@ -271,7 +273,6 @@ def get_baseline(name: str) -> BaselineEncoder:
     if m:
         return KmerEncoder(int(m.group(1)))
     if name not in BASELINES:
-        from medfm.errors import ConfigError
 
         raise ConfigError(f"unknown baseline {name!r}; known: {', '.join(sorted(BASELINES))}, kmer<k>")
     return BASELINES[name]()
@@ -299,7 +300,6 @@ def read_values(adapter: Any, rows: Any, column: Optional[str] = None) -> List[A
 
 # ------------------------------------------------- "vs baseline" in evaluations
 def _check_modality(enc: BaselineEncoder, adapter: Any, role: str) -> None:
-    from medfm.errors import UsageError
 
     if adapter.name != enc.modality:
         raise UsageError(f"--baseline {enc.name} encodes {enc.modality!r} data, but the {role} modality is "

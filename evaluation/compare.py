@@ -29,6 +29,8 @@ from medfm.errors import DataError
 
 from medfm.metrics import _group_index, bootstrap_replicates, classification_metrics, delong_test
 
+from .retrieval import metrics_from_ranks
+
 PREDICTIONS = "predictions.npz"
 
 
@@ -104,8 +106,6 @@ def compare_predictions(a: Dict[str, Any], b: Dict[str, Any], *, n_boot: int = 1
     res: Dict[str, Any] = {"task": a["task"], "n": len(common), "n_patients": len(clusters),
                            "a": a["dir"], "b": b["dir"], "n_boot": n_boot, "metrics": {}, "delong": {}}
     if a["task"] == "retrieval":
-        from .retrieval import metrics_from_ranks
-
         fa, pa = a["first_rank"][ia], a["ap"][ia]
         fb, pb = b["first_rank"][ib], b["ap"][ib]
         pt_a, pt_b = metrics_from_ranks(fa, pa), metrics_from_ranks(fb, pb)

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
-from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from medfm.data.splits import make_splits
 from medfm.errors import DataError
+from medfm.metrics import multilabel_metrics
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))
 
@@ -135,8 +136,6 @@ def multilabel_linear_probe(X_train: np.ndarray, Y_train: np.ndarray, X_val: np.
         ``{"C", "val_macro_auroc": {C: auc}, "proba": (N_test, C)}``; a finding constant in the
         training rows gets that constant as its probability.
     """
-    from medfm.metrics import multilabel_metrics
-
     def fit_predict(C, Xf, Yf, Xp):
         out = np.zeros((len(Xp), Yf.shape[1]))
         for c in range(Yf.shape[1]):
@@ -163,8 +162,6 @@ def multilabel_linear_probe(X_train: np.ndarray, Y_train: np.ndarray, X_val: np.
 
 def multilabel_knn_probe(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, k: int = 20) -> np.ndarray:
     """Cosine kNN: per finding, the fraction of the ``k`` nearest training rows that have it → ``(N_test, C)``."""
-    from sklearn.neighbors import NearestNeighbors
-
     nn = NearestNeighbors(n_neighbors=min(k, len(X_train)), metric="cosine").fit(X_train)
     idx = nn.kneighbors(X_test, return_distance=False)
     return Y_train[idx].mean(axis=1).astype(np.float64)

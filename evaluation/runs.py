@@ -22,6 +22,7 @@ from medfm.data.splits import check_no_leakage
 from medfm.errors import DataError, UsageError
 
 from . import probes, tasks
+from .baselines import probe_features, retrieval_features
 from . import zeroshot as zs
 from .compare import write_predictions
 from .embed import (Embeddings, base_record, embed_manifest, encode_values, load_model, logit_scale, open_manifest,
@@ -103,8 +104,6 @@ def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: st
     rq, rg = rows_for(df, eq.ids), rows_for(df, eg.ids)
     baseline = None
     if inp.baseline:
-        from .baselines import retrieval_features  # defers the baselines' readers until one is asked for
-
         bq, bg, info = retrieval_features(inp.baseline, model, qm, gm, rq, rg, df.attrs.get("base_dir"))
         baseline = tasks.Baseline((bq, bg), info)
     res = tasks.run_retrieval(eq.emb, eg.emb, keys_from_manifest(rq, match, inp.manifest),
@@ -168,8 +167,6 @@ def evaluate_probe(inp: RunInputs, modality: str, *, label_column: Optional[str]
         y, classes = probes.encode_labels(list(rows[label_column]))
     baseline = None
     if inp.baseline and not multilabel:  # the same rows, splits, probes and bootstrap on the baseline's features
-        from .baselines import probe_features  # defers the baselines' readers until one is asked for
-
         B, info = probe_features(inp.baseline, model, modality, rows, splits == "train", labelled.attrs.get("base_dir"))
         baseline = tasks.Baseline((B,), info)
     res = tasks.run_probe(emb.emb, y, splits, classes=classes, groups=rows["patient_id"], knn_k=knn_k,
@@ -210,8 +207,6 @@ def evaluate_bioscan(inp: RunInputs, query_modality: str, *, key_modality: Optio
     qrows, krows = rows_for(qdf, eq.ids), rows_for(kdf, ek.ids)
     baseline = None
     if inp.baseline:
-        from .baselines import retrieval_features  # defers the baselines' readers until one is asked for
-
         bq, bk, info = retrieval_features(inp.baseline, model, query_modality, km, qrows, krows,
                                           full.attrs.get("base_dir"))
         baseline = tasks.Baseline((bq, bk), info)

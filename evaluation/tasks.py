@@ -133,7 +133,7 @@ def _one_direction(query: np.ndarray, gallery: np.ndarray, gt: sparse.spmatrix, 
 
 def run_retrieval(query: np.ndarray, gallery: np.ndarray, query_keys: Sequence[Any], gallery_keys: Sequence[Any],
                   *, query_groups: Sequence[Any], gallery_groups: Sequence[Any], names: Tuple[str, str] = ("query", "gallery"),
-                  ks: Iterable[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0,
+                  ks: Iterable[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0, both: bool = True,
                   baseline: Optional[Baseline] = None, source: str = "gallery") -> TaskResult:
     """Retrieval in both directions with many-to-many ground truth.
 
@@ -145,6 +145,7 @@ def run_retrieval(query: np.ndarray, gallery: np.ndarray, query_keys: Sequence[A
             resamples the patients of its queries.
         names: ``(a, b)`` in the metric names ``{a}_to_{b}_R@1`` and ``{b}_to_{a}_R@1``.
         n_boot: bootstrap replicates (0 = no intervals).
+        both: also the reverse direction (gallery items query the queries).
         baseline: features ``(query (Q, D'), gallery (G, D'))`` ranked the same way.
 
     Returns:
@@ -164,7 +165,8 @@ def run_retrieval(query: np.ndarray, gallery: np.ndarray, query_keys: Sequence[A
     chance: Dict[str, float] = {}
     ranks: Dict[str, Dict[str, np.ndarray]] = {}
     for side, zq, zg in sides:
-        for (x, y, za, zb, g, groups) in ((a, b, zq, zg, gt, qg), (b, a, zg, zq, gt.T, gg)):
+        directions = [(a, b, zq, zg, gt, qg)] + ([(b, a, zg, zq, gt.T, gg)] if both else [])
+        for (x, y, za, zb, g, groups) in directions:
             m, c, ch, r = _one_direction(za, zb, g, groups, f"{side}{x}_to_{y}_", ks=ks, n_boot=n_boot, seed=seed,
                                          source=source)
             if side:  # the baseline's counts equal the model's (same rows, same ground truth)

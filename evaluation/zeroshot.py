@@ -33,6 +33,8 @@ from scipy.special import expit
 
 from medfm.errors import ConfigError, DataError
 
+from .retrieval import split_multi
+
 EncodeFn = Callable[[List[str]], np.ndarray]  # prompts (P,) -> (P, D)
 
 
@@ -214,8 +216,6 @@ def label_targets(values: Sequence[Any], prompts: PromptSet, *, source: str = "m
     (an empty cell = no finding). Refuses prompt classes absent from the labels
     (:func:`check_classes`).
     """
-    from .retrieval import split_multi
-
     if prompts.task == "multiclass":
         labels = [None if v is None else str(v) for v in values]
         if any(v is None for v in labels):

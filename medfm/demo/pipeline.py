@@ -19,18 +19,23 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
+from medfm.data import read_manifest
 from medfm.errors import ConfigError
 from medfm.evaluation.embed import embed_manifest, encode_values, logit_scale, rows_for
 from medfm.evaluation.index import VectorIndex, model_fingerprint
 from medfm.evaluation.tasks import run_probe, run_retrieval, run_zeroshot
 from medfm.evaluation.zeroshot import l2n, parse_prompt_set, text_classifier, zeroshot_scores
+from medfm.finetune import finetune
+from medfm.train import Trainer
 
 from . import report as rep
 from .cohort import CLASSES, IMAGING, PROMPTS, CohortSpec, copy_real_files, generate_cohort
@@ -238,8 +243,6 @@ def step_probe(ec: EmbeddedCohort, s: DemoSettings, seed: int) -> Dict[str, Any]
 
 def step_finetune(out_dir: Path, manifest: Path, s: DemoSettings, seed: int, progress: bool) -> Dict[str, Any]:
     """LoRA (r=4) on the X-ray and ECG towers with a 3-class head, via :func:`medfm.finetune.finetune`."""
-    from medfm.finetune import finetune
-
     cfg = {"base": str(out_dir / "model"), "modalities": ["xray", "ecg"],
            "task": {"kind": "multiclass", "label_column": "label"}, "method": "lora",
            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "fusion": "mean",
@@ -262,8 +265,6 @@ def step_finetune(out_dir: Path, manifest: Path, s: DemoSettings, seed: int, pro
 
 def step_real_files(model, cohort_dir: Path, classifier_fn: Callable[[np.ndarray], np.ndarray]) -> List[Dict[str, Any]]:
     """Read the pydicom/nibabel files through the adapters, embed them, report what was read (no label)."""
-    from medfm.data import read_manifest
-
     df = read_manifest(cohort_dir / "real_manifest.csv")
     out = []
     for row in df.to_dict("records"):
@@ -294,8 +295,6 @@ def run_demo(out_dir: Any, *, quick: bool = False, seed: int = 0, progress: bool
     Library chatter that says nothing about the demo (MONAI's optional GPU codec, wfdb's
     pandas deprecations) is silenced for the duration of the run.
     """
-    import warnings
-
     quiet = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -309,8 +308,6 @@ def run_demo(out_dir: Any, *, quick: bool = False, seed: int = 0, progress: bool
 
 
 def _run_demo(out: Path, *, quick: bool, seed: int, progress: bool, echo: Callable[[str], None]) -> Dict[str, Any]:
-    import torch
-
     if out.exists() and any(out.iterdir()):
         if not (out / "results.json").exists() and not (out / "cohort").exists():
             raise ConfigError(f"{out} exists and is not empty (and is not an earlier demo run); choose another --out")
@@ -329,11 +326,6 @@ def _run_demo(out: Path, *, quick: bool, seed: int, progress: bool, echo: Callab
 
 def _run_steps(out: Path, s: DemoSettings, *, quick: bool, seed: int, progress: bool,
                echo: Callable[[str], None]) -> Dict[str, Any]:
-    import torch
-
-    from medfm.data import read_manifest
-    from medfm.train import Trainer
-
     times: Dict[str, float] = {}
     t_all = time.perf_counter()
     machine = machine_info()

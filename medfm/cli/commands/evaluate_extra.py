@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medfm.errors import UsageError
+from medfm.io import atomic_write_text, write_json
+
 
 def add_compare_parser(sub) -> None:
     c = sub.add_parser(
@@ -20,9 +23,8 @@ def add_compare_parser(sub) -> None:
 
 
 def run_compare(args) -> int:
-    from medfm.errors import UsageError
+    # deferred: the evaluation stack (scipy, scikit-learn) loads only when the command runs
     from medfm.evaluation.compare import compare_predictions, comparison_markdown, load_predictions
-    from medfm.io import atomic_write_text, write_json
 
     if args.n_boot < 1:
         raise UsageError("--n-boot must be at least 1")
