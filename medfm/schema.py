@@ -254,8 +254,10 @@ def describe(schema: Type[Any], prefix: str = "") -> List[Dict[str, Any]]:
         else:
             default = "(required)"
         section = dataclasses.is_dataclass(tp)
-        doc = f.metadata.get("doc") or attr_docs.get(f.name) or (
-            (tp.__doc__ or "").strip().splitlines()[0] if section and tp.__doc__ else "")
+        class_doc = (tp.__doc__ or "").strip() if section else ""
+        if class_doc.startswith(f"{tp.__name__}("):  # the signature dataclasses write for an undocumented class
+            class_doc = ""
+        doc = f.metadata.get("doc") or attr_docs.get(f.name) or (class_doc.splitlines()[0] if class_doc else "")
         row = {"field": path, "type": type_name(tp), "default": None if section else to_dict(default), "doc": doc}
         row.update({k: f.metadata[k] for k in ("min", "max", "min_exclusive") if k in f.metadata})
         rows.append(row)
