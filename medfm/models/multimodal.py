@@ -25,6 +25,7 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "medfm"
 FORMAT_VERSION = 1
 
+
 class MultiModalModel(nn.Module):
     """Per-modality towers → projection to ``embed_dim`` → L2 normalisation.
 
@@ -65,7 +66,7 @@ class MultiModalModel(nn.Module):
             try:
                 self.towers[name] = cls(**tower_cfg)
             except (ConfigError, TypeError) as e:  # the tower checks its own options; say where they were
-                raise ConfigError(f"model.towers.{name} ({kind} tower): {e}") from None
+                raise ConfigError(f"model.towers.{name} ({kind} tower): {e}") from e
             if hasattr(self.towers[name], "export_config"):  # e.g. an hf tower loaded from a model_dir
                 self.config["towers"][name] = {**self.towers[name].export_config(), "type": kind}
             self.projections[name] = nn.Linear(self.towers[name].width, self.embed_dim, bias=False)
