@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from typing import List, Optional
 
 import pytest
 import torch
@@ -140,3 +141,32 @@ def test_info_lists_presets_with_what_they_extend(capsys):
     details = {m["name"]: m for m in json.loads(capsys.readouterr().out)["model_details"]}
     assert details["small_3d"]["extends"] == "medfm-small" and details["medfm-small"]["extends"] is None
     assert details["medfm-tiny"]["file"] == "models/medfm-tiny.yaml" and details["medfm-tiny"]["description"]
+
+
+
+@dataclasses.dataclass
+class _DocInner:
+    """What an inner section is.
+
+    Attributes:
+        depth: how many blocks; written over
+            two lines.
+    """
+
+    depth: int = dataclasses.field(default=2, metadata={"min": 1})
+
+
+@dataclasses.dataclass
+class _DocOuter:
+    inner: _DocInner = dataclasses.field(default_factory=_DocInner)
+    tags: List[str] = dataclasses.field(default_factory=list, metadata={"doc": "free labels"})
+    seed: Optional[int] = None
+
+
+def test_describe_reads_field_docs_from_metadata_or_the_class_docstring():
+    rows = {r["field"]: r for r in describe(_DocOuter)}
+    assert rows["inner"]["doc"] == "What an inner section is." and rows["inner"]["type"] == "section"
+    assert rows["inner.depth"] == {"field": "inner.depth", "type": "int", "default": 2, "min": 1,
+                                   "doc": "how many blocks; written over two lines."}
+    assert rows["tags"]["doc"] == "free labels" and rows["tags"]["type"] == "list[str]" and rows["tags"]["default"] == []
+    assert rows["seed"]["type"] == "int?" and rows["seed"]["doc"] == ""
