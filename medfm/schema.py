@@ -217,7 +217,7 @@ def _docstring_attributes(cls: Any) -> Dict[str, str]:
     inside, last = False, None
     for line in lines:
         stripped = line.strip()
-        if stripped in ("Attributes:", "Fields:"):
+        if stripped in ("Attributes:", "Fields:", "Args:"):
             inside = True
             continue
         if not inside:

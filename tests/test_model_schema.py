@@ -122,7 +122,7 @@ def test_schema_rows_document_every_field_with_the_default_validate_fills():
 def test_info_config_schema_prints_run_finetune_and_model(capsys):
     assert main(["info", "--config-schema"]) == 0
     out = capsys.readouterr().out
-    for header in ("run config (", "finetune config (", "model config ("):
+    for header in ("run config (", "finetune config (", "model config (", "objectives config ("):
         assert header in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert lines["optim.lr"].split()[1:3] == ["float", "0.001"]
@@ -131,6 +131,10 @@ def test_info_config_schema_prints_run_finetune_and_model(capsys):
     data = json.loads(capsys.readouterr().out)
     assert list(data) == ["model"]
     assert {r["field"]: r["default"] for r in data["model"]}["decoder.heads"] == 4
+    assert main(["info", "--config-schema", "objectives", "--json"]) == 0
+    objectives = {r["field"]: r for r in json.loads(capsys.readouterr().out)["objectives"]}
+    assert "default" in objectives["masked.mask_ratio"]["doc"] and objectives["masked.mask_ratio"]["default"] is None
+    assert objectives["clip.mode"]["default"] == "pairs" and objectives["clip.mode"]["doc"]  # documented on the base
     with pytest.raises(SystemExit) as e:
         main(["info", "--config-schema", "nope"])
     assert e.value.code == 2

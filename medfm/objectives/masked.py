@@ -76,7 +76,8 @@ class MaskedObjective(nn.Module):
     modality gives a graph-connected 0 loss.
     """
 
-    def __init__(self, modalities: Optional[Sequence[str]] = None, mask_ratio: MaskRatio = None):
+    def __init__(self, modalities: Optional[Sequence[str]] = None,
+                 mask_ratio: Union[None, float, Mapping[str, float]] = None):
         super().__init__()
         self.modalities = None if modalities is None else list(modalities)
         self.ratios = parse_mask_ratio(mask_ratio, self.modalities)

@@ -3,17 +3,19 @@ prints the typed config schemas (field, type, default, doc) — the reference of
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from typing import Any, Dict, List
 
 from ...registry import MODALITIES, MODELS, OBJECTIVES, WEIGHT_FORMATS
-from ...schema import describe
+from ...schema import _docstring_attributes, describe
 
 #: the schemas ``--config-schema`` prints: kind → (module, dataclass, what reads it)
 SCHEMAS = {
     "run": ("medfm.train.run_config", "RunConfig", "medfm pretrain CONFIG"),
     "finetune": ("medfm.finetune.config_schema", "FinetuneConfig", "medfm finetune CONFIG"),
     "model": ("medfm.models.config", "ModelConfig", "a run config's model:, configs/models/*.yaml, create_model"),
+    "objectives": ("medfm.registry", "OBJECTIVES", "each entry of a run config's objectives: list"),
 }
 
 
@@ -42,8 +44,29 @@ def collect() -> dict:
             "configs": configs, "weight_formats": formats}
 
 
+def objective_rows() -> List[Dict[str, Any]]:
+    """``objectives[i]`` options: ``name``/``weight`` and each registered objective's own arguments."""
+    rows: List[Dict[str, Any]] = [
+        {"field": "name", "type": "str", "default": "(required)", "doc": "a registered objective: "
+         + ", ".join(OBJECTIVES.names())},
+        {"field": "weight", "type": "float", "default": 1.0, "doc": "factor of its loss in the sum", "min": 0}]
+    for name, cls in OBJECTIVES.items():
+        docs: Dict[str, str] = {}
+        for base in reversed(cls.__mro__):  # arguments documented on a base class (ContrastiveObjective)
+            docs.update(_docstring_attributes(base))
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+            rows.append({"field": f"{name}.{p.name}", "type": str(ann).replace("typing.", "") or "any",
+                         "default": None if p.default is p.empty else p.default, "doc": docs.get(p.name, "")})
+    return rows
+
+
 def schema_rows(kind: str) -> List[Dict[str, Any]]:
     """The rows of one schema (see :func:`medfm.schema.describe`)."""
+    if kind == "objectives":
+        return objective_rows()
     module, cls, _ = SCHEMAS[kind]
     return describe(getattr(importlib.import_module(module), cls))
 
@@ -96,7 +119,7 @@ def run(args) -> int:
     print("configs:")
     for c in info["configs"]:
         print(f"  {c}")
-    print("config keys, types and defaults: medfm info --config-schema [run|finetune|model]")
+    print("config keys, types and defaults: medfm info --config-schema [run|finetune|model|objectives]")
     return 0
 
 
