@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError, MedFMError
+from .schema import warn_moved
 
 
 @dataclass
@@ -59,8 +60,19 @@ class ModalityAdapter:
     suffixes: ClassVar[Sequence[str]] = ()
     #: default options; subclasses extend. Unknown keys passed to __init__ are errors.
     defaults: ClassVar[Dict[str, Any]] = {}
+    #: the masked-modelling ratio of the modality's published recipe, proposed to its tower as the
+    #: fallback; the masked objective owns the setting (``{name: masked, mask_ratio: {<m>: r}}``)
+    mask_ratio: ClassVar[Optional[float]] = None
 
     def __init__(self, **options: Any):
+        if "mask_ratio" in options and "mask_ratio" not in self.defaults:  # deprecated: moved to the objective
+            options = dict(options)
+            value = options.pop("mask_ratio")
+            warn_moved(f"modality {self.name!r} option mask_ratio",
+                       f"mask_ratio belongs to the masked objective: objectives: [{{name: masked, mask_ratio: "
+                       f"{{{self.name}: {value}}}}}]; until then it sets this adapter's fallback ratio",
+                       key=("mask_ratio", self.name, value))
+            self.mask_ratio = float(value)
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             raise ConfigError(

@@ -12,13 +12,18 @@ the dataclass instance, or raises :class:`ConfigError` such as::
 
 Numbers written as strings (PyYAML reads ``1e-3`` as a string) are accepted for
 ``float`` fields and converted.
+
+A field documents itself with ``field(metadata={"doc": "..."})`` (or an ``Attributes:`` entry
+of its dataclass's docstring); :func:`describe` turns a schema into rows of field, type,
+default and doc, which ``medfm info --config-schema`` prints.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import typing
-from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
+import warnings
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Type, TypeVar, Union
 
 from .errors import ConfigError
 
@@ -180,3 +185,98 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+# ------------------------------------------------------------------ documentation
+def type_name(tp: Any) -> str:
+    """A schema type as a reader writes it: ``int``, ``list[float]``, ``'gelu' | 'quick_gelu'``, ``str?``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return "any"
+    if origin is Union:
+        inner = [a for a in args if a is not type(None)]
+        text = " | ".join(type_name(a) for a in inner)
+        return f"{text}?" if len(inner) < len(args) else text
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return "[" + ", ".join(type_name(a) for a in args) + "]"
+        return f"list[{type_name(args[0]) if args else 'any'}]"
+    if origin is dict or tp is dict:
+        return f"map[{type_name(args[0])}, {type_name(args[1])}]" if args else "map"
+    if dataclasses.is_dataclass(tp):
+        return "section"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _docstring_attributes(cls: Any) -> Dict[str, str]:
+    """``name: text`` entries of an ``Attributes:`` block of a class docstring."""
+    out: Dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    inside, last = False, None
+    for line in lines:
+        stripped = line.strip()
+        if stripped in ("Attributes:", "Fields:", "Args:"):
+            inside = True
+            continue
+        if not inside:
+            continue
+        if not stripped:
+            if out:
+                break
+            continue
+        key, sep, text = stripped.partition(":")
+        if sep and key.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            out[key], last = text.strip(), key
+        elif last is not None:
+            out[last] += " " + stripped
+    return out
+
+
+def describe(schema: Type[Any], prefix: str = "") -> List[Dict[str, Any]]:
+    """One row per field of ``schema`` and its nested sections, in declaration order.
+
+    Returns ``[{"field": "optim.lr", "type": "float", "default": 0.001, "doc": "...", ...}]``;
+    bounds (``min``, ``max``, ``min_exclusive``) are added where the field has them, and a
+    nested section adds a row for itself (type ``section``) before its fields.
+    """
+    hints = typing.get_type_hints(schema)
+    attr_docs = _docstring_attributes(schema)
+    rows: List[Dict[str, Any]] = []
+    for f in dataclasses.fields(schema):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        section = dataclasses.is_dataclass(tp)
+        class_doc = (tp.__doc__ or "").strip() if section else ""
+        if class_doc.startswith(f"{tp.__name__}("):  # the signature dataclasses write for an undocumented class
+            class_doc = ""
+        doc = f.metadata.get("doc") or attr_docs.get(f.name) or (class_doc.splitlines()[0] if class_doc else "")
+        row = {"field": path, "type": type_name(tp), "default": None if section else to_dict(default), "doc": doc}
+        row.update({k: f.metadata[k] for k in ("min", "max", "min_exclusive") if k in f.metadata})
+        rows.append(row)
+        if section:
+            rows.extend(describe(tp, path))
+    return rows
+
+
+# ------------------------------------------------------------------ deprecations
+_WARNED: set = set()
+
+
+def warn_moved(where: str, new_place: str, key: Optional[Hashable] = None) -> None:
+    """A :class:`FutureWarning` that the setting at ``where`` moved (``new_place`` says where).
+
+    Shown once per process for each ``key`` (default: ``where``), however often a config is resolved.
+    """
+    key = where if key is None else key
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(f"{where} is deprecated; {new_place}", FutureWarning, stacklevel=3)

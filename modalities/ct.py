@@ -71,7 +71,7 @@ class CTAdapter(ModalityAdapter):
     D, H, W or None), ``size`` (D, H, W), ``windows`` (names from
     :data:`imaging.HU_WINDOWS` or ``[center, width]``), ``normalize``, ``flip_dims``
     (train-time flips over D/H/W = 0/1/2), ``jitter``, ``spacing_tolerance``,
-    ``patch_size``, ``mask_ratio``, ``pool``.
+    ``patch_size``, ``pool``. Masking: MAE at 0.75 unless the masked objective sets ``mask_ratio``.
     """
 
     name = "ct"
@@ -90,9 +90,9 @@ class CTAdapter(ModalityAdapter):
         "jitter": 0.05,
         "spacing_tolerance": 0.1,
         "patch_size": [4, 16, 16],
-        "mask_ratio": 0.75,
         "pool": "mean",
     }
+    mask_ratio = 0.75  # MAE
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -168,4 +168,4 @@ class CTAdapter(ModalityAdapter):
         o = self.options
         emb = {"type": "patch3d", "in_chans": max(1, len(self._windows)), "input_size": list(o["size"]),
                "patch_size": list(o["patch_size"])}
-        return im.vit_tower(emb, mask_ratio=o["mask_ratio"], pool=o["pool"])
+        return im.vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])

@@ -263,7 +263,8 @@ class DNAAdapter(ModalityAdapter):
         random_offset: random start in ``[0, k)`` for training views.
         tower: ``"vit"`` (tokens embedder + shared trunk) or ``"hf"`` (a BERT, ``model_dir`` to load
             a BarcodeBERT-style ``BertForMaskedLM`` from disk; ``hf_config`` for the built-in one).
-        mask_ratio, pool: masked-token ratio (0.5 as BarcodeBERT) and pooling.
+        pool: pooling. Masking: MLM of 0.5 of the tokens (BarcodeBERT) unless the masked objective
+            sets ``mask_ratio``.
         kmer_bag: ``vit`` tower only — add a bag-of-``kmer_bag``-mers path to the pooled output
             (:class:`KmerBagEmbedder`; ``None`` = off); ``trunk_gate`` is the initial weight of the
             transformer's pooled tokens beside it (0: the untrained tower is the k-mer bag).
@@ -275,9 +276,10 @@ class DNAAdapter(ModalityAdapter):
     defaults: Dict[str, Any] = {
         "k": 6, "stride": None, "max_length": 660, "pad_with_n": False, "tokenizer": "kmer", "alphabet": "ACGTN",
         "bpe_vocab_size": 512, "add_special_tokens": True, "random_offset": True,
-        "tower": "vit", "model_dir": None, "hf_config": {}, "mask_ratio": 0.5, "pool": "mean",
+        "tower": "vit", "model_dir": None, "hf_config": {}, "pool": "mean",
         "kmer_bag": None, "trunk_gate": 0.0,
     }
+    mask_ratio = 0.5  # BarcodeBERT
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -430,7 +432,7 @@ class DNAAdapter(ModalityAdapter):
     # --------------------------------------------------------- model building
     def tower_config(self) -> Dict[str, Any]:
         o = self.options
-        masked = {"kind": "mlm", "mask_ratio": float(o["mask_ratio"])}
+        masked = {"kind": "mlm", "mask_ratio": float(self.mask_ratio)}
         if o["tower"] == "hf":
             hf = {"max_position_embeddings": max(512, self.max_tokens())}
             hf.update(o["hf_config"] or {})

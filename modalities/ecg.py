@@ -340,7 +340,8 @@ class ECGAdapter(ModalityAdapter):
         random_crop: random window start when ``train``.
         input_fs, input_units, input_leads: defaults for ``.npy/.npz/.csv`` without sidecar or manifest columns.
         fs_column, leads_column: manifest columns with the rate and comma-separated lead names.
-        patch_size, per_channel, pool, mask_ratio: tower options (1-D patches, MAE).
+        patch_size, per_channel, pool: tower options (1-D patches; MAE at 0.75 unless the masked
+            objective sets ``mask_ratio``).
     """
 
     name = "ecg"
@@ -350,8 +351,9 @@ class ECGAdapter(ModalityAdapter):
         "fs": 500, "duration": 10.0, "min_duration": 2.0, "bandpass": [0.5, 40.0], "filter_order": 4,
         "notch": None, "notch_q": 30.0, "normalize": "lead", "derive_limb_leads": True, "random_crop": True,
         "input_fs": None, "input_units": "mV", "input_leads": None, "fs_column": "ecg_fs", "leads_column": "ecg_leads",
-        "patch_size": 50, "per_channel": False, "pool": "mean", "mask_ratio": 0.75, "min_leads": 1,
+        "patch_size": 50, "per_channel": False, "pool": "mean", "min_leads": 1,
     }
+    mask_ratio = 0.75  # MAE
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -478,4 +480,4 @@ class ECGAdapter(ModalityAdapter):
         return {"type": "vit", "pool": o["pool"],
                 "embedder": {"type": "patch1d", "in_chans": 12, "input_size": self.n_samples,
                              "patch_size": int(o["patch_size"]), "per_channel": bool(o["per_channel"])},
-                "masked": {"kind": "mae", "mask_ratio": float(o["mask_ratio"]), "norm_pix_loss": False}}
+                "masked": {"kind": "mae", "mask_ratio": float(self.mask_ratio), "norm_pix_loss": False}}

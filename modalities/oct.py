@@ -133,7 +133,8 @@ class OCTAdapter(ModalityAdapter):
     Options: ``frames`` (B-scans after resampling along the slow axis), ``size``
     (H, W in plane), ``npz_key``, ``normalize`` (after min–max to [0, 1]; default
     ``meanstd`` with ``mean``/``std``), ``hflip`` (train flip probability of the fast
-    axis), ``jitter``, ``patch_size`` (frames, H, W tubelet), ``mask_ratio``, ``pool``.
+    axis), ``jitter``, ``patch_size`` (frames, H, W tubelet), ``pool``.
+    Masking: MAE at 0.9 (OCTCube) unless the masked objective sets ``mask_ratio``.
     """
 
     name = "oct"
@@ -149,9 +150,9 @@ class OCTAdapter(ModalityAdapter):
         "hflip": 0.5,
         "jitter": 0.1,
         "patch_size": [3, 16, 16],
-        "mask_ratio": 0.9,
         "pool": "mean",
     }
+    mask_ratio = 0.9  # OCTCube
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -206,4 +207,4 @@ class OCTAdapter(ModalityAdapter):
         o = self.options
         emb = {"type": "patch3d", "in_chans": 1, "input_size": [int(o["frames"]), *map(int, o["size"])],
                "patch_size": list(o["patch_size"])}
-        return im.vit_tower(emb, mask_ratio=o["mask_ratio"], pool=o["pool"])
+        return im.vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])

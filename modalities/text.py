@@ -107,7 +107,8 @@ class TextAdapter(ModalityAdapter):
         vocab_size, lowercase, min_frequency: of the WordPiece tokenizer learnt in :meth:`fit`.
         sections: report sections to keep (e.g. ``["FINDINGS", "IMPRESSION"]``), ``None`` = all text.
         taxonomy_columns: build the text from these manifest columns instead of the cell.
-        pool, mask_ratio, hf_config: tower options (CLS pooling, 15 % MLM, small BERT).
+        pool, hf_config: tower options (CLS pooling, small BERT). Masking: MLM of 15 % of the tokens
+            (BERT) unless the masked objective sets ``mask_ratio``.
     """
 
     name = "text"
@@ -115,9 +116,10 @@ class TextAdapter(ModalityAdapter):
     suffixes = (".txt",)
     defaults: Dict[str, Any] = {
         "model_dir": None, "max_length": 128, "vocab_size": 4096, "lowercase": True, "min_frequency": 2,
-        "sections": None, "taxonomy_columns": None, "pool": "cls", "mask_ratio": 0.15, "hf_config": {},
+        "sections": None, "taxonomy_columns": None, "pool": "cls", "hf_config": {},
         "tokenizer": "wordpiece",
     }
+    mask_ratio = 0.15  # BERT
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -250,7 +252,7 @@ class TextAdapter(ModalityAdapter):
         o = self.options
         sp = self.special_ids
         if self._clip is not None:  # open_clip's text transformer: causal, pooled at the end-of-text token
-            return {"type": "vit", "pool": "last", "masked": {"kind": "mlm", "mask_ratio": float(o["mask_ratio"])},
+            return {"type": "vit", "pool": "last", "masked": {"kind": "mlm", "mask_ratio": float(self.mask_ratio)},
                     "embedder": {"type": "tokens", "vocab_size": self.vocab_size, "max_len": int(o["max_length"]),
                                  "pad_id": 0, "mask_id": 0, "special_ids": [0, sp["cls"], sp["sep"]]},
                     "trunk": {"causal": True, "norm_eps": 1e-5}}
@@ -260,7 +262,7 @@ class TextAdapter(ModalityAdapter):
         hf = {"max_position_embeddings": max(512, int(o["max_length"]))}
         hf.update(o["hf_config"] or {})
         return {"type": "hf", "model_dir": o["model_dir"], "hf_config": hf, "pool": o["pool"],
-                "masked": {"kind": "mlm", "mask_ratio": float(o["mask_ratio"])},
+                "masked": {"kind": "mlm", "mask_ratio": float(self.mask_ratio)},
                 "mask_id": sp["mask"], "pad_id": sp["pad"], "vocab_size": vocab,
                 "special_ids": sorted({v for v in sp.values() if v is not None})}
 

@@ -68,7 +68,7 @@ class Image2DAdapter(ModalityAdapter):
     Options: ``size`` (square side), ``channels`` (1 gray or 3 RGB), ``clahe``,
     ``clahe_clip``, ``normalize`` (``"meanstd"`` with ``mean``/``std``, ``"zscore"``,
     ``"minmax"``, ``"none"``), ``hflip`` (train flip probability), ``jitter``,
-    ``patch_size``, ``mask_ratio``, ``pool``.
+    ``patch_size``, ``pool``. Masking: MAE at 0.75 unless the masked objective sets ``mask_ratio``.
     """
 
     input_kind = "path"
@@ -84,9 +84,9 @@ class Image2DAdapter(ModalityAdapter):
         "hflip": 0.0,
         "jitter": 0.1,
         "patch_size": 16,
-        "mask_ratio": 0.75,
         "pool": "mean",
     }
+    mask_ratio = 0.75  # MAE
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -148,7 +148,7 @@ class Image2DAdapter(ModalityAdapter):
         ps = o["patch_size"]
         emb = {"type": "patch2d", "in_chans": int(o["channels"]), "input_size": [int(o["size"])] * 2,
                "patch_size": list(ps) if isinstance(ps, (list, tuple)) else [int(ps)] * 2}
-        return im.vit_tower(emb, mask_ratio=o["mask_ratio"], pool=o["pool"])
+        return im.vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])
 
 
 @register_modality("xray")

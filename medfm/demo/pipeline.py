@@ -75,7 +75,7 @@ MODALITY_OPTIONS: Dict[str, Dict[str, Any]] = {
     # NIfTI at 2.5 × 1.5 × 1.5 mm, resampled to 2.5 × 3 × 3 mm: 16 × 32 × 32 voxels, 64 tubelets
     "ct": {"size": [16, 32, 32], "patch_size": [4, 8, 8], "target_spacing": [2.5, 3.0, 3.0],
            "windows": ["lung", "mediastinum"]},
-    "oct": {"frames": 16, "size": [32, 32], "patch_size": [8, 8, 8], "mask_ratio": 0.75},
+    "oct": {"frames": 16, "size": [32, 32], "patch_size": [8, 8, 8]},
     "xray": {"size": 32, "patch_size": 8},
     "ecg": {"fs": 100, "duration": 2.5, "min_duration": 2.0, "patch_size": 25},
     "dna": {"k": 4, "max_length": 120},
@@ -93,7 +93,7 @@ def pretrain_config(manifest: Path, s: DemoSettings, seed: int, progress: bool =
         "data": {"manifest": str(manifest), "split": "train", "batch_size": s.batch_size,
                  "cache_dir": str(manifest.parent.parent / "cache")},
         "objectives": [{"name": "clip", "weight": 1.0, "mode": "pairs"},
-                       {"name": "masked", "weight": s.masked_weight}],
+                       {"name": "masked", "weight": s.masked_weight, "mask_ratio": {"oct": 0.75}}],
         "optim": {"lr": s.lr, "warmup_steps": s.warmup, "weight_decay": 0.05},
         "train": {"max_steps": s.steps, "checkpoint_every": 0, "seed": seed, "tensorboard": False,
                   "progress": progress, "log_every": 1, "device": "cpu"},

@@ -6,6 +6,9 @@ Built from a tower config such as a text or DNA adapter returns::
      "pool": "cls" | "mean", "masked": {"kind": "mlm", "mask_ratio": 0.15},
      "mask_id": 1, "pad_id": 0, "vocab_size": V, "special_ids": [0, 1, 2, 3, 4]}
 
+(``masked.mask_ratio`` is the adapter's fallback for its modality; the masked objective owns the
+setting and passes its ratio to :meth:`HFTower.masked_loss`.)
+
 - ``model_dir`` given: ``AutoModelForMaskedLM.from_pretrained(model_dir, local_files_only=True)``
   (a BarcodeBERT-style ``BertForMaskedLM`` or any BERT/RoBERTa-family masked LM on the
   user's disk; no remote code, nothing downloaded).

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -19,29 +18,21 @@ from ..errors import CheckpointError, ConfigError
 from ..io import atomic_directory, deep_merge, write_json
 from ..layers.trunk import Trunk
 from ..registry import TOWERS, get_modality
+from .config import ModelConfig, migrate_saved_config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "medfm"
 FORMAT_VERSION = 1
 
-DEFAULT_CONFIG: Dict[str, Any] = {
-    "embed_dim": 256,
-    "trunk": {"width": 192, "depth": 4, "heads": 3, "mlp_ratio": 4.0, "drop_path": 0.0, "shared": True},
-    "decoder": {"width": 128, "depth": 2, "heads": 4},
-    "modalities": {},
-    "towers": {},
-    "init_logit_scale": math.log(1 / 0.07),
-    "init_logit_bias": -10.0,
-}
-
 
 class MultiModalModel(nn.Module):
     """Per-modality towers → projection to ``embed_dim`` → L2 normalisation.
 
     Args:
-        config: resolved model config (see :func:`medfm.create_model`); ``config["towers"]``
-            must hold a full tower config per modality.
+        config: resolved model config (:func:`medfm.models.resolve_config`; its fields and
+            defaults: :class:`medfm.models.config.ModelConfig`); ``config["towers"]`` must hold
+            a full tower config per modality.
         adapters: modality adapters keyed by name (kept with the model so a checkpoint
             carries its preprocessing and tokenizers).
     """
@@ -72,12 +63,17 @@ class MultiModalModel(nn.Module):
                     trunk = Trunk(**tcfg)
                 tower_cfg["trunk"] = trunk
                 tower_cfg.setdefault("decoder", self.config.get("decoder"))
-            self.towers[name] = cls(**tower_cfg)
+            try:
+                self.towers[name] = cls(**tower_cfg)
+            except (ConfigError, TypeError) as e:  # the tower checks its own options; say where they were
+                raise ConfigError(f"model.towers.{name} ({kind} tower): {e}") from e
             if hasattr(self.towers[name], "export_config"):  # e.g. an hf tower loaded from a model_dir
                 self.config["towers"][name] = {**self.towers[name].export_config(), "type": kind}
             self.projections[name] = nn.Linear(self.towers[name].width, self.embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(float(self.config.get("init_logit_scale", math.log(1 / 0.07)))))
-        self.logit_bias = nn.Parameter(torch.tensor(float(self.config.get("init_logit_bias", -10.0))))
+        self.logit_scale = nn.Parameter(torch.tensor(float(self.config.get("init_logit_scale",
+                                                                           ModelConfig.init_logit_scale))))
+        self.logit_bias = nn.Parameter(torch.tensor(float(self.config.get("init_logit_bias",
+                                                                          ModelConfig.init_logit_bias))))
 
     # ------------------------------------------------------------------ api
     @property
@@ -203,7 +199,7 @@ class MultiModalModel(nn.Module):
             from ..finetune.checkpoint import load_finetuned
 
             return load_finetuned(directory)
-        config = meta["model"]
+        config = migrate_saved_config(meta["model"])
         adapters = {}
         for name, options in config.get("modalities", {}).items():
             adapter = get_modality(name, **options)

@@ -59,7 +59,9 @@ class ViTTower(nn.Module):
             as open_clip's ``argmax``/``eos`` pooling over right-padded ids).
         cls_token: prepend a learned class token even when ``pool`` is not ``"cls"`` (an imported
             MAE/RETFound/timm ViT attends over one; mean/last pooling then skips it, as timm's ``avg``).
-        masked: ``{"kind": "mae"|"mlm", "mask_ratio": float, "norm_pix_loss": bool}``.
+        masked: ``{"kind": "mae"|"mlm", "mask_ratio": float, "norm_pix_loss": bool}``; ``mask_ratio``
+            is the fallback the adapter proposes (its modality's recipe), used when
+            :meth:`masked_loss` is given none — the masked objective owns the setting.
         decoder: MAE decoder size ``{"width", "depth", "heads"}``.
     """
 

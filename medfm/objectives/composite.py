@@ -8,7 +8,9 @@ are computed once (:func:`cached_embeddings`) however many contrastive terms use
 Config (YAML ``objectives:`` list)::
 
     [{"name": "clip", "weight": 1.0, "mode": "pairs"},
-     {"name": "masked", "weight": 0.5, "mask_ratio": 0.75}]
+     {"name": "masked", "weight": 0.5, "mask_ratio": {"oct": 0.9, "default": 0.75}}]
+
+(``mask_ratio`` is set only here: see :class:`~medfm.objectives.masked.MaskedObjective`.)
 
 :func:`build_objective` turns it into a :class:`CompositeObjective` whose loss is
 ``Σ weight_k · loss_k`` — contrastive and reconstruction in one step (CROMA style).

@@ -1,13 +1,27 @@
-"""``medfm info``: modalities, formats, objectives, models and configs available."""
+"""``medfm info``: modalities, formats, objectives, models and configs available; ``--config-schema``
+prints the typed config schemas (field, type, default, doc) — the reference of every config key."""
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+from typing import Any, Dict, List
 
 from ...registry import MODALITIES, MODELS, OBJECTIVES, WEIGHT_FORMATS
+from ...schema import _docstring_attributes, describe
+
+#: the schemas ``--config-schema`` prints: kind → (module, dataclass, what reads it)
+SCHEMAS = {
+    "run": ("medfm.train.run_config", "RunConfig", "medfm pretrain CONFIG"),
+    "finetune": ("medfm.finetune.config_schema", "FinetuneConfig", "medfm finetune CONFIG"),
+    "model": ("medfm.models.config", "ModelConfig", "a run config's model:, configs/models/*.yaml, create_model"),
+    "objectives": ("medfm.registry", "OBJECTIVES", "each entry of a run config's objectives: list"),
+}
 
 
 def collect() -> dict:
     from medfm.configs import CONFIG_DIR
+    from medfm.models.presets import preset_description
 
     modalities = []
     for name, cls in MODALITIES.items():
@@ -15,12 +29,76 @@ def collect() -> dict:
                            "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
     configs = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml"))
     formats = [{"name": n, "description": f.description} for n, f in WEIGHT_FORMATS.items()]
+    models = []
+    for name, obj in MODELS.items():
+        path = getattr(obj, "path", None)
+        try:
+            extends = (obj() or {}).get("name")
+        except Exception as e:  # a broken user preset is listed, not fatal
+            extends = f"(unreadable: {type(e).__name__})"
+        models.append({"name": name, "description": preset_description(name),
+                       "extends": None if extends == name else extends,
+                       "file": str(path.relative_to(CONFIG_DIR)) if path is not None else None})
     return {"modalities": [m["name"] for m in modalities], "modality_details": modalities,
-            "objectives": OBJECTIVES.names(), "models": MODELS.names(), "configs": configs,
-            "weight_formats": formats}
+            "objectives": OBJECTIVES.names(), "models": MODELS.names(), "model_details": models,
+            "configs": configs, "weight_formats": formats}
+
+
+def objective_rows() -> List[Dict[str, Any]]:
+    """``objectives[i]`` options: ``name``/``weight`` and each registered objective's own arguments."""
+    rows: List[Dict[str, Any]] = [
+        {"field": "name", "type": "str", "default": "(required)", "doc": "a registered objective: "
+         + ", ".join(OBJECTIVES.names())},
+        {"field": "weight", "type": "float", "default": 1.0, "doc": "factor of its loss in the sum", "min": 0}]
+    for name, cls in OBJECTIVES.items():
+        docs: Dict[str, str] = {}
+        for base in reversed(cls.__mro__):  # arguments documented on a base class (ContrastiveObjective)
+            docs.update(_docstring_attributes(base))
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+            rows.append({"field": f"{name}.{p.name}", "type": str(ann).replace("typing.", "") or "any",
+                         "default": None if p.default is p.empty else p.default, "doc": docs.get(p.name, "")})
+    return rows
+
+
+def schema_rows(kind: str) -> List[Dict[str, Any]]:
+    """The rows of one schema (see :func:`medfm.schema.describe`)."""
+    if kind == "objectives":
+        return objective_rows()
+    module, cls, _ = SCHEMAS[kind]
+    return describe(getattr(importlib.import_module(module), cls))
+
+
+def _cell(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def print_schemas(kinds: List[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({k: schema_rows(k) for k in kinds}, indent=2, default=str))
+        return
+    for kind in kinds:
+        module, cls, used = SCHEMAS[kind]
+        print(f"{kind} config ({module}.{cls}; {used}):")
+        rows = schema_rows(kind)
+        wf = max(len(r["field"]) for r in rows)
+        wt = min(max(len(r["type"]) for r in rows), 28)
+        defaults = ["" if r["type"] == "section" else _cell(r["default"]) for r in rows]
+        wd = min(max(len(d) for d in defaults), 18)
+        for r, default in zip(rows, defaults):
+            bounds = ", ".join(f"{k.replace('_', ' ')} {r[k]}" for k in ("min", "min_exclusive", "max") if k in r)
+            doc = r["doc"] + (f" ({bounds})" if bounds else "")
+            print(f"  {r['field']:<{wf}}  {r['type']:<{wt}}  {default:<{wd}}  {doc}".rstrip())
+        print()
 
 
 def run(args) -> int:
+    if args.config_schema:
+        kinds = list(SCHEMAS) if args.config_schema == "all" else [args.config_schema]
+        print_schemas(kinds, args.json)
+        return 0
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -30,17 +108,25 @@ def run(args) -> int:
         suffixes = " ".join(m["suffixes"]) or "(inline values)"
         print(f"  {m['name']:<8} {m['input']:<6} {suffixes}")
     print("objectives: " + ", ".join(info["objectives"]))
-    print("models:     " + ", ".join(info["models"]))
+    print("models (presets: configs/models/<name>.yaml; a preset's `name:` is the one it extends):")
+    width = max((len(m["name"]) for m in info["model_details"]), default=0)
+    for m in info["model_details"]:
+        extends = f"[extends {m['extends']}] " if m["extends"] else ""
+        print(f"  {m['name']:<{width}}  {extends}{m['description']}".rstrip())
     print("weight formats (model.modalities.<m>.init.format, --init MOD=PATH[,format=F]; 'auto' sniffs):")
     for f in info["weight_formats"]:
         print(f"  {f['name']:<12} {f['description']}")
     print("configs:")
     for c in info["configs"]:
         print(f"  {c}")
+    print("config keys, types and defaults: medfm info --config-schema [run|finetune|model|objectives]")
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="modalities, weight formats, objectives, models and configs available")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--config-schema", nargs="?", const="all", choices=["all", *SCHEMAS], default=None,
+                   metavar="KIND", help="print the config schemas (field, type, default, doc) instead: "
+                                        f"all (default) or one of {', '.join(SCHEMAS)}")
     p.set_defaults(func=run)
