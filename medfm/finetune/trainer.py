@@ -20,6 +20,7 @@ validation and early stopping on the best epoch, the test evaluation and what is
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -45,6 +46,7 @@ from ..registry import get_modality
 from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
 from ..train.paths import config_path
 from ..train.schedule import cosine_with_warmup
+from . import config_schema as cs
 from .checkpoint import finetune_meta
 from .heads import TaskHead, TaskSpec, task_loss
 from .lora import PRETRAINING_ONLY, apply_lora, count_parameters, freeze, shared_with
@@ -85,10 +87,6 @@ MONITORS = {"auroc": ("macro_auroc", True), "auprc": ("macro_auprc", True), "acc
 def _typed(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Types and ranges from :mod:`medfm.finetune.config_schema` (key path in the message); keys
     of DEFAULT_CONFIG the schema does not list yet, and the task's extra keys, pass untyped."""
-    import dataclasses
-
-    from . import config_schema as cs
-
     sections = {"": cs.FinetuneConfig, "task": cs.TaskConfig, "lora": cs.LoraSection, "head": cs.HeadSection,
                 "data": cs.FinetuneData, "optim": cs.FinetuneOptim, "eval": cs.FinetuneEval}
     tolerated = {}
@@ -135,7 +133,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, floa
 
     (``medfm.evaluation.metrics`` has classification metrics only; regression lives here.)
     """
-    from scipy.stats import pearsonr
+    from scipy.stats import pearsonr  # deferred: scipy and scikit-learn are slow to import
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)

@@ -11,9 +11,11 @@ exact resume (:mod:`medfm.train.checkpoint`), and the final ``save_pretrained``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -25,16 +27,19 @@ from torch.utils.data import DataLoader
 from ..data.manifest import is_missing
 from ..data import ManifestDataset, MultiModalCollate, read_manifest, select_split
 from ..errors import CheckpointError, ConfigError
-from ..io import deep_merge, write_json
+from ..io import atomic_write_text, deep_merge, write_json
+from ..limits import limits
 from ..models import MultiModalModel, create_model, resolve_config
 from ..card import write_model_card
 from ..models.init import write_init_report
+from ..objectives import build_objective
 from ..registry import get_modality
 from .checkpoint import (checkpoint_candidates, clean_temporaries, first_difference, load_trainer_state,
                          optimizer_state_by_name, read_run_config, rng_state, save_checkpoint)
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
 from .loop import MetricsLog, TrainCore, build_optimizer, progress, wrap_model
 from .paths import config_path
+from .run_config import DataConfig, OptimConfig, RunConfig, TrainConfig, validate_run_config
 from .sampler import ResumableSampler
 from .schedule import cosine_with_warmup
 
@@ -58,8 +63,6 @@ DEFAULT_RUN: Dict[str, Any] = {
 def resolve_run_config(config: Dict[str, Any]) -> Dict[str, Any]:
     """Defaults merged with ``config``, validated against :class:`medfm.train.run_config.RunConfig`
     (types, ranges, unknown keys; the message names the key path) before anything is read."""
-    from .run_config import RunConfig, validate_run_config
-
     if not isinstance(config, dict):
         raise ConfigError(f"a run config must be a mapping, got {type(config).__name__}")
     unknown = sorted(set(config) - set(DEFAULT_RUN) - {"name", "description"})
@@ -72,9 +75,6 @@ def resolve_run_config(config: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(config.get("objectives"), list):
         run["objectives"] = copy.deepcopy(config["objectives"])
     # keys added to DEFAULT_RUN before the schema knows them are accepted untyped
-    import dataclasses
-
-    from .run_config import DataConfig, OptimConfig, TrainConfig
     tolerated = {sec: set(DEFAULT_RUN[sec]) - {f.name for f in dataclasses.fields(cls)}
                  for sec, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig))}
     tolerated[""] = set(DEFAULT_RUN) - {f.name for f in dataclasses.fields(RunConfig)}
@@ -100,8 +100,6 @@ class Trainer:
     """
 
     def __init__(self, config: Dict[str, Any], out_dir: Path, config_dir: Optional[Path] = None):
-        from ..objectives import build_objective
-
         self.config = resolve_run_config(config)
         self.out = Path(out_dir)
         self.config_dir = Path(config_dir) if config_dir is not None else None
@@ -112,7 +110,7 @@ class Trainer:
         torch.manual_seed(int(tcfg["seed"]))  # identical initial weights on every rank
         self.shards = None
         if dcfg.get("shards"):  # streaming from `medfm shard` output (medfm.data.shard_stream)
-            from ..data.shards import fit_frame, open_index
+            from ..data.shards import fit_frame, open_index  # deferred: fsspec, only for streamed shards
 
             self.shards = open_index(dcfg["shards"])
         manifest = (config_path(dcfg["manifest"], config_dir, "data.manifest") if dcfg["manifest"]
@@ -131,7 +129,7 @@ class Trainer:
         torch.manual_seed(int(tcfg["seed"]) + self.dist.rank)  # per-rank randomness (MAE masks) from here on
         self.objective = build_objective(self.config["objectives"])
         if self.shards is not None:  # the shards hold the samples (shard with --split train)
-            from ..data.shard_stream import ShardStream
+            from ..data.shard_stream import ShardStream  # deferred: fsspec, only for streamed shards
             from ..data.shards import check_adapters
 
             check_adapters(self.shards, self.model.adapters)
@@ -180,8 +178,6 @@ class Trainer:
         if self.dist.is_main:
             removed = clean_temporaries(self.ckpt_root)
             # the final save_pretrained(OUT) stages next to OUT
-            import shutil
-
             for p in self.out.parent.glob(f".{self.out.name}.staging*") if self.out.parent.is_dir() else ():
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(str(p))
@@ -258,7 +254,7 @@ class Trainer:
         dcfg = self.config["data"]
         bs = int(dcfg["batch_size"])
         if self.shards is not None:
-            from ..data.shard_stream import shard_loader
+            from ..data.shard_stream import shard_loader  # deferred: fsspec, only for streamed shards
 
             self.dataset.set_epoch(self.epoch, start=self.micro_in_epoch)
             return iter(shard_loader(self.dataset, pin_memory=self.dist.device.type == "cuda"))
@@ -308,8 +304,6 @@ class Trainer:
             else:
                 dropped += 1
         if dropped:
-            from ..io import atomic_write_text
-
             atomic_write_text(path, "".join(x + "\n" for x in kept))
             log.info("metrics.jsonl: dropped %d line(s) after step %d (written before the interruption)",
                      dropped, self.step)
@@ -318,6 +312,7 @@ class Trainer:
         """A plain (unsharded) model and optimizer state to save; collective under FSDP."""
         if not getattr(self, "_unsharded", None):
             return self.model, optimizer_state_by_name(self.model, self.optimizer)
+        # deferred: torch.distributed.checkpoint is only needed under FSDP
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -353,8 +348,6 @@ class Trainer:
 
         ``data.limits`` (see :mod:`medfm.limits`) apply to every read of this run.
         """
-        from ..limits import limits
-
         with limits(**(self.config["data"].get("limits") or {})):
             return self._fit()
 
