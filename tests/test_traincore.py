@@ -3,6 +3,8 @@ rule between models and finetune, and the one rule for relative paths in a confi
 from __future__ import annotations
 
 import ast
+import json
+import shutil
 import copy
 from pathlib import Path
 
@@ -211,3 +213,25 @@ def test_finetuner_and_trainer_share_the_path_rule(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="data.manifest"):
         FineTuner({"base": "base", "data": {"manifest": "elsewhere.csv"}}, tmp_path / "ft2",
                   config_dir=tmp_path / "cfg")
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "linear"])
+def test_directories_written_before_finetunedmodel_still_load(method, tmp_path):
+    """``tests/data/finetuned_v1``: written by the earlier ``save_finetuned``; same logits now."""
+    src = ROOT / "tests" / "data" / "finetuned_v1"
+    shutil.copytree(src, tmp_path / "v1")
+    cfg = tmp_path / "v1" / method / "config.json"  # the base is found by its relative path alone
+    cfg.write_text(cfg.read_text().replace(json.loads(cfg.read_text())["finetune"]["base"], "/nowhere/base"))
+    model = medfm.load_pretrained(tmp_path / "v1" / method)
+    assert isinstance(model, FineTunedModel) and model.method == method
+    df = read_manifest(tmp_path / "v1" / "m.csv")
+    ds = ManifestDataset(df, model.adapters)
+    batch = MultiModalCollate(model.adapters)([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        logits, _ = model.predict(batch)
+    np.testing.assert_allclose(logits.numpy(), np.load(src / method / "expected_logits.npy"), rtol=1e-5, atol=1e-6)
+    # saved again as its own type, it writes the same kind of directory, which loads to the same logits
+    model.save_pretrained(tmp_path / "again")
+    with torch.no_grad():
+        np.testing.assert_allclose(FineTunedModel.from_pretrained(tmp_path / "again").predict(batch)[0].numpy(),
+                                   logits.numpy(), rtol=1e-6, atol=1e-7)

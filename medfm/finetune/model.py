@@ -97,11 +97,15 @@ class FineTunedModel(nn.Module):
     def save_pretrained(self, directory: os.PathLike) -> Path:
         """Write what was trained (peft adapters / trained tensors, head) + ``config.json`` last.
 
-        The base is not copied: ``config.json`` refers to it (``finetune.base``,
-        ``base_relative``, ``base_sha256``). Other files in ``directory`` are kept.
+        The base is not copied: ``config.json`` refers to it (``finetune.base``, and
+        ``base_relative`` recomputed for ``directory``, ``base_sha256``). Other files in
+        ``directory`` are kept.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.finetune_config)
+        if meta.get("base"):  # saved elsewhere than it was trained: the relative reference follows
+            meta["base_relative"] = os.path.relpath(Path(meta["base"]).resolve(), d.resolve())
         if self.finetune_config.get("merged"):
             raise CheckpointError(f"{d}: this model's adapters are merged into its weights: save it with save_merged")
         if self.method == "lora":
@@ -110,7 +114,7 @@ class FineTunedModel(nn.Module):
         elif self.method == "full":
             save_file(self.trained_encoder_state(), str(d / FULL_WEIGHTS))
         save_file(_cpu_state(self.task_head), str(d / HEAD_WEIGHTS))
-        write_config(d, self.encoder, self.finetune_config)
+        write_config(d, self.encoder, meta)
         return d
 
     def save_merged(self, directory: os.PathLike) -> Path:
@@ -147,6 +151,7 @@ class FineTunedModel(nn.Module):
                 if base_sha256(base) != meta["base_sha256"]:
                     raise CheckpointError(f"{d}: the base checkpoint {base} has changed since fine-tuning "
                                           "(weights hash differs)")
+            meta = {**meta, "base": str(base)}  # where the base was found (a later save refers to it)
             encoder = MultiModalModel.from_pretrained(base)
             if isinstance(encoder, FineTunedModel):  # a fine-tuned base: keep its encoder, drop its head
                 encoder = encoder.encoder
