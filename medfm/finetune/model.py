@@ -21,6 +21,7 @@ fine-tuned directory works wherever a base checkpoint does (``medfm embed``, ``e
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
@@ -29,9 +30,10 @@ import torch.nn as nn
 from safetensors.torch import load_file, load_model, save_file
 
 from ..errors import CheckpointError
+from ..io import atomic_directory
 from ..models.multimodal import MultiModalModel, register_checkpoint_kind
-from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_WEIGHTS, FULL_WEIGHTS, HEAD_WEIGHTS, base_sha256,
-                         read_finetune_meta, resolve_base, write_config)
+from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_WEIGHTS, CONFIG_NAME, FULL_WEIGHTS, HEAD_WEIGHTS,
+                         base_sha256, read_finetune_meta, resolve_base, write_config)
 from .heads import TaskHead, TaskSpec
 from .lora import apply_lora, freeze, load_lora_state_dict, lora_state_dict, merge_lora
 
@@ -108,13 +110,20 @@ class FineTunedModel(nn.Module):
             meta["base_relative"] = os.path.relpath(Path(meta["base"]).resolve(), d.resolve())
         if self.finetune_config.get("merged"):
             raise CheckpointError(f"{d}: this model's adapters are merged into its weights: save it with save_merged")
-        if self.method == "lora":
-            save_file(lora_state_dict(self.encoder), str(d / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-            self.encoder.peft_config["default"].save_pretrained(str(d))
-        elif self.method == "full":
-            save_file(self.trained_encoder_state(), str(d / FULL_WEIGHTS))
-        save_file(_cpu_state(self.task_head), str(d / HEAD_WEIGHTS))
-        write_config(d, self.encoder, meta)
+        # as MultiModalModel.save_pretrained: written into a staging sibling, then moved in file by
+        # file with os.replace, config.json last, so a crash never leaves a config over torn weights
+        staging = d.parent / f".{d.name}.staging"
+        with atomic_directory(staging) as tmp:
+            if self.method == "lora":
+                save_file(lora_state_dict(self.encoder), str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+                self.encoder.peft_config["default"].save_pretrained(str(tmp))
+            elif self.method == "full":
+                save_file(self.trained_encoder_state(), str(tmp / FULL_WEIGHTS))
+            save_file(_cpu_state(self.task_head), str(tmp / HEAD_WEIGHTS))
+            write_config(tmp, self.encoder, meta)
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == CONFIG_NAME):
+            os.replace(f, d / f.name)
+        shutil.rmtree(staging, ignore_errors=True)
         return d
 
     def save_merged(self, directory: os.PathLike) -> Path:
