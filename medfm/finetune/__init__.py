@@ -2,14 +2,15 @@
 
 Public API::
 
-    from medfm.finetune import finetune, load_finetuned
+    from medfm.finetune import FineTunedModel, finetune
     result = finetune(config, "runs/ft")          # dict of metrics (see finetune's docstring)
     model = FineTunedModel.from_pretrained("runs/ft")  # encoder + adapters + model.task_head, model.task
     logits, scores = model.predict(batch)              # a MultiModalCollate batch
     model.save_pretrained("copy"); model.save_merged("merged")
 
 Modules: :mod:`.lora` (presets, apply/merge), :mod:`.heads` (TaskSpec, TaskHead, fusion,
-losses), :mod:`.splits` (patient-grouped splits), :mod:`.trainer` (training loop),
+losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.trainer` (the run: what a
+fine-tuning step and epoch compute, on the core :mod:`medfm.train.loop`),
 :mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.checkpoint` (the directory layout).
 """
 from .checkpoint import weight_files
