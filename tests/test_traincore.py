@@ -89,9 +89,17 @@ def test_one_core_drives_pretraining_and_finetuning(tmp_path, monkeypatch):
     assert calls == ["MultiModalModel"] * 3
     r = finetune({"base": str(tmp_path / "pre"), "data": {"manifest": str(manifest), "split_column": None,
                                                           "batch_size": 16},
-                  "optim": {"epochs": 1}, "eval": {"n_boot": 0}, "progress": False}, tmp_path / "ft")
+                  "optim": {"epochs": 1}, "eval": {"n_boot": 0}, "progress": False, "tensorboard": True},
+                 tmp_path / "ft")
     n_train_batches = -(-r["n_samples"]["train"] // 16)
     assert calls[3:] == ["FineTunedModel"] * n_train_batches
+    # one logging policy: JSON lines + TensorBoard scalars from the same MetricsLog
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "ft" / "tb"))
+    acc.Reload()
+    (point,) = acc.Scalars("finetune/train_loss")
+    assert point.step == 1 and point.value == pytest.approx(r["history"][0]["train_loss"], rel=1e-6)
     # pretraining's groups: nothing of the no-decay policy decays
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     skip = set(no_decay_names(trainer.model))

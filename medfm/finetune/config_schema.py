@@ -90,6 +90,7 @@ class FinetuneConfig:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    tensorboard: bool = False
     name: Optional[str] = None
     description: Optional[str] = None
 

@@ -76,6 +76,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "device": "auto",
     "seed": 0,
     "progress": True,
+    "tensorboard": False,         # also write history.jsonl's numbers as TensorBoard scalars to OUT/tb
 }
 
 #: monitor name → (metric key, higher is better)
@@ -381,7 +382,8 @@ class FineTuner:
 
         bar = progress(epochs, f"finetune ({cfg['method']})", bool(cfg["progress"]))
         stopped_early = False
-        history_log = MetricsLog(self.out / "history.jsonl", mode="w")
+        history_log = MetricsLog(self.out / "history.jsonl", mode="w", prefix="finetune",
+                                 tensorboard=self.out / "tb" if cfg["tensorboard"] else None)
         try:
             for epoch in range(1, epochs + 1):
                 train_loader.dataset.set_epoch(epoch)
@@ -409,7 +411,7 @@ class FineTuner:
                     bad += 1
                 rec["monitor"] = score
                 history.append(rec)
-                history_log.write(rec)
+                history_log.write(rec, step=epoch)
                 bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{oc["monitor"]: f"{score:.4f}"})
                 bar.update(1)
                 if val_loader is not None and int(oc["patience"]) > 0 and bad >= int(oc["patience"]):
