@@ -51,7 +51,7 @@ def test_accumulated_step_equals_one_step_on_the_whole_batch():
     halves = iter([_batch(x[:8], y[:8], skipped=1), _batch(x[8:], y[8:], skipped=2)])
     res = core.step(lambda: next(halves), _mse)
 
-    ref_opt = torch.optim.AdamW([p for p in ref.parameters()], lr=1e-2, weight_decay=0.0)
+    ref_opt = torch.optim.AdamW([p for p in ref.parameters()], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
     # the reference policy by hand: decay on the two Linear weights only
     ref_opt.param_groups[0]["params"] = [ref[0].weight, ref[2].weight]
     ref_opt.param_groups[0]["weight_decay"] = 0.1

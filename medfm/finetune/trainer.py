@@ -333,7 +333,7 @@ class FineTuner:
         oc = self.cfg["optim"]
         lr = float(oc["lr"])
         head_lr = float(oc["head_lr"]) if oc["head_lr"] is not None else lr
-        return build_optimizer(self.model, lr, float(oc["weight_decay"]),
+        return build_optimizer(self.model, lr, float(oc["weight_decay"]), betas=(0.9, 0.999),  # torch's default
                                key=lambda name, p: name.startswith("task_head."), lr_of={True: head_lr})
 
     def _trainable_state(self) -> Dict[str, torch.Tensor]:

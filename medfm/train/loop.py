@@ -3,9 +3,9 @@
 
 What lives here is every *policy* of an optimisation step, so the two cannot drift:
 
-- :func:`build_optimizer` — AdamW over :func:`medfm.train.schedule.param_groups` (no weight
-  decay on biases, norms, embeddings, the logit scale/bias), optionally one group per tag
-  (the fine-tuning head with its own learning rate);
+- :func:`~medfm.train.schedule.build_optimizer` (re-exported) — AdamW over
+  :func:`medfm.train.schedule.param_groups` (no weight decay on biases, norms, embeddings, the
+  logit scale/bias), optionally one group per tag (the fine-tuning head with its own learning rate);
 - :func:`autocast` — the ``precision`` rule (``auto`` = bf16 on a bf16 GPU, else fp32);
 - :class:`TrainCore` — one optimiser step: gradient accumulation over micro-batches
   (DDP ``no_sync`` on all but the last), autocast, backward, averaging of unsharded FSDP
@@ -38,27 +38,11 @@ from ..data import move_batch
 from ..errors import ConfigError
 from .checkpoint import BY_NAME, load_optimizer_state_by_name, set_rng_state
 from .distributed import DistInfo
-from .schedule import param_groups
+from .schedule import build_optimizer
 
 log = logging.getLogger("medfm.train")
 
 PRECISIONS = ("auto", "bf16", "fp32", "32")
-
-
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: Sequence[float] = (0.9, 0.999),
-                    eps: float = 1e-8, key: Optional[Callable[[str, nn.Parameter], Any]] = None,
-                    lr_of: Optional[Mapping[Any, float]] = None) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters of ``model`` with the one weight-decay policy.
-
-    Args:
-        key, lr_of: optional tagging of parameters (see :func:`param_groups`); a group whose
-            tag is in ``lr_of`` takes that learning rate, every other group ``lr``.
-    """
-    groups = param_groups(model, weight_decay, key=key)
-    if key is not None:
-        for g in groups:
-            g["lr"] = float((lr_of or {}).get(g["tag"], lr))
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 def autocast(device: torch.device, precision: str):

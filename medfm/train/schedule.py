@@ -172,5 +172,18 @@ def param_groups(model: nn.Module, weight_decay: float,
             for (tag, decays), ps in groups.items()]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95), eps: float = 1e-8):
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95), eps: float = 1e-8,
+                    key: Optional[Callable[[str, nn.Parameter], Hashable]] = None,
+                    lr_of: Optional[Dict[Hashable, float]] = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of ``model`` with the one weight-decay policy
+    (:func:`param_groups`); the optimiser of pretraining and fine-tuning.
+
+    Args:
+        key, lr_of: optional tagging of parameters (see :func:`param_groups`); a group whose
+            tag is in ``lr_of`` takes that learning rate, every other group ``lr``.
+    """
+    groups = param_groups(model, weight_decay, key=key)
+    if key is not None:
+        for g in groups:
+            g["lr"] = float((lr_of or {}).get(g["tag"], lr))
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
