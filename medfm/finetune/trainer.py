@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import numpy as np
 import pandas as pd
@@ -203,6 +203,37 @@ def predict_loader(model, loader, device) -> Dict[str, Any]:
             "scores": torch.cat(scores).numpy() if scores else np.zeros((0, k)), "n_skipped": skipped}
 
 
+# ------------------------------------------------------------ early stopping
+class EarlyStopping:
+    """Best-epoch tracking: an epoch improves when its score beats the best by more than
+    ``min_delta`` (a NaN score never improves); the first epoch is kept as best in any case.
+    :attr:`should_stop` once ``patience`` (> 0) epochs in a row did not improve.
+
+    Args:
+        higher: whether a higher score is better.
+        min_delta: the least change that counts as an improvement.
+        patience: epochs without improvement before stopping (0 = never stop).
+    """
+
+    def __init__(self, higher: bool, min_delta: float = 0.0, patience: int = 0):
+        self.higher, self.min_delta, self.patience = higher, float(min_delta), int(patience)
+        self.best_score, self.best_state, self.best_epoch, self.best_val = None, None, 0, {}
+        self.bad, self.should_stop = 0, False
+
+    def update(self, score: float, epoch: int, state: Callable[[], Any], val: Mapping[str, Any]) -> bool:
+        """Record an epoch's ``score``; ``state()`` is called (a copy of the weights) when it is
+        the best so far. Returns whether it improved."""
+        improved = score == score and (self.best_score is None or (
+            score > self.best_score + self.min_delta if self.higher else score < self.best_score - self.min_delta))
+        if improved or self.best_state is None:
+            self.best_score, self.best_state, self.best_epoch, self.best_val = score, state(), epoch, val
+            self.bad = 0 if improved else self.bad + 1
+        else:
+            self.bad += 1
+        self.should_stop = self.patience > 0 and self.bad >= self.patience
+        return improved
+
+
 # -------------------------------------------------------------------- runner
 class FineTuner:
     """One fine-tuning run; see :func:`finetune` for the configuration.
@@ -358,6 +389,18 @@ class FineTuner:
         point["n"] = int(labelled(self.task, y).sum()) if len(y) else 0
         return point, ci, {**pred, "y": y}
 
+    def _train_epoch(self, core: TrainCore, loader: DataLoader, loss_of) -> float:
+        """One pass over the training split, one core step per batch; the mean batch loss."""
+        self.model.train()
+        tot, nb = 0.0, 0
+        for batch in loader:
+            if not batch["id"]:  # every sample of the batch was unreadable (counted)
+                core.skips.add(batch)
+                continue
+            res = core.step(lambda b=batch: b, loss_of)
+            tot, nb = tot + res.logs["loss"], nb + 1
+        return tot / max(nb, 1)
+
     def fit(self) -> Dict[str, Any]:
         """Train with early stopping, restore the best epoch, test, save; returns the metrics dict."""
         cfg, oc = self.cfg, self.cfg["optim"]
@@ -372,7 +415,7 @@ class FineTuner:
         core = TrainCore(self.model, optimizer, sched, device=self.device, precision="fp32",
                          grad_clip=float(oc["grad_clip"] or 0))
         key, higher = MONITORS[oc["monitor"]]
-        best_score, best_state, best_epoch, bad, best_val = None, None, 0, 0, {}
+        stop = EarlyStopping(higher, float(oc["min_delta"]), int(oc["patience"]) if val_loader is not None else 0)
         history: List[Dict[str, Any]] = []
         y_train = torch.as_tensor(self.targets["train"])
 
@@ -381,56 +424,45 @@ class FineTuner:
             return {"loss": task_loss(self.task, logits, y_train[batch["index"].cpu()].to(self.device), weights)}
 
         bar = progress(epochs, f"finetune ({cfg['method']})", bool(cfg["progress"]))
-        stopped_early = False
         history_log = MetricsLog(self.out / "history.jsonl", mode="w", prefix="finetune",
                                  tensorboard=self.out / "tb" if cfg["tensorboard"] else None)
         try:
             for epoch in range(1, epochs + 1):
                 train_loader.dataset.set_epoch(epoch)
-                self.model.train()
-                tot, nb = 0.0, 0
-                for batch in train_loader:
-                    if not batch["id"]:  # every sample of the batch was unreadable (counted)
-                        core.skips.add(batch)
-                        continue
-                    res = core.step(lambda b=batch: b, loss_of)
-                    tot, nb = tot + res.logs["loss"], nb + 1
-                rec: Dict[str, Any] = {"epoch": epoch, "train_loss": tot / max(nb, 1)}
+                rec: Dict[str, Any] = {"epoch": epoch, "train_loss": self._train_epoch(core, train_loader, loss_of)}
                 if val_loader is not None:
                     val, _, _ = self._evaluate("val", val_loader)
                     rec.update({f"val_{k}": v for k, v in val.items() if not k.startswith(("auroc/", "auprc/"))})
                     score = val.get(key, float("nan"))
                 else:
                     val, score = {}, -rec["train_loss"] if higher else rec["train_loss"]
-                improved = score == score and (best_score is None or (
-                    score > best_score + float(oc["min_delta"]) if higher else score < best_score - float(oc["min_delta"])))
-                if improved or best_state is None:
-                    best_score, best_state, best_epoch, best_val = score, self._trainable_state(), epoch, val
-                    bad = 0 if improved else bad + 1
-                else:
-                    bad += 1
+                stop.update(score, epoch, self._trainable_state, val)
                 rec["monitor"] = score
                 history.append(rec)
                 history_log.write(rec, step=epoch)
                 bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{oc["monitor"]: f"{score:.4f}"})
                 bar.update(1)
-                if val_loader is not None and int(oc["patience"]) > 0 and bad >= int(oc["patience"]):
-                    stopped_early = True
+                if stop.should_stop:
                     break
         finally:
             bar.close()
             history_log.close()
-        n_skipped = core.skips.n_skipped
-        self._load_trainable(best_state)
+        self._load_trainable(stop.best_state)
         result: Dict[str, Any] = {
             "out": str(self.out), "method": cfg["method"], "modalities": self.modalities, "task": self.task.kind,
             "label_column": self.task.label_column, "classes": self.task.classes, "monitor": key,
-            "best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
+            "best_epoch": stop.best_epoch, "epochs_run": len(history), "stopped_early": stop.should_stop,
             "n_trainable": self.n_trainable, "n_total": self.n_total,
             "n_samples": {s: len(d) for s, d in self.splits.items()},
             "n_patients": {s: int(d["patient_id"].nunique()) for s, d in self.splits.items()},
-            "val": best_val, "test": {}, "test_ci": {}, "history": history,
+            "val": stop.best_val, "test": {}, "test_ci": {}, "history": history,
         }
+        return self._test_and_save(result, core.skips.n_skipped)
+
+    def _test_and_save(self, result: Dict[str, Any], n_skipped: int) -> Dict[str, Any]:
+        """Test metrics (with CIs) and predictions of the restored best model, then the checkpoint,
+        ``metrics.json`` and the model card; returns ``result`` completed."""
+        cfg = self.cfg
         if len(self.splits["test"]):
             test, ci, pred = self._evaluate("test", self._loader("test", False), n_boot=int(cfg["eval"]["n_boot"]))
             n_skipped += pred["n_skipped"]
