@@ -351,6 +351,29 @@ class Trainer:
         with limits(**(self.config["data"].get("limits") or {})):
             return self._fit()
 
+    def _step_record(self, res, dt: float, data_wait: float) -> Dict[str, Any]:
+        """The ``metrics.jsonl`` record of the step just taken (means over ranks; collective)."""
+        total_samples = all_reduce_sum(res.n_samples)
+        logs = res.logs
+        if self.dist.distributed:  # report the mean over ranks, not rank 0's share
+            logs = {k: all_reduce_sum(v) / self.dist.world_size for k, v in sorted(logs.items())}
+        skips = self.core.skips
+        return {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": res.grad_norm, "samples_per_s": total_samples / max(dt, 1e-9),
+                "data_wait_frac": data_wait / max(dt, 1e-9), "n_skipped": skips.n_skipped,
+                "n_modality_errors": skips.n_errors, "n_flagged": skips.n_flagged, **logs}
+
+    def _save_final(self) -> None:
+        """A last training checkpoint, then the model with its training record and card in OUT."""
+        final = self._checkpoint()
+        if self.dist.is_main:
+            final.init_sources = getattr(self.model, "init_sources", {})
+            final.save_pretrained(self.out, extra={"training": {
+                "steps": self.step, "n_skipped": self.n_skipped, "objectives": self.config["objectives"],
+                "manifest": {"sha256": self.df.attrs.get("sha256"), "n_rows": len(self.df)}},
+                "data_columns": dict(self.config["data"].get("columns") or {})})
+            write_model_card(self.out)
+
     def _fit(self) -> Dict[str, Any]:
         tcfg = self.config["train"]
         if self.resume_from is not None:
@@ -399,21 +422,12 @@ class Trainer:
                 loader["wait"] = 0.0
                 res = self.core.step(next_batch, run_objective)
                 self.step += 1
-                dt = time.perf_counter() - t_step
-                total_samples = all_reduce_sum(res.n_samples)
-                logs = res.logs
-                if self.dist.distributed:  # report the mean over ranks, not rank 0's share
-                    logs = {k: all_reduce_sum(v) / self.dist.world_size for k, v in sorted(logs.items())}
-                skips = self.core.skips
-                last = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
-                        "grad_norm": res.grad_norm, "samples_per_s": total_samples / max(dt, 1e-9),
-                        "data_wait_frac": loader["wait"] / max(dt, 1e-9), "n_skipped": skips.n_skipped,
-                        "n_modality_errors": skips.n_errors, "n_flagged": skips.n_flagged, **logs}
+                last = self._step_record(res, time.perf_counter() - t_step, loader["wait"])
                 if self.dist.is_main:
                     if self.step % int(tcfg["log_every"]) == 0 or self.step == max_steps:
                         metrics.write(last, step=self.step)
                     bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
-                                    sps=f"{last['samples_per_s']:.1f}", skipped=skips.n_skipped)
+                                    sps=f"{last['samples_per_s']:.1f}", skipped=self.n_skipped)
                     bar.update(1)
                 if deadline is not None and self._past(deadline):
                     if self.dist.is_main:
@@ -422,14 +436,7 @@ class Trainer:
                 every = int(tcfg["checkpoint_every"] or 0)
                 if every and self.step % every == 0 and self.step < max_steps:
                     self._checkpoint()
-            final = self._checkpoint()
-            if self.dist.is_main:
-                final.init_sources = getattr(self.model, "init_sources", {})
-                final.save_pretrained(self.out, extra={"training": {
-                    "steps": self.step, "n_skipped": self.n_skipped, "objectives": self.config["objectives"],
-                    "manifest": {"sha256": self.df.attrs.get("sha256"), "n_rows": len(self.df)}},
-                    "data_columns": dict(self.config["data"].get("columns") or {})})
-                write_model_card(self.out)
+            self._save_final()
         finally:
             self.train_seconds, self._fit_t0 = self.elapsed_seconds(), None
             bar.close()
