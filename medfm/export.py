@@ -14,7 +14,6 @@ reproduce the pipeline without medfm.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import shutil
@@ -25,8 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ConfigError, UsageError
+from .card import write_model_card
+from .errors import UsageError
+from .finetune.model import FineTunedModel
 from .io import write_json
+from .models import load_pretrained
 
 log = logging.getLogger("medfm.export")
 
@@ -130,13 +132,10 @@ def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities:
     Writes ``OUT/<modality>.onnx`` (or ``.pt``), ``OUT/modalities/<m>/`` (tokenizer / adapter files),
     ``OUT/preprocessing.json`` and a copy of the model card.
     """
-    import medfm
-    from .card import write_model_card
-
     if fmt not in FORMATS:
         raise UsageError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    model = medfm.load_pretrained(model_dir).eval()
-    if getattr(model, "task_head", None) is not None:
+    model = load_pretrained(model_dir).eval()  # a FineTunedModel for a fine-tuned directory
+    if isinstance(model, FineTunedModel):
         log.info("the task head is not exported: the files give embeddings")
     mods = list(modalities or model.modalities)
     for m in mods:

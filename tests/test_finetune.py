@@ -335,5 +335,10 @@ def test_unmerged_finetuned_directory_works_with_embed(setup, lora_run, tmp_path
         z = model.encode("toy", batch["inputs"]["toy"]["x"]).numpy()
     order = [e.ids.index(i) for i in batch["id"]]
     np.testing.assert_allclose(e.emb[order], z, atol=1e-5)
-    with pytest.raises(CheckpointError, match="export_merged"):
-        model.save_pretrained(tmp_path / "nope")
+    # a fine-tuned model saves as its own type (adapters + head, base by reference), never as a
+    # head-less base: the copy has no model.safetensors and gives the same embeddings
+    model.save_pretrained(tmp_path / "copy")
+    assert not (tmp_path / "copy" / "model.safetensors").exists()
+    with torch.no_grad():
+        np.testing.assert_allclose(load_finetuned(tmp_path / "copy").encode("toy", batch["inputs"]["toy"]["x"]).numpy(),
+                                   z, atol=1e-6)

@@ -2,16 +2,19 @@
 
 Public API::
 
-    from medfm.finetune import finetune, load_finetuned
+    from medfm.finetune import FineTunedModel, finetune
     result = finetune(config, "runs/ft")          # dict of metrics (see finetune's docstring)
-    model = load_finetuned("runs/ft")             # MultiModalModel + model.task_head, model.task
-    logits, scores = predict_scores(model, batch) # a MultiModalCollate batch
+    model = FineTunedModel.from_pretrained("runs/ft")  # encoder + adapters + model.task_head, model.task
+    logits, scores = model.predict(batch)              # a MultiModalCollate batch
+    model.save_pretrained("copy"); model.save_merged("merged")
 
 Modules: :mod:`.lora` (presets, apply/merge), :mod:`.heads` (TaskSpec, TaskHead, fusion,
-losses), :mod:`.splits` (patient-grouped splits), :mod:`.trainer` (training loop),
-:mod:`.checkpoint` (save/load/merge).
+losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.trainer` (the run: what a
+fine-tuning step and epoch compute, on the core :mod:`medfm.train.loop`),
+:mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.checkpoint` (the directory layout).
 """
-from .checkpoint import export_merged, load_finetuned, save_finetuned, weight_files
+from .checkpoint import weight_files
+from .model import FineTunedModel, export_merged, load_finetuned
 from .heads import TaskHead, TaskSpec, fuse, task_loss
 from .lora import (PRESETS, apply_lora, count_parameters, find_target_modules, freeze, lora_state_dict, merge_lora,
                    load_lora_state_dict)
@@ -20,7 +23,7 @@ from .trainer import DEFAULT_CONFIG, FineTuner, finetune, predict_loader, predic
 
 __all__ = [
     "finetune", "FineTuner", "DEFAULT_CONFIG", "predict_scores", "predict_loader", "regression_metrics",
-    "load_finetuned", "save_finetuned", "export_merged", "weight_files",
+    "FineTunedModel", "load_finetuned", "export_merged", "weight_files",
     "TaskHead", "TaskSpec", "fuse", "task_loss",
     "PRESETS", "apply_lora", "find_target_modules", "freeze", "merge_lora", "lora_state_dict", "load_lora_state_dict",
     "count_parameters",

@@ -3,6 +3,10 @@
 Checked by :func:`medfm.finetune.trainer.resolve_config` before the base model or any data is
 read; messages carry the key path (``optim.lr: expected a number, got 'abc'``). Cross-field
 rules (a monitor that fits the task kind) stay in ``resolve_config``.
+
+Relative paths (``base``, ``data.manifest``) resolve against the folder of the config file
+(the working directory for a config given in Python without ``config_dir``): the one rule of
+:mod:`medfm.train.paths`, shared with pretraining.
 """
 from __future__ import annotations
 
@@ -86,6 +90,7 @@ class FinetuneConfig:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    tensorboard: bool = False
     name: Optional[str] = None
     description: Optional[str] = None
 

@@ -1,8 +1,9 @@
 """LoRA / DoRA on the towers of a :class:`~medfm.models.MultiModalModel`, through peft.
 
 The adapters are injected in place with :func:`peft.inject_adapter_in_model`, so the
-model stays a ``MultiModalModel`` (``encode``, ``encode_batch``, ``save_pretrained``
-keep working). Only the towers being fine-tuned are targeted; their base weights are
+model stays a ``MultiModalModel`` (``encode`` and ``encode_batch`` keep working); a
+:class:`~medfm.finetune.model.FineTunedModel` wraps it with the task head and saves the
+adapters alone (or merged, :func:`merge_lora`). Only the towers being fine-tuned are targeted; their base weights are
 frozen and stay bit-identical (peft keeps them as ``<module>.base_layer``).
 
 Target presets (patterns matched with ``re.fullmatch`` against module names *inside

@@ -8,32 +8,48 @@ Python use (the API ``medfm demo`` and the CLI call)::
                        "data": {"manifest": "cohort.csv"}}, "runs/ecg_lora")
     result["test"]["macro_auroc"], result["test_ci"]["macro_auroc"]      # point, (low, high)
 
-The output directory then holds a fine-tuned checkpoint (see
-:mod:`medfm.finetune.checkpoint`), ``metrics.json`` (the returned dict),
-``history.jsonl`` (one line per epoch) and ``test_predictions.csv``.
+The output directory then holds a fine-tuned checkpoint (a
+:class:`~medfm.finetune.model.FineTunedModel`, layout in :mod:`medfm.finetune.checkpoint`),
+``metrics.json`` (the returned dict), ``history.jsonl`` (one line per epoch) and
+``test_predictions.csv``.
+
+The optimisation step (optimiser groups, precision, clipping, skip counting, logging) is the
+training core shared with pretraining (:mod:`medfm.train.loop`); this module keeps what is
+particular to fine-tuning: the model (base + adapters + head), the task loss, epochs with
+validation and early stopping on the best epoch, the test evaluation and what is saved.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from ..metrics import cluster_bootstrap, metrics_with_ci
+
+from ..card import write_model_card
 from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest
+from ..data.manifest import is_missing
+from ..data.splits import make_splits
 from ..errors import ConfigError
 from ..io import deep_merge, write_json
-from .checkpoint import attach_head, export_merged, finetune_meta, save_finetuned
+from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
+from ..models.init import apply_init, summary_lines, write_init_report
+from ..registry import get_modality
+from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
+from ..train.paths import config_path
+from ..train.schedule import cosine_with_warmup
+from . import config_schema as cs
+from .checkpoint import finetune_meta
 from .heads import TaskHead, TaskSpec, task_loss
 from .lora import PRETRAINING_ONLY, apply_lora, count_parameters, freeze, shared_with
-from ..data.splits import make_splits
+from .model import FineTunedModel
 
 log = logging.getLogger("medfm.finetune")
 
@@ -59,6 +75,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "device": "auto",
     "seed": 0,
     "progress": True,
+    "tensorboard": False,         # also write history.jsonl's numbers as TensorBoard scalars to OUT/tb
 }
 
 #: monitor name → (metric key, higher is better)
@@ -70,10 +87,6 @@ MONITORS = {"auroc": ("macro_auroc", True), "auprc": ("macro_auprc", True), "acc
 def _typed(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Types and ranges from :mod:`medfm.finetune.config_schema` (key path in the message); keys
     of DEFAULT_CONFIG the schema does not list yet, and the task's extra keys, pass untyped."""
-    import dataclasses
-
-    from . import config_schema as cs
-
     sections = {"": cs.FinetuneConfig, "task": cs.TaskConfig, "lora": cs.LoraSection, "head": cs.HeadSection,
                 "data": cs.FinetuneData, "optim": cs.FinetuneOptim, "eval": cs.FinetuneEval}
     tolerated = {}
@@ -120,7 +133,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, floa
 
     (``medfm.evaluation.metrics`` has classification metrics only; regression lives here.)
     """
-    from scipy.stats import pearsonr
+    from scipy.stats import pearsonr  # deferred: scipy and scikit-learn are slow to import
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
@@ -149,8 +162,6 @@ def task_metrics(task: TaskSpec, y: np.ndarray, scores: np.ndarray, groups=None,
 
     Classification metrics come from :mod:`medfm.evaluation.metrics`.
     """
-    from medfm.evaluation.metrics import cluster_bootstrap, metrics_with_ci
-
     keep = labelled(task, y)
     y, scores = y[keep], scores[keep]
     groups = None if groups is None else np.asarray(groups)[keep]
@@ -164,17 +175,9 @@ def task_metrics(task: TaskSpec, y: np.ndarray, scores: np.ndarray, groups=None,
 
 
 # ---------------------------------------------------------------- prediction
-def predict_scores(model, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(logits (B, n_outputs), scores)`` of a collated batch through ``model.task_head``.
-
-    ``scores`` are class probabilities ``(B, C)`` (softmax), finding probabilities ``(B, C)``
-    (sigmoid) or regression values ``(B,)`` in the label's units. Absent modalities
-    count as zeros (concat) or are left out of the mean.
-    """
-    head = model.task_head
-    emb = model.encode_batch(batch, head.modalities)
-    logits = head(emb, batch["present"])
-    return logits, TaskSpec.from_config(model.task).scores(logits)
+def predict_scores(model: FineTunedModel, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (B, n_outputs), scores)`` of a collated batch: :meth:`FineTunedModel.predict`."""
+    return model.predict(batch)
 
 
 @torch.no_grad()
@@ -199,6 +202,37 @@ def predict_loader(model, loader, device) -> Dict[str, Any]:
             "scores": torch.cat(scores).numpy() if scores else np.zeros((0, k)), "n_skipped": skipped}
 
 
+# ------------------------------------------------------------ early stopping
+class EarlyStopping:
+    """Best-epoch tracking: an epoch improves when its score beats the best by more than
+    ``min_delta`` (a NaN score never improves); the first epoch is kept as best in any case.
+    :attr:`should_stop` once ``patience`` (> 0) epochs in a row did not improve.
+
+    Args:
+        higher: whether a higher score is better.
+        min_delta: the least change that counts as an improvement.
+        patience: epochs without improvement before stopping (0 = never stop).
+    """
+
+    def __init__(self, higher: bool, min_delta: float = 0.0, patience: int = 0):
+        self.higher, self.min_delta, self.patience = higher, float(min_delta), int(patience)
+        self.best_score, self.best_state, self.best_epoch, self.best_val = None, None, 0, {}
+        self.bad, self.should_stop = 0, False
+
+    def update(self, score: float, epoch: int, state: Callable[[], Any], val: Mapping[str, Any]) -> bool:
+        """Record an epoch's ``score``; ``state()`` is called (a copy of the weights) when it is
+        the best so far. Returns whether it improved."""
+        improved = score == score and (self.best_score is None or (
+            score > self.best_score + self.min_delta if self.higher else score < self.best_score - self.min_delta))
+        if improved or self.best_state is None:
+            self.best_score, self.best_state, self.best_epoch, self.best_val = score, state(), epoch, val
+            self.bad = 0 if improved else self.bad + 1
+        else:
+            self.bad += 1
+        self.should_stop = self.patience > 0 and self.bad >= self.patience
+        return improved
+
+
 # -------------------------------------------------------------------- runner
 class FineTuner:
     """One fine-tuning run; see :func:`finetune` for the configuration.
@@ -207,28 +241,31 @@ class FineTuner:
         config: fine-tuning config (merged over :data:`DEFAULT_CONFIG`).
         out_dir: output directory.
         model: an already loaded base model (``config["base"]`` is still recorded as its source).
-        config_dir: folder that relative ``base`` / ``data.manifest`` paths resolve against.
+        config_dir: the config file's folder: relative ``base`` / ``data.manifest`` paths resolve
+            against it (:mod:`medfm.train.paths`; the working directory when ``None``).
+
+    After construction :attr:`model` is the :class:`FineTunedModel` being trained.
     """
 
     def __init__(self, config: Mapping[str, Any], out_dir, model=None, config_dir=None):
-        import medfm
-
         self.cfg = resolve_config(config)
         self.out = Path(out_dir)
         cfg = self.cfg
         torch.manual_seed(int(cfg["seed"]))
         np.random.seed(int(cfg["seed"]))
         dcfg = cfg["data"]
-        self.df = read_manifest(self._path(dcfg["manifest"], config_dir))
-        self.base = self._path(cfg["base"], config_dir) if not isinstance(cfg["base"], Mapping) else None
+        self.df = read_manifest(config_path(dcfg["manifest"], config_dir, "data.manifest"))
+        self.base = config_path(cfg["base"], config_dir, "base") if not isinstance(cfg["base"], Mapping) else None
         if model is None:
             model = self._base_model(cfg, config_dir)
-        self.model = model
-        self.columns = {m: (cfg["columns"] or {}).get(m, m) for m in self.model.modalities}
-        mods = cfg["modalities"] or [m for m in self.model.modalities if self.columns[m] in self.df.columns]
+        if isinstance(model, FineTunedModel):  # a fine-tuned base: its encoder, without its head
+            model = model.encoder
+        encoder: MultiModalModel = model
+        self.columns = {m: (cfg["columns"] or {}).get(m, m) for m in encoder.modalities}
+        mods = cfg["modalities"] or [m for m in encoder.modalities if self.columns[m] in self.df.columns]
         for m in mods:
-            if m not in self.model.modalities:
-                raise ConfigError(f"modality {m!r} is not in the base model; it has {self.model.modalities}")
+            if m not in encoder.modalities:
+                raise ConfigError(f"modality {m!r} is not in the base model; it has {encoder.modalities}")
             if self.columns[m] not in self.df.columns:
                 raise ConfigError(f"the manifest has no column {self.columns[m]!r} for modality {m!r}")
         if not mods:
@@ -240,39 +277,35 @@ class FineTuner:
         self.targets = {s: self.task.encode(d) for s, d in self.splits.items()}
         self._weights_cpu = self.task.loss_weights(self.targets["train"])
         self.device = self._device(cfg["device"])
-        self._setup_method()
-        head = TaskHead(self.modalities, self.model.embed_dim, self.task.n_outputs, cfg["fusion"],
-                        **cfg["head"])
+        self._setup_method(encoder)
+        head = TaskHead(self.modalities, encoder.embed_dim, self.task.n_outputs, cfg["fusion"], **cfg["head"])
         meta = finetune_meta(self.base, self.out, cfg["method"], self.modalities, self.task, head,
                              fusion=cfg["fusion"], manifest_sha256=self.df.attrs.get("sha256"),
                              columns=dict(self.columns))
-        attach_head(self.model, head, self.task, meta)
+        self.model = FineTunedModel(encoder, head, self.task, meta)
         self.model.to(self.device)
         self.n_trainable, self.n_total = count_parameters(self.model)
 
     # ---------------------------------------------------------- building
-    def _base_model(self, cfg: Mapping[str, Any], config_dir):
+    def _base_model(self, cfg: Mapping[str, Any], config_dir) -> MultiModalModel:
         """The base checkpoint, or — with ``init`` or a model config as ``base`` — a model built and
         initialised from imported weights, saved to ``OUT/base`` (the fine-tuned checkpoint refers to it)."""
-        import medfm
-        from ..models.init import apply_init, summary_lines, write_init_report
-
         inits = dict(cfg.get("init") or {})
         is_ckpt = self.base is not None and (self.base / "config.json").is_file()
         if is_ckpt and not inits:
-            return medfm.load_pretrained(self.base)
+            return MultiModalModel.from_pretrained(self.base)
         if is_ckpt:
-            model = medfm.load_pretrained(self.base)
+            model = MultiModalModel.from_pretrained(self.base)
+            if isinstance(model, FineTunedModel):
+                model = model.encoder
             apply_init(model, inits, base_dir=config_dir)
         else:
+            # deferred: medfm.cli sits above the engine (lead: move model_config_with_init into the engine)
             from ..cli.common import model_config_with_init
-            from ..data.manifest import is_missing
-            from ..models import resolve_config
-            from ..registry import get_modality
 
             base_cfg = cfg["base"] if isinstance(cfg["base"], Mapping) or self.base is None or not self.base.is_file() \
                 else str(self.base)
-            mcfg = resolve_config(model_config_with_init(base_cfg, inits, config_dir))
+            mcfg = resolve_model_config(model_config_with_init(base_cfg, inits, config_dir))
             adapters = {}
             for name, options in (mcfg.get("modalities") or {}).items():  # tokenizers learnt on the training rows
                 adapter = get_modality(name, **(options or {}))
@@ -281,7 +314,7 @@ class FineTuner:
                     adapter.fit([v for v in (adapter.source_from_row(r, column) for r in self.df.to_dict("records"))
                                  if not is_missing(v)])
                 adapters[name] = adapter
-            model = medfm.create_model(mcfg, adapters=adapters)
+            model = create_model(mcfg, adapters=adapters)
         for line in summary_lines(model.init_reports):
             log.info(line)
         self.base = self.out / "base"
@@ -290,20 +323,14 @@ class FineTuner:
         return model
 
     @staticmethod
-    def _path(value, config_dir) -> Path:
-        p = Path(str(value)).expanduser()
-        if not p.is_absolute() and not p.exists() and config_dir is not None:
-            p = Path(config_dir) / p
-        return p
-
-    @staticmethod
     def _device(name: str) -> torch.device:
         if name == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(name)
 
-    def _setup_method(self) -> None:
-        method, model = self.cfg["method"], self.model
+    def _setup_method(self, model: MultiModalModel) -> None:
+        """Make the base ready for ``method``: LoRA layers injected, or the right tensors trainable."""
+        method = self.cfg["method"]
         others = shared_with(model, self.modalities)
         if method != "linear" and others:
             log.warning("the towers of %s share weights with %s: fine-tuning changes those too",
@@ -332,28 +359,15 @@ class FineTuner:
                           generator=torch.Generator().manual_seed(int(self.cfg["seed"])))
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with the core's weight-decay policy; the head's groups take ``optim.head_lr``."""
         oc = self.cfg["optim"]
-        head_ids = {id(p) for p in self.model.task_head.parameters()}
-        groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
-        seen = set()
-        for p in self.model.parameters():
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            groups.setdefault((id(p) in head_ids, p.ndim >= 2), []).append(p)
         lr = float(oc["lr"])
         head_lr = float(oc["head_lr"]) if oc["head_lr"] is not None else lr
-        params = [{"params": ps, "lr": head_lr if is_head else lr,
-                   "weight_decay": float(oc["weight_decay"]) if decay else 0.0}
-                  for (is_head, decay), ps in groups.items()]
-        return torch.optim.AdamW(params)
+        return build_optimizer(self.model, lr, float(oc["weight_decay"]), betas=(0.9, 0.999),  # torch's default
+                               key=lambda name, p: name.startswith("task_head."), lr_of={True: head_lr})
 
     def _trainable_state(self) -> Dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def _encoder_state(self) -> Dict[str, torch.Tensor]:
-        """Trained tensors outside the head (what method ``full`` saves)."""
-        return {n: v for n, v in self._trainable_state().items() if not n.startswith("task_head.")}
 
     def _load_trainable(self, state: Dict[str, torch.Tensor]) -> None:
         params = dict(self.model.named_parameters())
@@ -374,6 +388,18 @@ class FineTuner:
         point["n"] = int(labelled(self.task, y).sum()) if len(y) else 0
         return point, ci, {**pred, "y": y}
 
+    def _train_epoch(self, core: TrainCore, loader: DataLoader, loss_of) -> float:
+        """One pass over the training split, one core step per batch; the mean batch loss."""
+        self.model.train()
+        tot, nb = 0.0, 0
+        for batch in loader:
+            if not batch["id"]:  # every sample of the batch was unreadable (counted)
+                core.skips.add(batch)
+                continue
+            res = core.step(lambda b=batch: b, loss_of)
+            tot, nb = tot + res.logs["loss"], nb + 1
+        return tot / max(nb, 1)
+
     def fit(self) -> Dict[str, Any]:
         """Train with early stopping, restore the best epoch, test, save; returns the metrics dict."""
         cfg, oc = self.cfg, self.cfg["optim"]
@@ -384,74 +410,58 @@ class FineTuner:
         weights = None if self._weights_cpu is None else self._weights_cpu.to(self.device)
         optimizer = self._optimizer()
         epochs = int(oc["epochs"])
-        from ..train.schedule import cosine_with_warmup
-
         sched = cosine_with_warmup(optimizer, int(oc["warmup_steps"]), max(1, epochs * len(train_loader)))
+        core = TrainCore(self.model, optimizer, sched, device=self.device, precision="fp32",
+                         grad_clip=float(oc["grad_clip"] or 0))
         key, higher = MONITORS[oc["monitor"]]
-        best_score, best_state, best_epoch, bad, best_val = None, None, 0, 0, {}
+        stop = EarlyStopping(higher, float(oc["min_delta"]), int(oc["patience"]) if val_loader is not None else 0)
         history: List[Dict[str, Any]] = []
-        n_skipped = 0
         y_train = torch.as_tensor(self.targets["train"])
-        bar = tqdm(range(1, epochs + 1), desc=f"finetune ({cfg['method']})", disable=not cfg["progress"],
-                   dynamic_ncols=True)
-        stopped_early = False
-        hist_fh = open(self.out / "history.jsonl", "w", encoding="utf-8")
+
+        def loss_of(model: FineTunedModel, batch: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+            logits, _ = model.predict(batch)
+            return {"loss": task_loss(self.task, logits, y_train[batch["index"].cpu()].to(self.device), weights)}
+
+        bar = progress(epochs, f"finetune ({cfg['method']})", bool(cfg["progress"]))
+        history_log = MetricsLog(self.out / "history.jsonl", mode="w", prefix="finetune",
+                                 tensorboard=self.out / "tb" if cfg["tensorboard"] else None)
         try:
-            for epoch in bar:
+            for epoch in range(1, epochs + 1):
                 train_loader.dataset.set_epoch(epoch)
-                self.model.train()
-                tot, nb = 0.0, 0
-                for batch in train_loader:
-                    n_skipped += batch["n_skipped"]
-                    if not batch["id"]:
-                        continue
-                    targets = y_train[batch["index"]].to(self.device)
-                    batch = move_batch(batch, self.device)
-                    logits, _ = predict_scores(self.model, batch)
-                    loss = task_loss(self.task, logits, targets, weights)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if float(oc["grad_clip"] or 0) > 0:
-                        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                                       float(oc["grad_clip"]))
-                    optimizer.step()
-                    sched.step()
-                    tot, nb = tot + float(loss.detach()), nb + 1
-                rec: Dict[str, Any] = {"epoch": epoch, "train_loss": tot / max(nb, 1)}
+                rec: Dict[str, Any] = {"epoch": epoch, "train_loss": self._train_epoch(core, train_loader, loss_of)}
                 if val_loader is not None:
                     val, _, _ = self._evaluate("val", val_loader)
                     rec.update({f"val_{k}": v for k, v in val.items() if not k.startswith(("auroc/", "auprc/"))})
                     score = val.get(key, float("nan"))
                 else:
                     val, score = {}, -rec["train_loss"] if higher else rec["train_loss"]
-                improved = score == score and (best_score is None or (
-                    score > best_score + float(oc["min_delta"]) if higher else score < best_score - float(oc["min_delta"])))
-                if improved or best_state is None:
-                    best_score, best_state, best_epoch, best_val = score, self._trainable_state(), epoch, val
-                    bad = 0 if improved else bad + 1
-                else:
-                    bad += 1
+                stop.update(score, epoch, self._trainable_state, val)
                 rec["monitor"] = score
                 history.append(rec)
-                hist_fh.write(json.dumps(rec) + "\n")
-                hist_fh.flush()
+                history_log.write(rec, step=epoch)
                 bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{oc["monitor"]: f"{score:.4f}"})
-                if val_loader is not None and int(oc["patience"]) > 0 and bad >= int(oc["patience"]):
-                    stopped_early = True
+                bar.update(1)
+                if stop.should_stop:
                     break
         finally:
             bar.close()
-            hist_fh.close()
-        self._load_trainable(best_state)
+            history_log.close()
+        self._load_trainable(stop.best_state)
         result: Dict[str, Any] = {
             "out": str(self.out), "method": cfg["method"], "modalities": self.modalities, "task": self.task.kind,
             "label_column": self.task.label_column, "classes": self.task.classes, "monitor": key,
-            "best_epoch": best_epoch, "epochs_run": len(history), "stopped_early": stopped_early,
+            "best_epoch": stop.best_epoch, "epochs_run": len(history), "stopped_early": stop.should_stop,
             "n_trainable": self.n_trainable, "n_total": self.n_total,
             "n_samples": {s: len(d) for s, d in self.splits.items()},
             "n_patients": {s: int(d["patient_id"].nunique()) for s, d in self.splits.items()},
-            "val": best_val, "test": {}, "test_ci": {}, "history": history,
+            "val": stop.best_val, "test": {}, "test_ci": {}, "history": history,
         }
+        return self._test_and_save(result, core.skips.n_skipped)
+
+    def _test_and_save(self, result: Dict[str, Any], n_skipped: int) -> Dict[str, Any]:
+        """Test metrics (with CIs) and predictions of the restored best model, then the checkpoint,
+        ``metrics.json`` and the model card; returns ``result`` completed."""
+        cfg = self.cfg
         if len(self.splits["test"]):
             test, ci, pred = self._evaluate("test", self._loader("test", False), n_boot=int(cfg["eval"]["n_boot"]))
             n_skipped += pred["n_skipped"]
@@ -460,15 +470,12 @@ class FineTuner:
         else:
             log.warning("no test split: test metrics are not computed")
         result["n_skipped"] = n_skipped
-        if getattr(self.model, "init_sources", None):
-            result["init_sources"] = self.model.init_sources
-        save_finetuned(self.model, self.model.task_head, self.out, self.model.finetune_config,
-                       trained=self._encoder_state() if cfg["method"] == "full" else None)
+        if getattr(self.model.encoder, "init_sources", None):
+            result["init_sources"] = self.model.encoder.init_sources
+        self.model.save_pretrained(self.out)
         if cfg["merge"]:
-            result["merged"] = str(export_merged(self.model, self.out / "merged"))
+            result["merged"] = str(self.model.save_merged(self.out / "merged"))
         write_json(self.out / "metrics.json", result)
-        from ..card import write_model_card
-
         write_model_card(self.out)
         return result
 

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,17 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "medfm"
 FORMAT_VERSION = 1
+
+#: loaders of checkpoint kinds built on top of this one, keyed by the ``config.json`` section
+#: that marks them (``"finetune"``: registered by :mod:`medfm.finetune.model`); the model
+#: layer knows no such kind itself
+CHECKPOINT_KINDS: Dict[str, Callable[[Path], Any]] = {}
+
+
+def register_checkpoint_kind(section: str, loader: Callable[[Path], Any]) -> None:
+    """Let :meth:`MultiModalModel.from_pretrained` hand a directory whose ``config.json`` has
+    ``section`` to ``loader(directory)`` (a layer above the models registers its own kind)."""
+    CHECKPOINT_KINDS[section] = loader
 
 
 class MultiModalModel(nn.Module):
@@ -139,9 +150,6 @@ class MultiModalModel(nn.Module):
         crash never leaves a config pointing at torn weights. Other files already in
         ``directory`` (metrics, training checkpoints) are kept.
         """
-        if getattr(self, "task_head", None) is not None:
-            raise CheckpointError("this model carries a fine-tuned task head (and maybe unmerged LoRA layers): "
-                                  "save it with medfm.finetune.export_merged(model, dir) instead")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         staging = directory.parent / f".{directory.name}.staging"
@@ -176,9 +184,10 @@ class MultiModalModel(nn.Module):
     def from_pretrained(cls, directory: os.PathLike, strict: bool = True, finetune: bool = True) -> "MultiModalModel":
         """Load what :meth:`save_pretrained` wrote. Reads safetensors only — never unpickles.
 
-        A fine-tuned directory (``"finetune"`` in its config) is handed to
-        :func:`medfm.finetune.checkpoint.load_finetuned` unless ``finetune=False``, which
-        reads only the complete base layout (``model.safetensors``) of the directory.
+        A directory whose ``config.json`` carries a section registered with
+        :func:`register_checkpoint_kind` (a fine-tuned checkpoint: ``"finetune"``) is handed to
+        that kind's loader, which may return another type; ``finetune=False`` reads only the
+        complete base layout (``config.json`` ``model`` + ``model.safetensors``) of the directory.
         """
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -195,10 +204,10 @@ class MultiModalModel(nn.Module):
             raise CheckpointError(f"{cfg_path}: not a medfm model config")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{cfg_path}: format version {meta['format_version']} is newer than this medfm")
-        if "finetune" in meta and finetune:  # a fine-tuned checkpoint: LoRA adapters + task head over a base model
-            from ..finetune.checkpoint import load_finetuned
-
-            return load_finetuned(directory)
+        if finetune:
+            for section, loader in CHECKPOINT_KINDS.items():
+                if section in meta:
+                    return loader(directory)
         config = migrate_saved_config(meta["model"])
         adapters = {}
         for name, options in config.get("modalities", {}).items():

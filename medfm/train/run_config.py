@@ -12,6 +12,10 @@ Validated up front — before the manifest or any data file is read — by
     train:       max_steps, accumulation, precision, checkpoint_every, keep_checkpoints,
                  log_every, seed, grad_checkpointing, strategy, device, tensorboard,
                  progress, resume, init_from, max_minutes, num_threads
+
+Relative paths (``data.manifest``, ``data.root``) resolve against the folder of the config
+file (the working directory for a config given in Python without ``config_dir``): the one
+rule of :mod:`medfm.train.paths`.
 """
 from __future__ import annotations
 

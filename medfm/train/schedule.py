@@ -12,8 +12,7 @@
 from __future__ import annotations
 
 import math
-import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -135,25 +134,56 @@ def no_decay_names(model: nn.Module) -> List[str]:
     return out
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
-    """AdamW groups ``[decay, no_decay]``.
+def param_groups(model: nn.Module, weight_decay: float,
+                 key: Optional[Callable[[str, nn.Parameter], Hashable]] = None) -> List[Dict]:
+    """AdamW groups: the one weight-decay policy of pretraining and fine-tuning.
 
     No decay for: every parameter with fewer than 2 dimensions (biases, norm scales,
     scalar logit scale/bias), every parameter of an embedding or normalisation layer
     (``nn.Embedding``, ``nn.EmbeddingBag``, ``nn.LayerNorm``, batch/group/RMS norms,
     any module whose class name contains ``Norm``), and learned position embeddings,
     class/mask tokens and channel embeddings (:data:`NO_DECAY_NAMES`). Everything
-    else (linear and convolution weights) takes ``weight_decay``.
+    else (linear and convolution weights) takes ``weight_decay``. Frozen parameters
+    are left out; a shared tensor appears once.
+
+    Args:
+        key: optional ``(name, parameter) -> tag``. Without it the groups are
+            ``[decay, no_decay]``; with it there is one group per ``(tag, decays)`` in the
+            order first met in ``model.parameters()``, each carrying ``"tag"`` (e.g. the
+            fine-tuning head, which may take its own learning rate).
     """
     skip = set(no_decay_names(model))
-    decay, no_decay, seen = [], [], set()
+    if key is None:
+        decay, no_decay, seen = [], [], set()
+        for name, p in model.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if name in skip else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: Dict[Tuple[Hashable, bool], List[nn.Parameter]] = {}
+    seen = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((key(name, p), name not in skip), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "tag": tag}
+            for (tag, decays), ps in groups.items()]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95), eps: float = 1e-8):
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95), eps: float = 1e-8,
+                    key: Optional[Callable[[str, nn.Parameter], Hashable]] = None,
+                    lr_of: Optional[Dict[Hashable, float]] = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of ``model`` with the one weight-decay policy
+    (:func:`param_groups`); the optimiser of pretraining and fine-tuning.
+
+    Args:
+        key, lr_of: optional tagging of parameters (see :func:`param_groups`); a group whose
+            tag is in ``lr_of`` takes that learning rate, every other group ``lr``.
+    """
+    groups = param_groups(model, weight_decay, key=key)
+    if key is not None:
+        for g in groups:
+            g["lr"] = float((lr_of or {}).get(g["tag"], lr))
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)

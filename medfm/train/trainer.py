@@ -1,42 +1,47 @@
 """One trainer for CPU, one GPU or many (``torchrun``): pretraining on a manifest.
 
-Features: bf16 autocast where supported, gradient accumulation, AdamW with cosine
-schedule and warm-up, gradient clipping, atomic checkpoints every N steps with
-optimizer/scheduler/RNG/data position, exact resume, metrics as JSONL and
-TensorBoard scalars, a progress bar with loss and samples/s, counted skips of
-unreadable samples.
+The optimisation step — bf16 autocast where supported, gradient accumulation, AdamW groups,
+gradient clipping, counted skips, JSONL + TensorBoard logging, DDP/FSDP wrapping, the
+optimiser/schedule/RNG restore — is the training core shared with fine-tuning
+(:mod:`medfm.train.loop`). This module keeps what is particular to pretraining: building the
+model and its adapters from the manifest, the objectives, the step/time-budget schedule
+(:mod:`medfm.train.schedule`), atomic checkpoints every N steps with the data position and
+exact resume (:mod:`medfm.train.checkpoint`), and the final ``save_pretrained``.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..data.manifest import is_missing
-from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest, select_split
+from ..data import ManifestDataset, MultiModalCollate, read_manifest, select_split
 from ..errors import CheckpointError, ConfigError
-from ..io import deep_merge, write_json
+from ..io import atomic_write_text, deep_merge, write_json
+from ..limits import limits
 from ..models import MultiModalModel, create_model, resolve_config
 from ..card import write_model_card
 from ..models.init import write_init_report
+from ..objectives import build_objective
 from ..registry import get_modality
-from .checkpoint import (BY_NAME, checkpoint_candidates, clean_temporaries, first_difference, load_optimizer_state_by_name,
-                         load_trainer_state, optimizer_state_by_name, read_run_config, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (checkpoint_candidates, clean_temporaries, first_difference, load_trainer_state,
+                         optimizer_state_by_name, read_run_config, rng_state, save_checkpoint)
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
+from .loop import MetricsLog, TrainCore, build_optimizer, progress, wrap_model
+from .paths import config_path
+from .run_config import DataConfig, OptimConfig, RunConfig, TrainConfig, validate_run_config
 from .sampler import ResumableSampler
-from .schedule import build_optimizer, cosine_with_warmup
+from .schedule import cosine_with_warmup
 
 log = logging.getLogger("medfm.train")
 
@@ -58,8 +63,6 @@ DEFAULT_RUN: Dict[str, Any] = {
 def resolve_run_config(config: Dict[str, Any]) -> Dict[str, Any]:
     """Defaults merged with ``config``, validated against :class:`medfm.train.run_config.RunConfig`
     (types, ranges, unknown keys; the message names the key path) before anything is read."""
-    from .run_config import RunConfig, validate_run_config
-
     if not isinstance(config, dict):
         raise ConfigError(f"a run config must be a mapping, got {type(config).__name__}")
     unknown = sorted(set(config) - set(DEFAULT_RUN) - {"name", "description"})
@@ -72,23 +75,10 @@ def resolve_run_config(config: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(config.get("objectives"), list):
         run["objectives"] = copy.deepcopy(config["objectives"])
     # keys added to DEFAULT_RUN before the schema knows them are accepted untyped
-    import dataclasses
-
-    from .run_config import DataConfig, OptimConfig, TrainConfig
     tolerated = {sec: set(DEFAULT_RUN[sec]) - {f.name for f in dataclasses.fields(cls)}
                  for sec, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig))}
     tolerated[""] = set(DEFAULT_RUN) - {f.name for f in dataclasses.fields(RunConfig)}
     return validate_run_config(run, tolerated)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision in ("fp32", "32"):
-        return contextlib.nullcontext()
-    raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
 
 
 class _ZeroObjective(nn.Module):
@@ -105,12 +95,11 @@ class Trainer:
         config: run config with sections ``model``, ``data``, ``objectives``, ``optim``, ``train``.
         out_dir: where the final model (``config.json`` + ``model.safetensors``),
             ``checkpoints/``, ``metrics.jsonl`` and ``tb/`` go.
-        config_dir: folder that a relative ``data.manifest`` resolves against.
+        config_dir: the config file's folder: relative ``data.manifest`` / ``data.root`` resolve
+            against it (:mod:`medfm.train.paths`; the working directory when ``None``).
     """
 
     def __init__(self, config: Dict[str, Any], out_dir: Path, config_dir: Optional[Path] = None):
-        from ..objectives import build_objective
-
         self.config = resolve_run_config(config)
         self.out = Path(out_dir)
         self.config_dir = Path(config_dir) if config_dir is not None else None
@@ -121,12 +110,11 @@ class Trainer:
         torch.manual_seed(int(tcfg["seed"]))  # identical initial weights on every rank
         self.shards = None
         if dcfg.get("shards"):  # streaming from `medfm shard` output (medfm.data.shard_stream)
-            from ..data.shards import fit_frame, open_index
+            from ..data.shards import fit_frame, open_index  # deferred: fsspec, only for streamed shards
 
             self.shards = open_index(dcfg["shards"])
-        manifest = Path(dcfg["manifest"] or self.shards.url("index.json"))
-        if not manifest.is_absolute() and config_dir is not None and not manifest.exists():
-            manifest = Path(config_dir) / manifest
+        manifest = (config_path(dcfg["manifest"], config_dir, "data.manifest") if dcfg["manifest"]
+                    else Path(self.shards.url("index.json")))
         df = read_manifest(manifest) if dcfg["manifest"] else fit_frame(self.shards)
         # the "train" split when the manifest has a split column; every row otherwise
         self.df = select_split(df, dcfg["split"]) if dcfg.get("split") and "split" in df.columns else df
@@ -141,7 +129,7 @@ class Trainer:
         torch.manual_seed(int(tcfg["seed"]) + self.dist.rank)  # per-rank randomness (MAE masks) from here on
         self.objective = build_objective(self.config["objectives"])
         if self.shards is not None:  # the shards hold the samples (shard with --split train)
-            from ..data.shard_stream import ShardStream
+            from ..data.shard_stream import ShardStream  # deferred: fsspec, only for streamed shards
             from ..data.shards import check_adapters
 
             check_adapters(self.shards, self.model.adapters)
@@ -156,8 +144,11 @@ class Trainer:
                                            root=self._data_root(), confine=bool(dcfg.get("confine_paths", True)))
             self.sampler = ResumableSampler(len(self.dataset), shuffle=True, seed=int(tcfg["seed"]),
                                             rank=self.dist.rank, world_size=self.dist.world_size)
-        self.wrapped = self._wrap(self.model)
         ocfg = self.config["optim"]
+        # FSDP cannot shard the scalar logit scale/bias: kept whole, gradients averaged by TrainCore
+        self._unsharded = ([self.model.logit_scale, self.model.logit_bias]
+                           if self.dist.distributed and tcfg["strategy"] == "fsdp" else [])
+        self.wrapped = wrap_model(self.model, self.dist, tcfg["strategy"], self._unsharded)
         self.optimizer = build_optimizer(self.model, float(ocfg["lr"]), float(ocfg["weight_decay"]), ocfg["betas"])
         # with train.max_minutes the schedule follows the time budget (warm-up and decay fitted to it)
         self.train_seconds, self._fit_t0 = 0.0, None
@@ -165,8 +156,21 @@ class Trainer:
         self.scheduler = cosine_with_warmup(self.optimizer, int(ocfg["warmup_steps"]), int(tcfg["max_steps"]),
                                             float(ocfg.get("min_lr_ratio", 0.0)), budget_s=budget,
                                             elapsed=self.elapsed_seconds)
+        # pretraining clips the norm of every model parameter in registration order
+        self.core = TrainCore(self.model, self.optimizer, self.scheduler, device=self.dist.device,
+                              precision=tcfg["precision"], accumulation=int(tcfg["accumulation"]),
+                              grad_clip=float(ocfg.get("grad_clip") or 0), wrapped=self.wrapped,
+                              clip_params=self.model.parameters(), unsharded=self._unsharded,
+                              world_size=self.dist.world_size, after_step=self._clamp_logit_scale)
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
-        self.n_skipped, self.n_errors, self.n_flagged = 0, 0, 0
+
+    @property
+    def n_skipped(self) -> int:
+        return self.core.skips.n_skipped
+
+    def _clamp_logit_scale(self) -> None:
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
 
     # ----------------------------------------------------------- building
     def _build_model(self) -> MultiModalModel:
@@ -174,8 +178,6 @@ class Trainer:
         if self.dist.is_main:
             removed = clean_temporaries(self.ckpt_root)
             # the final save_pretrained(OUT) stages next to OUT
-            import shutil
-
             for p in self.out.parent.glob(f".{self.out.name}.staging*") if self.out.parent.is_dir() else ():
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(str(p))
@@ -206,12 +208,9 @@ class Trainer:
         return model
 
     def _data_root(self) -> Optional[Path]:
-        """``data.root``, relative to the config's folder when it is relative."""
+        """``data.root`` by the config path rule (:mod:`medfm.train.paths`)."""
         root = self.config["data"].get("root")
-        if not root:
-            return None
-        p = Path(root).expanduser()
-        return p if p.is_absolute() or self.config_dir is None else self.config_dir / p
+        return config_path(root, self.config_dir, "data.root") if root else None
 
     def _resumable_model(self) -> Optional[MultiModalModel]:
         """The model of the newest intact checkpoint (``None`` when there is none).
@@ -251,30 +250,11 @@ class Trainer:
             log.info("initialised %d/%d tensors from %s (%d of the source not used, %d new)", len(take), len(own),
                      directory, len(source) - len(take), len(own) - len(take))
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        if not self.dist.distributed:
-            return model
-        strategy = self.config["train"]["strategy"]
-        if strategy == "ddp":
-            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            return DDP(model, device_ids=ids, find_unused_parameters=True)
-        if strategy == "fsdp":
-            # FSDP2: shard every transformer block, then the rest of the model
-            from torch.distributed.fsdp import fully_shard
-
-            # (the scalar logit scale/bias cannot be sharded: kept whole, gradients averaged by hand)
-            self._unsharded = [model.logit_scale, model.logit_bias]
-            for module in model.modules():
-                if type(module).__name__ == "Block":
-                    fully_shard(module)
-            return fully_shard(model, ignored_params=set(self._unsharded))
-        raise ConfigError(f"train.strategy must be 'ddp' or 'fsdp', got {strategy!r}")
-
     def _loader(self) -> Iterator[Dict[str, Any]]:
         dcfg = self.config["data"]
         bs = int(dcfg["batch_size"])
         if self.shards is not None:
-            from ..data.shard_stream import shard_loader
+            from ..data.shard_stream import shard_loader  # deferred: fsspec, only for streamed shards
 
             self.dataset.set_epoch(self.epoch, start=self.micro_in_epoch)
             return iter(shard_loader(self.dataset, pin_memory=self.dist.device.type == "cuda"))
@@ -293,18 +273,7 @@ class Trainer:
     # ------------------------------------------------------------ resume
     def _restore(self) -> None:
         state = getattr(self, "_resume_state", None) or load_trainer_state(self.resume_from)
-        if getattr(self, "_unsharded", None):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True, strict=False))
-        elif state["optimizer"].get("format") == BY_NAME:
-            load_optimizer_state_by_name(self.model, self.optimizer, state["optimizer"], source=self.resume_from)
-        else:  # checkpoints of earlier medfm versions stored the state by position
-            log.warning("%s: optimizer state stored by position (older medfm); restoring it by position",
-                        self.resume_from)
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.core.restore(state, self.dist.rank, self.dist.world_size, source=self.resume_from)
         # the config's horizon wins over the saved one (e.g. a resume with a larger max_steps)
         sched, tcfg = self.scheduler, self.config["train"]
         sched.warmup_steps, sched.total_steps = int(self.config["optim"]["warmup_steps"]), max(1, int(tcfg["max_steps"]))
@@ -314,13 +283,7 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["position"]["epoch"])
         self.micro_in_epoch = int(state["position"]["micro_in_epoch"])
-        self.n_skipped = int(state["position"].get("n_skipped", 0))
-        rngs = state["rng"]
-        if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
-        elif self.dist.is_main:
-            log.warning("checkpoint has RNG states of %d ranks, this run has %d: RNG not restored",
-                        len(rngs), self.dist.world_size)
+        self.core.skips.n_skipped = int(state["position"].get("n_skipped", 0))
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.resume_from, self.step)
 
@@ -341,8 +304,6 @@ class Trainer:
             else:
                 dropped += 1
         if dropped:
-            from ..io import atomic_write_text
-
             atomic_write_text(path, "".join(x + "\n" for x in kept))
             log.info("metrics.jsonl: dropped %d line(s) after step %d (written before the interruption)",
                      dropped, self.step)
@@ -351,6 +312,7 @@ class Trainer:
         """A plain (unsharded) model and optimizer state to save; collective under FSDP."""
         if not getattr(self, "_unsharded", None):
             return self.model, optimizer_state_by_name(self.model, self.optimizer)
+        # deferred: torch.distributed.checkpoint is only needed under FSDP
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -386,33 +348,68 @@ class Trainer:
 
         ``data.limits`` (see :mod:`medfm.limits`) apply to every read of this run.
         """
-        from ..limits import limits
-
         with limits(**(self.config["data"].get("limits") or {})):
             return self._fit()
+
+    def _step_record(self, res, dt: float, data_wait: float) -> Dict[str, Any]:
+        """The ``metrics.jsonl`` record of the step just taken (means over ranks; collective)."""
+        total_samples = all_reduce_sum(res.n_samples)
+        logs = res.logs
+        if self.dist.distributed:  # report the mean over ranks, not rank 0's share
+            logs = {k: all_reduce_sum(v) / self.dist.world_size for k, v in sorted(logs.items())}
+        skips = self.core.skips
+        return {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": res.grad_norm, "samples_per_s": total_samples / max(dt, 1e-9),
+                "data_wait_frac": data_wait / max(dt, 1e-9), "n_skipped": skips.n_skipped,
+                "n_modality_errors": skips.n_errors, "n_flagged": skips.n_flagged, **logs}
+
+    def _save_final(self) -> None:
+        """A last training checkpoint, then the model with its training record and card in OUT."""
+        final = self._checkpoint()
+        if self.dist.is_main:
+            final.init_sources = getattr(self.model, "init_sources", {})
+            final.save_pretrained(self.out, extra={"training": {
+                "steps": self.step, "n_skipped": self.n_skipped, "objectives": self.config["objectives"],
+                "manifest": {"sha256": self.df.attrs.get("sha256"), "n_rows": len(self.df)}},
+                "data_columns": dict(self.config["data"].get("columns") or {})})
+            write_model_card(self.out)
 
     def _fit(self) -> Dict[str, Any]:
         tcfg = self.config["train"]
         if self.resume_from is not None:
             self._restore()
-        max_steps, accum = int(tcfg["max_steps"]), int(tcfg["accumulation"])
-        writer = None
+        max_steps = int(tcfg["max_steps"])
+        metrics = None
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "run_config.json", self.config)
             write_init_report(self.out, self.model)
-            if tcfg["tensorboard"]:
-                from torch.utils.tensorboard import SummaryWriter
-
-                # purge_step: scalars logged after the checkpoint (or, with none, at all) by a killed run are dropped
-                writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)
             # also when no intact checkpoint exists (killed before or during the first write): a fresh
             # start must not keep the steps the killed run logged
             self._trim_metrics()
-        metrics_fh = open(self.out / "metrics.jsonl", "a", encoding="utf-8") if self.dist.is_main else None
-        bar = tqdm(total=max_steps, initial=self.step, desc="pretrain", disable=not (self.dist.is_main and tcfg["progress"]),
-                   dynamic_ncols=True)
-        it = self._loader()
+            # purge_step: scalars logged after the checkpoint (or, with none, at all) by a killed run are dropped
+            metrics = MetricsLog(self.out / "metrics.jsonl", "a", purge_step=self.step + 1,
+                                 tensorboard=self.out / "tb" if tcfg["tensorboard"] else None)
+        bar = progress(max_steps, "pretrain", self.dist.is_main and bool(tcfg["progress"]), initial=self.step)
+        loader = {"it": self._loader(), "wait": 0.0}
+
+        def next_batch() -> Dict[str, Any]:
+            t0 = time.perf_counter()
+            batch = next(loader["it"], None)
+            if batch is None:
+                self.epoch += 1
+                self.micro_in_epoch = 0
+                loader["it"] = self._loader()
+                batch = next(loader["it"], None)
+                if batch is None:
+                    raise ConfigError("the training split yields no batch (is it empty?)")
+            self.micro_in_epoch += 1
+            loader["wait"] += time.perf_counter() - t0
+            return batch
+
+        def run_objective(model: nn.Module, batch: Dict[str, Any]) -> Dict[str, Any]:
+            return model(batch, self.objective if batch["id"] else _ZeroObjective())
+
         last: Dict[str, Any] = {}
         self.model.train()
         self._fit_t0 = time.monotonic()
@@ -422,65 +419,13 @@ class Trainer:
         try:
             while self.step < max_steps:
                 t_step = time.perf_counter()
-                data_wait, n_samples, logs_sum = 0.0, 0, {}
-                for micro in range(accum):
-                    t0 = time.perf_counter()
-                    batch = next(it, None)
-                    if batch is None:
-                        self.epoch += 1
-                        self.micro_in_epoch = 0
-                        it = self._loader()
-                        batch = next(it, None)
-                        if batch is None:
-                            raise ConfigError("the training split yields no batch (is it empty?)")
-                    self.micro_in_epoch += 1
-                    data_wait += time.perf_counter() - t0
-                    self.n_skipped += batch["n_skipped"]
-                    self.n_errors += len(batch["errors"])
-                    self.n_flagged += len(batch.get("flags", ()))
-                    batch = move_batch(batch, self.dist.device)
-                    n_samples += len(batch["id"])
-                    objective = self.objective if batch["id"] else _ZeroObjective()
-                    sync = micro == accum - 1 or not isinstance(self.wrapped, DDP)
-                    ctx = contextlib.nullcontext() if sync else self.wrapped.no_sync()
-                    with ctx, _autocast(self.dist.device, tcfg["precision"]):
-                        out = self.wrapped(batch, objective)
-                        loss = out["loss"] / accum
-                    with ctx:
-                        loss.backward()
-                    for k, v in out.items():
-                        val = float(v.detach()) if isinstance(v, torch.Tensor) else v
-                        if isinstance(val, (int, float)):
-                            logs_sum[k] = logs_sum.get(k, 0.0) + float(val) / accum
-                for p in getattr(self, "_unsharded", ()):
-                    if p.grad is not None:
-                        p.grad.div_(self.dist.world_size)
-                        torch.distributed.all_reduce(p.grad)
-                gclip = float(self.config["optim"].get("grad_clip") or 0)
-                grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), gclip)
-                             if gclip > 0 else torch.tensor(0.0))
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    self.model.logit_scale.clamp_(0, math.log(100))
+                loader["wait"] = 0.0
+                res = self.core.step(next_batch, run_objective)
                 self.step += 1
-                dt = time.perf_counter() - t_step
-                total_samples = all_reduce_sum(n_samples)
-                if self.dist.distributed:  # report the mean over ranks, not rank 0's share
-                    logs_sum = {k: all_reduce_sum(v) / self.dist.world_size for k, v in sorted(logs_sum.items())}
-                last = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm), "samples_per_s": total_samples / max(dt, 1e-9),
-                        "data_wait_frac": data_wait / max(dt, 1e-9), "n_skipped": self.n_skipped,
-                        "n_modality_errors": self.n_errors, "n_flagged": self.n_flagged, **logs_sum}
+                last = self._step_record(res, time.perf_counter() - t_step, loader["wait"])
                 if self.dist.is_main:
                     if self.step % int(tcfg["log_every"]) == 0 or self.step == max_steps:
-                        metrics_fh.write(json.dumps(last) + "\n")
-                        metrics_fh.flush()
-                        if writer is not None:
-                            for k, v in last.items():
-                                if isinstance(v, (int, float)) and k != "step":
-                                    writer.add_scalar(f"train/{k}", v, self.step)
+                        metrics.write(last, step=self.step)
                     bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
                                     sps=f"{last['samples_per_s']:.1f}", skipped=self.n_skipped)
                     bar.update(1)
@@ -491,19 +436,10 @@ class Trainer:
                 every = int(tcfg["checkpoint_every"] or 0)
                 if every and self.step % every == 0 and self.step < max_steps:
                     self._checkpoint()
-            final = self._checkpoint()
-            if self.dist.is_main:
-                final.init_sources = getattr(self.model, "init_sources", {})
-                final.save_pretrained(self.out, extra={"training": {
-                    "steps": self.step, "n_skipped": self.n_skipped, "objectives": self.config["objectives"],
-                    "manifest": {"sha256": self.df.attrs.get("sha256"), "n_rows": len(self.df)}},
-                    "data_columns": dict(self.config["data"].get("columns") or {})})
-                write_model_card(self.out)
+            self._save_final()
         finally:
             self.train_seconds, self._fit_t0 = self.elapsed_seconds(), None
             bar.close()
-            if metrics_fh:
-                metrics_fh.close()
-            if writer is not None:
-                writer.close()
+            if metrics is not None:
+                metrics.close()
         return last
