@@ -131,7 +131,7 @@ def resolve_config(config: Mapping[str, Any]) -> Dict[str, Any]:
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, float]:
     """MAE, RMSE, R² (scikit-learn) and Pearson r of ``(N,)`` targets and predictions.
 
-    (``medfm.evaluation.metrics`` has classification metrics only; regression lives here.)
+    (``medfm.metrics`` has classification metrics only; regression lives here.)
     """
     from scipy.stats import pearsonr  # deferred: scipy and scikit-learn are slow to import
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
@@ -160,7 +160,7 @@ def task_metrics(task: TaskSpec, y: np.ndarray, scores: np.ndarray, groups=None,
                  seed: int = 0) -> Tuple[Dict[str, float], Dict[str, Tuple[float, float]]]:
     """Point metrics and patient-level bootstrap CIs (``n_boot`` > 0) on labelled rows.
 
-    Classification metrics come from :mod:`medfm.evaluation.metrics`.
+    Classification metrics come from :mod:`medfm.metrics`.
     """
     keep = labelled(task, y)
     y, scores = y[keep], scores[keep]
