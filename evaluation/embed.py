@@ -72,13 +72,12 @@ def load_model(model_dir: Any, init: Optional[Dict[str, Any]] = None):
     fix (see :mod:`medfm.models.init`). The fingerprint then also covers the sources' sha256.
     """
     import medfm
-    from medfm.models.init import apply_init, init_fingerprint
+    from medfm.models.init import apply_init, init_fingerprint, model_config_with_init
 
     d = Path(str(model_dir))
     if init and not (d / "config.json").is_file():
         import hashlib
 
-        from medfm.cli.common import model_config_with_init
         from medfm.models import resolve_config
 
         model = medfm.create_model(resolve_config(model_config_with_init(str(model_dir), init)))

@@ -132,7 +132,10 @@ def n_patch_tokens(adapter: Any) -> Optional[int]:
 
 def render_preview(result: Dict[str, Any], out: Any) -> Path:
     """Draw the preview PNG of :func:`inspect_file`'s result (layout chosen by the tensor's shape)."""
-    from medfm.evaluation.report import plt
+    import matplotlib  # deferred: matplotlib is only needed for --preview
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     info, item, record = result["info"], result["item"], result["record"]
     title = f"{info['modality']}: {Path(info['source'].partition('#')[0]).name}"

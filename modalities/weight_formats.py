@@ -571,9 +571,7 @@ class MedFMFormat(WeightFormat):
             return False
 
     def load(self, model, modality, spec):
-        from medfm.models.multimodal import MultiModalModel
-
-        source = MultiModalModel.from_pretrained(spec.path, finetune=False)
+        source = type(model).from_pretrained(spec.path, finetune=False)  # a medfm checkpoint, the model's own class
         src_mod = spec.options.get("tower", modality)
         src_tower = source.tower(src_mod)
         tower = model.tower(modality)

@@ -50,36 +50,6 @@ def init_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-def model_config_with_init(model_cfg: Any, inits: Dict[str, Dict[str, Any]], config_dir: Any = None) -> Any:
-    """A run config's ``model`` section (preset name, YAML path or dict) with ``modalities.<m>.init`` set."""
-    if not inits:
-        return model_cfg
-    from ..errors import UsageError
-    from ..io import deep_merge
-    from ..registry import MODELS
-
-    if isinstance(model_cfg, (str, Path)):
-        s = str(model_cfg)
-        p = Path(s) if Path(s).is_file() else (Path(config_dir) / s if config_dir is not None else Path(s))
-        if not p.is_file():
-            from medfm.configs import config_path
-
-            p = config_path(s) if config_path(s).is_file() else p
-        if s in MODELS:
-            model_cfg = {"name": s}
-        elif p.is_file():
-            loaded = load_config_file(p)
-            model_cfg = loaded.get("model", loaded)
-        else:
-            raise UsageError(f"--init: model {s!r} is neither a preset nor a config file")
-    model_cfg = deep_merge({}, model_cfg or {})
-    mods = model_cfg.setdefault("modalities", {})
-    for mod, spec in inits.items():
-        if mod not in mods:
-            raise UsageError(f"--init {mod}=...: the model config has no {mod!r} modality "
-                             f"(it has: {', '.join(mods) or 'none'})")
-        mods[mod] = {**(mods[mod] or {}), "init": spec}
-    return model_cfg
 
 def add_column_args(parser: argparse.ArgumentParser, *, bare_means: Optional[str] = None) -> None:
     """``--column MODALITY=COLUMN`` (repeatable): where a modality's cells are in the manifest.

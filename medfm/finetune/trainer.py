@@ -31,16 +31,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ..metrics import cluster_bootstrap, metrics_with_ci
-
 from ..card import write_model_card
 from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest
 from ..data.manifest import is_missing
 from ..data.splits import make_splits
 from ..errors import ConfigError
 from ..io import deep_merge, write_json
+from ..metrics import cluster_bootstrap, metrics_with_ci
 from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
-from ..models.init import apply_init, summary_lines, write_init_report
+from ..models.init import apply_init, model_config_with_init, summary_lines, write_init_report
 from ..registry import get_modality
 from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
 from ..train.paths import config_path
@@ -300,8 +299,6 @@ class FineTuner:
                 model = model.encoder
             apply_init(model, inits, base_dir=config_dir)
         else:
-            # deferred: medfm.cli sits above the engine (lead: move model_config_with_init into the engine)
-            from ..cli.common import model_config_with_init
 
             base_cfg = cfg["base"] if isinstance(cfg["base"], Mapping) or self.base is None or not self.base.is_file() \
                 else str(self.base)

@@ -37,7 +37,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import CheckpointError, ConfigError, UsageError
-from ..io import deep_merge, hash_file, write_json
+from medfm.configs import config_path
+
+from ..io import deep_merge, hash_file, load_config_file, write_json
+from ..registry import MODELS
 
 log = logging.getLogger("medfm.init")
 
@@ -276,3 +279,33 @@ def init_fingerprint(base: str, sources: Mapping[str, Any]) -> str:
     h = hashlib.sha256(base.encode())
     h.update(json.dumps({m: s["sha256"] for m, s in sorted(sources.items())}, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def model_config_with_init(model_cfg: Any, inits: Dict[str, Dict[str, Any]], config_dir: Any = None) -> Any:
+    """A run config's ``model`` section (preset name, YAML path or dict) with ``modalities.<m>.init`` set.
+
+    ``inits`` is ``{modality: init spec}`` (from ``--init`` flags, :func:`parse_init_arg`); a model
+    given by file name resolves against ``config_dir`` (the run config's folder), then the
+    working directory, then the shipped configs."""
+    if not inits:
+        return model_cfg
+    if isinstance(model_cfg, (str, Path)):
+        s = str(model_cfg)
+        p = Path(s) if Path(s).is_file() else (Path(config_dir) / s if config_dir is not None else Path(s))
+        if not p.is_file():
+            p = config_path(s) if config_path(s).is_file() else p
+        if s in MODELS:
+            model_cfg = {"name": s}
+        elif p.is_file():
+            loaded = load_config_file(p)
+            model_cfg = loaded.get("model", loaded)
+        else:
+            raise UsageError(f"--init: model {s!r} is neither a preset nor a config file")
+    model_cfg = deep_merge({}, model_cfg or {})
+    mods = model_cfg.setdefault("modalities", {})
+    for mod, spec in inits.items():
+        if mod not in mods:
+            raise UsageError(f"--init {mod}=...: the model config has no {mod!r} modality "
+                             f"(it has: {', '.join(mods) or 'none'})")
+        mods[mod] = {**(mods[mod] or {}), "init": spec}
+    return model_cfg

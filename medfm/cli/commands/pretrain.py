@@ -8,7 +8,8 @@ from pathlib import Path
 def run(args) -> int:
     from ...train import Trainer
     from ...train.distributed import cleanup
-    from ..common import init_overrides, load_run_config, model_config_with_init
+    from ...models.init import model_config_with_init
+    from ..common import init_overrides, load_run_config
 
     config, config_dir = load_run_config(args)
     inits = init_overrides(args)
