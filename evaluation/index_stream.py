@@ -246,8 +246,11 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
             blocks.append(str(d / f".block{len(blocks):05d}.index"))
             faiss.write_index(block, blocks[-1])
             del block
-        elif p.get("refine"):
-            index.add(x)  # ids = gallery positions (chunks come in order); the refine store needs every row
+        elif p.get("refine"):  # IndexRefineFlat: PQ codes in the IVF base, exact rows in its flat store
+            add_preassigned(ivf, x, assign_lists(centroids, x))
+            refined = faiss.downcast_index(index)
+            refined.refine_index.add(x)
+            refined.ntotal = ivf.ntotal
         else:
             add_preassigned(ivf, x, assign_lists(centroids, x))  # ids = gallery positions
         writer.write_table(pa.table({"id": pa.array(ids, pa.string())}))
