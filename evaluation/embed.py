@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -165,11 +165,25 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
     ds = ManifestDataset(df, adapters, train=False, columns={modality: col}, base_dir=base_dir)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                     collate_fn=MultiModalCollate(adapters))
+    bar = tqdm(total=len(ds), desc=f"embed {modality}", unit="sample", disable=not progress)
+    emb = encode_batches(model, modality, dl, bar=bar)
+    bar.close()
+    seen = set(emb.ids) | {s["id"] for s in emb.skipped}
+    emb.absent = [str(i) for i in df["id"] if str(i) not in seen]
+    return emb
+
+
+@torch.no_grad()
+def encode_batches(model: Any, modality: str, batches: Iterable[Dict[str, Any]], *, bar: Any = None) -> Embeddings:
+    """Encode the ``modality`` rows of :class:`~medfm.data.MultiModalCollate` batches, in order.
+
+    The batches' ``errors`` become ``skipped`` ({"id", "reason"}); ``absent`` is left empty (the
+    caller knows which rows it asked for). Returns ``emb (N_present, embed_dim)`` float32.
+    """
     ids: List[str] = []
     embs: List[np.ndarray] = []
     skipped: List[Dict[str, str]] = []
-    bar = tqdm(total=len(ds), desc=f"embed {modality}", unit="sample", disable=not progress)
-    for batch in dl:
+    for batch in batches:
         for sid, _mod, reason in batch.get("errors", []):
             skipped.append({"id": str(sid), "reason": str(reason)})
         present = batch["present"].get(modality)
@@ -178,13 +192,11 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
             z = model.encode(modality, inp["x"], inp.get("mask"))
             embs.append(z.float().cpu().numpy())
             ids.extend(str(i) for i, p in zip(batch["id"], present.tolist()) if p)
-        bar.update(len(batch["id"]) + batch.get("n_skipped", 0))
-    bar.close()
-    seen = set(ids) | {s["id"] for s in skipped}
-    absent = [str(i) for i in df["id"] if str(i) not in seen]
+        if bar is not None:
+            bar.update(len(batch["id"]) + batch.get("n_skipped", 0))
     dim = getattr(model, "embed_dim", 0)
     emb = np.concatenate(embs).astype(np.float32) if embs else np.zeros((0, dim), dtype=np.float32)
-    return Embeddings(ids, emb, skipped, absent, {"modality": modality})
+    return Embeddings(ids, emb, skipped, [], {"modality": modality})
 
 
 def save_embeddings(path: Any, emb: Embeddings, *, modality: str, model_fingerprint: Optional[str] = None,

@@ -7,11 +7,14 @@ Each rank writes ``OUT.rank{r:05d}-of-{W:05d}.safetensors`` (the same format as 
 barrier rank 0 concatenates them in rank order (= manifest order) into ``OUT``.
 The rank files stay beside ``OUT``: streamed one by one they also fill an out-of-core index
 (``medfm index build --embeddings 'OUT.rank*'``).
+
+From shards (:func:`embed_shard_ranks`) the unit is also the manifest batch, so the same holds:
+see :mod:`medfm.evaluation.embed_shards`.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -54,17 +57,40 @@ def embed_ranks(model: Any, df: pd.DataFrame, modality: str, *, out: Any, batch_
 
     Call inside an initialised process group (``torchrun``); a single process embeds everything.
     """
+    def part(rank: int, world: int) -> Embeddings:
+        a, b = rank_rows(len(df), batch_size, rank, world)
+        rows = df.iloc[a:b].reset_index(drop=True)
+        rows.attrs.update(df.attrs)
+        return embed_manifest(model, rows, modality, batch_size=batch_size, column=column,
+                              progress=progress and rank == 0)
+
+    return _run_ranks(part, modality, out=out, model_fingerprint=model_fingerprint, model_dir=model_dir)
+
+
+def embed_shard_ranks(model: Any, index: Any, modality: str, *, out: Any, batch_size: int = 32,
+                      progress: bool = True, model_fingerprint: Optional[str] = None,
+                      model_dir: Optional[str] = None) -> Optional[Embeddings]:
+    """:func:`embed_ranks` for a shard set: rank ``r`` embeds its run of whole manifest batches
+    (:func:`medfm.evaluation.embed_shards.rank_batches`), reading only the shards that overlap it."""
+    from .embed_shards import embed_shards
+
+    def part(rank: int, world: int) -> Embeddings:
+        return embed_shards(model, index, modality, batch_size=batch_size, rank=rank, world_size=world,
+                            progress=progress and rank == 0)
+
+    return _run_ranks(part, modality, out=out, model_fingerprint=model_fingerprint, model_dir=model_dir)
+
+
+def _run_ranks(part: Callable[[int, int], Embeddings], modality: str, *, out: Any,
+               model_fingerprint: Optional[str], model_dir: Optional[str]) -> Optional[Embeddings]:
+    """Run ``part(rank, world)``, write ``OUT.rankR-of-W``, barrier, merge on rank 0, tear down the group."""
     import torch.distributed as dist
 
     from medfm.train.distributed import barrier, init_distributed
 
     info = init_distributed("cpu")
     rank, world = info.rank, info.world_size
-    a, b = rank_rows(len(df), batch_size, rank, world)
-    part = df.iloc[a:b].reset_index(drop=True)
-    part.attrs.update(df.attrs)
-    emb = embed_manifest(model, part, modality, batch_size=batch_size, column=column,
-                         progress=progress and rank == 0)
+    emb = part(rank, world)
     save_embeddings(part_path(out, rank, world), emb, modality=modality, model_fingerprint=model_fingerprint,
                     model_dir=model_dir)
     barrier()

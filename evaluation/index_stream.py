@@ -134,6 +134,37 @@ def set_refine(index: "faiss.Index", params: Dict[str, Any]) -> None:
         faiss.downcast_index(index).k_factor = float(params["refine"])
 
 
+def exact_topk(queries: np.ndarray, x: np.ndarray, k: int, block: int = 65_536) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` of ``queries (q, D)`` among the rows of ``x (m, D)``: ``(D, I)`` of shape
+    ``(q, min(k, m))``, best first. torch GEMM in row blocks (faiss's ``knn`` runs its own BLAS, several
+    times slower on small CPUs); memory ``q × block`` floats."""
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    k = min(int(k), len(x))
+    best_d = torch.full((len(q), k), -float("inf"))
+    best_i = torch.full((len(q), k), -1, dtype=torch.int64)
+    for s in range(0, len(x), block):
+        sc = q @ torch.from_numpy(x[s:s + block]).T
+        d, i = torch.topk(sc, min(k, sc.shape[1]), dim=1)
+        d, j = torch.topk(torch.cat([best_d, d], 1), k, dim=1)
+        best_i = torch.gather(torch.cat([best_i, i + s], 1), 1, j)
+        best_d = d
+    return best_d.numpy(), best_i.numpy()
+
+
+def assign_lists(centroids: np.ndarray, x: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """Coarse assignment ``(m,)`` int64: the inverted list (max inner product with ``centroids (nlist, D)``)
+    of each row of ``x (m, D)``, as faiss's flat IP quantizer gives it, computed with torch GEMM."""
+    import torch
+
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty(len(x), np.int64)
+    for s in range(0, len(x), block):
+        out[s:s + block] = torch.argmax(torch.from_numpy(x[s:s + block]) @ c.T, dim=1).numpy()
+    return out
+
+
 def _recall(found: np.ndarray, truth: np.ndarray, own: np.ndarray, k: int) -> float:
     hits = 0
     for f, t, q in zip(found, truth, own):
@@ -169,6 +200,7 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from faiss.contrib.ivf_tools import add_preassigned
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -200,8 +232,9 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
     writer = pq.ParquetWriter(str(d / "metadata.parquet"), pa.schema([("id", pa.string())]))
     blocks: List[str] = []
     bar = tqdm(total=gal.n, desc=f"index {kind}", unit="vec", disable=not progress)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
     for s, x, ids in gal.chunks(chunk):
-        D, I = faiss.knn(queries, x, min(k + 1, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
+        D, I = exact_topk(queries, x, k + 1)
         if D.shape[1] < k + 1:  # a short chunk: pad so the heap sees k+1 columns
             D = np.pad(D, ((0, 0), (0, k + 1 - D.shape[1])), constant_values=-np.inf)
             I = np.pad(I, ((0, 0), (0, k + 1 - I.shape[1])), constant_values=-1 - s)
@@ -209,12 +242,17 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
         gid = np.arange(s, s + len(x), dtype=np.int64)
         if kind == "ivf-ondisk":
             block = faiss.clone_index(index)
-            block.add_with_ids(x, gid)
+            add_preassigned(block, x, assign_lists(centroids, x), gid)
             blocks.append(str(d / f".block{len(blocks):05d}.index"))
             faiss.write_index(block, blocks[-1])
             del block
+        elif p.get("refine"):  # IndexRefineFlat: PQ codes in the IVF base, exact rows in its flat store
+            add_preassigned(ivf, x, assign_lists(centroids, x))
+            refined = faiss.downcast_index(index)
+            refined.refine_index.add(x)
+            refined.ntotal = ivf.ntotal
         else:
-            index.add(x)  # ids = gallery positions (chunks come in order)
+            add_preassigned(ivf, x, assign_lists(centroids, x))  # ids = gallery positions
         writer.write_table(pa.table({"id": pa.array(ids, pa.string())}))
         bar.update(len(x))
     bar.close()

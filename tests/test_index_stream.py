@@ -118,3 +118,22 @@ def test_streamed_build_usage_errors(gallery, capsys):
     assert main(["index", "build", "--kind", "flat", "--out", str(gallery["root"] / "x")]) == 2
     assert main(["index", "build", "--embeddings", str(gallery["root"] / "emb.rank*.safetensors"), "--kind", "ivfpq",
                  "--pq-m", "7", "--out", str(gallery["root"] / "x")]) == 2
+
+
+def test_torch_exact_topk_and_assignment_match_faiss():
+    """The build's GEMM helpers give faiss's answers: exact top-k = faiss.knn, list = flat IP quantizer's."""
+    import faiss
+
+    from medfm.evaluation.index_stream import assign_lists, exact_topk
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5000, 32)).astype(np.float32)
+    q = rng.standard_normal((40, 32)).astype(np.float32)
+    D, I = exact_topk(q, x, 11, block=700)  # blocks that do not divide the rows
+    Df, If = faiss.knn(q, x, 11, metric=faiss.METRIC_INNER_PRODUCT)
+    assert np.array_equal(I, If) and np.allclose(D, Df, rtol=1e-5, atol=1e-5)
+    assert exact_topk(q, x[:4], 11)[1].shape == (40, 4)  # fewer rows than k
+    c = rng.standard_normal((64, 32)).astype(np.float32)
+    quant = faiss.IndexFlatIP(32)
+    quant.add(c)
+    assert np.array_equal(assign_lists(c, x, block=999), quant.search(x, 1)[1][:, 0])

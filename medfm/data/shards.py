@@ -13,7 +13,8 @@ Layout of a shard directory (local path or any fsspec URL: ``file://``, ``s3://`
     shard-000000.json      sidecar of a committed shard: samples, rows covered, counts per modality,
                            bytes, the unreadable samples/modalities of those rows
     index.json             written last: every shard with its counts, totals per modality, the
-                           unreadable samples listed, label vocabularies
+                           unreadable samples listed, the errors per modality ({"id", "modality",
+                           "reason", "row": manifest row}), label vocabularies
 
 File modalities (CT, OCT, X-ray, ECG) are stored after the deterministic (eval) preprocessing —
 what :class:`~medfm.data.cache.PreprocessCache` caches — so training applies only the adapters'
@@ -331,11 +332,11 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
             if errs:
                 unreadable.append(sid)
                 for s, m, reason in errs:
-                    errors.append({"id": str(s), "modality": m, "reason": reason})
+                    errors.append({"id": str(s), "modality": m, "reason": reason, "row": i})
             bar.update(1)
             continue
         for s, m, reason in errs:
-            errors.append({"id": str(s), "modality": m, "reason": reason})
+            errors.append({"id": str(s), "modality": m, "reason": reason, "row": i})
         meta = {m: _json_safe({k: v for k, v in it_.items() if not isinstance(v, torch.Tensor)})
                 for m, it_ in inputs.items()}
         rec = {"id": sid, "patient_id": str(row["patient_id"]), "index": i, "row": _json_safe(row), "meta": meta,

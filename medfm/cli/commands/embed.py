@@ -1,10 +1,10 @@
-"""``medfm embed``: write the embeddings of a manifest's modality to one safetensors file."""
+"""``medfm embed``: write the embeddings of a manifest's (or a shard set's) modality to one safetensors file."""
 from __future__ import annotations
 
 import os
 import sys
 
-from medfm.errors import DataError
+from medfm.errors import DataError, UsageError
 
 
 def register(subparsers) -> None:
@@ -14,9 +14,14 @@ def register(subparsers) -> None:
                     "tensor 'embeddings' (N, D) float32 and metadata 'ids' (JSON), 'skipped' (unreadable "
                     "samples with reasons), 'absent', 'modality', 'model_fingerprint'. Under torchrun "
                     "(torchrun --nproc_per_node N -m medfm embed ...) each rank embeds a contiguous part and writes "
-                    "OUT.rankR-of-N.safetensors; rank 0 merges them into OUT, equal to a single-process run.")
+                    "OUT.rankR-of-N.safetensors; rank 0 merges them into OUT, equal to a single-process run. "
+                    "With --shards DIR|URL (the output of `medfm shard`) the preprocessed samples are read from "
+                    "the shards instead; the result equals embedding the same manifest.")
     p.add_argument("--model", required=True, help="checkpoint directory")
-    p.add_argument("--manifest", required=True, help="CSV/TSV/JSONL/Parquet manifest")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="CSV/TSV/JSONL/Parquet manifest")
+    src.add_argument("--shards", help="a `medfm shard` folder or fsspec URL (s3://, memory://, https://...), or a "
+                                      "brace pattern of its shards (DIR/shard-{000000..000009}.tar)")
     p.add_argument("--modality", required=True, help="modality to embed (a model tower)")
     p.add_argument("--out", required=True, help="output file, *.safetensors")
     from medfm.cli.common import add_column_args
@@ -32,33 +37,59 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from medfm.cli.common import column_map
-    from medfm.evaluation.embed import (embed_manifest, load_model, open_manifest, report_skipped,
-                                        require_modality, save_embeddings)
+    from medfm.evaluation.embed import load_model, report_skipped, require_modality, save_embeddings
 
     from medfm.cli.common import init_overrides
 
+    if args.shards and (args.split or getattr(args, "columns", None)):
+        raise UsageError("--split and column options apply to --manifest; shards hold the rows they were made from")
     model, fp = load_model(args.model, init=init_overrides(args))
     require_modality(model, args.modality)
-    df = open_manifest(args.manifest, split=args.split)
-    column = column_map(args, args.model).get(args.modality)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank writes a part, rank 0 merges
-        from medfm.evaluation.embed_dist import embed_ranks
-
-        emb = embed_ranks(model, df, args.modality, out=args.out, batch_size=args.batch_size, column=column,
-                          progress=not args.no_progress, model_fingerprint=fp, model_dir=args.model)
-        if emb is None:
-            return 0
-    else:
-        emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=column,
-                             progress=not args.no_progress)
+    emb = _embed_shards(args, model, fp) if args.shards else _embed_manifest(args, model, fp)
+    if emb is None:  # a rank other than 0 of a torchrun job: its part is written
+        return 0
     msg = report_skipped(emb, args.modality)
     if msg:
         print(msg, file=sys.stderr)
+    source = args.shards or args.manifest
     if len(emb.ids) == 0:
         raise DataError(f"no sample could be embedded ({len(emb.skipped)} unreadable, {len(emb.absent)} without "
-                        f"a {args.modality!r} cell)", source=args.manifest, field=column or args.modality)
+                        f"a {args.modality!r} value)", source=source, field=args.modality)
     path = save_embeddings(args.out, emb, modality=args.modality, model_fingerprint=fp, model_dir=args.model)
+    empty = f"; {emb.meta['n_empty']} row(s) with no modality were not sharded" if emb.meta.get("n_empty") else ""
     print(f"wrote {len(emb.ids)} {args.modality} embeddings ({emb.emb.shape[1]}-d) to {path}; "
-          f"{len(emb.skipped)} skipped, {len(emb.absent)} absent")
+          f"{len(emb.skipped)} skipped, {len(emb.absent)} absent{empty}")
     return 0
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _embed_manifest(args, model, fp):
+    from medfm.cli.common import column_map
+    from medfm.evaluation.embed import embed_manifest, open_manifest
+
+    df = open_manifest(args.manifest, split=args.split)
+    column = column_map(args, args.model).get(args.modality)
+    if _distributed():  # torchrun: each rank writes a part, rank 0 merges
+        from medfm.evaluation.embed_dist import embed_ranks
+
+        return embed_ranks(model, df, args.modality, out=args.out, batch_size=args.batch_size, column=column,
+                           progress=not args.no_progress, model_fingerprint=fp, model_dir=args.model)
+    return embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=column,
+                          progress=not args.no_progress)
+
+
+def _embed_shards(args, model, fp):
+    from medfm.data.shards import open_index
+
+    index = open_index(args.shards)
+    if _distributed():
+        from medfm.evaluation.embed_dist import embed_shard_ranks
+
+        return embed_shard_ranks(model, index, args.modality, out=args.out, batch_size=args.batch_size,
+                                 progress=not args.no_progress, model_fingerprint=fp, model_dir=args.model)
+    from medfm.evaluation.embed_shards import embed_shards
+
+    return embed_shards(model, index, args.modality, batch_size=args.batch_size, progress=not args.no_progress)
