@@ -30,6 +30,10 @@ from tqdm.auto import tqdm
 from medfm.errors import CheckpointError, ConfigError, DataError, MedFMError
 
 from .index import model_fingerprint
+import medfm
+from medfm.models.init import apply_init, init_fingerprint, model_config_with_init
+from medfm.models import resolve_config
+from medfm.data import ManifestDataset, MultiModalCollate, read_manifest, select_split
 
 FORMAT = "medfm-embeddings"
 FORMAT_VERSION = "1"
@@ -71,14 +75,10 @@ def load_model(model_dir: Any, init: Optional[Dict[str, Any]] = None):
     rather than a directory — into a model built from it, whose architecture the sources then
     fix (see :mod:`medfm.models.init`). The fingerprint then also covers the sources' sha256.
     """
-    import medfm
-    from medfm.models.init import apply_init, init_fingerprint, model_config_with_init
 
     d = Path(str(model_dir))
     if init and not (d / "config.json").is_file():
         import hashlib
-
-        from medfm.models import resolve_config
 
         model = medfm.create_model(resolve_config(model_config_with_init(str(model_dir), init)))
         base = hashlib.sha256(json.dumps(model.config, sort_keys=True, default=str).encode()).hexdigest()
@@ -154,7 +154,6 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
     Returns:
         :class:`Embeddings` with ``emb (N_ok, embed_dim)`` in manifest order.
     """
-    from medfm.data import ManifestDataset, MultiModalCollate
 
     adapter = require_modality(model, modality)
     col = column or modality
@@ -237,7 +236,6 @@ def load_embeddings(path: Any) -> Embeddings:
 # ------------------------------------------------------- helpers for the CLI
 def open_manifest(path: Any, *, split: Optional[str] = None, require: Sequence[str] = ()) -> pd.DataFrame:
     """``read_manifest`` + optional split selection + required columns (DataError naming them)."""
-    from medfm.data import read_manifest, select_split
 
     df = read_manifest(path)
     for col in require:

@@ -22,6 +22,8 @@ import pandas as pd
 from medfm.errors import ConfigError
 
 from .embed import Embeddings, embed_manifest, load_embeddings, save_embeddings
+from .embed_shards import embed_shards
+from medfm.train.distributed import barrier, init_distributed
 
 
 def rank_rows(n: int, batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
@@ -72,7 +74,6 @@ def embed_shard_ranks(model: Any, index: Any, modality: str, *, out: Any, batch_
                       model_dir: Optional[str] = None) -> Optional[Embeddings]:
     """:func:`embed_ranks` for a shard set: rank ``r`` embeds its run of whole manifest batches
     (:func:`medfm.evaluation.embed_shards.rank_batches`), reading only the shards that overlap it."""
-    from .embed_shards import embed_shards
 
     def part(rank: int, world: int) -> Embeddings:
         return embed_shards(model, index, modality, batch_size=batch_size, rank=rank, world_size=world,
@@ -85,8 +86,6 @@ def _run_ranks(part: Callable[[int, int], Embeddings], modality: str, *, out: An
                model_fingerprint: Optional[str], model_dir: Optional[str]) -> Optional[Embeddings]:
     """Run ``part(rank, world)``, write ``OUT.rankR-of-W``, barrier, merge on rank 0, tear down the group."""
     import torch.distributed as dist
-
-    from medfm.train.distributed import barrier, init_distributed
 
     info = init_distributed("cpu")
     rank, world = info.rank, info.world_size

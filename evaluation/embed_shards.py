@@ -27,6 +27,8 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 from medfm.errors import ConfigError, DataError
 
 from .embed import Embeddings, encode_batches, require_modality
+from medfm.data.shards import check_adapters, decode_sample, iter_shard
+from medfm.data import MultiModalCollate
 
 
 def covered_batches(index: Any, batch_size: int) -> List[int]:
@@ -45,7 +47,6 @@ def rank_batches(batches: Sequence[int], rank: int, world_size: int) -> List[int
 
 def _shard_samples(index: Any, modality: str, rows: Tuple[int, int]) -> Iterator[Dict[str, Any]]:
     """Raw samples (only their ``json`` and ``<modality>.safetensors`` members) of manifest rows in ``rows``."""
-    from medfm.data.shards import iter_shard
 
     lo, hi = rows
     want = (".json", f".{modality}.safetensors")
@@ -86,9 +87,6 @@ def embed_shards(model: Any, index: Any, modality: str, *, batch_size: int = 32,
     Returns :class:`Embeddings` with ``emb (N, embed_dim)`` float32 in manifest-row order.
     """
     from tqdm.auto import tqdm
-
-    from medfm.data import MultiModalCollate
-    from medfm.data.shards import check_adapters, decode_sample
 
     adapter = require_modality(model, modality)
     if modality not in index.modalities:

@@ -26,6 +26,7 @@ import pandas as pd
 
 from medfm.errors import CheckpointError, ConfigError, DataError
 from medfm.io import hash_file
+from medfm.finetune.checkpoint import weight_files
 
 FORMAT_VERSION = 1
 FINGERPRINT_FILES = ("config.json", "model.safetensors")
@@ -37,7 +38,6 @@ def model_fingerprint(model_dir: Any) -> str:
     A base checkpoint is ``config.json`` + ``model.safetensors``; a fine-tuned one is
     ``config.json`` (which records the base's hash) + its adapter/head files.
     """
-    from medfm.finetune.checkpoint import weight_files
 
     d = Path(str(model_dir))
     config = d / FINGERPRINT_FILES[0]

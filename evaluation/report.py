@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_curve  # noqa: E402
+from .embed import write_init_report_for
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -196,7 +197,6 @@ def write_evaluation(out_dir: Any, record: Dict[str, Any], plots: Sequence[Path]
     rec["plots"] = [Path(p).name for p in plots if p is not None]
     (d / "results.json").write_text(json.dumps(rec, indent=2, allow_nan=False))
     (d / "report.md").write_text(render_markdown(rec, [p for p in plots if p is not None]))
-    from .embed import write_init_report_for  # weights imported with --init: their key report beside the results
 
     write_init_report_for((rec.get("model") or {}).get("fingerprint"), d / "init_report.json")
     return {"results": d / "results.json", "report": d / "report.md"}

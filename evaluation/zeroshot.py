@@ -34,6 +34,7 @@ from scipy.special import expit
 from medfm.errors import ConfigError, DataError
 
 from .retrieval import split_multi
+from medfm.configs import config_path
 
 EncodeFn = Callable[[List[str]], np.ndarray]  # prompts (P,) -> (P, D)
 
@@ -109,7 +110,6 @@ def load_prompt_set(path: Any) -> PromptSet:
     """Read and validate a prompt-set YAML file (a local file, else a shipped one: ``chexpert14.yaml``)."""
     p = Path(str(path))
     if not p.is_file():
-        from medfm.configs import config_path
 
         for cand in (config_path(str(path)), config_path(f"prompts/{path}")):
             if cand.is_file():

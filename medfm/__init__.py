@@ -13,8 +13,6 @@ from .models import MultiModalModel, create_model, load_pretrained
 from .registry import (MODALITIES, OBJECTIVES, MODELS, get_modality, list_modalities, register_embedder,
                        register_modality, register_model, register_objective, register_tower)
 
-from .finetune import model as _finetuned_model  # noqa: E402,F401 registers the fine-tuned checkpoint kind
-
 __version__ = "0.1.0"
 
 __all__ = [

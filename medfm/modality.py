@@ -30,6 +30,7 @@ import torch
 
 from .errors import ConfigError, DataError, MedFMError
 from .schema import warn_moved
+from .limits import check_file_size
 
 
 @dataclass
@@ -104,7 +105,6 @@ class ModalityAdapter:
         """``preprocess(read(source))``; any failure becomes a :class:`DataError` naming the sample."""
         label = sample_id if sample_id is not None else (source if self.input_kind == "path" else None)
         if self.input_kind == "path" and isinstance(source, (str, os.PathLike)):
-            from .limits import check_file_size
 
             check_file_size(source)
         try:

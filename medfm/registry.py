@@ -85,6 +85,10 @@ def _load_models() -> None:
     importlib.import_module("medfm.models")
 
 
+def _load_checkpoint_kinds() -> None:
+    importlib.import_module("medfm.finetune.model")  # the built-in kind: a fine-tuned model
+
+
 MODALITIES = Registry("modality", loader=_load_modalities)
 EMBEDDERS = Registry("token embedder", loader=_load_models)
 TOWERS = Registry("tower", loader=_load_models)
@@ -93,6 +97,10 @@ MODELS = Registry("model config", loader=_load_models)
 #: file layouts a tower's weights can be imported from (``model.modalities.<m>.init.format``);
 #: the readers live with the modalities (``medfm.modalities.weight_formats``)
 WEIGHT_FORMATS = Registry("weight format", loader=_load_modalities)
+#: checkpoints built on a base model, keyed by the ``config.json`` section that marks them
+#: (``"finetune"``); ``MultiModalModel.from_pretrained`` hands such a directory to the loader,
+#: so the model layer never imports the layers above it
+CHECKPOINT_KINDS = Registry("checkpoint kind", loader=_load_checkpoint_kinds)
 
 register_modality = MODALITIES.register
 register_embedder = EMBEDDERS.register
@@ -100,6 +108,7 @@ register_tower = TOWERS.register
 register_objective = OBJECTIVES.register
 register_model = MODELS.register
 register_weight_format = WEIGHT_FORMATS.register
+register_checkpoint_kind = CHECKPOINT_KINDS.register
 
 
 def get_modality(name: str, **options: Any):

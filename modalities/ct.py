@@ -22,6 +22,7 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
+from medfm.limits import check_declared_shape
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -36,8 +37,6 @@ def read_nifti(path: Path) -> im.Volume:
     """NIfTI through MONAI's ``LoadImage`` with its ``NibabelReader`` → :class:`imaging.Volume`."""
     import nibabel as nib
     from monai.transforms import LoadImage
-
-    from medfm.limits import check_declared_shape
 
     try:  # the header alone first: a declared size over the limits fails before any allocation
         header_img = nib.load(str(path))

@@ -43,6 +43,8 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import signal as sig
+from medfm.limits import check_declared_shape
+from .imaging import npy_declared_shape
 
 LEADS: Tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}
@@ -173,7 +175,6 @@ def _scan_header(hea: Path) -> Tuple[bool, List[str], Optional[float]]:
 
 def _check_declared_length(hea: Path) -> None:
     """Signals × samples from the record line, against the limits, before reading any signal."""
-    from medfm.limits import check_declared_shape
 
     head = next((ln.split() for ln in hea.read_text(errors="replace").splitlines()
                  if ln.strip() and not ln.lstrip().startswith("#")), [])
@@ -293,9 +294,6 @@ def read_array(path: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
     suffix = p.suffix.lower()
     info: Dict[str, Any] = {}
     if suffix == ".npy":
-        from medfm.limits import check_declared_shape
-
-        from .imaging import npy_declared_shape
 
         try:
             shape = npy_declared_shape(p)

@@ -20,6 +20,8 @@ import torch
 
 from medfm.errors import DataError, MedFMError, UsageError
 from medfm.modality import check_format, file_reference, matching_suffix
+from .sources import DICOM_MODALITY
+from .ecg import LEADS
 
 
 PREFERRED = ("ct", "oct", "ecg", "xray", "dna", "text", "fundus")
@@ -40,8 +42,6 @@ def guess_modality(path: Any, modalities: Dict[str, Any]) -> str:
             dicom = False
         if dicom:
             import pydicom
-
-            from .sources import DICOM_MODALITY
 
             ds = pydicom.dcmread(str(p), stop_before_pixels=True)
             tag = str(getattr(ds, "Modality", "") or "").upper()
@@ -92,7 +92,6 @@ def inspect_file(path: Any, adapter: Any) -> Dict[str, Any]:
     meta = {k: _describe(v) for k, v in record.meta.items() if k not in ("affine",)}
     for key in ("lead_mask", "derived_mask"):
         if key in record.meta and hasattr(adapter, "options"):
-            from .ecg import LEADS
 
             mask = np.asarray(record.meta[key], dtype=bool)
             meta["leads_found" if key == "lead_mask" else "leads_derived"] = [LEADS[i] for i in np.flatnonzero(mask)]
@@ -160,7 +159,6 @@ def render_preview(result: Dict[str, Any], out: Any) -> Path:
         ax.set_title("after VOI LUT / windowing / resize", fontsize=8)
         ax.axis("off")
     elif x is not None and x.is_floating_point() and x.ndim == 2:  # (leads, T)
-        from .ecg import LEADS
 
         sig = x.numpy()
         derived = set(info["meta"].get("leads_derived") or [])

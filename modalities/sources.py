@@ -32,6 +32,8 @@ from .imaging import IMAGE_SUFFIXES
 from .oct import VENDOR_SUFFIXES as OCT_VENDOR
 from .fundus import VENDOR_SUFFIXES as FUNDUS_VENDOR
 from .text import taxonomy_text
+from medfm.registry import MODALITIES
+from .dna import read_fasta
 
 log = logging.getLogger("medfm.manifest")
 
@@ -250,7 +252,6 @@ class TableScanner(Scanner):
 
     def _records(self, path: Path, df: pd.DataFrame, path_col: Optional[str], report_col: Optional[str],
                  ctx: ScanContext) -> Iterator:
-        from medfm.registry import MODALITIES
 
         cols = list(df.columns)
         code_col = _first(cols, CODE_COLUMNS)
@@ -312,7 +313,6 @@ class FastaScanner(Scanner):
         return matching_suffix(path, FASTA_SUFFIXES) is not None
 
     def scan_file(self, path: Path, ctx: ScanContext) -> Iterator:
-        from .dna import read_fasta
 
         try:
             records = read_fasta(path, clean=False)

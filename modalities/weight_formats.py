@@ -41,6 +41,7 @@ from medfm.errors import CheckpointError, ConfigError
 from medfm.registry import register_weight_format
 
 from .weights import KeyReport, load_state_dict_file, load_vit_weights, strip_prefixes
+from medfm.registry import WEIGHT_FORMATS
 
 #: files a Hugging Face model folder keeps its weights in, in order of preference
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -610,6 +611,5 @@ for _cls in (OpenCLIPFormat, MedFMFormat, MONAIFormat, OCTCubeFormat, MAEFormat,
 
 def format_table() -> List[Dict[str, str]]:
     """``[{"name", "description"}]`` of every registered format (for ``medfm info``)."""
-    from medfm.registry import WEIGHT_FORMATS
 
     return [{"name": n, "description": f.description} for n, f in WEIGHT_FORMATS.items()]

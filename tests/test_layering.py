@@ -88,11 +88,21 @@ def _imports() -> Tuple[Dict[str, Set[str]], List[Tuple[str, int, str]]]:
                 continue
             graph[module].update(t for t in targets if t != module)
             if id(node) not in top:
-                here = lines[node.lineno - 1]
-                above = lines[node.lineno - 2] if node.lineno > 1 else ""
-                if "# deferred:" not in here and "# deferred:" not in above:
-                    unexplained.append((module, node.lineno, here.strip()))
+                if not _says_why(lines, node.lineno - 1):
+                    unexplained.append((module, node.lineno, lines[node.lineno - 1].strip()))
     return graph, unexplained
+
+
+def _says_why(lines: List[str], i: int) -> bool:
+    """Line ``i`` (an import) or the block of imports and comments right above it has ``# deferred:``."""
+    while i >= 0:
+        text = lines[i].strip()
+        if "# deferred:" in text:
+            return True
+        if not text.startswith(("from ", "import ", "#", ")")) and not text.endswith((",", "(")):
+            return False
+        i -= 1
+    return False
 
 
 GRAPH, UNEXPLAINED = _imports()

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from .. import __version__
 from ..errors import MedFMError, UsageError
+from . import commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medfm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    from . import commands
 
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")

@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..io import apply_overrides, load_config_file
+from medfm.configs import config_path
+from ..models.init import parse_init_arg
+from ..data.columns import parse_column_specs, resolve_columns
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +24,6 @@ def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
     """
     path = Path(args.config)
     if not path.is_file():
-        from medfm.configs import config_path
 
         shipped = config_path(args.config)
         if shipped.is_file():
@@ -40,7 +42,6 @@ def add_init_args(parser: argparse.ArgumentParser) -> None:
 
 def init_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     """``{modality: init spec}`` from ``--init`` flags; paths made absolute (relative to the working directory)."""
-    from ..models.init import parse_init_arg
 
     out: Dict[str, Dict[str, Any]] = {}
     for text in getattr(args, "init", None) or []:
@@ -66,7 +67,6 @@ def add_column_args(parser: argparse.ArgumentParser, *, bare_means: Optional[str
 
 def column_map(args: argparse.Namespace, model_dir: Any = None) -> Dict[str, str]:
     """``{modality: column}``: ``--column`` flags over the mapping recorded in ``model_dir``."""
-    from ..data.columns import parse_column_specs, resolve_columns
 
     bare = getattr(args, "_column_bare", None)
     flags = parse_column_specs(getattr(args, "columns", []) or [],

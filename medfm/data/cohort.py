@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..errors import DataError, UsageError
 from ..registry import Registry, _load_modalities
+from .splits import assign_patients
 
 log = logging.getLogger("medfm.manifest")
 
@@ -228,7 +229,6 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
     df = _dedupe_ids(df)
     modalities = sorted({e.modality for e in entries})
     if split:
-        from .splits import assign_patients
 
         assign = assign_patients(list(df["patient_id"]), split, seed=seed)
         df["split"] = [assign[p] for p in df["patient_id"]]

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError, DataError, MedFMError
 from .dataset import ManifestDataset, augmentation_rng
 from .manifest import is_missing
+from .dataset import build_label_vocab
 
 log = logging.getLogger("medfm.data")
 
@@ -367,7 +368,6 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
 
 def _finish(fs, root: str, df: pd.DataFrame, plan: Dict[str, Any], sides: List[Dict[str, Any]],
             label_columns: Sequence[str]) -> ShardIndex:
-    from .dataset import build_label_vocab
 
     totals: Dict[str, int] = {}
     for s in sides:

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..errors import CheckpointError
 
 _BLOCK = r"trunk\.blocks\.\d+\."
 _LAYER = r"(?:.+\.)?encoder\.layer\.\d+\."
@@ -188,8 +189,6 @@ def lora_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 def load_lora_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
     """Load weights written by :func:`lora_state_dict` into a model prepared by :func:`apply_lora`."""
     from peft.utils import set_peft_model_state_dict
-
-    from ..errors import CheckpointError
 
     result = set_peft_model_state_dict(model, state_dict)
     unexpected = getattr(result, "unexpected_keys", [])

@@ -11,7 +11,7 @@ format (see :mod:`medfm.finetune.checkpoint` for the file layout):
 - :meth:`FineTunedModel.from_pretrained` reads either, refusing a base whose weights changed.
 
 Importing this module registers the ``finetune`` checkpoint kind with
-:func:`medfm.models.multimodal.register_checkpoint_kind`, so ``medfm.load_pretrained(DIR)``
+:data:`medfm.registry.CHECKPOINT_KINDS`, so ``medfm.load_pretrained(DIR)``
 of a fine-tuned directory returns a ``FineTunedModel``.
 
 Everything the encoder offers (``encode``, ``encode_batch``, ``modalities``, ``adapters``,
@@ -31,7 +31,8 @@ from safetensors.torch import load_file, load_model, save_file
 
 from ..errors import CheckpointError
 from ..io import atomic_directory
-from ..models.multimodal import MultiModalModel, register_checkpoint_kind
+from ..models.multimodal import MultiModalModel
+from ..registry import register_checkpoint_kind
 from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_WEIGHTS, CONFIG_NAME, FULL_WEIGHTS, HEAD_WEIGHTS,
                          base_sha256, read_finetune_meta, resolve_base, write_config)
 from .heads import TaskHead, TaskSpec
@@ -210,4 +211,4 @@ def export_merged(model: FineTunedModel, directory: os.PathLike) -> Path:
     return model.save_merged(directory)
 
 
-register_checkpoint_kind("finetune", FineTunedModel.from_pretrained)
+register_checkpoint_kind("finetune")(FineTunedModel.from_pretrained)

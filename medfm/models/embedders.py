@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 from ..layers.pos_embed import resample_pos_embed, sincos_pos_embed
 from ..registry import register_embedder
+from ..registry import EMBEDDERS
 
 
 def _tuple(v, n: int) -> Tuple[int, ...]:
@@ -201,7 +202,6 @@ class DiscreteTokenEmbedder(TokenEmbedder):
 
 def build_embedder(cfg: dict, width: int) -> TokenEmbedder:
     """Build an embedder from ``{"type": name, **kwargs}``."""
-    from ..registry import EMBEDDERS
 
     cfg = dict(cfg)
     kind = cfg.pop("type")

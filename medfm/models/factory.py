@@ -17,13 +17,13 @@ from .config import ModelConfig, map_moved_settings, model_defaults, validate_mo
 from .init import apply_init, prepare_init
 from .multimodal import CONFIG_NAME, MultiModalModel
 from .presets import preset_config
+from medfm.configs import config_path
 
 ModelSource = Union[str, os.PathLike, Mapping[str, Any], ModelConfig]
 
 
 def _shipped(name: str) -> Optional[Path]:
     """A config shipped in ``medfm.configs`` (e.g. ``models/small_3d.yaml``), or None."""
-    from medfm.configs import config_path
 
     p = config_path(name)
     return p if p.is_file() else None

@@ -41,6 +41,7 @@ from medfm.configs import config_path
 
 from ..io import deep_merge, hash_file, load_config_file, write_json
 from ..registry import MODELS
+from ..registry import MODALITIES, WEIGHT_FORMATS
 
 log = logging.getLogger("medfm.init")
 
@@ -91,7 +92,6 @@ def parse_spec(modality: str, value: Union[str, os.PathLike, Mapping[str, Any]],
     if not p.exists():
         raise CheckpointError(f"{p}: weights to initialise the {modality!r} tower from are not there")
     fmt = str(value.get("format") or "auto")
-    from ..registry import WEIGHT_FORMATS
 
     if fmt != "auto" and fmt not in WEIGHT_FORMATS:
         raise ConfigError(f"model.modalities.{modality}.init.format {fmt!r} is unknown; "
@@ -124,7 +124,6 @@ def parse_init_arg(text: str) -> Tuple[str, Dict[str, Any]]:
 
 def source_identity(spec: InitSpec) -> Dict[str, Any]:
     """``{"name", "sha256", "format", "path"}`` of an import source (a folder: its weights file)."""
-    from ..registry import WEIGHT_FORMATS
 
     weights = WEIGHT_FORMATS.get(spec.format).weights_file(spec.path)
     return {"name": spec.path.name, "file": weights.name, "sha256": hash_file(weights).hexdigest(),
@@ -135,7 +134,6 @@ def resolve_format(spec: InitSpec) -> InitSpec:
     """Replace ``format: auto`` by the first registered format whose ``sniff`` accepts the source."""
     if spec.format != "auto":
         return spec
-    from ..registry import WEIGHT_FORMATS
 
     order = sorted(WEIGHT_FORMATS.items(), key=lambda kv: getattr(kv[1], "sniff_order", 50))
     for name, fmt in order:
@@ -164,7 +162,6 @@ def prepare_init(cfg: Dict[str, Any], base_dir: Optional[Path] = None) -> Dict[s
     if not specs:
         cfg.pop("init", None)
         return cfg
-    from ..registry import WEIGHT_FORMATS, MODALITIES
 
     resolved = {}
     for mod, value in specs.items():
@@ -221,7 +218,6 @@ def apply_init(model: Any, specs: Mapping[str, Any], base_dir: Optional[Path] = 
     Raises:
         CheckpointError: unreadable/unsafe file, or ``strict`` and encoder keys not matched.
     """
-    from ..registry import WEIGHT_FORMATS
 
     sources = dict(getattr(model, "init_sources", {}) or {})
     reports = dict(getattr(model, "init_reports", {}) or {})

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -17,25 +17,13 @@ from safetensors.torch import load_model, save_model
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_directory, deep_merge, write_json
 from ..layers.trunk import Trunk
-from ..registry import TOWERS, get_modality
+from ..registry import CHECKPOINT_KINDS, TOWERS, get_modality
 from .config import ModelConfig, migrate_saved_config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "medfm"
 FORMAT_VERSION = 1
-
-#: loaders of checkpoint kinds built on top of this one, keyed by the ``config.json`` section
-#: that marks them (``"finetune"``: registered by :mod:`medfm.finetune.model`); the model
-#: layer knows no such kind itself
-CHECKPOINT_KINDS: Dict[str, Callable[[Path], Any]] = {}
-
-
-def register_checkpoint_kind(section: str, loader: Callable[[Path], Any]) -> None:
-    """Let :meth:`MultiModalModel.from_pretrained` hand a directory whose ``config.json`` has
-    ``section`` to ``loader(directory)`` (a layer above the models registers its own kind)."""
-    CHECKPOINT_KINDS[section] = loader
-
 
 class MultiModalModel(nn.Module):
     """Per-modality towers → projection to ``embed_dim`` → L2 normalisation.
@@ -185,7 +173,7 @@ class MultiModalModel(nn.Module):
         """Load what :meth:`save_pretrained` wrote. Reads safetensors only — never unpickles.
 
         A directory whose ``config.json`` carries a section registered with
-        :func:`register_checkpoint_kind` (a fine-tuned checkpoint: ``"finetune"``) is handed to
+        :data:`medfm.registry.CHECKPOINT_KINDS` (a fine-tuned checkpoint: ``"finetune"``) is handed to
         that kind's loader, which may return another type; ``finetune=False`` reads only the
         complete base layout (``config.json`` ``model`` + ``model.safetensors``) of the directory.
         """

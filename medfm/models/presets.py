@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..io import deep_merge, load_config_file
 from ..registry import MODELS
 from .config import validate_model_config
+from medfm.configs import config_path
 
 __all__ = ["FilePreset", "register_preset_dir", "preset_config", "preset_description", "PRESET_DIR"]
 
@@ -112,7 +113,6 @@ def preset_description(name: str) -> str:
 
 
 def _register_shipped() -> None:
-    from medfm.configs import config_path
 
     register_preset_dir(config_path(PRESET_DIR))
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import GlobalView, gather_view
+from .clip_fused import symmetric_clip_sum
 
 __all__ = [
     "MAX_LOGIT_SCALE",
@@ -219,7 +220,6 @@ def pair_loss(
     scale = scale_from_log(logit_scale)
     single = view.world_size == 1  # rows == columns: one matrix serves both directions
     if kind == "clip" and single and pos is None and not hard_negative_beta:
-        from .clip_fused import symmetric_clip_sum  # one rank, plain CLIP: one (n, n) matrix kept
 
         total = symmetric_clip_sum(rows_a, rows_b, scale)
     elif kind == "clip":

@@ -12,6 +12,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.card import write_model_card
 
     print(write_model_card(args.model_dir))

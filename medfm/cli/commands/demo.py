@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from ...demo import run_demo
+    from ...demo import run_demo  # deferred: keeps `medfm --help` from importing the training/evaluation stack
 
     results = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     weak = [f"{r['block']} {r['metric']}" for r in results["summary"] if not r["beats_chance"]]

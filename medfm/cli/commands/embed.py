@@ -5,6 +5,7 @@ import os
 import sys
 
 from medfm.errors import DataError, UsageError
+from medfm.cli.common import add_column_args, add_init_args, column_map, init_overrides
 
 
 def register(subparsers) -> None:
@@ -24,22 +25,19 @@ def register(subparsers) -> None:
                                       "brace pattern of its shards (DIR/shard-{000000..000009}.tar)")
     p.add_argument("--modality", required=True, help="modality to embed (a model tower)")
     p.add_argument("--out", required=True, help="output file, *.safetensors")
-    from medfm.cli.common import add_column_args
 
     add_column_args(p, bare_means="modality")
     p.add_argument("--split", default=None, help="only rows of this split")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    from medfm.cli.common import add_init_args
 
     add_init_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.embed import load_model, report_skipped, require_modality, save_embeddings
-
-    from medfm.cli.common import init_overrides
 
     if args.shards and (args.split or getattr(args, "columns", None)):
         raise UsageError("--split and column options apply to --manifest; shards hold the rows they were made from")
@@ -67,12 +65,13 @@ def _distributed() -> bool:
 
 
 def _embed_manifest(args, model, fp):
-    from medfm.cli.common import column_map
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.embed import embed_manifest, open_manifest
 
     df = open_manifest(args.manifest, split=args.split)
     column = column_map(args, args.model).get(args.modality)
     if _distributed():  # torchrun: each rank writes a part, rank 0 merges
+        # deferred: keeps `medfm --help` from importing the training/evaluation stack
         from medfm.evaluation.embed_dist import embed_ranks
 
         return embed_ranks(model, df, args.modality, out=args.out, batch_size=args.batch_size, column=column,
@@ -82,14 +81,17 @@ def _embed_manifest(args, model, fp):
 
 
 def _embed_shards(args, model, fp):
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.data.shards import open_index
 
     index = open_index(args.shards)
     if _distributed():
+        # deferred: keeps `medfm --help` from importing the training/evaluation stack
         from medfm.evaluation.embed_dist import embed_shard_ranks
 
         return embed_shard_ranks(model, index, args.modality, out=args.out, batch_size=args.batch_size,
                                  progress=not args.no_progress, model_fingerprint=fp, model_dir=args.model)
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.embed_shards import embed_shards
 
     return embed_shards(model, index, args.modality, batch_size=args.batch_size, progress=not args.no_progress)

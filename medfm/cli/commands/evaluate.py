@@ -72,6 +72,7 @@ def register(subparsers) -> None:
 def _inputs(args):
     # deferred here and in each run: the evaluation stack (torch, scikit-learn, matplotlib) loads only
     # when a command runs, not for `medfm --help`
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.runs import RunInputs
 
     return RunInputs(model=args.model, manifest=args.manifest, out=args.out, n_boot=args.n_boot,
@@ -80,6 +81,7 @@ def _inputs(args):
 
 
 def run_retrieval(args) -> int:
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.runs import evaluate_retrieval
 
     qm, gm = args.query_modality, args.gallery_modality
@@ -91,6 +93,7 @@ def run_retrieval(args) -> int:
 
 
 def run_probe(args) -> int:
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.labels import parse_label_columns
     from medfm.evaluation.runs import evaluate_probe
 
@@ -112,6 +115,7 @@ def run_probe(args) -> int:
 
 
 def run_bioscan(args) -> int:
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.runs import evaluate_bioscan
 
     ranks = [r.strip() for r in args.ranks.split(",") if r.strip()]

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from medfm.export import export_model
+    from medfm.export import export_model  # deferred: keeps `medfm --help` from importing the training/evaluation stack
 
     manifest = export_model(args.model_dir, args.format, args.out, modalities=args.modality, opset=args.opset)
     print(json.dumps({"out": str(args.out), "format": args.format,

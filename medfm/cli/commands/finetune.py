@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from ..common import add_column_args, add_config_args, add_init_args, column_map, init_overrides, load_run_config
 
 
 def run(args) -> int:
-    from ...finetune import finetune
-    from ..common import init_overrides, load_run_config
+    from ...finetune import finetune  # deferred: keeps `medfm --help` from importing the training/evaluation stack
 
     config, config_dir = load_run_config(args)
     inits = init_overrides(args)
@@ -21,7 +21,6 @@ def run(args) -> int:
         config["merge"] = True
     if args.no_progress:
         config["progress"] = False
-    from ..common import column_map  # --column over the config's columns over the base's recorded mapping
 
     config["columns"] = {**column_map(args, config.get("base")), **(config.get("columns") or {}), **column_map(args)}
     result = finetune(config, Path(args.out), config_dir=config_dir)
@@ -40,7 +39,6 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    from ..common import add_config_args, add_init_args
 
     p = sub.add_parser("finetune", help="LoRA or full fine-tuning with a task head on a cohort",
                        description="Fine-tune a pretrained checkpoint on a labelled manifest (LoRA/DoRA, full or "
@@ -54,7 +52,6 @@ def register(sub) -> None:
     p.add_argument("--base", help="override base (pretrained checkpoint directory)")
     p.add_argument("--manifest", help="override data.manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from ..common import add_column_args
 
     add_column_args(p)
     p.set_defaults(func=run)

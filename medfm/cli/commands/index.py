@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import sys
+from medfm.cli.common import add_column_args, column_map
+from medfm.errors import DataError, UsageError
 
 
 def register(subparsers) -> None:
@@ -37,17 +39,17 @@ def register(subparsers) -> None:
     b.add_argument("--split", default=None)
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--no-progress", action="store_true")
-    from medfm.cli.common import add_column_args
 
     add_column_args(b, bare_means="modality")
     b.set_defaults(func=run)
 
 
 def run(args) -> int:
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.embed import (embed_manifest, load_model, open_manifest, report_skipped,
                                         require_modality, rows_for)
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.index import VectorIndex, choose_index
-    from medfm.errors import DataError, UsageError
 
     if args.embeddings or args.kind in ("ivfpq", "ivf-ondisk"):
         return _run_streamed(args)
@@ -58,7 +60,6 @@ def run(args) -> int:
     model, fp = load_model(args.model)
     require_modality(model, args.modality)
     df = open_manifest(args.manifest, split=args.split, require=cols)
-    from medfm.cli.common import column_map
 
     emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress,
                          column=column_map(args, args.model).get(args.modality))
@@ -86,7 +87,7 @@ def run(args) -> int:
 
 
 def _run_streamed(args) -> int:
-    from medfm.errors import UsageError
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.index_stream import KINDS, build_streaming
 
     if not args.embeddings or args.kind not in KINDS:

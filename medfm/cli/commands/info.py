@@ -9,6 +9,8 @@ from typing import Any, Dict, List
 
 from ...registry import MODALITIES, MODELS, OBJECTIVES, WEIGHT_FORMATS
 from ...schema import _docstring_attributes, describe
+from medfm.configs import CONFIG_DIR
+from medfm.models.presets import preset_description
 
 #: the schemas ``--config-schema`` prints: kind → (module, dataclass, what reads it)
 SCHEMAS = {
@@ -20,8 +22,6 @@ SCHEMAS = {
 
 
 def collect() -> dict:
-    from medfm.configs import CONFIG_DIR
-    from medfm.models.presets import preset_description
 
     modalities = []
     for name, cls in MODALITIES.items():

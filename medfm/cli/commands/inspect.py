@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from medfm.registry import get_modality, MODALITIES
 
 
 def register(subparsers) -> None:
@@ -22,10 +23,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.modalities.inspect import guess_modality, inspect_file, render_preview
-    from medfm.registry import MODALITIES, get_modality
 
     if args.model:
+        # deferred: keeps `medfm --help` from importing the training/evaluation stack
         from medfm.evaluation.embed import load_model, require_modality
 
         model, _ = load_model(args.model)

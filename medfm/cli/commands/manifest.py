@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from medfm.errors import MedFMError, UsageError
+from medfm.registry import get_modality
+from medfm.io import atomic_write_text, write_json
 
 
 def register(subparsers) -> None:
@@ -30,8 +33,6 @@ def register(subparsers) -> None:
 
 
 def _verifier():
-    from medfm.errors import MedFMError
-    from medfm.registry import get_modality
 
     adapters = {}
 
@@ -48,9 +49,8 @@ def _verifier():
 
 
 def run(args) -> int:
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.data.cohort import build_manifest, format_summary, load_or_create_salt, parse_fractions
-    from medfm.errors import UsageError
-    from medfm.io import atomic_write_text, write_json
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet"):

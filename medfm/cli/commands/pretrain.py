@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from ...models.init import model_config_with_init
+from ..common import add_column_args, add_config_args, add_init_args, column_map, init_overrides, load_run_config
 
 
 def run(args) -> int:
-    from ...train import Trainer
+    from ...train import Trainer  # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from ...train.distributed import cleanup
-    from ...models.init import model_config_with_init
-    from ..common import init_overrides, load_run_config
 
     config, config_dir = load_run_config(args)
     inits = init_overrides(args)
@@ -26,7 +26,6 @@ def run(args) -> int:
     if args.no_progress:
         config.setdefault("train", {})["progress"] = False
     if args.columns:
-        from ..common import column_map
 
         config.setdefault("data", {}).setdefault("columns", {}).update(column_map(args))
     try:
@@ -41,7 +40,6 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="contrastive and/or masked pretraining on a manifest")
-    from ..common import add_config_args, add_init_args
 
     add_config_args(p)
     add_init_args(p)
@@ -52,7 +50,6 @@ def register(sub) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh even when OUT/checkpoints holds a checkpoint (default: resume from it)")
     p.add_argument("--init-from", metavar="DIR", help="start from the weights of this checkpoint (matching tensors)")
-    from ..common import add_column_args
 
     add_column_args(p)
     p.set_defaults(func=run)

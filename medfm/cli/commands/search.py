@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from medfm.errors import ConfigError, DataError, UsageError
+from medfm.modality import file_reference
 
 
 def register(subparsers) -> None:
@@ -25,9 +27,6 @@ def register(subparsers) -> None:
 
 
 def _query_value(adapter, path: str):
-    from medfm.errors import DataError
-
-    from medfm.modality import file_reference
 
     ref = file_reference(path, getattr(adapter, "suffixes", ())) if adapter.input_kind != "path" else None
     if ref is not None:  # FILE or FILE#RECORD (FASTA/TSV, .txt): the adapter reads it
@@ -50,7 +49,7 @@ def _query_value(adapter, path: str):
 
 
 def run(args) -> int:
-    from medfm.errors import ConfigError, UsageError
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.embed import encode_values, load_model, require_modality
     from medfm.evaluation.index import VectorIndex, model_fingerprint
 

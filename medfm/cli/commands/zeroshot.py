@@ -37,6 +37,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     # deferred: the evaluation stack (torch, scikit-learn, matplotlib) loads only when the command runs
     from medfm.evaluation.labels import parse_label_columns
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.runs import RunInputs, evaluate_zeroshot
 
     inputs = RunInputs(model=args.model, manifest=args.manifest, out=args.out, n_boot=args.n_boot,
