@@ -16,9 +16,10 @@ width-128 trunk, whose pooled tokens enter through a learnt gate that starts at 
   (``views`` objective, τ = 0.1);
 - ``random``: the same encoder at its (seeded) initialisation — a random projection of the
   5-mer counts, so it already tracks k-mer cosine;
-- ``clibd``: the ``ssl`` DNA tower + a small BERT over taxonomy strings
+- ``clibd``: the ``ssl`` DNA tower + a small mean-pooled BERT over taxonomy strings
   ``"order family genus"`` trained with label-aware CLIP (same genus = positive) for
-  ``clibd_steps`` steps; used for zero-shot genus classification from taxonomy strings.
+  ``clibd_steps`` steps at lr 1e-3 (:data:`CLIBD`; a CLS-pooled text tower at lr 5e-4 kept every
+  prompt at cosine 0.99 — zero-shot at chance); used for zero-shot genus classification.
 
 Baselines: overlapping k-mer frequency vectors, k = 4, 5, 6 (cosine 1-NN).
 
