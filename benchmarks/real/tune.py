@@ -2,6 +2,8 @@
 
 ``python -m benchmarks.real.tune reports --data ../shared/data --out DIR [--steps N] [--only a,b]``
 ``python -m benchmarks.real.tune ecg --data ../shared/data --out DIR [--only a,b]``
+``python -m benchmarks.real.tune dna --data ../shared/data --out DIR [--steps N] [--only a,b]``
+``python -m benchmarks.real.tune dna-clibd --data ../shared/data --out DIR [--seeds 0,1,2] [--ssl-from RUN]``
 
 Reports: the *train* reports of the suite's split are split again (90 / 10, seed 0); every
 variant is trained on the 90 % and scored by findings → impression R@10 on the 10 % —
@@ -141,9 +143,69 @@ def tune_clibd(data: Path, out: Path, only, seeds, ssl_from: str = "") -> None:
                 fh.write(json.dumps(row) + "\n")
 
 
+#: DNA SSL variants: options over :data:`benchmarks.real.dna.DNA_OPTIONS`
+DNA_VARIANTS = {
+    "bag5": {},
+    "bag4": {"kmer_bag": 4},
+    "bag6": {"kmer_bag": 6},
+    "bag5_gate1": {"trunk_gate": 1.0},
+}
+
+
+def tune_dna(data: Path, out: Path, only, steps: int) -> None:
+    """SimCLR-views DNA tower variants, scored on validation only.
+
+    ``val_sp``: 1-NN species of the val sequences against train; ``loso_fam`` / ``loso_ord``:
+    family / order of the nearest train sequence of *another* species (the validation analogue
+    of the unseen-species protocol). Unseen-species 1-NN genus is printed for information.
+    """
+    import torch
+    from . import pretrain
+    from . import dna as D
+
+    budget = dict(BUDGETS["full"]["dna"])
+    df = D.load_table(data, None, None, 0)
+    df["split"] = D.split_species(df, n_unseen=budget["n_unseen"], n_test=budget["n_test_per_species"],
+                                  n_val=budget["n_val_per_species"], seed=0)
+    train_df = df[df["split"].isin(["train", "val"])].assign(split="train")
+    tr = np.flatnonzero(df["split"] == "train")
+    va = np.flatnonzero(df["split"] == "val")
+    un = np.flatnonzero(df["split"] == "unseen")
+    sp, fam, ordr, gen = (df[c].astype(str).to_numpy() for c in ("species_name", "family_name", "order_name",
+                                                                "genus_name"))
+    un = un[np.isin(gen[un], gen[tr])]
+
+    def score(X):
+        X = X / np.linalg.norm(X, axis=1, keepdims=True)
+        S = X[va] @ X[tr].T
+        r = {"val_sp": float((sp[tr][S.argmax(1)] == sp[va]).mean())}
+        S[sp[va][:, None] == sp[tr][None, :]] = -np.inf
+        nn = S.argmax(1)
+        r["loso_fam"] = float((fam[tr][nn] == fam[va]).mean())
+        r["loso_ord"] = float((ordr[tr][nn] == ordr[va]).mean())
+        nn = (X[un] @ X[tr].T).argmax(1)
+        r["unseen_genus_info"] = float((gen[tr][nn] == gen[un]).mean())
+        return {k: round(v, 3) for k, v in r.items()}
+
+    for name, opts in DNA_VARIANTS.items():
+        if only and name not in only:
+            continue
+        cfg = D.ssl_config(budget, 0, steps=steps)
+        cfg["model"]["modalities"]["dna"].update(opts)
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        model, init, info = pretrain(cfg, train_df[["id", "patient_id", "split", "nucleotides"]], out / f"dna_{name}")
+        row = {"variant": name, "steps": info["steps"], "seconds": round(time.perf_counter() - t0, 1),
+               "loss_first_last": [round(info["loss_first"], 3), round(info["loss_last"], 3)],
+               "trained": score(D._embed(model, df)), "random": score(D._embed(init, df))}
+        print(json.dumps(row), flush=True)
+        with open(out / "tune_dna.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.real.tune")
-    ap.add_argument("block", choices=["reports", "ecg", "dna-clibd"])
+    ap.add_argument("block", choices=["reports", "ecg", "dna-clibd", "dna"])
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=None)
@@ -165,6 +227,8 @@ def main(argv=None) -> int:
     only = {s for s in args.only.split(",") if s}
     if args.block == "reports":
         tune_reports(Path(args.data).resolve(), out, args.steps or int(BUDGETS["full"]["reports"]["clip_steps"]), only)
+    elif args.block == "dna":
+        tune_dna(Path(args.data).resolve(), out, only, args.steps or 30)
     elif args.block == "dna-clibd":
         tune_clibd(Path(args.data).resolve(), out, only, [int(x) for x in args.seeds.split(",")], args.ssl_from)
     else:
