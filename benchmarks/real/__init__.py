@@ -29,9 +29,9 @@ SEED = 0
 BUDGETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "full": {
         "dna": {"n_species": None, "n_per_species": None, "n_unseen": 20, "n_test_per_species": 10,
-                "n_val_per_species": 5, "ssl_steps": 30, "curve_steps": [10, 20], "clibd_steps": 30,
+                "n_val_per_species": 5, "ssl_steps": 90, "curve_steps": [10, 30, 60], "clibd_steps": 150,
                 "batch_size": 64, "n_boot": 500},
-        "ecg": {"max_per_source": None, "mae_steps": 150, "batch_size": 8, "top_codes": 4, "n_boot": 1000,
+        "ecg": {"max_per_source": None, "mae_steps": 450, "batch_size": 8, "top_codes": 4, "n_boot": 1000,
                 "curve_points": 3},
         "imaging": {"ct_size": [32, 128, 128]},
         "reports": {"n_reports": None, "clip_steps": 150, "batch_size": 64, "max_length": 64, "lr": 1e-3,

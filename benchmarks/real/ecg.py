@@ -307,6 +307,9 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
             with sw("learning_curve"):
                 res["learning_curve"] = learning_curve(curve, rnd, ok, codes, res["training"], seed=seed,
                                                        n_boot=min(nb, 200))
+                res["learning_curve"]["baselines"] = {
+                    "random weights": {k: rnd["macro_auroc"][k] for k in ("value", "ci")},
+                    "simple features": {k: base["macro_auroc"][k] for k in ("value", "ci")}}
             res["plots"].append(plot_curve(res["learning_curve"], out_dir / "ecg_learning_curve.png"))
             res["tables"]["learning_curve"] = [{"step": p["step"], "minutes": p["minutes"], "macro_auroc": p["value"],
                                                 "ci_low": p["ci"][0], "ci_high": p["ci"][1]}
@@ -359,7 +362,12 @@ def plot_curve(lc: Dict[str, Any], path: Path) -> Path:
     lo = [p["value"] - p["ci"][0] for p in pts]
     hi = [p["ci"][1] - p["value"] for p in pts]
     ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label="pretrained (held-out sources pooled)")
-    ax.axhline(lc["random_ci_high"], color="grey", ls="--", lw=1, label="random weights, upper 95% CI")
+    for (label, b), c in zip(lc.get("baselines", {}).items(), ("tab:grey", "tab:green")):
+        ax.axhline(b["value"], color=c, ls="--", lw=1, label=f"{label} (band: 95% CI)")
+        if b.get("ci") and np.isfinite(b["ci"]).all():
+            ax.axhspan(b["ci"][0], b["ci"][1], color=c, alpha=0.12)
+    if not lc.get("baselines"):
+        ax.axhline(lc["random_ci_high"], color="grey", ls="--", lw=1, label="random weights, upper 95% CI")
     ax.set(xlabel="training minutes per fold (this CPU)", ylabel="macro AUROC", ylim=(0.3, 1.0),
            title="ECG: leave-one-source-out macro AUROC vs training time")
     ax.legend(fontsize=7)

@@ -144,8 +144,13 @@ def loss_plot(curves: Mapping[str, Sequence[float]], path: Path) -> Optional[Pat
     return path
 
 
-def curve_plot(rows: Sequence[Mapping[str, Any]], baselines: Mapping[str, float], path: Path) -> Optional[Path]:
-    """Metric vs training minutes (with CI bars) from a ``learning_curve`` table; baselines dashed."""
+def curve_plot(rows: Sequence[Mapping[str, Any]], baselines: Mapping[str, Mapping[str, Mapping[str, Any]]],
+               path: Path, title: str = "DNA: learning curve") -> Optional[Path]:
+    """Metric vs training minutes (with CI bars) from a ``learning_curve`` table, one panel per metric.
+
+    ``baselines``: ``{metric: {label: {"value", "ci"}}}`` drawn as horizontal lines with their
+    95% intervals as bands (e.g. k-mer 6 cosine and the random-weights tower).
+    """
     if not rows:
         return None
     import matplotlib
@@ -153,18 +158,23 @@ def curve_plot(rows: Sequence[Mapping[str, Any]], baselines: Mapping[str, float]
     import matplotlib.pyplot as plt
 
     metrics = [k for k in rows[0] if k not in ("step", "minutes") and not k.endswith("_ci")]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
     x = [r["minutes"] for r in rows]
-    for i, mname in enumerate(metrics):
+    colors = ("tab:red", "tab:grey", "tab:green")
+    for ax, mname in zip(axes[0], metrics):
         y = [r.get(mname, float("nan")) for r in rows]
         err = [[v - r[mname + "_ci"][0] for v, r in zip(y, rows)], [r[mname + "_ci"][1] - v for v, r in zip(y, rows)]]
-        line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=mname)
-        if mname in baselines:
-            ax.axhline(baselines[mname], ls="--", lw=0.8, color=line[0].get_color())
-    ax.set_xlabel("training minutes (this CPU)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("DNA: learning curve (dashed: k-mer 6 cosine)")
-    ax.legend(fontsize=7)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label="trained")
+        for (label, b), c in zip(baselines.get(mname, {}).items(), colors):
+            ax.axhline(b["value"], ls="--", lw=0.9, color=c, label=label)
+            lo, hi = (b.get("ci") or [None, None])[:2]
+            if lo is not None and hi is not None and np.isfinite([lo, hi]).all():
+                ax.axhspan(lo, hi, color=c, alpha=0.12)
+        ax.set_xlabel("training minutes (this CPU)")
+        ax.set_title(mname, fontsize=8)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("accuracy")
+    fig.suptitle(title + " (bands: 95% CI)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -186,8 +196,12 @@ def block_plots(name: str, rec: Dict[str, Any], out: Path) -> List[Path]:
                                    "bioscan_unseen_genus_micro", "bioscan_unseen_family_micro",
                                    "bioscan_unseen_order_micro"], ["ssl", "clibd", "random", "kmer4", "kmer5", "kmer6"]),
                             out / "dna_accuracy.png", "DNA barcodes: frozen-embedding accuracy (95% CI)", "accuracy"))
-        plots.append(curve_plot(rec.get("tables", {}).get("learning_curve") or [],
-                                {k.split("/", 1)[1]: v["value"] for k, v in m.items() if k.startswith("kmer6/")},
+        bands = {}
+        for rep, label in (("kmer6", "k-mer 6"), ("random", "random weights")):
+            for k, v in m.items():
+                if k.startswith(rep + "/"):
+                    bands.setdefault(k.split("/", 1)[1], {})[label] = v
+        plots.append(curve_plot(rec.get("tables", {}).get("learning_curve") or [], bands,
                                 out / "dna_learning_curve.png"))
         plots.append(bar_ci({k.split("/", 1)[1]: {"clibd": v} for k, v in m.items() if "/zeroshot_" in k},
                             out / "dna_zeroshot.png", "DNA → taxonomy text zero-shot genus accuracy", "accuracy"))
