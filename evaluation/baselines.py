@@ -38,6 +38,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from medfm.errors import ConfigError, UsageError
 
+from .vectors import l2_normalize
+
 __all__ = [
     "BaselineEncoder", "KmerEncoder", "TfidfEncoder", "EcgFeatureEncoder", "BASELINES", "get_baseline",
     "kmer_frequencies", "ecg_features", "ecg_feature_names", "r_peaks", "tfidf_embeddings", "read_values",
@@ -315,7 +317,7 @@ def standardize(X: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
-    return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return l2_normalize(X, axis=1).astype(np.float32)
 
 
 def retrieval_features(name: str, model: Any, query_modality: str, gallery_modality: str, query_rows: Any,

@@ -26,10 +26,11 @@ import pandas as pd
 
 from medfm.errors import CheckpointError, ConfigError, DataError
 from medfm.io import hash_file
-from medfm.finetune.checkpoint import weight_files
+from medfm.models.multimodal import CONFIG_NAME, WEIGHTS_NAME
+from medfm.finetune.layout import weight_files
 
 FORMAT_VERSION = 1
-FINGERPRINT_FILES = ("config.json", "model.safetensors")
+FINGERPRINT_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 
 
 def model_fingerprint(model_dir: Any) -> str:

@@ -34,6 +34,7 @@ from scipy.special import expit
 from medfm.errors import ConfigError, DataError
 
 from .retrieval import split_multi
+from .vectors import l2_normalize
 from medfm.configs import config_path
 
 EncodeFn = Callable[[List[str]], np.ndarray]  # prompts (P,) -> (P, D)
@@ -140,15 +141,9 @@ def check_classes(prompts: PromptSet, labels: Sequence[str], source: str = "mani
 
 
 # --------------------------------------------------------------------- math
-def l2n(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation of ``(N, D)``."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def ensemble(prompt_emb: np.ndarray) -> np.ndarray:
     """``(P, D)`` prompt embeddings of one class → ``(D,)``: normalise, mean, re-normalise."""
-    return l2n(l2n(prompt_emb).mean(0, keepdims=True))[0]
+    return l2_normalize(l2_normalize(prompt_emb).mean(0, keepdims=True))[0]
 
 
 def build_classifier(encode: EncodeFn, prompt_lists: Sequence[Sequence[str]]) -> np.ndarray:
@@ -170,13 +165,13 @@ def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def multiclass_scores(emb: np.ndarray, weights: np.ndarray, logit_scale: float = 100.0) -> np.ndarray:
     """``emb (N, D)``, ``weights (C, D)`` → class probabilities ``(N, C)`` (softmax of scaled cosine)."""
-    return _softmax(logit_scale * (l2n(emb) @ l2n(weights).T))
+    return _softmax(logit_scale * (l2_normalize(emb) @ l2_normalize(weights).T))
 
 
 def multilabel_scores(emb: np.ndarray, pos: np.ndarray, neg: np.ndarray, logit_scale: float = 100.0) -> np.ndarray:
     """CheXzero: ``P(finding) = softmax(s·[cos(x, pos_c), cos(x, neg_c)])[0]`` → ``(N, C)``."""
-    e = l2n(emb)
-    d = logit_scale * (e @ l2n(pos).T - e @ l2n(neg).T)
+    e = l2_normalize(emb)
+    d = logit_scale * (e @ l2_normalize(pos).T - e @ l2_normalize(neg).T)
     return expit(d)
 
 
@@ -197,7 +192,7 @@ def zeroshot_scores(emb: np.ndarray, classifier: Dict[str, np.ndarray], logit_sc
 
 def class_prototypes(support: np.ndarray, labels: Sequence[int], n_classes: int) -> np.ndarray:
     """Non-text zero-shot: ``(C, D)`` normalised mean of each class's normalised support embeddings."""
-    s = l2n(support)
+    s = l2_normalize(support)
     y = np.asarray(labels).astype(int)
     protos = []
     for c in range(n_classes):

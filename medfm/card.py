@@ -20,6 +20,7 @@ import yaml
 
 from .errors import CheckpointError
 from .io import atomic_write_text
+from .models.multimodal import CONFIG_NAME
 
 CARD_NAME = "README.md"
 
@@ -91,7 +92,7 @@ def _tower_line(name: str, tower: Dict[str, Any], trunk: Dict[str, Any]) -> str:
 def render_model_card(directory: os.PathLike) -> str:
     """The Markdown text of the card (see module docstring)."""
     d = Path(directory)
-    cfg = _load(d / "config.json")
+    cfg = _load(d / CONFIG_NAME)
     if not cfg or cfg.get("format") != "medfm":
         raise CheckpointError(f"{d}: not a medfm checkpoint (no medfm config.json)")
     model = cfg.get("model", {})

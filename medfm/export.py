@@ -29,6 +29,7 @@ from .errors import UsageError
 from .finetune.model import FineTunedModel
 from .io import write_json
 from .models import load_pretrained
+from .models.multimodal import CONFIG_NAME, WEIGHTS_NAME
 
 log = logging.getLogger("medfm.export")
 
@@ -153,8 +154,8 @@ def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities:
         manifest["towers"][m] = {**preprocessing_record(model, m, info["inputs"], files), "file": info["file"]}
         log.info("exported %s → %s", m, out / info["file"])
     write_json(out / "preprocessing.json", manifest)
-    card = write_model_card(model_dir) if (Path(model_dir) / "model.safetensors").is_file() or \
-        (Path(model_dir) / "config.json").is_file() else None
+    card = write_model_card(model_dir) if (Path(model_dir) / WEIGHTS_NAME).is_file() or \
+        (Path(model_dir) / CONFIG_NAME).is_file() else None
     if card is not None:
         shutil.copyfile(card, out / "README.md")
     return manifest

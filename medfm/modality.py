@@ -147,7 +147,7 @@ class ModalityAdapter:
 
     # --------------------------------------------------------- model building
     def tower_config(self) -> Dict[str, Any]:
-        """The tower the engine builds for this modality (see ``medfm.models.towers``)."""
+        """The tower the engine builds for this modality (a registered tower: ``vit`` in :mod:`medfm.models.vit_tower`, ``hf`` in :mod:`medfm.models.hf_tower`)."""
         raise NotImplementedError
 
     def fit(self, values: Iterable[Any]) -> None:

@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from medfm.data.manifest import is_missing
 from medfm.errors import ConfigError, DataError
 from medfm.modality import ModalityAdapter, Record, file_reference, require_file
 from medfm.registry import register_modality
@@ -43,7 +44,8 @@ from medfm.registry import register_modality
 from . import tokenizers as tk
 
 DEFAULT_RANKS = ("order_name", "family_name", "genus_name", "species_name")
-_MISSING = {"", "nan", "none", "null", "na", "n/a", "not_classified", "not classified"}
+#: how taxonomy tables spell an unassigned rank (beyond an empty manifest cell)
+_UNASSIGNED_RANK = {"nan", "none", "null", "na", "n/a", "not_classified", "not classified"}
 _WS = re.compile(r"\s+")
 # "FINDINGS:" / "IMPRESSION :" at a line start or after a sentence end.
 _SECTION = re.compile(r"(?:^|(?<=[\n.]))\s*([A-Z][A-Z /&-]{2,40}?)\s*:", re.MULTILINE)
@@ -88,13 +90,14 @@ def extract_sections(text: str, sections: Sequence[str]) -> str:
     return " ".join(parts) if parts else str(text)
 
 
-def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip().lower() in _MISSING
+def _rank_unassigned(v: Any) -> bool:
+    """An empty cell (:func:`medfm.data.manifest.is_missing`) or a taxonomy table's "not classified" spelling."""
+    return is_missing(v) or str(v).strip().lower() in _UNASSIGNED_RANK
 
 
 def taxonomy_text(row: Mapping[str, Any], ranks: Sequence[str] = DEFAULT_RANKS) -> str:
     """``"order family genus species"`` from a row's taxonomy columns; missing ranks skipped."""
-    return " ".join(str(row[r]).strip() for r in ranks if r in row and not _is_missing(row[r]))
+    return " ".join(str(row[r]).strip() for r in ranks if r in row and not _rank_unassigned(row[r]))
 
 
 @register_modality("text")

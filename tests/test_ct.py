@@ -232,7 +232,7 @@ def test_imaging_run_configs_build(name):
     """Every imaging config resolves, its objectives build, and its model builds (trunk shrunk for speed)."""
     from medfm.io import deep_merge, load_config_file
     from medfm.objectives import build_objective
-    from medfm.train.trainer import resolve_run_config
+    from medfm.train.pretrainer import resolve_run_config
 
     import medfm
 

@@ -21,7 +21,7 @@ from medfm.data import ManifestDataset, MultiModalCollate, read_manifest
 from medfm.errors import CheckpointError, ConfigError, DataError
 from medfm.finetune import (TaskSpec, assign_patients, finetune, fuse, load_finetuned, make_splits,
                             predict_loader, regression_metrics, task_loss)
-from medfm.finetune.trainer import resolve_config
+from medfm.finetune.finetuner import resolve_config
 
 FAST = {"batch_size": 16, "split_column": None, "val_fraction": 0.2, "test_fraction": 0.25, "seed": 0}
 

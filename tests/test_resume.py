@@ -20,7 +20,7 @@ import yaml
 from medfm.cli import main
 from medfm.errors import CheckpointError
 from medfm.registry import MODALITIES, register_modality
-from medfm.train.checkpoint import load_optimizer_state_by_name, optimizer_state_by_name
+from medfm.train.resume_checkpoint import load_optimizer_state_by_name, optimizer_state_by_name
 from conftest import ToySignal
 from toy_cohort import write_toy_manifest
 
@@ -156,7 +156,7 @@ _DRIVER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import conftest, test_resume  # registers the toy modalities
-import medfm.train.checkpoint as ck
+import medfm.train.resume_checkpoint as ck
 kill_at = int(os.environ.get("KILL_IN_SAVE_AT", "0"))
 if kill_at:
     real = ck.torch.save

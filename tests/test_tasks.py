@@ -203,5 +203,5 @@ def test_engine_never_imports_evaluation():
 def test_the_app_cycles_are_gone():
     extra = _imports(ROOT / "medfm/cli/commands/evaluate_extra.py")
     assert not any("evaluate" == n.split(".")[-1] for n in extra)
-    report = _imports(ROOT / "medfm/demo/report.py")
+    report = _imports(ROOT / "medfm/demo/demo_report.py")
     assert not any(n.startswith("medfm.demo.pipeline") for n in report)

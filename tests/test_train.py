@@ -14,7 +14,7 @@ import yaml
 
 import medfm
 from medfm.cli import main
-from medfm.train.checkpoint import latest_checkpoint
+from medfm.train.resume_checkpoint import latest_checkpoint
 from toy_cohort import write_toy_manifest
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert main(["pretrain", str(cfg), "--out", str(out), "--max-steps", "2"]) == 0
     good = latest_checkpoint(out / "checkpoints")
     # a crash while writing the next checkpoint leaves the previous one intact and no partial directory
-    import medfm.train.checkpoint as ck
+    import medfm.train.resume_checkpoint as ck
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

@@ -19,7 +19,7 @@ import medfm
 from medfm.data import ManifestDataset, MultiModalCollate, read_manifest
 from medfm.errors import ConfigError
 from medfm.finetune import FineTunedModel, TaskHead, TaskSpec, apply_lora, finetune
-from medfm.finetune.checkpoint import finetune_meta
+from medfm.finetune.layout import finetune_meta
 from medfm.train import Trainer
 from medfm.train.loop import TrainCore, build_optimizer
 from medfm.train.paths import config_path

@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from medfm.evaluation.vectors import l2_normalize
+
 SEED = 0
 
 #: fixed budgets: full run (≤ 30 min on a 2-core CPU) and the CI's quick run.
@@ -144,8 +146,7 @@ def accuracy_ci(y_true: Sequence[Any], y_pred: Sequence[Any], *, n_boot: int, se
 
 def cosine_1nn(query: np.ndarray, keys: np.ndarray, block: int = 2048) -> np.ndarray:
     """Index of each query's nearest key by cosine similarity: ``(Q, D), (K, D) -> (Q,)``."""
-    q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-    k = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
+    q, k = l2_normalize(query, axis=1), l2_normalize(keys, axis=1)
     out = np.empty(len(q), dtype=np.int64)
     for s in range(0, len(q), block):
         out[s:s + block] = (q[s:s + block] @ k.T).argmax(1)

@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
     import medfm.modalities  # noqa: F401  (registers the adapters)
     from . import BUDGETS
-    from . import report
+    from . import suite_report
 
     torch.set_num_threads(int(args.threads))
     logging.getLogger("medfm").setLevel(logging.ERROR)

@@ -39,6 +39,7 @@ import pandas as pd
 
 from . import TRUNK, TEXT_HF, TEXT_HF_NODROP, Stopwatch, accuracy_ci, block_result, cosine_1nn, pretrain, verdict
 from medfm.demo.machine import gemm_gflops
+from medfm.evaluation.vectors import l2_normalize
 
 from .baselines import kmer_frequencies
 
@@ -113,7 +114,7 @@ def mean_pairwise_cosine(X: np.ndarray, n: int = 500, seed: int = 0) -> float:
     """Mean off-diagonal cosine of up to ``n`` rows: near 1 = collapsed/collinear embeddings."""
     rng = np.random.default_rng(seed)
     X = X[rng.permutation(len(X))[:n]]
-    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    X = l2_normalize(X, axis=1)
     c = X @ X.T
     return float((c.sum() - np.trace(c)) / max(1, c.size - len(c)))
 
@@ -124,7 +125,7 @@ def evaluate_representation(X: np.ndarray, df: pd.DataFrame, *, n_boot: int, see
     from medfm.evaluation.probes import linear_probe
     from medfm.evaluation.tasks import run_bioscan
 
-    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)  # cosine everywhere
+    X = l2_normalize(X, axis=1)  # cosine everywhere
     split = df["split"].to_numpy()
     keys = np.flatnonzero(np.isin(split, ["train", "val"]))
     test = np.flatnonzero(split == "test")

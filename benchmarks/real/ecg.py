@@ -353,7 +353,7 @@ def learning_curve(curve: Dict[int, Dict[str, np.ndarray]], rnd: Dict[str, Any],
 
 
 def plot_curve(lc: Dict[str, Any], path: Path) -> Path:
-    from .report import plt
+    from .suite_report import plt
 
     pts = lc["points"]
     fig, ax = plt.subplots(figsize=(5.5, 3.5))

@@ -39,7 +39,7 @@ REPORT_VARIANTS = {
 def tune_reports(data: Path, out: Path, steps: int, only) -> None:
     import torch
     from . import pretrain
-    from .reports import clip_config, embed_pairs, load_reports, pairs, retrieval
+    from .radiology_reports import clip_config, embed_pairs, load_reports, pairs, retrieval
 
     budget = dict(BUDGETS["full"]["reports"], clip_steps=steps)
     df = load_reports(data, None, 0)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
 from ..errors import UsageError
+from ..models.multimodal import CONFIG_NAME
 
 CONFIG_KEY = "data_columns"
 
@@ -48,7 +49,7 @@ def recorded_columns(model_dir: Optional[os.PathLike]) -> Dict[str, str]:
     if model_dir is None:
         return {}
     d = Path(str(model_dir))
-    cfg = _read_json(d / "config.json")
+    cfg = _read_json(d / CONFIG_NAME)
     cols = cfg.get(CONFIG_KEY)
     if not cols and isinstance(cfg.get("finetune"), Mapping):
         cols = cfg["finetune"].get("columns")

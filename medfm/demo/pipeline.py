@@ -33,11 +33,12 @@ from medfm.errors import ConfigError
 from medfm.evaluation.embed import embed_manifest, encode_values, logit_scale, rows_for
 from medfm.evaluation.index import VectorIndex, model_fingerprint
 from medfm.evaluation.tasks import run_probe, run_retrieval, run_zeroshot
-from medfm.evaluation.zeroshot import l2n, parse_prompt_set, text_classifier, zeroshot_scores
+from medfm.evaluation.vectors import l2_normalize
+from medfm.evaluation.zeroshot import parse_prompt_set, text_classifier, zeroshot_scores
 from medfm.finetune import finetune
 from medfm.train import Trainer
 
-from . import report as rep
+from . import demo_report as rep
 from .cohort import CLASSES, IMAGING, PROMPTS, CohortSpec, copy_real_files, generate_cohort
 from .machine import machine_info, machine_line
 
@@ -133,7 +134,7 @@ class EmbeddedCohort:
                     acc[pos[sid]] += z
                     cnt[pos[sid]] += 1
         keep = cnt > 0
-        return l2n(acc[keep] / cnt[keep, None]), df[keep].reset_index(drop=True)
+        return l2_normalize(acc[keep] / cnt[keep, None]), df[keep].reset_index(drop=True)
 
 
 def embed_all(model, df: pd.DataFrame, modalities: Sequence[str], progress: bool) -> EmbeddedCohort:

@@ -13,13 +13,13 @@ losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.trainer` (the
 fine-tuning step and epoch compute, on the core :mod:`medfm.train.loop`),
 :mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.checkpoint` (the directory layout).
 """
-from .checkpoint import weight_files
+from .layout import weight_files
 from .model import FineTunedModel, export_merged, load_finetuned
 from .heads import TaskHead, TaskSpec, fuse, task_loss
 from .lora import (PRESETS, apply_lora, count_parameters, find_target_modules, freeze, lora_state_dict, merge_lora,
                    load_lora_state_dict)
 from ..data.splits import assign_patients, check_no_leakage, make_splits
-from .trainer import DEFAULT_CONFIG, FineTuner, finetune, predict_loader, predict_scores, regression_metrics
+from .finetuner import DEFAULT_CONFIG, FineTuner, finetune, predict_loader, predict_scores, regression_metrics
 
 __all__ = [
     "finetune", "FineTuner", "DEFAULT_CONFIG", "predict_scores", "predict_loader", "regression_metrics",

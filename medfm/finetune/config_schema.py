@@ -1,6 +1,6 @@
 """The typed schema of a fine-tuning config (``medfm finetune CONFIG``), on :mod:`medfm.schema`.
 
-Checked by :func:`medfm.finetune.trainer.resolve_config` before the base model or any data is
+Checked by :func:`medfm.finetune.finetuner.resolve_config` before the base model or any data is
 read; messages carry the key path (``optim.lr: expected a number, got 'abc'``). Cross-field
 rules (a monitor that fits the task kind) stay in ``resolve_config``.
 

@@ -1,7 +1,7 @@
 """``FineTunedModel``: a base :class:`~medfm.models.MultiModalModel` + peft adapters + a task head.
 
 The base model knows nothing of heads; this type owns them and its own checkpoint
-format (see :mod:`medfm.finetune.checkpoint` for the file layout):
+format (see :mod:`medfm.finetune.layout` for the file layout):
 
 - :meth:`FineTunedModel.save_pretrained` writes only what was trained (peft adapters,
   or the trained encoder tensors of method ``full``, and the head) next to a reference to
@@ -33,7 +33,7 @@ from ..errors import CheckpointError
 from ..io import atomic_directory
 from ..models.multimodal import MultiModalModel
 from ..registry import register_checkpoint_kind
-from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_WEIGHTS, CONFIG_NAME, FULL_WEIGHTS, HEAD_WEIGHTS,
+from .layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_WEIGHTS, CONFIG_NAME, FULL_WEIGHTS, HEAD_WEIGHTS,
                          base_sha256, read_finetune_meta, resolve_base, write_config)
 from .heads import TaskHead, TaskSpec
 from .lora import apply_lora, freeze, load_lora_state_dict, lora_state_dict, merge_lora
@@ -52,7 +52,7 @@ class FineTunedModel(nn.Module):
         head: the task head over the encoder's ``(B, embed_dim)`` embeddings.
         task: the task (``TaskSpec`` or its dict: ``kind``, ``label_column``, ``classes``, ...).
         meta: the ``finetune`` section of ``config.json``
-            (:func:`medfm.finetune.checkpoint.finetune_meta`).
+            (:func:`medfm.finetune.layout.finetune_meta`).
 
     Parameters are registered encoder first, then head (the order the optimiser sees).
     """

@@ -17,7 +17,7 @@ from .composite import (
     unwrap_model,
 )
 from .contrastive import clip_loss, hard_negative_log_weights, pair_loss, scale_from_log, siglip_loss
-from .distributed import GlobalView, gather_features, gather_nograd, gather_view, is_distributed, world_info
+from .gather import GlobalView, gather_features, gather_nograd, gather_view, is_distributed, world_info
 from .masked import MaskedObjective
 from .views import ViewsObjective
 from .multi import gram_loss, gram_volume, modality_pairs, multimodal_contrastive_loss

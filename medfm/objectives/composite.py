@@ -25,7 +25,7 @@ from torch import nn
 from medfm.errors import ConfigError
 from medfm.registry import OBJECTIVES, register_objective
 
-from .distributed import union_names
+from .gather import union_names
 from .multi import MODES, gram_loss, multimodal_contrastive_loss
 
 __all__ = [

@@ -30,7 +30,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .distributed import GlobalView, gather_view
+from .gather import GlobalView, gather_view
 from .clip_fused import symmetric_clip_sum
 
 __all__ = [

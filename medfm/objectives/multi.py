@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .contrastive import _row_targets, pair_loss, scale_from_log, zero_loss
-from .distributed import GlobalView, gather_view
+from .gather import GlobalView, gather_view
 
 __all__ = ["modality_pairs", "multimodal_contrastive_loss", "gram_volume", "gram_loss"]
 

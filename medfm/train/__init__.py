@@ -1,8 +1,8 @@
 """Training: the core shared with fine-tuning (:mod:`.loop`), the pretraining trainer,
 checkpoints, schedule, sampler, distributed set-up and the config path rule (:mod:`.paths`)."""
-from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .resume_checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from .loop import MetricsLog, SkipCounter, TrainCore, build_optimizer
-from .trainer import DEFAULT_RUN, Trainer, resolve_run_config
+from .pretrainer import DEFAULT_RUN, Trainer, resolve_run_config
 
 __all__ = ["Trainer", "DEFAULT_RUN", "resolve_run_config", "latest_checkpoint", "load_trainer_state",
            "save_checkpoint", "TrainCore", "SkipCounter", "MetricsLog", "build_optimizer"]

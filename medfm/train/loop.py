@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..data import move_batch
 from ..errors import ConfigError
-from .checkpoint import BY_NAME, load_optimizer_state_by_name, set_rng_state
+from .resume_checkpoint import BY_NAME, load_optimizer_state_by_name, set_rng_state
 from .distributed import DistInfo
 from .schedule import build_optimizer
 
@@ -181,7 +181,7 @@ class TrainCore:
 
     def restore(self, state: Mapping[str, Any], rank: int, world_size: int, source: Any = None) -> None:
         """Optimiser, schedule and this rank's RNG from a training checkpoint's state
-        (:func:`medfm.train.checkpoint.load_trainer_state`); ``source`` names it in messages."""
+        (:func:`medfm.train.resume_checkpoint.load_trainer_state`); ``source`` names it in messages."""
         if self.unsharded:  # FSDP: the saved state is the full (unsharded) one
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

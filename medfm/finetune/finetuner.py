@@ -9,7 +9,7 @@ Python use (the API ``medfm demo`` and the CLI call)::
     result["test"]["macro_auroc"], result["test_ci"]["macro_auroc"]      # point, (low, high)
 
 The output directory then holds a fine-tuned checkpoint (a
-:class:`~medfm.finetune.model.FineTunedModel`, layout in :mod:`medfm.finetune.checkpoint`),
+:class:`~medfm.finetune.model.FineTunedModel`, layout in :mod:`medfm.finetune.layout`),
 ``metrics.json`` (the returned dict), ``history.jsonl`` (one line per epoch) and
 ``test_predictions.csv``.
 
@@ -39,13 +39,14 @@ from ..errors import ConfigError
 from ..io import deep_merge, write_json
 from ..metrics import cluster_bootstrap, metrics_with_ci
 from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
+from ..models.multimodal import CONFIG_NAME
 from ..models.init import apply_init, model_config_with_init, summary_lines, write_init_report
 from ..registry import get_modality
 from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
 from ..train.paths import config_path
 from ..train.schedule import cosine_with_warmup
 from . import config_schema as cs
-from .checkpoint import finetune_meta
+from .layout import finetune_meta
 from .heads import TaskHead, TaskSpec, task_loss
 from .lora import PRETRAINING_ONLY, apply_lora, count_parameters, freeze, shared_with
 from .model import FineTunedModel
@@ -290,7 +291,7 @@ class FineTuner:
         """The base checkpoint, or — with ``init`` or a model config as ``base`` — a model built and
         initialised from imported weights, saved to ``OUT/base`` (the fine-tuned checkpoint refers to it)."""
         inits = dict(cfg.get("init") or {})
-        is_ckpt = self.base is not None and (self.base / "config.json").is_file()
+        is_ckpt = self.base is not None and (self.base / CONFIG_NAME).is_file()
         if is_ckpt and not inits:
             return MultiModalModel.from_pretrained(self.base)
         if is_ckpt:

@@ -6,7 +6,7 @@ optimiser/schedule/RNG restore — is the training core shared with fine-tuning
 (:mod:`medfm.train.loop`). This module keeps what is particular to pretraining: building the
 model and its adapters from the manifest, the objectives, the step/time-budget schedule
 (:mod:`medfm.train.schedule`), atomic checkpoints every N steps with the data position and
-exact resume (:mod:`medfm.train.checkpoint`), and the final ``save_pretrained``.
+exact resume (:mod:`medfm.train.resume_checkpoint`), and the final ``save_pretrained``.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from ..card import write_model_card
 from ..models.init import write_init_report
 from ..objectives import build_objective
 from ..registry import get_modality
-from .checkpoint import (checkpoint_candidates, clean_temporaries, first_difference, load_trainer_state,
-                         optimizer_state_by_name, read_run_config, rng_state, save_checkpoint)
+from .resume_checkpoint import (checkpoint_candidates, clean_temporaries, first_difference, load_trainer_state,
+                                optimizer_state_by_name, read_run_config, rng_state, save_checkpoint)
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
 from .loop import MetricsLog, TrainCore, build_optimizer, progress, wrap_model
 from .paths import config_path
