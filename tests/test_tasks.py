@@ -1,7 +1,5 @@
-"""evaluation.tasks against hand computations and scikit-learn on small fixed inputs; the layer rules."""
-import ast
+"""evaluation.tasks against hand computations and scikit-learn on small fixed inputs."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,8 +10,6 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from medfm.evaluation import tasks
 from medfm.evaluation.zeroshot import class_prototypes
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _unit(x):
@@ -167,41 +163,3 @@ def test_bioscan_points_and_intervals_by_hand():
     lo, hi = _hand_bootstrap(lambda rows: np.mean(pred[idx][rows] == true[idx][rows]), np.arange(idx.size), 100, 1)
     assert res.ci["seen/species/micro"] == pytest.approx((lo, hi))
     assert res.metrics["unseen/species/micro"] == 0.0
-
-
-def _imports(path):
-    tree = ast.parse(path.read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: resolve against the file's package (files under medfm/)
-                pkg = list(path.relative_to(ROOT).with_suffix("").parts[:-1])
-                base = ".".join(pkg[:len(pkg) - node.level + 1] + ([node.module] if node.module else []))
-            names.add(base)
-            names.update(f"{base}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-    return names
-
-
-#: medfm/finetune is owned elsewhere; its one import switches to medfm.metrics at merge
-_PENDING: set = set()
-
-
-def test_engine_never_imports_evaluation():
-    bad = []
-    for path in sorted((ROOT / "medfm").rglob("*.py")):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith(("medfm/cli/", "medfm/demo/")) or rel in _PENDING:
-            continue
-        if any(n == "medfm.evaluation" or n.startswith("medfm.evaluation.") for n in _imports(path)):
-            bad.append(rel)
-    assert not bad, f"engine modules import evaluation/: {bad}"
-
-
-def test_the_app_cycles_are_gone():
-    extra = _imports(ROOT / "medfm/cli/commands/evaluate_extra.py")
-    assert not any("evaluate" == n.split(".")[-1] for n in extra)
-    report = _imports(ROOT / "medfm/demo/demo_report.py")
-    assert not any(n.startswith("medfm.demo.pipeline") for n in report)

@@ -91,9 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["environment"]["load_average_at_end"] = os.getloadavg()
     except OSError:
         pass
-    paths = report.write(out, results)
+    paths = suite_report.write(out, results)
     print()
-    print(report.table_text(report.headline_rows(results["blocks"])))
+    print(suite_report.table_text(suite_report.headline_rows(results["blocks"])))
     print(f"\nwall time {results['wall_s']:.0f} s; wrote {paths['results']} and {paths['report']}")
     return 1 if failed else 0
 

@@ -26,7 +26,6 @@ resumes after the last committed shard (:func:`write_shards` with the same argum
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import posixpath

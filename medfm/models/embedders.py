@@ -10,11 +10,10 @@ configured one.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..layers.pos_embed import resample_pos_embed, sincos_pos_embed

@@ -1,7 +1,6 @@
 """The ``vit`` tower: token embedder → transformer trunk → pooling, with MAE / MLM heads."""
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, Optional
 
 import torch
