@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import List, Optional
 
 BLOCKS = ("dna", "ecg", "imaging", "reports")
+#: the module that runs each block
+BLOCK_MODULES = {"dna": "dna", "ecg": "ecg", "imaging": "imaging", "reports": "radiology_reports"}
 
 
 def environment() -> dict:
@@ -73,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                "environment": environment(), "budgets": {b: BUDGETS[mode][b] for b in blocks}, "blocks": {}}
     failed = False
     for name in blocks:
-        mod = importlib.import_module(f"{__package__}.{name}")
+        mod = importlib.import_module(f"{__package__}.{BLOCK_MODULES[name]}")
         print(f"[{time.perf_counter() - t0:7.1f} s] block {name} …", flush=True)
         tb = time.perf_counter()
         try:
