@@ -174,3 +174,16 @@ def test_describe_reads_field_docs_from_metadata_or_the_class_docstring():
                                    "doc": "how many blocks; written over two lines."}
     assert rows["tags"]["doc"] == "free labels" and rows["tags"]["type"] == "list[str]" and rows["tags"]["default"] == []
     assert rows["seed"]["type"] == "int?" and rows["seed"]["doc"] == ""
+
+
+def test_pretraining_checks_the_model_config_before_reading_any_data(tmp_path):
+    from medfm.train import Trainer
+
+    missing = tmp_path / "no_such_manifest.csv"  # never opened: the model config fails first
+    run = {"model": {"name": "medfm-tiny", "trunk": {"depht": 3}, "modalities": XRAY},
+           "data": {"manifest": str(missing)}, "objectives": [{"name": "clip"}]}
+    with pytest.raises(ConfigError, match=r"model\.trunk\.depht: unknown key"):
+        Trainer(run, tmp_path / "out")
+    run["model"]["trunk"] = {"depth": 1}
+    with pytest.raises(Exception, match="no_such_manifest"):  # a valid model: now the manifest is read
+        Trainer(run, tmp_path / "out")

@@ -108,6 +108,7 @@ class Trainer:
         if tcfg.get("num_threads"):  # tiny models on a CPU often run faster on one thread
             torch.set_num_threads(int(tcfg["num_threads"]))
         torch.manual_seed(int(tcfg["seed"]))  # identical initial weights on every rank
+        self.model_config = self._resolve_model_config()  # checked before any data is read
         self.shards = None
         if dcfg.get("shards"):  # streaming from `medfm shard` output (medfm.data.shard_stream)
             from ..data.shards import fit_frame, open_index  # deferred: fsspec, only for streamed shards
@@ -173,6 +174,14 @@ class Trainer:
             self.model.logit_scale.clamp_(0, math.log(100))
 
     # ----------------------------------------------------------- building
+    def _resolve_model_config(self) -> Dict[str, Any]:
+        """The run's ``model`` section resolved and checked (:func:`medfm.models.resolve_config`); a model
+        file named relative to the run config is looked up beside it, as are relative ``init`` paths."""
+        model_cfg = self.config["model"]
+        if isinstance(model_cfg, str) and self.config_dir is not None and (self.config_dir / model_cfg).is_file():
+            model_cfg = str(self.config_dir / model_cfg)
+        return resolve_config(model_cfg, base_dir=self.config_dir)
+
     def _build_model(self) -> MultiModalModel:
         tcfg = self.config["train"]
         if self.dist.is_main:
@@ -189,10 +198,7 @@ class Trainer:
             model = self._resumable_model()
             if model is not None:
                 return model
-        model_cfg = self.config["model"]
-        if isinstance(model_cfg, str) and self.config_dir is not None and (self.config_dir / model_cfg).is_file():
-            model_cfg = str(self.config_dir / model_cfg)
-        mcfg = resolve_config(model_cfg, base_dir=self.config_dir)  # relative init paths: beside the run config
+        mcfg = copy.deepcopy(self.model_config)
         adapters = {}
         # sorted: the order a checkpoint's config.json restores, so a resumed model is the same
         # module tree (and draws MAE masks in the same order) whatever the order in the YAML
