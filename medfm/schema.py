@@ -20,10 +20,11 @@ default and doc, which ``medfm info --config-schema`` prints.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 import warnings
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 from .errors import ConfigError
 
@@ -172,6 +173,13 @@ def validate(schema: Type[T], data: Mapping[str, Any], path: str = "", *,
     if callable(check):
         check(path)
     return obj
+
+
+def defaults(schema: type, drop: Sequence[str] = ("name", "description")) -> Dict[str, Any]:
+    """A schema's field defaults as plain containers (tuples as lists, as YAML gives them): the one
+    place a config's defaults are written. ``drop`` leaves out labels that have no default meaning."""
+    out = json.loads(json.dumps(to_dict(schema())))
+    return {k: v for k, v in out.items() if k not in drop}
 
 
 def to_dict(obj: Any) -> Any:

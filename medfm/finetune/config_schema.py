@@ -76,6 +76,7 @@ class FinetuneEval:
 @dataclass
 class FinetuneConfig:
     base: Optional[str] = None
+    init: Dict[str, Any] = field(default_factory=dict)
     modalities: Optional[List[str]] = None
     columns: Dict[str, str] = field(default_factory=dict)
     task: TaskConfig = field(default_factory=TaskConfig)

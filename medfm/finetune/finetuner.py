@@ -42,6 +42,7 @@ from ..models import MultiModalModel, create_model, resolve_config as resolve_mo
 from ..models.multimodal import CONFIG_NAME
 from ..models.init import apply_init, model_config_with_init, summary_lines, write_init_report
 from ..registry import get_modality
+from ..schema import defaults as schema_defaults
 from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
 from ..train.paths import config_path
 from ..train.schedule import cosine_with_warmup
@@ -55,28 +56,8 @@ log = logging.getLogger("medfm.finetune")
 
 METHODS = ("lora", "full", "linear")
 
-DEFAULT_CONFIG: Dict[str, Any] = {
-    "base": None,                 # base checkpoint directory, or a model config (preset/YAML/dict) with ``init``
-    "init": {},                   # {modality: init spec}: tower weights imported into the base (medfm.models.init)
-    "modalities": None,           # towers to fine-tune / fuse; default: every base modality with a manifest column
-    "columns": {},                # {modality: manifest column} when not named after the modality
-    "task": {"kind": "multiclass", "label_column": "label", "separator": ";", "class_balanced": False,
-             "empty_is_negative": False},
-    "method": "lora",             # lora | full | linear (frozen encoder)
-    "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "dora": False, "target_modules": None},
-    "fusion": "concat",           # concat | mean
-    "head": {"hidden": 0, "dropout": 0.0},
-    "data": {"manifest": None, "batch_size": 16, "num_workers": 0, "split_column": "split", "val_fraction": 0.15,
-             "test_fraction": 0.15, "seed": 0, "cache_dir": None},
-    "optim": {"lr": 1e-3, "head_lr": None, "weight_decay": 0.01, "epochs": 20, "patience": 5, "monitor": None,
-              "min_delta": 0.0, "warmup_steps": 0, "grad_clip": 1.0},
-    "eval": {"n_boot": 1000, "seed": 0},
-    "merge": False,               # also export a merged model to <out>/merged
-    "device": "auto",
-    "seed": 0,
-    "progress": True,
-    "tensorboard": False,         # also write history.jsonl's numbers as TensorBoard scalars to OUT/tb
-}
+#: the fine-tune config's defaults: the field defaults of :class:`medfm.finetune.config_schema.FinetuneConfig`
+DEFAULT_CONFIG: Dict[str, Any] = schema_defaults(cs.FinetuneConfig)
 
 #: monitor name → (metric key, higher is better)
 MONITORS = {"auroc": ("macro_auroc", True), "auprc": ("macro_auprc", True), "accuracy": ("accuracy", True),

@@ -11,7 +11,6 @@ exact resume (:mod:`medfm.train.resume_checkpoint`), and the final ``save_pretra
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -34,30 +33,20 @@ from ..card import write_model_card
 from ..models.init import write_init_report
 from ..objectives import build_objective
 from ..registry import get_modality
+from ..schema import defaults as schema_defaults
 from .resume_checkpoint import (checkpoint_candidates, clean_temporaries, first_difference, load_trainer_state,
                                 optimizer_state_by_name, read_run_config, rng_state, save_checkpoint)
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
 from .loop import MetricsLog, TrainCore, build_optimizer, progress, wrap_model
 from .paths import config_path
-from .run_config import DataConfig, OptimConfig, RunConfig, TrainConfig, validate_run_config
+from .run_config import RunConfig, validate_run_config
 from .sampler import ResumableSampler
 from .schedule import cosine_with_warmup
 
 log = logging.getLogger("medfm.train")
 
-DEFAULT_RUN: Dict[str, Any] = {
-    "model": {"name": "medfm-tiny"},
-    "data": {"manifest": None, "split": "train", "columns": {}, "label_columns": [], "batch_size": 16,
-             "num_workers": 0, "cache_dir": None, "root": None, "confine_paths": True, "limits": {},
-             "shards": None, "shuffle_buffer": 1000},
-    "objectives": [{"name": "clip", "weight": 1.0}],
-    "optim": {"lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_steps": 10, "min_lr_ratio": 0.0,
-              "grad_clip": 1.0},
-    "train": {"max_steps": 100, "accumulation": 1, "precision": "auto", "checkpoint_every": 50,
-              "keep_checkpoints": 2, "log_every": 1, "seed": 0, "grad_checkpointing": False, "strategy": "ddp",
-              "device": "auto", "tensorboard": True, "progress": True, "resume": True, "init_from": None,
-              "max_minutes": None, "num_threads": None},
-}
+#: the run config's defaults: the field defaults of :class:`medfm.train.run_config.RunConfig`
+DEFAULT_RUN: Dict[str, Any] = schema_defaults(RunConfig)
 
 
 def resolve_run_config(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -74,11 +63,7 @@ def resolve_run_config(config: Dict[str, Any]) -> Dict[str, Any]:
     run = deep_merge(DEFAULT_RUN, config)
     if isinstance(config.get("objectives"), list):
         run["objectives"] = copy.deepcopy(config["objectives"])
-    # keys added to DEFAULT_RUN before the schema knows them are accepted untyped
-    tolerated = {sec: set(DEFAULT_RUN[sec]) - {f.name for f in dataclasses.fields(cls)}
-                 for sec, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig))}
-    tolerated[""] = set(DEFAULT_RUN) - {f.name for f in dataclasses.fields(RunConfig)}
-    return validate_run_config(run, tolerated)
+    return validate_run_config(run)
 
 
 class _ZeroObjective(nn.Module):

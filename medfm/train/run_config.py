@@ -105,7 +105,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model: Union[str, Dict[str, Any]] = "medfm-tiny"
+    model: Union[str, Dict[str, Any]] = field(default_factory=lambda: {"name": "medfm-tiny"})
     data: DataConfig = field(default_factory=DataConfig)
     objectives: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "clip", "weight": 1.0}])
     optim: OptimConfig = field(default_factory=OptimConfig)
