@@ -23,14 +23,14 @@ such a directory works with ``medfm embed``, ``zeroshot`` and ``evaluate``.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List
 
 from ..errors import CheckpointError
 from ..io import hash_file, write_json
-from ..models.multimodal import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME as BASE_WEIGHTS
+from ..models.multimodal import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME as BASE_WEIGHTS,
+                                read_checkpoint_config)
 from .heads import TaskHead, TaskSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -90,14 +90,7 @@ def resolve_base(directory: Path, meta: Dict[str, Any]) -> Path:
 
 def read_finetune_meta(directory: os.PathLike) -> Dict[str, Any]:
     """The full ``config.json`` of a fine-tuned directory; CheckpointError if it is not one."""
-    p = Path(directory) / CONFIG_NAME
-    if not p.is_file():
-        raise CheckpointError(f"{directory}: not a medfm checkpoint (no {CONFIG_NAME})")
-    try:
-        with open(p, encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{p}: unreadable config: {type(e).__name__}: {e}") from e
-    if not isinstance(cfg, dict) or "finetune" not in cfg:
-        raise CheckpointError(f"{p}: not a fine-tuned checkpoint (no 'finetune' section)")
+    cfg = read_checkpoint_config(directory)
+    if "finetune" not in cfg:
+        raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: not a fine-tuned checkpoint (no 'finetune' section)")
     return cfg

@@ -25,6 +25,29 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "medfm"
 FORMAT_VERSION = 1
 
+def read_checkpoint_config(directory: os.PathLike) -> Dict[str, Any]:
+    """The checked ``config.json`` of a medfm checkpoint directory (a base model or one built on it).
+
+    Raises:
+        CheckpointError: naming the file, when it is missing, unreadable, not a medfm model config,
+            or of a newer format version.
+    """
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{directory}: not a medfm checkpoint (no {CONFIG_NAME})")
+    try:
+        with open(cfg_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: unreadable config: {type(e).__name__}: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{cfg_path}: not a medfm model config")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path}: format version {meta['format_version']} is newer than this medfm")
+    return meta
+
+
 class MultiModalModel(nn.Module):
     """Per-modality towers → projection to ``embed_dim`` → L2 normalisation.
 
@@ -178,20 +201,8 @@ class MultiModalModel(nn.Module):
         complete base layout (``config.json`` ``model`` + ``model.safetensors``) of the directory.
         """
         directory = Path(directory)
-        cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not cfg_path.is_file():
-            raise CheckpointError(f"{directory}: not a medfm checkpoint (no {CONFIG_NAME})")
-        try:
-            with open(cfg_path, encoding="utf-8") as fh:
-                meta = json.load(fh)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{cfg_path}: unreadable config: {type(e).__name__}: {e}") from e
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"{cfg_path}: not a medfm model config")
-        if meta.get("format") != FORMAT or "model" not in meta:
-            raise CheckpointError(f"{cfg_path}: not a medfm model config")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise CheckpointError(f"{cfg_path}: format version {meta['format_version']} is newer than this medfm")
+        weights = directory / WEIGHTS_NAME
+        meta = read_checkpoint_config(directory)
         if finetune:
             for section, loader in CHECKPOINT_KINDS.items():
                 if section in meta:
