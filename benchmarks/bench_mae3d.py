@@ -38,7 +38,7 @@ def _build(impl: str, size, patch, mask: float, a):
         import medfm
         import medfm.modalities  # noqa: F401
 
-        mods = {"oct": {"frames": size[0], "size": list(size[1:]), "patch_size": list(patch), "mask_ratio": mask}}
+        mods = {"oct": {"frames": size[0], "size": list(size[1:]), "patch_size": list(patch)}}
         model = medfm.create_model({"name": "medfm-tiny", "embed_dim": 64,
                                     "trunk": {"width": a.width, "depth": a.depth, "heads": a.heads},
                                     "decoder": {"width": a.dec_width, "depth": a.dec_depth, "heads": a.dec_heads},

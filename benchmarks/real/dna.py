@@ -46,7 +46,7 @@ from .baselines import kmer_frequencies
 RANKS = ("order_name", "family_name", "genus_name", "species_name")
 #: k = 6 non-overlapping tokens for the transformer + a bag of overlapping 5-mers added to the pooled
 #: output (trunk gate 0 at start: the random tower is a random projection of 5-mer counts)
-DNA_OPTIONS = {"k": 6, "max_length": 660, "tower": "vit", "mask_ratio": 0.5, "pool": "mean", "kmer_bag": 5,
+DNA_OPTIONS = {"k": 6, "max_length": 660, "tower": "vit", "pool": "mean", "kmer_bag": 5,
                "trunk_gate": 0.0}
 #: the DNA tower's trunk: 2 blocks (the suite's width 128); chosen for CPU minutes, see README
 DNA_TRUNK = {**TRUNK, "trunk": {**TRUNK["trunk"], "depth": 2}}

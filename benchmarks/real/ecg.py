@@ -41,8 +41,7 @@ SNOMED_NAMES = {
     "164889003": "atrial fibrillation", "39732003": "left axis deviation", "427393009": "sinus arrhythmia",
     "270492004": "1st degree AV block", "164873001": "left ventricular hypertrophy",
 }
-ECG_OPTIONS = {"fs": 500, "duration": 10.0, "patch_size": 50, "per_channel": False, "mask_ratio": 0.75,
-               "random_crop": True}
+ECG_OPTIONS = {"fs": 500, "duration": 10.0, "patch_size": 50, "per_channel": False, "random_crop": True}
 #: the pretrained tower's ECG options, chosen on the training sources only (README, :func:`tune`):
 #: 100 Hz, 0.25 s patches, 5 s windows (two random crops of a record are the contrastive views)
 MAE_OPTIONS = {**ECG_OPTIONS, "fs": 100, "patch_size": 25, "duration": 5.0}
@@ -181,7 +180,7 @@ def mae_config(budget: Dict[str, Any], seed: int, ecg_options: Dict[str, Any], *
     """
     steps = int(steps or budget["mae_steps"])
     mask_ratio = float(mask_ratio if mask_ratio is not None else ecg_options.get("mask_ratio", 0.75))
-    mods = {"ecg": {**ecg_options, "mask_ratio": mask_ratio}}
+    mods = {"ecg": {k: v for k, v in ecg_options.items() if k != "mask_ratio"}}  # the ratio is the objective's
     objectives = [{"name": "masked", "weight": float(mae), "mask_ratio": mask_ratio, "modalities": ["ecg"]}] if mae else []
     if views:
         mods["ecg_view"] = {**mods["ecg"], "adapter": "ecg"}

@@ -75,7 +75,9 @@ def retrieval(q: np.ndarray, g: np.ndarray, *, n_boot: int, seed: int) -> Dict[s
 
 
 #: text-tower options of the findings ↔ impression model (chosen on the validation split; see README)
-TEXT_OPTS = {"vocab_size": 2048, "min_frequency": 2, "pool": "mean", "mask_ratio": 0.15, "hf_config": TEXT_HF_NODROP}
+TEXT_OPTS = {"vocab_size": 2048, "min_frequency": 2, "pool": "mean", "hf_config": TEXT_HF_NODROP}
+#: the MLM objective's masked share (BERT's)
+MLM_RATIO = 0.15
 
 
 def clip_config(budget: Dict[str, Any], seed: int, *, text_opts: Dict[str, Any] = None, lr: float = None,
@@ -86,10 +88,11 @@ def clip_config(budget: Dict[str, Any], seed: int, *, text_opts: Dict[str, Any] 
     are positives of each other, not negatives. ``mlm_weight`` > 0 adds MLM on both towers.
     """
     opts = {**TEXT_OPTS, **(text_opts or {}), "max_length": int(budget["max_length"])}
+    mlm_ratio = float(opts.pop("mask_ratio", MLM_RATIO))  # an objective setting, not an adapter option
     objectives = [{"name": "clip", "weight": 1.0, "modalities": ["findings", "impression"],
                    "duplicate_positives": bool(duplicate_positives)}]
     if mlm_weight:
-        objectives.append({"name": "masked", "weight": float(mlm_weight), "mask_ratio": float(opts["mask_ratio"])})
+        objectives.append({"name": "masked", "weight": float(mlm_weight), "mask_ratio": mlm_ratio})
     steps = int(budget["clip_steps"])
     return {"model": {**TRUNK, "modalities": {"findings": {**opts, "adapter": "text"}, "impression": {**opts, "adapter": "text"}}},
             "data": {"split": "train", "batch_size": int(budget["batch_size"])},

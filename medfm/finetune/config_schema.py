@@ -20,6 +20,16 @@ _FRACTION = {"min": 0, "max": 0.99}
 
 @dataclass
 class TaskConfig:
+    """What the head predicts.
+
+    Attributes:
+        kind: ``multiclass``, ``multilabel`` or ``regression``.
+        label_column: the manifest column holding the label.
+        separator: separator of the labels in a multi-label cell.
+        class_balanced: weight classes (multiclass) or positives (multilabel) by inverse frequency.
+        empty_is_negative: multi-label only: an empty cell means "no finding" instead of "unknown".
+    """
+
     kind: Literal["multiclass", "multilabel", "regression"] = "multiclass"
     label_column: str = "label"
     separator: str = ";"
@@ -29,6 +39,16 @@ class TaskConfig:
 
 @dataclass
 class LoraSection:
+    """LoRA (or DoRA) adapters through peft (``method: lora``).
+
+    Attributes:
+        r: adapter rank.
+        alpha: scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the adapter's input.
+        dora: weight-decomposed LoRA (DoRA) instead of plain LoRA.
+        target_modules: ``null``/``auto`` (a preset per tower kind) or a list of module-name patterns.
+    """
+
     r: int = field(default=8, metadata={"min": 1})
     alpha: float = field(default=16, metadata={"min_exclusive": 0})
     dropout: float = field(default=0.0, metadata=_FRACTION)
@@ -38,12 +58,32 @@ class LoraSection:
 
 @dataclass
 class HeadSection:
+    """The task head over the (fused) embeddings.
+
+    Attributes:
+        hidden: width of an optional hidden layer (0: a linear head).
+        dropout: dropout before the output layer.
+    """
+
     hidden: int = field(default=0, metadata={"min": 0})
     dropout: float = field(default=0.0, metadata=_FRACTION)
 
 
 @dataclass
 class FinetuneData:
+    """The cohort and its patient-grouped splits.
+
+    Attributes:
+        manifest: the cohort manifest (CSV, TSV, JSONL or Parquet).
+        batch_size: samples per step.
+        num_workers: data-loading processes.
+        split_column: the column naming each row's split; absent: a deterministic split by patient.
+        val_fraction: share of training patients held out for validation when no rows are marked val.
+        test_fraction: share of patients held out for testing when the manifest has no split column.
+        seed: key of the patient hash that makes the splits.
+        cache_dir: where preprocessed samples are cached (``null``: no cache).
+    """
+
     manifest: Optional[str] = None
     batch_size: int = field(default=16, metadata={"min": 1})
     num_workers: int = field(default=0, metadata={"min": 0})
@@ -56,6 +96,21 @@ class FinetuneData:
 
 @dataclass
 class FinetuneOptim:
+    """AdamW, early stopping and the schedule.
+
+    Attributes:
+        lr: learning rate of the adapters (and of the encoder with ``method: full``).
+        head_lr: the head's learning rate (``null``: ``lr``).
+        weight_decay: decoupled weight decay (never on norms, biases or embeddings).
+        epochs: the most epochs.
+        patience: epochs without improvement of the monitor before stopping (0: never stop early).
+        monitor: the validation metric that picks the best epoch (``auroc``, ``auprc``, ``accuracy``,
+            ``f1``, ``mae``, ``rmse``, ``r2``, ``loss``; default: ``auroc``, or ``mae`` for regression).
+        min_delta: the least change of the monitor that counts as an improvement.
+        warmup_steps: linear warm-up steps before the cosine decay.
+        grad_clip: global gradient-norm clip (``null``: none).
+    """
+
     lr: float = field(default=1e-3, metadata={"min": 0})
     head_lr: Optional[float] = field(default=None, metadata={"min": 0})
     weight_decay: float = field(default=0.01, metadata={"min": 0})
@@ -69,12 +124,43 @@ class FinetuneOptim:
 
 @dataclass
 class FinetuneEval:
+    """The test-split evaluation.
+
+    Attributes:
+        n_boot: bootstrap resamples (by patient) of the 95% intervals.
+        seed: seed of the bootstrap.
+    """
+
     n_boot: int = field(default=1000, metadata={"min": 0})
     seed: int = 0
 
 
 @dataclass
 class FinetuneConfig:
+    """A fine-tuning run (``medfm finetune CONFIG``).
+
+    Attributes:
+        base: the base checkpoint folder, or a model config (preset or YAML) started from ``init``.
+        init: ``{modality: init spec}``: tower weights imported into the base (``medfm info`` lists formats).
+        modalities: towers to fine-tune and fuse (default: every base modality with a manifest column).
+        columns: ``{modality: column}`` where a modality's cells are not in a column of its name.
+        task: what the head predicts.
+        method: ``lora`` (adapters), ``full`` (every weight) or ``linear`` (a frozen encoder).
+        lora: the adapters of ``method: lora``.
+        fusion: how several modalities' embeddings are combined: ``concat`` or ``mean``.
+        head: the task head.
+        data: the cohort and its splits.
+        optim: the optimizer and early stopping.
+        eval: the test-split evaluation.
+        merge: also write a merged model (adapters folded in) to ``OUT/merged``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seed of the head, the adapters and the data order.
+        progress: show a progress bar.
+        tensorboard: also write the history as TensorBoard scalars to ``OUT/tb``.
+        name: a label for the run.
+        description: free text.
+    """
+
     base: Optional[str] = None
     init: Dict[str, Any] = field(default_factory=dict)
     modalities: Optional[List[str]] = None

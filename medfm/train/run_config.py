@@ -41,6 +41,23 @@ class LimitsConfig:
 
 @dataclass
 class DataConfig:
+    """Where the samples come from and how they are batched.
+
+    Attributes:
+        manifest: the cohort manifest (CSV, TSV, JSONL or Parquet); required unless ``shards`` is given.
+        split: rows of this split train (``null``: every row); used when the manifest has a ``split`` column.
+        columns: ``{modality: column}`` where a modality's cells are not in a column of its name.
+        label_columns: label columns passed to label-aware objectives.
+        batch_size: samples per step and rank.
+        num_workers: data-loading processes per rank.
+        cache_dir: where preprocessed samples are cached (``null``: no cache).
+        root: the folder path cells must stay inside (default: the manifest's folder when its path cells are relative).
+        confine_paths: refuse (as counted skips) manifest paths that escape ``root``.
+        limits: input-size limits checked before decoding.
+        shards: a folder or URL pattern written by ``medfm shard``, streamed instead of the manifest.
+        shuffle_buffer: samples held for shuffling when streaming shards.
+    """
+
     manifest: Optional[str] = None
     split: Optional[str] = "train"
     columns: Dict[str, str] = field(default_factory=dict)
@@ -70,6 +87,17 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
+    """AdamW and its schedule (linear warm-up, cosine decay; fitted to ``train.max_minutes`` when given).
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (never on norms, biases, embeddings or the logit scale).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        min_lr_ratio: the learning rate at the end of the cosine, as a fraction of ``lr``.
+        grad_clip: global gradient-norm clip (``null``: none).
+    """
+
     lr: float = field(default=1e-3, metadata=_min(0))
     weight_decay: float = field(default=0.05, metadata=_min(0))
     betas: Tuple[float, float] = (0.9, 0.95)
@@ -85,6 +113,27 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    """How long and where the run trains, and what it writes.
+
+    Attributes:
+        max_steps: optimizer steps.
+        accumulation: micro-batches per optimizer step.
+        precision: ``auto`` (bf16 on a bf16-capable GPU, else fp32), ``bf16`` or ``fp32``.
+        checkpoint_every: steps between resumable checkpoints (0 or ``null``: only the final model).
+        keep_checkpoints: how many resumable checkpoints are kept.
+        log_every: steps between lines of ``metrics.jsonl``.
+        seed: seed of the weights, the data order and the augmentations.
+        grad_checkpointing: recompute trunk activations in the backward pass (less memory).
+        strategy: ``ddp`` or ``fsdp`` under ``torchrun``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        tensorboard: also write TensorBoard scalars to ``OUT/tb``.
+        progress: show a progress bar.
+        resume: continue from the newest intact checkpoint in ``OUT/checkpoints``.
+        init_from: a checkpoint whose tensors start the model wherever names and shapes match.
+        max_minutes: a time budget; warm-up and decay are fitted to it.
+        num_threads: torch CPU threads (``null``: torch's default).
+    """
+
     max_steps: int = field(default=100, metadata=_min(1))
     accumulation: int = field(default=1, metadata=_min(1))
     precision: Literal["auto", "bf16", "fp32", "32"] = "auto"
@@ -105,6 +154,18 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    """A pretraining run (``medfm pretrain CONFIG``).
+
+    Attributes:
+        model: a preset name, a model YAML file, or a model config mapping (the model schema).
+        data: where the samples come from.
+        objectives: loss terms ``{name, weight, ...options}``, summed with their weights.
+        optim: the optimizer and its schedule.
+        train: steps, precision, checkpoints and logging.
+        name: a label for the run.
+        description: free text.
+    """
+
     model: Union[str, Dict[str, Any]] = field(default_factory=lambda: {"name": "medfm-tiny"})
     data: DataConfig = field(default_factory=DataConfig)
     objectives: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "clip", "weight": 1.0}])
