@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import medfm
-from medfm.errors import ConfigError
+from medfm.errors import CheckpointError, ConfigError
 from medfm.finetune import (TaskHead, apply_lora, count_parameters, find_target_modules, lora_state_dict,
                             load_lora_state_dict, merge_lora)
 from medfm.finetune.lora import shared_with
@@ -200,3 +200,12 @@ def test_presets_on_the_real_dna_and_text_towers(name, options):
         batch = adapter.collate([item, item])
         z = model.encode("dna", batch["x"], batch.get("mask"))
         assert z.shape == (2, model.embed_dim) and torch.isfinite(z).all()
+
+
+def test_an_encoder_with_unmerged_lora_refuses_the_base_layout(tmp_path):
+    # the base layout has no place for peft's layers: saving it would silently drop the adaptation
+    model = tiny()
+    apply_lora(model, ["toy"], r=4, alpha=8)
+    with pytest.raises(CheckpointError, match="unmerged LoRA layers"):
+        model.save_pretrained(tmp_path / "enc")
+    assert not (tmp_path / "enc").exists()

@@ -161,6 +161,11 @@ class MultiModalModel(nn.Module):
         crash never leaves a config pointing at torn weights. Other files already in
         ``directory`` (metrics, training checkpoints) are kept.
         """
+        unmerged = next((n for n, _ in self.named_parameters() if ".lora_" in n), None)
+        if unmerged is not None:  # peft layers injected by fine-tuning: this layout would not load them
+            raise CheckpointError(f"{directory}: this model carries unmerged LoRA layers ({unmerged}); save the "
+                                  "fine-tuned model (FineTunedModel.save_pretrained, adapters only) or merge "
+                                  "them first (FineTunedModel.save_merged)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         staging = directory.parent / f".{directory.name}.staging"
