@@ -4,14 +4,14 @@ Public API::
 
     from medfm.finetune import FineTunedModel, finetune
     result = finetune(config, "runs/ft")          # dict of metrics (see finetune's docstring)
-    model = FineTunedModel.from_pretrained("runs/ft")  # encoder + adapters + model.task_head, model.task
+    model = FineTunedModel.from_pretrained("./runs/ft")  # a local folder: encoder + adapters + task_head
     logits, scores = model.predict(batch)              # a MultiModalCollate batch
     model.save_pretrained("copy"); model.save_merged("merged")
 
 Modules: :mod:`.lora` (presets, apply/merge), :mod:`.heads` (TaskSpec, TaskHead, fusion,
-losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.trainer` (the run: what a
+losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.finetuner` (the run: what a
 fine-tuning step and epoch compute, on the core :mod:`medfm.train.loop`),
-:mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.checkpoint` (the directory layout).
+:mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.layout` (the directory layout).
 """
 from .layout import weight_files
 from .model import FineTunedModel, export_merged, load_finetuned

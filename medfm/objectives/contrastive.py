@@ -25,7 +25,7 @@ Notation: ``za, zb`` are ``(B, D)`` L2-normalised features of two modalities,
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,26 @@ def zero_loss(*tensors: Optional[torch.Tensor]) -> torch.Tensor:
         term = t.float().sum() * 0.0
         out = term if out is None else out + term
     return torch.zeros(()) if out is None else out
+
+
+def mean_over_modalities(batch: Dict, modalities: Optional[Sequence[str]],
+                         loss_of: Callable[[str, Dict], Optional[torch.Tensor]],
+                         fallback: Sequence[Optional[torch.Tensor]]) -> Dict:
+    """``{"loss": mean of loss_of(mod, inputs), mod: float loss, ...}`` over the modalities present in
+    ``batch`` (all of them when ``modalities`` is None); ``loss_of`` may return None to skip one.
+    With none present the loss is :func:`zero_loss` of ``fallback`` (DDP still sees those used)."""
+    inputs = batch.get("inputs", {})
+    losses, logs = [], {}
+    for mod in (list(inputs) if modalities is None else modalities):
+        inp = inputs.get(mod)
+        if inp is None or inp["x"].shape[0] == 0:
+            continue
+        loss = loss_of(mod, inp)
+        if loss is None:
+            continue
+        losses.append(loss)
+        logs[mod] = float(loss.detach())
+    return {"loss": torch.stack(losses).mean() if losses else zero_loss(*fallback), **logs}
 
 
 def positive_mask(

@@ -14,7 +14,7 @@ from torch import nn
 from medfm.errors import ConfigError
 from medfm.registry import register_objective
 
-from .contrastive import zero_loss
+from .contrastive import mean_over_modalities
 
 __all__ = ["MaskedObjective", "parse_mask_ratio"]
 
@@ -104,18 +104,8 @@ class MaskedObjective(nn.Module):
     def forward(self, model: nn.Module, batch: Dict, cache: Optional[Dict] = None) -> Dict:
         if not self._checked and len(self.ratios) > int("default" in self.ratios):
             self._check_model(model)
-        inputs = batch.get("inputs", {})
-        names = list(inputs) if self.modalities is None else self.modalities
-        losses, logs = [], {}
-        for mod in names:
-            inp = inputs.get(mod)
-            if inp is None or inp["x"].shape[0] == 0:
-                continue
-            out = model.masked_loss(mod, inp["x"], mask=inp.get("mask"), mask_ratio=self.ratio_for(mod))
-            losses.append(out["loss"])
-            logs[mod] = float(out["loss"].detach())
-        if losses:
-            loss = torch.stack(losses).mean()
-        else:
-            loss = zero_loss(getattr(model, "logit_scale", None), *list(model.parameters())[:1])
-        return {"loss": loss, **logs}
+        def loss_of(mod: str, inp: Dict) -> torch.Tensor:
+            return model.masked_loss(mod, inp["x"], mask=inp.get("mask"), mask_ratio=self.ratio_for(mod))["loss"]
+
+        return mean_over_modalities(batch, self.modalities, loss_of,
+                                    fallback=(getattr(model, "logit_scale", None), *list(model.parameters())[:1]))

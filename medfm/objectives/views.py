@@ -18,7 +18,7 @@ from torch import nn
 from medfm.errors import ConfigError
 from medfm.registry import register_objective
 
-from .contrastive import clip_loss, zero_loss
+from .contrastive import clip_loss, mean_over_modalities
 
 __all__ = ["ViewsObjective"]
 
@@ -46,25 +46,15 @@ class ViewsObjective(nn.Module):
         self.view = dict(view or {})
 
     def forward(self, model: nn.Module, batch: Dict, cache: Optional[Dict] = None) -> Dict:
-        inputs = batch.get("inputs", {})
-        names = list(inputs) if self.modalities is None else self.modalities
-        losses, logs = [], {}
-        for mod in names:
-            inp = inputs.get(mod)
-            if inp is None or inp["x"].shape[0] == 0:
-                continue
+        def loss_of(mod: str, inp: Dict) -> Optional[torch.Tensor]:
             embedder = getattr(model.tower(mod), "embedder", None)
             if not hasattr(embedder, "random_view"):
                 if self.modalities is None:
-                    continue
+                    return None  # every present modality was asked for: this one has no views
                 raise ConfigError(f"views objective: the {mod!r} tower has no random_view (e.g. dna with kmer_bag)")
             x, m = inp["x"], inp.get("mask")
             z1 = model.encode(mod, *embedder.random_view(x, m, **self.view))
             z2 = model.encode(mod, *embedder.random_view(x, m, **self.view))
-            scale = torch.tensor(self.log_scale, device=z1.device)
-            loss = clip_loss(z1.float(), z2.float(), scale)
-            losses.append(loss)
-            logs[mod] = float(loss.detach())
-        if not losses:
-            return {"loss": zero_loss(*list(model.parameters())[:1])}
-        return {"loss": torch.stack(losses).mean(), **logs}
+            return clip_loss(z1.float(), z2.float(), torch.tensor(self.log_scale, device=z1.device))
+
+        return mean_over_modalities(batch, self.modalities, loss_of, fallback=list(model.parameters())[:1])
