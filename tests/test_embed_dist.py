@@ -43,7 +43,12 @@ def test_two_gloo_ranks_embed_equals_single_process(tmp_path):
     medfm.create_model({"name": "medfm-tiny", "modalities": {"toy": {}}}).save_pretrained(model_dir)
     args = ["embed", "--model", str(model_dir), "--manifest", str(manifest), "--modality", "toy",
             "--batch-size", "8", "--no-progress"]
-    assert main(args + ["--out", str(tmp_path / "single.safetensors")]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks run on one thread each: the same GEMM kernels give the same bits
+    try:
+        assert main(args + ["--out", str(tmp_path / "single.safetensors")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(HERE / "toy_cli.py")] + args + ["--out", str(tmp_path / "dual.safetensors")],
