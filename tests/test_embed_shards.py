@@ -105,7 +105,7 @@ def test_bad_shard_source_is_a_one_line_error(cohort, tmp_path, capsys):
 
 
 @pytest.mark.timeout(240)
-def test_two_gloo_ranks_embed_shards_equals_single_process(cohort, tmp_path):
+def test_two_gloo_ranks_embed_shards_equals_single_process(cohort, tmp_path, one_thread):
     args = embed_args(cohort, "toyfile", ("--shards", cohort / "shards"), tmp_path / "dual.safetensors")
     script = tmp_path / "cli.py"  # the CLI with the test modalities (toy, toyfile) registered
     script.write_text(f"import sys\nsys.path.insert(0, {str(HERE)!r})\nimport conftest, test_shards\n"
