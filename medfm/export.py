@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 from .card import write_model_card
 from .errors import UsageError
 from .finetune.model import FineTunedModel
-from .io import write_json
+from .finetune.layout import weight_files
+from .io import hash_file, write_json
 from .models import load_pretrained
 from .models.multimodal import CONFIG_NAME, WEIGHTS_NAME
 
@@ -111,7 +113,11 @@ def export_tower(model: nn.Module, modality: str, fmt: str, path: Path, opset: i
     inputs, described = example_inputs(model, modality)
     names = list(inputs)
     args = tuple(inputs[n] for n in names)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # known-benign TracerWarnings inside transformers' BERT attention (hf towers): the mask-padding
+        # length (kv_length - mask length) is 0 for an encoder whose mask has the input's length, and
+        # is_causal is False whenever a mask is passed, as the exported graph always does
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers\.")
         if fmt == "onnx":
             dyn = {n: ({0: "batch"} if n == "x" and inputs[n].dtype.is_floating_point else {0: "batch", 1: "length"})
                    for n in names}
@@ -124,6 +130,13 @@ def export_tower(model: nn.Module, modality: str, fmt: str, path: Path, opset: i
         else:
             raise UsageError(f"export format must be one of {FORMATS}, got {fmt!r}")
     return {"inputs": described, "file": path.name}
+
+
+def model_identity(model_dir: os.PathLike) -> Dict[str, Any]:
+    """The exported checkpoint by folder name and the sha256 of its files (no path of this machine)."""
+    d = Path(model_dir).resolve()
+    files = [d / CONFIG_NAME] + weight_files(d)
+    return {"name": d.name, "sha256": {f.name: hash_file(f).hexdigest() for f in files if f.is_file()}}
 
 
 def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities: Optional[Sequence[str]] = None,
@@ -144,7 +157,8 @@ def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = ".onnx" if fmt == "onnx" else ".pt"
-    manifest: Dict[str, Any] = {"format": fmt, "model_dir": str(Path(model_dir).resolve()),
+    # the source checkpoint by folder name and weights hash, never by a path of this machine
+    manifest: Dict[str, Any] = {"format": fmt, "model": model_identity(model_dir),
                                 "embed_dim": int(model.embed_dim),
                                 "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
                                 "init_sources": getattr(model, "init_sources", {}), "towers": {}}

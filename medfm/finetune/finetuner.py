@@ -20,6 +20,8 @@ validation and early stopping on the best epoch, the test evaluation and what is
 """
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import logging
 import math
@@ -454,7 +456,9 @@ class FineTuner:
         self.model.save_pretrained(self.out)
         if cfg["merge"]:
             result["merged"] = str(self.model.save_merged(self.out / "merged"))
-        write_json(self.out / "metrics.json", result)
+        # on disk, paths are relative to the run folder (metrics.json travels with the checkpoint)
+        write_json(self.out / "metrics.json", {**result, "out": ".", **(
+            {"merged": os.path.relpath(result["merged"], self.out)} if result.get("merged") else {})})
         write_model_card(self.out)
         return result
 
