@@ -6,10 +6,15 @@ Each file maps the tensors a modality adapter produces to the model's embedding:
                                         output  embedding (B, embed_dim) float32, L2-normalised
 
 with a dynamic batch dimension (and a dynamic sequence length for token inputs), plus
-``preprocessing.json`` — what the adapter does to a file before the tower (its options:
-spacing, HU windows, sampling rate, leads, sizes, normalisation; the tokenizer files copied
-next to it; input shapes and dtypes) — and the model's ``logit_scale``, so a deployment can
-reproduce the pipeline without medfm.
+``preprocessing.json`` — what the adapter does to a file before the tower: its inference
+``options`` (spacing, HU windows, sampling rate, leads, sizes, normalisation) apart from the
+``training_augmentation`` options that act only in training; ``preprocessing``, the eval-mode
+steps as data where the adapter states them (reader, colour conversion, interpolation and
+antialiasing, crop/pad rule, value scaling, dtype: X-ray/fundus images and ECG records); the
+tokenizer files copied next to it; input shapes and dtypes — and the model's ``logit_scale``,
+so a deployment can reproduce the pipeline without medfm (``tests/test_clients.py`` does, with
+numpy, Pillow, torch's ``interpolate``, scipy and wfdb). The source checkpoint is named by
+folder and file hashes (``model``), never by a path of the writing machine.
 """
 from __future__ import annotations
 
@@ -89,15 +94,22 @@ def preprocessing_record(model: nn.Module, modality: str, inputs: Dict[str, Any]
     adapter = model.adapters.get(modality)
     cls = type(adapter)
     doc = inspect.getdoc(inspect.getmodule(cls)) or ""
+    options = adapter.config() if adapter is not None else {}
+    training = set(getattr(adapter, "training_options", ()))
     rec: Dict[str, Any] = {
         "adapter": getattr(adapter, "name", modality), "input_kind": getattr(adapter, "input_kind", None),
         "reads": list(getattr(adapter, "suffixes", ())),
-        "options": adapter.config() if adapter is not None else {},
+        # inference options only; what acts only in training (random flips, jitter, crops) stands apart
+        "options": {k: v for k, v in options.items() if k not in training},
+        "training_augmentation": {k: v for k, v in options.items() if k in training},
         "inputs": inputs,
         "output": {"name": "embedding", "shape": [-1, int(model.embed_dim)], "dtype": "float32", "l2_normalised": True},
         "files": files,
         "pipeline": doc,
     }
+    spec = adapter.inference_spec() if adapter is not None and hasattr(adapter, "inference_spec") else None
+    if spec is not None:  # the eval-mode steps with every constant: enough to reimplement without medfm
+        rec["preprocessing"] = spec
     if hasattr(adapter, "special_ids"):
         try:
             rec["special_ids"] = adapter.special_ids
