@@ -66,10 +66,21 @@ def find_results(directory: os.PathLike) -> List[Dict[str, Any]]:
 
 
 def _metric_values(rec: Dict[str, Any]) -> Dict[str, float]:
-    """The record's scalar metrics (``metrics`` or ``test``), without per-class ``a/b`` entries."""
+    """The model's scalar metrics of a record (``metrics``, or ``test`` of ``metrics.json``).
+
+    Left out: per-class entries (``linear/auroc/<class>``), a baseline's scores (``baseline/...``:
+    not this model's) and values that are not finite numbers.
+    """
     metrics = rec.get("metrics") or rec.get("test") or {}
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" not in k and v == v}
+    classes = {str(c) for c in rec.get("classes") or []}
+    out = {}
+    for k, v in metrics.items():
+        parts = str(k).split("/")
+        if parts[0] == "baseline" or (len(parts) > 1 and parts[-1] in classes):
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"):
+            out[str(k)] = float(v)
+    return out
 
 
 def _model_index_entry(task: str, task_name: str, dataset: Dict[str, Any], rec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -107,14 +118,12 @@ def model_index(name: str, ft: Optional[Dict[str, Any]], metrics: Optional[Dict[
 
 
 def _metric_rows(rec: Dict[str, Any]) -> List[str]:
-    metrics = rec.get("metrics") or rec.get("test") or {}
     ci = rec.get("ci") or rec.get("test_ci") or {}
     rows = []
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and "/" not in k:
-            c = ci.get(k)
-            ci_s = f"[{c[0]:.4f}, {c[1]:.4f}]" if isinstance(c, (list, tuple)) and len(c) == 2 else ""
-            rows.append(f"| {k} | {v:.4f} | {ci_s} |")
+    for k, v in _metric_values(rec).items():
+        c = ci.get(k)
+        ci_s = f"[{c[0]:.4f}, {c[1]:.4f}]" if isinstance(c, (list, tuple)) and len(c) == 2 else ""
+        rows.append(f"| {k} | {v:.4f} | {ci_s} |")
     return rows
 
 

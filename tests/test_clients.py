@@ -348,6 +348,9 @@ def pipeline(tmp_path_factory, one_thread):
     hub = root / "hub" / "models--acme--tiny-toy" / "snapshots" / "0123abc"
     medfm.create_model({"name": "medfm-tiny", "trunk": TINY_TRUNK, "modalities": {"toy": {}}}).save_pretrained(hub)
     manifest = write_toy_manifest(root / "cohort.csv", n=32)
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    df["split"] = ["test" if int(p[1:]) % 4 == 0 else "train" for p in df["patient_id"]]  # grouped by patient
+    df.to_csv(manifest, index=False)
     cfg = {"model": {"name": "medfm-tiny", "trunk": TINY_TRUNK, "modalities": {"toy": {}, "toyb": {"channels": 3}}},
            "data": {"manifest": str(manifest), "batch_size": 8},
            "objectives": [{"name": "clip", "weight": 1.0}], "optim": {"lr": 1e-3, "warmup_steps": 1},
@@ -387,16 +390,27 @@ def test_huggingface_hub_parses_every_card_with_model_index_and_base_model(pipel
     probe = json.loads((root / "probe" / "results.json").read_text())
     results = {(r.task_type, r.metric_type): r for r in model.eval_results}
     assert model.model_name == "model" and results
-    for metric, value in probe["metrics"].items():
-        if isinstance(value, (int, float)) and "/" not in metric:
-            r = results[(probe["task"], metric)]
-            assert r.metric_value == pytest.approx(value)
-            assert r.dataset_name == "cohort.csv" and r.dataset_revision == probe["manifest"]["sha256"]
+    model_metrics = {k: v for k, v in probe["metrics"].items()
+                     if isinstance(v, (int, float)) and k.split("/")[-1] not in probe["classes"]}
+    assert "linear/accuracy" in model_metrics and "linear/auroc/class0" in probe["metrics"]
+    assert not [k for k in results if k[1].endswith("/class0")]  # per-class entries stay in results.json
+    for metric, value in model_metrics.items():
+        r = results[(probe["task"], metric)]
+        assert r.metric_value == pytest.approx(value)
+        assert r.dataset_name == "cohort.csv" and r.dataset_revision == probe["manifest"]["sha256"]
     ft = ModelCard.load(root / "ft" / "README.md").data
     test_metrics = json.loads((root / "ft" / "metrics.json").read_text())["test"]
+    classes = json.loads((root / "ft" / "metrics.json").read_text())["classes"]
     got = {r.metric_type: r.metric_value for r in ft.eval_results}
-    assert got and all(got[k] == pytest.approx(v) for k, v in test_metrics.items() if "/" not in k)
-    assert ft.base_model is None  # the fine-tuned base's source is not a Hub model: omitted, not guessed
+    want = {k: v for k, v in test_metrics.items() if isinstance(v, (int, float)) and k.split("/")[-1] not in classes}
+    assert want and got == pytest.approx(want)
+    assert ft.base_model == "acme/tiny-toy"  # its towers descend from the same source
+    # a model whose towers started from no known Hub model: base_model omitted, not guessed
+    from medfm.card import write_model_card
+
+    hub = next((root / "hub").rglob("config.json")).parent
+    bare = ModelCard.load(write_model_card(hub)).data
+    assert bare.base_model is None and bare.eval_results is None
 
 
 def test_no_absolute_path_of_the_writing_machine_in_any_written_file(pipeline):
