@@ -209,6 +209,12 @@ def test_webdataset_decodes_a_medfm_shard_with_its_own_pipeline(cohort):
                 assert torch.equal(s[key]["x"], item["inputs"][mod]["x"])
     assert "ecg.safetensors" not in samples[2]  # s2 has no ECG
     assert samples[1]["ecg.safetensors"]["lead_mask"].tolist() == [True] * 12  # limb leads derived
+    # medfm's named handler is the same one line
+    from medfm.data.shards import wds_decoder
+
+    again = list(wds.WebDataset(url, shardshuffle=False).decode(wds_decoder))
+    assert [sorted(s) for s in again] == [sorted(s) for s in samples]
+    assert torch.equal(again[0]["xray.safetensors"]["x"], samples[0]["xray.safetensors"]["x"])
 
 
 # --------------------------------------------------------------------- onnxruntime from the spec alone
