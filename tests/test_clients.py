@@ -326,7 +326,6 @@ def test_onnxruntime_reproduces_embed_from_preprocessing_json_alone(cohort, moda
     sess = ort.InferenceSession(str(out / tower["file"]), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {"x": x})
     assert got.shape == want.emb.shape
-    print(modality, "max |onnx - embed|", np.abs(got - want.emb).max())
     assert np.abs(got - want.emb).max() <= 1e-4, np.abs(got - want.emb).max()
 
 
