@@ -2,16 +2,19 @@
 
 ``results.json`` schema (every evaluation)::
 
-    {"task": "zeroshot" | "retrieval" | "probe" | ..., "model": {"dir", "fingerprint"},
-     "manifest": {"path", "sha256"}, "modality": ..., "n": int,
+    {"task": "zeroshot" | "retrieval" | "probe" | ..., "model": {"dir", "name", "fingerprint"},
+     "manifest": {"path", "name", "sha256"}, "modality": ..., "n": int,
      "metrics": {name: value}, "ci": {name: [low, high]}, "ci_method": "...", ...extra}
 
-Values are plain JSON (NaN → null). Only manifest-level ids ever appear; no PHI.
+Values are plain JSON (NaN → null). Only manifest-level ids ever appear; no PHI. Paths are
+written relative to the folder of ``results.json`` (``model.dir``, ``manifest.path``), with the
+file or folder ``name`` beside them: no absolute path of the machine that wrote the record.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
@@ -189,11 +192,35 @@ def _baseline_table(record: Mapping[str, Any]) -> list:
     return out
 
 
+def relative_to_folder(path: Any, folder: Path) -> Optional[str]:
+    """``path`` relative to ``folder`` (POSIX separators), or ``None`` where none exists (another drive)."""
+    if path in (None, ""):
+        return None
+    try:
+        return Path(os.path.relpath(Path(str(path)).resolve(), folder.resolve())).as_posix()
+    except ValueError:
+        return None
+
+
+def portable_record(record: Mapping[str, Any], folder: Path) -> Dict[str, Any]:
+    """The record as written into ``folder``: ``model.dir`` and ``manifest.path`` relative to it,
+    plus their ``name`` (so no absolute path of this machine is written)."""
+    rec = dict(record)
+    for key, field in (("model", "dir"), ("manifest", "path")):
+        part = rec.get(key)
+        if isinstance(part, Mapping) and part.get(field) not in (None, ""):
+            part = dict(part)
+            part.setdefault("name", Path(str(part[field])).name)
+            part[field] = relative_to_folder(part[field], folder)
+            rec[key] = part
+    return rec
+
+
 def write_evaluation(out_dir: Any, record: Dict[str, Any], plots: Sequence[Path] = ()) -> Dict[str, Path]:
     """Write ``results.json`` and ``report.md`` (linking ``plots`` that live in ``out_dir``)."""
     d = Path(str(out_dir))
     d.mkdir(parents=True, exist_ok=True)
-    rec = to_jsonable(record)
+    rec = to_jsonable(portable_record(record, d))
     rec["plots"] = [Path(p).name for p in plots if p is not None]
     (d / "results.json").write_text(json.dumps(rec, indent=2, allow_nan=False))
     (d / "report.md").write_text(render_markdown(rec, [p for p in plots if p is not None]))

@@ -8,6 +8,12 @@ beside it (``results.json`` files below the folder or in sibling folders whose `
 this folder; ``metrics.json`` of a fine-tuning run) and writes YAML front matter + Markdown.
 Written by ``medfm pretrain``, ``medfm finetune`` and ``medfm export``; ``medfm card DIR``
 refreshes it after new evaluations.
+
+The front matter is Hugging Face model-card metadata (``huggingface_hub.ModelCard.load`` parses
+it): ``model-index`` holds every evaluation found (task, dataset = the manifest by name and
+sha256, metrics with values), and ``base_model`` the Hub id of the weights the towers started
+from, when one is known (:func:`medfm.models.init.hub_id`). The card names folders and hashes,
+never an absolute path of the machine that wrote it.
 """
 from __future__ import annotations
 
@@ -50,8 +56,8 @@ def find_results(directory: os.PathLike) -> List[Dict[str, Any]]:
         mdir = (rec.get("model") or {}).get("dir")
         if mdir is None:
             continue
-        try:
-            same = Path(mdir).resolve() == d
+        try:  # model.dir is relative to the results folder (older records: absolute)
+            same = (p.parent / mdir).resolve() == d
         except OSError:
             same = False
         if same or d in p.parents:
@@ -59,15 +65,65 @@ def find_results(directory: os.PathLike) -> List[Dict[str, Any]]:
     return sorted(out, key=lambda r: -r["mtime"])
 
 
-def _metric_rows(rec: Dict[str, Any]) -> List[str]:
+def _metric_values(rec: Dict[str, Any]) -> Dict[str, float]:
+    """The model's scalar metrics of a record (``metrics``, or ``test`` of ``metrics.json``).
+
+    Left out: per-class entries (``linear/auroc/<class>``), a baseline's scores (``baseline/...``:
+    not this model's) and values that are not finite numbers.
+    """
     metrics = rec.get("metrics") or rec.get("test") or {}
+    classes = {str(c) for c in rec.get("classes") or []}
+    out = {}
+    for k, v in metrics.items():
+        parts = str(k).split("/")
+        if parts[0] == "baseline" or (len(parts) > 1 and parts[-1] in classes):
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"):
+            out[str(k)] = float(v)
+    return out
+
+
+def _model_index_entry(task: str, task_name: str, dataset: Dict[str, Any], rec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """One ``model-index`` result (Hugging Face model-card metadata) or ``None`` without metrics."""
+    values = _metric_values(rec)
+    if not values:
+        return None
+    ds = {k: v for k, v in dataset.items() if v not in (None, "")}
+    return {"task": {"type": task, "name": task_name}, "dataset": ds,
+            "metrics": [{"type": k, "value": v, "name": k} for k, v in values.items()]}
+
+
+def model_index(name: str, ft: Optional[Dict[str, Any]], metrics: Optional[Dict[str, Any]],
+                latest: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The card's ``model-index``: one result per evaluation found (task, dataset = the manifest by
+    name and sha256, metrics with values); ``[]`` when there is none."""
+    results = []
+    if ft and metrics:
+        task = (ft.get("task") or {})
+        entry = _model_index_entry(f"finetune-{task.get('kind')}", f"fine-tuned {task.get('kind')} head "
+                                   f"({task.get('label_column')})",
+                                   {"type": "medfm-manifest", "name": "fine-tuning manifest",
+                                    "revision": ft.get("manifest_sha256"), "split": "test"}, metrics)
+        if entry:
+            results.append(entry)
+    for task, r in latest.items():
+        rec = r["record"]
+        man = rec.get("manifest") or {}
+        entry = _model_index_entry(task, f"{task} ({rec.get('modality', rec.get('query_modality', '?'))})",
+                                   {"type": "medfm-manifest", "name": man.get("name") or "manifest",
+                                    "revision": man.get("sha256"), "split": rec.get("split")}, rec)
+        if entry:
+            results.append(entry)
+    return [{"name": name, "results": results}] if results else []
+
+
+def _metric_rows(rec: Dict[str, Any]) -> List[str]:
     ci = rec.get("ci") or rec.get("test_ci") or {}
     rows = []
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and "/" not in k:
-            c = ci.get(k)
-            ci_s = f"[{c[0]:.4f}, {c[1]:.4f}]" if isinstance(c, (list, tuple)) and len(c) == 2 else ""
-            rows.append(f"| {k} | {v:.4f} | {ci_s} |")
+    for k, v in _metric_values(rec).items():
+        c = ci.get(k)
+        ci_s = f"[{c[0]:.4f}, {c[1]:.4f}]" if isinstance(c, (list, tuple)) and len(c) == 2 else ""
+        rows.append(f"| {k} | {v:.4f} | {ci_s} |")
     return rows
 
 
@@ -102,10 +158,17 @@ def render_model_card(directory: os.PathLike) -> str:
     mods = list((model.get("modalities") or {}).keys())
     results = find_results(d)
     metrics = _load(d / "metrics.json") if ft else None
-    front = {"library_name": "medfm", "tags": ["medical", "multimodal", "medfm"] + mods,
-             "pipeline_tag": "feature-extraction"}
-    if sources:
-        front["base_model"] = sorted({s["name"] for s in sources.values()})
+    front: Dict[str, Any] = {"library_name": "medfm", "tags": ["medical", "multimodal", "medfm"] + mods,
+                             "pipeline_tag": "feature-extraction"}
+    hub_ids = sorted({s["hub_id"] for s in sources.values() if s.get("hub_id")})
+    if hub_ids:  # base_model is a Hub repository id: only when the source weights name one
+        front["base_model"] = hub_ids[0] if len(hub_ids) == 1 else hub_ids
+    latest: Dict[str, Dict[str, Any]] = {}
+    for r in results:
+        latest.setdefault(r["record"]["task"], r)
+    index = model_index(d.resolve().name, ft, metrics, latest)
+    if index:
+        front["model-index"] = index
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {d.resolve().name}", "",
              "A medfm multimodal encoder: per-modality towers projected into one "
@@ -139,7 +202,7 @@ def render_model_card(directory: os.PathLike) -> str:
     if ft:
         lines.append(f"- fine-tuning: method `{ft.get('method')}` on {', '.join(ft.get('modalities') or [])}, "
                      f"task `{(ft.get('task') or {}).get('kind')}` ({(ft.get('task') or {}).get('label_column')}); "
-                     f"base `{ft.get('base_relative') or ft.get('base')}` (sha256 `{ft.get('base_sha256')}`)")
+                     f"base `{ft.get('base_relative') or ft.get('base_name')}` (sha256 `{ft.get('base_sha256')}`)")
     if not training and not ft:
         lines.append("- not recorded")
     lines += ["", "## Source weights", ""]
@@ -153,9 +216,6 @@ def render_model_card(directory: os.PathLike) -> str:
     if metrics:
         lines += [f"Fine-tuning test split (`metrics.json`, monitor {metrics.get('monitor')}):", "",
                   "| metric | value | 95% CI |", "| --- | --- | --- |"] + _metric_rows(metrics) + [""]
-    latest: Dict[str, Dict[str, Any]] = {}
-    for r in results:
-        latest.setdefault(r["record"]["task"], r)
     for task, r in latest.items():
         rec = r["record"]
         rel = os.path.relpath(r["path"], d.resolve())
@@ -167,7 +227,7 @@ def render_model_card(directory: os.PathLike) -> str:
         lines.append("- none found beside this checkpoint (run `medfm zeroshot` / `medfm evaluate`, then "
                      "`medfm card DIR`)")
     lines += ["", "## How to use", "", "```python", "import medfm",
-              f"model = medfm.load_pretrained({str(d)!r})",
+              f"model = medfm.load_pretrained({d.resolve().name!r})   # this folder",
               f"z = model.encode({(mods or ['modality'])[0]!r}, x)   # (B, {model.get('embed_dim')})", "```", ""]
     return "\n".join(lines)
 

@@ -6,10 +6,15 @@ Each file maps the tensors a modality adapter produces to the model's embedding:
                                         output  embedding (B, embed_dim) float32, L2-normalised
 
 with a dynamic batch dimension (and a dynamic sequence length for token inputs), plus
-``preprocessing.json`` — what the adapter does to a file before the tower (its options:
-spacing, HU windows, sampling rate, leads, sizes, normalisation; the tokenizer files copied
-next to it; input shapes and dtypes) — and the model's ``logit_scale``, so a deployment can
-reproduce the pipeline without medfm.
+``preprocessing.json`` — what the adapter does to a file before the tower: its inference
+``options`` (spacing, HU windows, sampling rate, leads, sizes, normalisation) apart from the
+``training_augmentation`` options that act only in training; ``preprocessing``, the eval-mode
+steps as data where the adapter states them (reader, colour conversion, interpolation and
+antialiasing, crop/pad rule, value scaling, dtype: X-ray/fundus images and ECG records); the
+tokenizer files copied next to it; input shapes and dtypes — and the model's ``logit_scale``,
+so a deployment can reproduce the pipeline without medfm (``tests/test_clients.py`` does, with
+numpy, Pillow, torch's ``interpolate``, scipy and wfdb). The source checkpoint is named by
+folder and file hashes (``model``), never by a path of the writing machine.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import inspect
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,7 +33,8 @@ import torch.nn.functional as F
 from .card import write_model_card
 from .errors import UsageError
 from .finetune.model import FineTunedModel
-from .io import write_json
+from .finetune.layout import weight_files
+from .io import hash_file, write_json
 from .models import load_pretrained
 from .models.multimodal import CONFIG_NAME, WEIGHTS_NAME
 
@@ -87,15 +94,22 @@ def preprocessing_record(model: nn.Module, modality: str, inputs: Dict[str, Any]
     adapter = model.adapters.get(modality)
     cls = type(adapter)
     doc = inspect.getdoc(inspect.getmodule(cls)) or ""
+    options = adapter.config() if adapter is not None else {}
+    training = set(getattr(adapter, "training_options", ()))
     rec: Dict[str, Any] = {
         "adapter": getattr(adapter, "name", modality), "input_kind": getattr(adapter, "input_kind", None),
         "reads": list(getattr(adapter, "suffixes", ())),
-        "options": adapter.config() if adapter is not None else {},
+        # inference options only; what acts only in training (random flips, jitter, crops) stands apart
+        "options": {k: v for k, v in options.items() if k not in training},
+        "training_augmentation": {k: v for k, v in options.items() if k in training},
         "inputs": inputs,
         "output": {"name": "embedding", "shape": [-1, int(model.embed_dim)], "dtype": "float32", "l2_normalised": True},
         "files": files,
         "pipeline": doc,
     }
+    spec = adapter.inference_spec() if adapter is not None and hasattr(adapter, "inference_spec") else None
+    if spec is not None:  # the eval-mode steps with every constant: enough to reimplement without medfm
+        rec["preprocessing"] = spec
     if hasattr(adapter, "special_ids"):
         try:
             rec["special_ids"] = adapter.special_ids
@@ -111,7 +125,11 @@ def export_tower(model: nn.Module, modality: str, fmt: str, path: Path, opset: i
     inputs, described = example_inputs(model, modality)
     names = list(inputs)
     args = tuple(inputs[n] for n in names)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # known-benign TracerWarnings inside transformers' BERT attention (hf towers): the mask-padding
+        # length (kv_length - mask length) is 0 for an encoder whose mask has the input's length, and
+        # is_causal is False whenever a mask is passed, as the exported graph always does
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers\.")
         if fmt == "onnx":
             dyn = {n: ({0: "batch"} if n == "x" and inputs[n].dtype.is_floating_point else {0: "batch", 1: "length"})
                    for n in names}
@@ -124,6 +142,13 @@ def export_tower(model: nn.Module, modality: str, fmt: str, path: Path, opset: i
         else:
             raise UsageError(f"export format must be one of {FORMATS}, got {fmt!r}")
     return {"inputs": described, "file": path.name}
+
+
+def model_identity(model_dir: os.PathLike) -> Dict[str, Any]:
+    """The exported checkpoint by folder name and the sha256 of its files (no path of this machine)."""
+    d = Path(model_dir).resolve()
+    files = [d / CONFIG_NAME] + weight_files(d)
+    return {"name": d.name, "sha256": {f.name: hash_file(f).hexdigest() for f in files if f.is_file()}}
 
 
 def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities: Optional[Sequence[str]] = None,
@@ -144,7 +169,8 @@ def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = ".onnx" if fmt == "onnx" else ".pt"
-    manifest: Dict[str, Any] = {"format": fmt, "model_dir": str(Path(model_dir).resolve()),
+    # the source checkpoint by folder name and weights hash, never by a path of this machine
+    manifest: Dict[str, Any] = {"format": fmt, "model": model_identity(model_dir),
                                 "embed_dim": int(model.embed_dim),
                                 "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
                                 "init_sources": getattr(model, "init_sources", {}), "towers": {}}

@@ -66,6 +66,27 @@ def write_json(path: os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def portable_paths(obj: Any, folder: os.PathLike) -> Any:
+    """A copy of a config (nested dicts/lists) whose absolute paths are relative to ``folder``.
+
+    For the configs a run writes beside its outputs (``run_config.json``, ``finetune_config.json``):
+    they say where the inputs were as seen from the run folder, never as an absolute path of the
+    machine that wrote them. Other values, and ``pathlib`` paths turned into strings, are kept.
+    """
+    if isinstance(obj, Mapping):
+        return {k: portable_paths(v, folder) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable_paths(v, folder) for v in obj]
+    if isinstance(obj, os.PathLike):
+        obj = os.fspath(obj)
+    if isinstance(obj, str) and os.path.isabs(obj):
+        try:
+            return Path(os.path.relpath(obj, Path(folder).resolve())).as_posix()
+        except ValueError:  # another drive (Windows): keep only the name
+            return Path(obj).name
+    return obj
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

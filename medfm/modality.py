@@ -64,6 +64,9 @@ class ModalityAdapter:
     #: the masked-modelling ratio of the modality's published recipe, proposed to its tower as the
     #: fallback; the masked objective owns the setting (``{name: masked, mask_ratio: {<m>: r}}``)
     mask_ratio: ClassVar[Optional[float]] = None
+    #: options that act only when ``train=True`` (random augmentations): an export lists them apart
+    #: from the inference options (``training_augmentation`` in ``preprocessing.json``)
+    training_options: ClassVar[Sequence[str]] = ()
 
     def __init__(self, **options: Any):
         if "mask_ratio" in options and "mask_ratio" not in self.defaults:  # deprecated: moved to the objective
@@ -170,6 +173,16 @@ class ModalityAdapter:
             cols = [v for k, v in sorted(self.options.items()) if k.endswith("_column") and isinstance(v, str)]
             sig["row"] = {c: None if row.get(c) is None else str(row.get(c)) for c in cols}
         return sig
+
+    def inference_spec(self) -> Optional[Dict[str, Any]]:
+        """The eval-mode preprocessing as data, complete enough to reimplement without medfm.
+
+        Written into ``preprocessing.json`` by ``medfm export``: per input format, the ordered
+        steps (reading, colour conversion, interpolation, crop/pad rule, value scaling, dtype)
+        with every constant they use. ``None`` (the default) when the adapter does not state
+        one; the export then carries only the options and the module docstring.
+        """
+        return None
 
     def config(self) -> Dict[str, Any]:
         """Options to rebuild this adapter (stored in a checkpoint's ``config.json``).

@@ -92,6 +92,7 @@ class CTAdapter(ModalityAdapter):
         "pool": "mean",
     }
     mask_ratio = 0.75  # MAE
+    training_options = ("flip_dims", "jitter")  # act only with train=True
 
     def __init__(self, **options: Any):
         super().__init__(**options)

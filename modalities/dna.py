@@ -280,6 +280,7 @@ class DNAAdapter(ModalityAdapter):
         "kmer_bag": None, "trunk_gate": 0.0,
     }
     mask_ratio = 0.5  # BarcodeBERT
+    training_options = ("random_offset",)  # act only with train=True
 
     def __init__(self, **options: Any):
         super().__init__(**options)

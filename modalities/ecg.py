@@ -352,6 +352,7 @@ class ECGAdapter(ModalityAdapter):
         "patch_size": 50, "per_channel": False, "pool": "mean", "min_leads": 1,
     }
     mask_ratio = 0.75  # MAE
+    training_options = ("random_crop",)  # act only with train=True
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -471,6 +472,59 @@ class ECGAdapter(ModalityAdapter):
         if record.meta.get("flags"):
             out["flags"] = list(record.meta["flags"])
         return out
+
+    def inference_spec(self) -> Dict[str, Any]:
+        """Eval-mode preprocessing of one record as data (``preprocessing.json``; see :meth:`preprocess`)."""
+        o = self.options
+        fs, n = float(o["fs"]), self.n_samples
+        band = o["bandpass"]
+        return {
+            "input": "one ECG record; output x of shape (12, n_samples) float32, batched to (B, 12, n_samples)",
+            "n_samples": n, "fs": fs, "duration_s": float(o["duration"]),
+            "formats": {
+                "wfdb": {"reader": "wfdb.rdrecord(record path without suffix, physical=True, m2s=True); "
+                                   "signal = p_signal.T as float64 (C, T); fs = record.fs; names = sig_name; "
+                                   "units = units"},
+                "dicom": {"reader": "pydicom Dataset.waveform_array(i) of the multiplex group with the most "
+                                    "channels (then the longest); names from ChannelSourceSequence CodeMeaning"},
+            },
+            "steps": [
+                {"op": "leads", "order": list(LEADS),
+                 "rule": "each channel goes to the standard lead its name denotes (case, spaces, 'lead' and "
+                         "punctuation ignored; MLII = II, C1..C6 = V1..V6); other channels and repeats are ignored; "
+                         "absent leads are zeros and lead_mask is False there",
+                 "aliases": {"rule": "lower case, '(...)' removed, leading 'lead'/'ecg' removed, spaces and _:. "
+                                     "removed; then this table", "table": dict(_ALIASES)},
+                 "units": {"to": "mV", "factors": dict(_UNIT_TO_MV), "assumed_mV": sorted(_UNKNOWN_UNITS)}},
+                {"op": "derive_limb_leads", "enabled": bool(o["derive_limb_leads"]),
+                 "rule": "II = I + III when only I and III exist; then the missing ones of III = II - I, "
+                         "aVR = -(I + II) / 2, aVL = I - II / 2, aVF = II - I / 2 (flagged in derived_mask)"},
+                {"op": "flat_leads", "rule": f"a recorded lead whose max - min (NaN ignored) is <= {FLAT_MV} mV is "
+                                             "absent (lead_mask False)", "threshold_mv": FLAT_MV},
+                {"op": "window", "rule": "at inference the window starts at sample 0: n_in = round(duration * fs_in), "
+                                         "margin = round(fs_in) samples, segment = x[:, 0 : n_in + margin]",
+                 "start": 0},
+                {"op": "fill_nan", "rule": "per lead, numpy.interp over NaN runs (edges take the nearest value)"},
+                {"op": "zero_absent", "rule": "leads with lead_mask False are set to 0"},
+                {"op": "resample", "to_hz": fs, "skipped_when": "fs_in == fs",
+                 "rule": "up/down = fractions.Fraction(fs / fs_in).limit_denominator(1000); "
+                         "scipy.signal.resample_poly(segment, up, down, axis=-1) (default Kaiser window), then the "
+                         "first round(T_segment * fs / fs_in) samples"},
+                {"op": "bandpass", "band_hz": list(band) if band else None, "order": int(o["filter_order"]),
+                 "rule": "scipy.signal.butter(order, [low, high], btype='bandpass', fs=fs, output='sos') "
+                         "(highpass / lowpass when one edge is None or <= 0, or high >= fs / 2), then "
+                         "scipy.signal.sosfiltfilt(sos, x, axis=-1)"},
+                {"op": "notch", "freq_hz": o["notch"], "q": float(o["notch_q"]),
+                 "rule": "scipy.signal.iirnotch(freq, q, fs=fs) + filtfilt(b, a, x, axis=-1); none when freq is "
+                         "null or >= fs / 2"},
+                {"op": "crop_pad", "rule": "x[:, 0:n_samples], zero-padded on the right when shorter",
+                 "n_samples": n},
+                {"op": "normalize", "mode": o["normalize"],
+                 "rule": "per lead (x - mean) / std with numpy's std (ddof=0); a lead with std < 1e-6 becomes 0"},
+                {"op": "zero_absent", "rule": "leads with lead_mask False are set to 0 again"},
+                {"op": "dtype", "dtype": "float32", "rule": "computed in float64, cast at the end"},
+            ],
+        }
 
     # --------------------------------------------------------- model building
     def tower_config(self) -> Dict[str, Any]:

@@ -153,6 +153,7 @@ class OCTAdapter(ModalityAdapter):
         "pool": "mean",
     }
     mask_ratio = 0.9  # OCTCube
+    training_options = ("hflip", "jitter")  # act only with train=True
 
     def __init__(self, **options: Any):
         super().__init__(**options)

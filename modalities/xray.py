@@ -87,6 +87,7 @@ class Image2DAdapter(ModalityAdapter):
         "pool": "mean",
     }
     mask_ratio = 0.75  # MAE
+    training_options = ("hflip", "jitter")  # act only with train=True
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -136,6 +137,55 @@ class Image2DAdapter(ModalityAdapter):
         x = im.normalize(x, o["normalize"], mean=o["mean"], std=o["std"])
         item = {"x": x.float().contiguous()}
         return self.augment(item, rng) if train else item
+
+    def inference_spec(self) -> Dict[str, Any]:
+        """Eval-mode preprocessing of one image as data (``preprocessing.json``; see :meth:`preprocess`)."""
+        o = self.options
+        size, channels = int(o["size"]), int(o["channels"])
+        grey = ("Pillow Image.convert('L') for modes RGB, RGBA, P, CMYK, LA, YCbCr (ITU-R 601-2 luma "
+                "L = R*299/1000 + G*587/1000 + B*114/1000, alpha dropped, 8-bit result); modes L, I;16, I, F "
+                "are kept with their native values")
+        colour = "Pillow Image.convert('RGB') unless the mode is RGB; a grey DICOM is repeated to 3 channels"
+        norm: Dict[str, Any] = {"mode": o["normalize"]}
+        if o["normalize"] == "meanstd":
+            norm.update(mean=list(o["mean"]), std=list(o["std"]), rule="(x - mean[c]) / std[c]")
+        elif o["normalize"] == "zscore":
+            norm.update(rule="per channel (x - mean) / max(std, 1e-6), std with ddof=1 over the channel")
+        elif o["normalize"] == "minmax":
+            norm.update(rule="(x - min) / max(max - min, 1e-6) over the whole image")
+        return {
+            "input": "one 2D image file; output x of shape (channels, size, size) float32, batched to "
+                     "(B, channels, size, size)",
+            "formats": {
+                "png/jpeg/tiff/bmp": {"reader": "Pillow Image.open(path); pixel values as float32 (8- and "
+                                                "16-bit integers keep their values)",
+                                      "colour": grey if channels == 1 else colour},
+                "dicom": {"reader": "pydicom; grey: modality LUT, then VOI LUT (pydicom.pixels.apply_voi_lut) when "
+                                    "WindowCenter or VOILUTSequence is present, then MONOCHROME1 inverted as "
+                                    "max + min - x; first frame of a multi-frame image; colour: YBR converted to RGB",
+                          "colour": ("RGB to grey as x @ [0.299, 0.587, 0.114]" if channels == 1 else colour)},
+            },
+            "steps": [
+                {"op": "scale", "rule": "x = (x - min(x)) / max(max(x) - min(x), 1e-6) over the whole image, "
+                                        "in float32", "range": [0.0, 1.0]},
+                {"op": "clahe", "enabled": bool(o["clahe"]), "clip_limit": float(o["clahe_clip"]),
+                 "implementation": "skimage.exposure.equalize_adapthist(clip(x, 0, 1), kernel_size=(max(1, H // 8), "
+                                   "max(1, W // 8)), clip_limit=clip_limit) (OpenCV CLAHE where scikit-image is "
+                                   "absent)"},
+                {"op": "layout", "rule": "(H, W) -> (1, H, W); (H, W, 3) -> (3, H, W)"},
+                {"op": "resize", "rule": "keep the aspect ratio: s = size / max(H, W), new_h = max(1, round(H * s)), "
+                                         "new_w = max(1, round(W * s)) with Python round (half to even); skipped when "
+                                         "the size is unchanged",
+                 "interpolation": "bilinear", "antialias": True, "align_corners": False,
+                 "implementation": "torch.nn.functional.interpolate(x[None], (new_h, new_w), mode='bilinear', "
+                                   "align_corners=False, antialias=True)"},
+                {"op": "pad", "rule": "centre padding to (size, size): top = (size - new_h) // 2, bottom = the rest, "
+                                      "left = (size - new_w) // 2, right = the rest", "value": 0.0,
+                 "size": [size, size]},
+                {"op": "normalize", **norm},
+                {"op": "dtype", "dtype": "float32"},
+            ],
+        }
 
     def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
         """Random horizontal flip and intensity jitter of a preprocessed ``(C, S, S)`` image."""

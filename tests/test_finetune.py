@@ -216,7 +216,9 @@ def test_checkpoint_holds_only_what_was_trained_and_base_is_untouched(setup, lor
         assert (out / f).is_file(), f
     assert not (out / "model.safetensors").exists()
     meta = json.loads((out / "config.json").read_text())["finetune"]
-    assert Path(meta["base"]) == setup["base"].resolve() and meta["method"] == "lora"
+    # the base by relative path, folder name and hash; no absolute path of this machine
+    assert (out / meta["base_relative"]).resolve() == setup["base"].resolve() and "base" not in meta
+    assert meta["base_name"] == "base" and meta["method"] == "lora"
     assert meta["base_sha256"] == setup["base_sha"] == sha256(setup["base"] / "model.safetensors")
     from safetensors.torch import load_file
 

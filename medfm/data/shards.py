@@ -23,6 +23,17 @@ time, because their token ids depend on the tokenizer a run fits.
 
 A shard is committed by renaming its ``.tar.tmp`` and then writing its sidecar, so a killed run
 resumes after the last committed shard (:func:`write_shards` with the same arguments).
+
+Reading the shards without medfm, with webdataset's own pipeline: JSON members decode by
+webdataset's default handlers, the tensor members with safetensors' ``load`` (one handler)::
+
+    import safetensors.torch, webdataset as wds
+    ds = wds.WebDataset("DIR/shard-{000000..000003}.tar", shardshuffle=False).decode(
+        wds.handle_extension("safetensors", safetensors.torch.load))
+    # each sample: {"__key__", "json": {"id", "patient_id", "index", "row", "meta", "values", "errors"},
+    #               "<modality>.safetensors": {"x": tensor, ...}} (tensors as eval preprocessing gives them)
+
+:func:`wds_decoder` is that handler (``.decode(medfm.data.shards.wds_decoder)``).
 """
 from __future__ import annotations
 
@@ -50,6 +61,15 @@ log = logging.getLogger("medfm.data")
 FORMAT = "medfm-shards"
 FORMAT_VERSION = 1
 TAR_OVERHEAD = 1024  # tar header + padding per member, for the size budget
+
+
+def wds_decoder(key: str, data: bytes) -> Optional[Dict[str, torch.Tensor]]:
+    """webdataset handler for the ``<modality>.safetensors`` members (``WebDataset(url).decode(wds_decoder)``).
+
+    Same as ``wds.handle_extension("safetensors", safetensors.torch.load)``: ``None`` for other members,
+    which webdataset's default handlers then decode.
+    """
+    return st_load(data) if key.lower().endswith(".safetensors") or key.lower() == "safetensors" else None
 
 
 def parse_size(text: Any) -> int:

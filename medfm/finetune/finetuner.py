@@ -20,6 +20,8 @@ validation and early stopping on the best epoch, the test evaluation and what is
 """
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import logging
 import math
@@ -36,7 +38,7 @@ from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest
 from ..data.manifest import is_missing
 from ..data.splits import make_splits
 from ..errors import ConfigError
-from ..io import deep_merge, write_json
+from ..io import deep_merge, portable_paths, write_json
 from ..metrics import cluster_bootstrap, metrics_with_ci
 from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
 from ..models.multimodal import CONFIG_NAME
@@ -383,7 +385,7 @@ class FineTuner:
         """Train with early stopping, restore the best epoch, test, save; returns the metrics dict."""
         cfg, oc = self.cfg, self.cfg["optim"]
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "finetune_config.json", cfg)
+        write_json(self.out / "finetune_config.json", portable_paths(cfg, self.out))  # paths relative to OUT
         train_loader = self._loader("train", True)
         val_loader = self._loader("val", False) if len(self.splits["val"]) else None
         weights = None if self._weights_cpu is None else self._weights_cpu.to(self.device)
@@ -454,7 +456,9 @@ class FineTuner:
         self.model.save_pretrained(self.out)
         if cfg["merge"]:
             result["merged"] = str(self.model.save_merged(self.out / "merged"))
-        write_json(self.out / "metrics.json", result)
+        # on disk, paths are relative to the run folder (metrics.json travels with the checkpoint)
+        write_json(self.out / "metrics.json", {**result, "out": ".", **(
+            {"merged": os.path.relpath(result["merged"], self.out)} if result.get("merged") else {})})
         write_model_card(self.out)
         return result
 

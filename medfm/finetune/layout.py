@@ -3,7 +3,7 @@
 Layout of a fine-tuned directory::
 
     config.json                  {"format": "medfm", "model": <base model config>,
-                                  "finetune": {"base": ..., "base_relative": ..., "base_sha256": ...,
+                                  "finetune": {"base_name": ..., "base_relative": ..., "base_sha256": ...,
                                                "method": "lora"|"full"|"linear", "modalities": [...],
                                                "task": {...}, "head": {...}, "merged": false}}
     adapter_config.json          peft LoraConfig            (method "lora")
@@ -55,12 +55,35 @@ def write_config(directory: Path, encoder, meta: Dict[str, Any]) -> None:
 
 def finetune_meta(base: os.PathLike, out_dir: os.PathLike, method: str, modalities, task: TaskSpec,
                   head: TaskHead, **extra: Any) -> Dict[str, Any]:
-    """The ``finetune`` section of ``config.json`` (base given by absolute and relative path + hash)."""
+    """The ``finetune`` section of ``config.json`` (base given by its folder name, relative path + hash).
+
+    In memory the section also holds ``"base"``, the base's absolute path on this machine (where
+    the model was built or loaded from); :func:`portable_meta` drops it before anything is written.
+    """
     base = Path(base).resolve()
-    return {"base": str(base), "base_relative": os.path.relpath(base, Path(out_dir).resolve()),
+    return {"base": str(base), "base_name": base.name, "base_relative": os.path.relpath(base, Path(out_dir).resolve()),
             "base_sha256": base_sha256(base) if (base / BASE_WEIGHTS).is_file() else None,
             "method": method, "modalities": list(modalities), "task": task.to_dict(), "head": head.config(),
             "merged": False, **extra}
+
+
+def portable_meta(meta: Dict[str, Any], directory: os.PathLike) -> Dict[str, Any]:
+    """The ``finetune`` section as written into ``directory``: no absolute path of this machine.
+
+    ``base_relative`` is recomputed from the in-memory ``base`` (so a model saved elsewhere than it
+    was trained still finds its base) and ``base`` itself is left out; the base is identified by
+    ``base_name``, ``base_relative`` and ``base_sha256``.
+    """
+    out = dict(meta)
+    base = out.pop("base", None)
+    if base:
+        base = Path(base).resolve()
+        out.setdefault("base_name", base.name)
+        try:
+            out["base_relative"] = os.path.relpath(base, Path(directory).resolve())
+        except ValueError:  # another drive (Windows): no relative path exists
+            out["base_relative"] = None
+    return out
 
 
 def weight_files(directory: os.PathLike) -> List[Path]:
@@ -75,7 +98,8 @@ def weight_files(directory: os.PathLike) -> List[Path]:
 
 
 def resolve_base(directory: Path, meta: Dict[str, Any]) -> Path:
-    """The base checkpoint of a fine-tuned directory: its relative path first, then the absolute one."""
+    """The base checkpoint of a fine-tuned directory: its relative path first, then the absolute one
+    (``base``, recorded by medfm versions that wrote it)."""
     candidates = []
     if meta.get("base_relative"):
         candidates.append((directory / meta["base_relative"]).resolve())

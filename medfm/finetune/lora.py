@@ -176,20 +176,34 @@ def lora_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
+#: what ``peft.PeftModel`` puts before a module name of the model it wraps (its ``base_model.model``);
+#: ``adapter_model.safetensors`` keys carry it, as ``PeftModel.save_pretrained`` writes them.
+PEFT_PREFIX = "base_model.model."
+
+
 def lora_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The adapter weights in peft's file layout (``<module>.lora_A.weight``, adapter name removed)."""
+    """The adapter weights in peft's file layout, as ``PeftModel.save_pretrained`` writes them.
+
+    Keys are ``base_model.model.<module>.lora_A.weight`` (adapter name removed), so
+    ``peft.PeftModel.from_pretrained(base, DIR)`` over the base ``MultiModalModel`` loads every tensor.
+    """
     from peft.utils import get_peft_model_state_dict
 
     own = {n: p for n, p in model.named_parameters()}  # no duplicate names for a shared trunk
     own.update({n: b for n, b in model.named_buffers()})
     sd = get_peft_model_state_dict(model, state_dict=own)
-    return {k: v.detach().contiguous().clone() for k, v in sd.items()}
+    return {PEFT_PREFIX + k: v.detach().contiguous().clone() for k, v in sd.items()}
 
 
 def load_lora_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
-    """Load weights written by :func:`lora_state_dict` into a model prepared by :func:`apply_lora`."""
+    """Load weights written by :func:`lora_state_dict` into a model prepared by :func:`apply_lora`.
+
+    Keys without the ``base_model.model.`` prefix (adapters written by medfm before it wrote
+    peft's own layout) load too: the prefix is optional here.
+    """
     from peft.utils import set_peft_model_state_dict
 
+    state_dict = {k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else k: v for k, v in state_dict.items()}
     result = set_peft_model_state_dict(model, state_dict)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:

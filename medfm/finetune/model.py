@@ -5,7 +5,7 @@ format (see :mod:`medfm.finetune.layout` for the file layout):
 
 - :meth:`FineTunedModel.save_pretrained` writes only what was trained (peft adapters,
   or the trained encoder tensors of method ``full``, and the head) next to a reference to
-  the base checkpoint by absolute and relative path + sha256 of its weights;
+  the base checkpoint by folder name and relative path + sha256 of its weights (no absolute path);
 - :meth:`FineTunedModel.save_merged` writes a complete model directory with the adapters
   folded into the weights (loads without the base);
 - :meth:`FineTunedModel.from_pretrained` reads either, refusing a base whose weights changed.
@@ -34,7 +34,7 @@ from ..io import atomic_directory
 from ..models.multimodal import MultiModalModel
 from ..registry import register_checkpoint_kind
 from .layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_WEIGHTS, CONFIG_NAME, FULL_WEIGHTS, HEAD_WEIGHTS,
-                         base_sha256, read_finetune_meta, resolve_base, write_config)
+                         base_sha256, portable_meta, read_finetune_meta, resolve_base, write_config)
 from .heads import TaskHead, TaskSpec
 from .lora import apply_lora, freeze, load_lora_state_dict, lora_state_dict, merge_lora
 
@@ -101,14 +101,13 @@ class FineTunedModel(nn.Module):
         """Write what was trained (peft adapters / trained tensors, head) + ``config.json`` last.
 
         The base is not copied: ``config.json`` refers to it (``finetune.base``, and
-        ``base_relative`` recomputed for ``directory``, ``base_sha256``). Other files in
+        ``base_name``, ``base_relative`` recomputed for ``directory``, ``base_sha256``; no absolute
+        path of this machine). Other files in
         ``directory`` are kept.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        meta = dict(self.finetune_config)
-        if meta.get("base"):  # saved elsewhere than it was trained: the relative reference follows
-            meta["base_relative"] = os.path.relpath(Path(meta["base"]).resolve(), d.resolve())
+        meta = portable_meta(self.finetune_config, d)  # base_relative recomputed for d; no absolute path
         if self.finetune_config.get("merged"):
             raise CheckpointError(f"{d}: this model's adapters are merged into its weights: save it with save_merged")
         # as MultiModalModel.save_pretrained: written into a staging sibling, then moved in file by
@@ -135,7 +134,7 @@ class FineTunedModel(nn.Module):
         d.mkdir(parents=True, exist_ok=True)
         save_file(_cpu_state(self.task_head), str(d / HEAD_WEIGHTS))  # before config.json (written last)
         meta = {**self.finetune_config, "merged": True}
-        self.encoder.save_pretrained(d, extra={"finetune": meta})
+        self.encoder.save_pretrained(d, extra={"finetune": portable_meta(meta, d)})
         self.finetune_config = meta
         return d
 

@@ -98,8 +98,14 @@ class PatchEmbedND(TokenEmbedder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, C, *spatial)`` → ``(B, N, D)``; N = prod(grid) (× C if per_channel)."""
-        self._check(x)
-        grid = self.grid_for(x)
+        if torch.jit.is_tracing():
+            # export (ONNX / TorchScript trace): only the batch axis is dynamic, the spatial size is the
+            # configured one (the exported input shape declares it and the runtime enforces it), so the
+            # grid is the static one; checks on x.shape would be frozen into the trace (TracerWarning)
+            grid = self.grid
+        else:
+            self._check(x)
+            grid = self.grid_for(x)
         pos = self.pos_for(self.pos_embed, grid)
         if self.per_channel:
             b, c, t = x.shape
@@ -188,7 +194,9 @@ class DiscreteTokenEmbedder(TokenEmbedder):
         """``x``: ``(B, L)`` int ids, ``L <= max_len`` → ``(B, L, D)``."""
         if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
             raise DataError(f"expected (B, L) integer token ids, got {tuple(x.shape)} {x.dtype}", field="x")
-        if x.shape[1] > self.max_len:
+        # not while tracing: the exported length axis is dynamic and a Python check would be frozen into
+        # the trace (TracerWarning); preprocessing.json records max_len for a deployment
+        if not torch.jit.is_tracing() and x.shape[1] > self.max_len:
             raise DataError(f"sequence of {x.shape[1]} tokens exceeds max_len={self.max_len}", field="x")
         return self.embed(x) + self.pos_embed[:, : x.shape[1]]
 

@@ -32,6 +32,7 @@ import copy
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -122,12 +123,44 @@ def parse_init_arg(text: str) -> Tuple[str, Dict[str, Any]]:
     return mod.strip(), spec
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hub_id(path: Path) -> Optional[str]:
+    """The Hugging Face Hub repository id a local source came from, when the files say so.
+
+    Known from the Hub cache layout (``.../models--ORG--NAME/snapshots/<rev>/``) or from a
+    ``config.json`` beside the weights whose ``_name_or_path`` is a hub id (``org/name``, not a
+    local path). ``None`` when neither tells.
+    """
+    for part in (path, *path.parents):
+        if part.name.startswith("models--") and part.name.count("--") >= 2:
+            return "/".join(part.name[len("models--"):].split("--", 1))
+    cfg = (path if path.is_dir() else path.parent) / "config.json"
+    try:
+        with open(cfg, encoding="utf-8") as fh:
+            name = json.load(fh).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(name, str) and _HUB_ID.fullmatch(name) and not os.path.isabs(name) and not Path(name).exists():
+        return name
+    return None
+
+
 def source_identity(spec: InitSpec) -> Dict[str, Any]:
-    """``{"name", "sha256", "format", "path"}`` of an import source (a folder: its weights file)."""
+    """``{"name", "file", "sha256", "format"[, "hub_id"]}`` of an import source (a folder: its weights file).
+
+    Names and a hash only: the path on this machine is not recorded (it goes into checkpoints,
+    cards and results that travel).
+    """
 
     weights = WEIGHT_FORMATS.get(spec.format).weights_file(spec.path)
-    return {"name": spec.path.name, "file": weights.name, "sha256": hash_file(weights).hexdigest(),
-            "format": spec.format, "path": str(spec.path)}
+    ident = {"name": spec.path.name, "file": weights.name, "sha256": hash_file(weights).hexdigest(),
+             "format": spec.format}
+    hub = hub_id(spec.path)
+    if hub:
+        ident["hub_id"] = hub
+    return ident
 
 
 def resolve_format(spec: InitSpec) -> InitSpec:
@@ -211,7 +244,7 @@ def apply_init(model: Any, specs: Mapping[str, Any], base_dir: Optional[Path] = 
                verbose: bool = True) -> Dict[str, Dict[str, Any]]:
     """Load every ``{modality: spec}`` into ``model`` (a :class:`MultiModalModel`).
 
-    Sets ``model.init_sources`` (``{modality: {"name", "file", "sha256", "format", "path"}}``)
+    Sets ``model.init_sources`` (``{modality: {"name", "file", "sha256", "format"[, "hub_id"]}}``)
     and ``model.init_reports`` (``{modality: report dict}``, what ``init_report.json`` holds).
     Logs each report's summary (and each adaptation) at INFO.
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..data.manifest import is_missing
 from ..data import ManifestDataset, MultiModalCollate, read_manifest, select_split
 from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write_text, deep_merge, write_json
+from ..io import atomic_write_text, deep_merge, portable_paths, write_json
 from ..limits import limits
 from ..models import MultiModalModel, create_model, resolve_config
 from ..card import write_model_card
@@ -220,7 +220,7 @@ class Trainer:
                     log.warning("checkpoint %s is unreadable (%s: %s); trying an older one",
                                 ckpt, type(e).__name__, reason)
                 continue
-            own = json.loads(json.dumps(self.config["model"], default=str))
+            own = json.loads(json.dumps(self.portable_config()["model"], default=str))
             diff = first_difference(saved_model_cfg, own, "model")
             if diff is not None:
                 raise CheckpointError(f"{ckpt}: made with another model config (first difference at {diff}); "
@@ -321,8 +321,12 @@ class Trainer:
             position = {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "n_skipped": self.n_skipped,
                         "train_seconds": self.elapsed_seconds()}
             save_checkpoint(self.ckpt_root, self.step, model, optim_state, self.scheduler, position, rngs,
-                            self.config, keep=int(self.config["train"]["keep_checkpoints"]))
+                            self.portable_config(), keep=int(self.config["train"]["keep_checkpoints"]))
         return model
+
+    def portable_config(self) -> Dict[str, Any]:
+        """The run config as written to disk: absolute paths relative to OUT (:func:`medfm.io.portable_paths`)."""
+        return portable_paths(self.config, self.out)
 
     def elapsed_seconds(self) -> float:
         """Training seconds of this run so far, time before a resume included (drives the time budget)."""
@@ -373,7 +377,7 @@ class Trainer:
         metrics = None
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / "run_config.json", self.config)
+            write_json(self.out / "run_config.json", self.portable_config())
             write_init_report(self.out, self.model)
             # also when no intact checkpoint exists (killed before or during the first write): a fresh
             # start must not keep the steps the killed run logged

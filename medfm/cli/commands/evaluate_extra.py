@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medfm.errors import UsageError
-from medfm.io import atomic_write_text, write_json
+from medfm.io import atomic_write_text, portable_paths, write_json
 
 
 def add_compare_parser(sub) -> None:
@@ -32,6 +32,7 @@ def run_compare(args) -> int:
     res = compare_predictions(a, b, n_boot=args.n_boot, seed=args.seed, source=f"{args.results_a} vs {args.results_b}")
     out = Path(args.out or b["dir"])
     out.mkdir(parents=True, exist_ok=True)
+    res = portable_paths(res, out)  # the compared folders relative to OUT: no absolute path of this machine
     write_json(out / "comparison.json", res)
     atomic_write_text(out / "comparison.md", comparison_markdown(res))
     key = next((k for k in ("macro_auroc", "accuracy") if k in res["metrics"]), next(iter(res["metrics"]), None))
