@@ -52,6 +52,7 @@ class ManifestDataset(Dataset):
         label_columns: columns turned into integer labels (``label_vocab`` or the manifest's values).
         columns: ``{modality: column}`` when a column is not named after its modality.
         base_dir: folder that relative paths resolve against (default: the manifest's folder).
+        data_roots: the data roots recorded in the manifest's sidecar (default: ``df.attrs["data_roots"]``).
         cache_dir: on-disk cache of the deterministic preprocessing (see :class:`PreprocessCache`).
         root: reads of path cells are confined to this folder: a cell that leaves it (``../``,
             an absolute path elsewhere) is a :class:`DataError` for that sample (logged, counted,
@@ -73,7 +74,7 @@ class ManifestDataset(Dataset):
                  label_columns: Sequence[str] = (), label_vocab: Optional[Dict[str, List[str]]] = None,
                  columns: Optional[Mapping[str, str]] = None, base_dir: Optional[os.PathLike] = None,
                  cache_dir: Optional[os.PathLike] = None, seed: int = 0, root: Optional[os.PathLike] = None,
-                 confine: bool = True):
+                 confine: bool = True, data_roots: Optional[Sequence[os.PathLike]] = None):
         self.df = df.reset_index(drop=True)
         self.adapters = dict(adapters)
         self.train = train
@@ -87,14 +88,16 @@ class ManifestDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._records = self.df.to_dict("records")
-        self.root = self._confinement(root, confine)
+        #: the folders path cells must stay inside (``None``: not confined)
+        self.root = self._confinement(root, confine, df.attrs.get("data_roots") if data_roots is None else data_roots)
 
-    def _confinement(self, root: Optional[os.PathLike], confine: bool) -> Optional[Confinement]:
+    def _confinement(self, root: Optional[os.PathLike], confine: bool,
+                     recorded: Optional[Sequence[os.PathLike]]) -> Optional[Confinement]:
         cols = [self.columns[m] for m, a in self.adapters.items() if a.input_kind == "path"]
         relative = any(isinstance(v, str) and v.strip() and not Path(v.strip()).expanduser().is_absolute()
                        for c in cols if c in self.df.columns for v in self.df[c])
         return confinement(root=root, confine=confine, base_dir=self.base_dir,
-                           recorded=self.df.attrs.get("data_roots") or (), has_relative_cells=relative)
+                           recorded=recorded or (), has_relative_cells=relative)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
