@@ -184,12 +184,12 @@ def test_shard_honours_the_data_options_of_its_config(user, capsys, caplog):
 def _base_with_columns(user, capsys) -> Path:
     """A tiny pretrained ECG checkpoint in ``proj/runs/base`` trained with ``data.columns: {ecg: signal}``."""
     proj = user["tmp"] / "proj"
-    cells = [f"../shared/data/ecg/{r}" for r in user["records"]]
+    cells = [f"ecg/{r}" for r in _records(proj / "ecg", 8)]
     split = ["train"] * 4 + ["val"] * 2 + ["test"] * 2
     _manifest(proj / "cohort.csv", cells, column="signal", split=split, label=["a", "b"] * 4)
     (proj / "pre.yaml").write_text(yaml.safe_dump({
         "model": TINY_ECG, "data": {"manifest": "cohort.csv", "columns": {"ecg": "signal"}, "batch_size": 4,
-                                    "split": None, "root": ".."},
+                                    "split": None},
         "objectives": [{"name": "masked"}],
         "train": {"max_steps": 1, "checkpoint_every": 0, "tensorboard": False, "progress": False}}))
     code, out, err = _cli(capsys, "pretrain", "../proj/pre.yaml", "--out", "../proj/runs/base")
@@ -211,7 +211,7 @@ def test_finetune_relative_base_from_another_folder_keeps_the_recorded_columns(u
     """``base: runs/base`` in ``proj/ft.yaml`` resolves against proj/ for the column mapping too,
     run from ``work/`` (the base maps ecg to the column ``signal``)."""
     proj = _base_with_columns(user, capsys)
-    _finetune_yaml(proj, "ft", root="..")
+    _finetune_yaml(proj, "ft")
     code, out, err = _cli(capsys, "finetune", "../proj/ft.yaml", "--out", "ft_out", "--no-progress")
     assert code == 0, err
     assert recorded_columns(user["work"] / "ft_out") == {"ecg": "signal"}
@@ -222,16 +222,14 @@ def test_finetune_enforces_data_root_and_limits(user, capsys, caplog):
     """Fine-tuning confines to data.root (relative to its config) and applies data.limits; a cell
     outside the root is a counted skip."""
     proj = _base_with_columns(user, capsys)
-    outside = user["tmp"] / "elsewhere"
-    _records(outside, 1)
     df = pd.read_csv(proj / "cohort.csv")
-    df.loc[0, "signal"] = "../elsewhere/r0.hea"  # a train row whose file exists outside ../shared/data
+    df.loc[0, "signal"] = "../shared/data/ecg/r0.hea"  # a train row whose file exists outside data.root
     df.to_csv(proj / "cohort.csv", index=False)
-    _finetune_yaml(proj, "ft_root", root="../shared/data")
+    _finetune_yaml(proj, "ft_root", root="ecg")
     with caplog.at_level(logging.WARNING, logger="medfm.data"):
         code, out, err = _cli(capsys, "finetune", "../proj/ft_root.yaml", "--out", "ft_root", "--no-progress")
     assert code == 0, err
-    assert "leads outside the data root" in caplog.text and "elsewhere" in caplog.text
+    assert "leads outside the data root" in caplog.text and "shared/data/ecg/r0.hea" in caplog.text
     assert json.loads(Path("ft_root/metrics.json").read_text())["n_skipped"] == 1
     caplog.clear()
     _finetune_yaml(proj, "ft_limits", confine_paths=False, limits={"max_file_mb": 1e-4})
