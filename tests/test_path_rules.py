@@ -157,6 +157,28 @@ def test_a_hand_written_manifest_stays_confined_to_its_folder(user, capsys, capl
     assert "not used for confinement" in caplog.text
 
 
+def test_commands_without_a_config_take_the_data_options_as_flags(user, capsys, caplog):
+    """``medfm embed`` (as index build, evaluate and zeroshot): ``--data-root`` (relative to the cwd),
+    ``--no-confine-paths`` and ``--limit KEY=VALUE`` are the data.* options of a run config."""
+    import medfm
+
+    medfm.create_model(TINY_ECG).save_pretrained("model")
+    _manifest(Path("m.csv"), [f"../shared/data/ecg/{r}" for r in user["records"][:3]])
+    base = ["embed", "--model", "model", "--manifest", "m.csv", "--modality", "ecg", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="medfm.data"):
+        code, out, err = _cli(capsys, *base, "--out", "a.safetensors")
+    assert code != 0 and "outside the data root" in caplog.text  # confined by default: nothing embedded
+    for name, flags in (("root", ["--data-root", "../shared/data"]), ("open", ["--no-confine-paths"])):
+        code, out, err = _cli(capsys, *base, "--out", f"{name}.safetensors", *flags)
+        assert code == 0, err
+        assert "wrote 3 ecg embeddings" in out and "0 skipped" in out
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medfm.data"):
+        code, out, err = _cli(capsys, *base, "--out", "l.safetensors", "--no-confine-paths",
+                              "--limit", "max_file_mb=1e-4")
+    assert code != 0 and "max_file_mb" in caplog.text
+
+
 # ------------------------------------------------------------------ shard honours data.*
 def test_shard_honours_the_data_options_of_its_config(user, capsys, caplog):
     """``medfm shard --config`` applies data.root (relative to the config's folder), data.confine_paths

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from ..errors import UsageError
 from ..io import apply_overrides, load_config_file
 from medfm.configs import config_path as shipped_config
 from ..models.init import parse_init_arg
@@ -34,6 +35,41 @@ def load_run_config(args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[
             path, config_dir = shipped, None
     config = apply_overrides(load_config_file(path), command_line_overrides(args.overrides))
     return config, config_dir
+
+
+# ------------------------------------------------------------------ data.* options of commands without a config
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """``--data-root``, ``--no-confine-paths``, ``--limit``: a run config's ``data.root``,
+    ``data.confine_paths`` and ``data.limits`` for the commands that take no config."""
+    g = parser.add_argument_group("data options (a run config's data.root, data.confine_paths, data.limits)")
+    g.add_argument("--data-root", metavar="DIR",
+                   help="the one folder the manifest's path cells must stay inside (default: the manifest's folder "
+                        "and the data roots `medfm manifest` recorded beside it)")
+    g.add_argument("--no-confine-paths", action="store_true",
+                   help="read the manifest's path cells wherever they lead")
+    g.add_argument("--limit", dest="limits", action="append", default=None, metavar="KEY=VALUE",
+                   help="an input-size limit: max_file_mb, max_elements or max_sample_mb (repeatable)")
+
+
+def data_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """``{"root": absolute path or None, "confine": bool}`` from :func:`add_data_args` flags."""
+    root = getattr(args, "data_root", None)
+    return {"root": command_line_path(root) if root else None,
+            "confine": not getattr(args, "no_confine_paths", False)}
+
+
+def limit_values(args: argparse.Namespace) -> Dict[str, float]:
+    """``{key: value}`` of the ``--limit KEY=VALUE`` flags (checked by :func:`medfm.limits.set_limits`)."""
+    out: Dict[str, float] = {}
+    for item in getattr(args, "limits", None) or ():
+        key, sep, raw = str(item).partition("=")
+        try:
+            out[key.strip()] = float(raw)
+        except ValueError:
+            raise UsageError(f"--limit expects KEY=NUMBER, got {item!r}") from None
+        if not sep:
+            raise UsageError(f"--limit expects KEY=NUMBER, got {item!r}")
+    return out
 
 
 # ------------------------------------------------------------------ --init

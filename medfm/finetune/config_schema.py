@@ -4,7 +4,8 @@ Checked by :func:`medfm.finetune.finetuner.resolve_config` before the base model
 read; messages carry the key path (``optim.lr: expected a number, got 'abc'``). Cross-field
 rules (a monitor that fits the task kind) stay in ``resolve_config``.
 
-Relative paths (``base``, ``data.manifest``, ``data.root``, ``data.cache_dir``) resolve against the folder of the config file
+Relative paths (``base``, ``data.manifest``, ``data.root``, ``data.cache_dir``) resolve against the
+folder of the config file
 (the working directory for a config given in Python without ``config_dir``): the one rule of
 :mod:`medfm.paths`, shared with pretraining.
 """
