@@ -146,11 +146,13 @@ def encode_values(model: Any, modality: str, values: Sequence[Any], *, batch_siz
 @torch.no_grad()
 def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: int = 32,
                    base_dir: Optional[Any] = None, column: Optional[str] = None, num_workers: int = 0,
-                   progress: bool = True) -> Embeddings:
+                   progress: bool = True, root: Optional[Any] = None, confine: bool = True) -> Embeddings:
     """Embed every row of ``df`` that holds ``modality``.
 
     Rows whose cell is empty are listed in ``absent``; rows that cannot be read are
     skipped and listed with their reason in ``skipped`` (never silently dropped).
+    ``root``/``confine``: where path cells may lead (``data.root``, ``data.confine_paths``;
+    :mod:`medfm.data.confine`).
 
     Returns:
         :class:`Embeddings` with ``emb (N_ok, embed_dim)`` in manifest order.
@@ -162,7 +164,8 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
         raise DataError(f"manifest has no column {col!r} for modality {modality!r}",
                         source=df.attrs.get("source", "manifest"), field=col)
     adapters = {modality: adapter}
-    ds = ManifestDataset(df, adapters, train=False, columns={modality: col}, base_dir=base_dir)
+    ds = ManifestDataset(df, adapters, train=False, columns={modality: col}, base_dir=base_dir, root=root,
+                         confine=confine)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                     collate_fn=MultiModalCollate(adapters))
     bar = tqdm(total=len(ds), desc=f"embed {modality}", unit="sample", disable=not progress)

@@ -37,6 +37,8 @@ class RunInputs:
     """What every manifest-level evaluation needs.
 
     ``columns``: ``{modality: manifest column}`` (``--column`` flags over the checkpoint's mapping);
+    ``data``: ``{"root", "confine"}``, where path cells may lead (``--data-root``, ``--no-confine-paths``;
+    :mod:`medfm.data.confine`);
     ``init``: ``{modality: init spec}`` weight imports (``--init``); ``baseline``: a classical
     baseline's name (:mod:`.baselines`) scored on the same samples, or None.
     """
@@ -50,6 +52,7 @@ class RunInputs:
     progress: bool = True
     init: Optional[Dict[str, Dict[str, Any]]] = None
     columns: Dict[str, str] = field(default_factory=dict)
+    data: Dict[str, Any] = field(default_factory=dict)
     baseline: Optional[str] = None
 
 
@@ -65,7 +68,7 @@ class EvaluationRun:
 def _embed(model: Any, df: pd.DataFrame, modality: str, inp: RunInputs) -> Embeddings:
     """Embed ``df``'s ``modality`` cells; skipped ids to stderr; refuse when nothing could be embedded."""
     emb = embed_manifest(model, df, modality, batch_size=inp.batch_size, progress=inp.progress,
-                         column=inp.columns.get(modality))
+                         column=inp.columns.get(modality), **inp.data)
     if emb.skipped:
         print(report_skipped(emb, modality), file=sys.stderr)
     if len(emb.ids) == 0:
@@ -295,7 +298,7 @@ def _prototype_classifier(model: Any, full: pd.DataFrame, rows: pd.DataFrame, mo
     support_df = select_split(full, support_split)
     support_df = support_df[support_df[label_column].notna()].reset_index(drop=True)
     sup = embed_manifest(model, support_df, modality, batch_size=inp.batch_size, progress=inp.progress,
-                         column=inp.columns.get(modality))
+                         column=inp.columns.get(modality), **inp.data)
     if len(sup.ids) == 0:
         raise DataError(f"empty support set (split {support_split!r})", source=inp.manifest)
     y_all, classes = probes.encode_labels(list(rows_for(support_df, sup.ids)[label_column]) + list(rows[label_column]))

@@ -21,7 +21,7 @@ from medfm.finetune import FineTunedModel, TaskHead, TaskSpec, apply_lora, finet
 from medfm.finetune.layout import finetune_meta
 from medfm.train import Trainer
 from medfm.train.loop import TrainCore, build_optimizer
-from medfm.train.paths import config_path
+from medfm.paths import config_path
 from medfm.train.schedule import cosine_with_warmup, no_decay_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")

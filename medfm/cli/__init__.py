@@ -15,7 +15,9 @@ from typing import List, Optional
 
 from .. import __version__
 from ..errors import MedFMError, UsageError
+from ..limits import limits
 from . import commands
+from .common import limit_values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +88,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         check_common_args(args)
-        return int(args.func(args) or 0)
+        with limits(**limit_values(args)):  # --limit KEY=VALUE (commands without a config)
+            return int(args.func(args) or 0)
     except UsageError as e:
         print(f"medfm: error: {_one_line(e)}", file=sys.stderr)
         return 2

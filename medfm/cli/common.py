@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
+from ..errors import UsageError
 from ..io import apply_overrides, load_config_file
-from medfm.configs import config_path
+from medfm.configs import config_path as shipped_config
 from ..models.init import parse_init_arg
 from ..data.columns import parse_column_specs, resolve_columns
+from ..paths import command_line_overrides, command_line_path
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -17,18 +19,57 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
 
 
-def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
-    """The YAML file named on the command line with ``--set`` overrides applied.
+def load_run_config(args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[Path]]:
+    """``(config, config_dir)``: the YAML file named on the command line with ``--set`` overrides
+    applied, and the folder its relative paths resolve against (:mod:`medfm.paths`).
 
-    A config may be a shipped one given by name (``ct_mae.yaml``) when no such file exists locally.
+    A config may be a shipped recipe given by name (``ct_mae.yaml``) when no such file exists
+    locally; its ``config_dir`` is ``None`` (the working directory), never the package's folder.
+    ``--set`` path values are made absolute against the working directory first.
     """
-    path = Path(args.config)
+    path = Path(args.config).expanduser()
+    config_dir: Optional[Path] = path.resolve().parent
     if not path.is_file():
-
-        shipped = config_path(args.config)
+        shipped = shipped_config(args.config)
         if shipped.is_file():
-            path = shipped
-    return apply_overrides(load_config_file(path), args.overrides), path.resolve().parent
+            path, config_dir = shipped, None
+    config = apply_overrides(load_config_file(path), command_line_overrides(args.overrides))
+    return config, config_dir
+
+
+# ------------------------------------------------------------------ data.* options of commands without a config
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """``--data-root``, ``--no-confine-paths``, ``--limit``: a run config's ``data.root``,
+    ``data.confine_paths`` and ``data.limits`` for the commands that take no config."""
+    g = parser.add_argument_group("data options (a run config's data.root, data.confine_paths, data.limits)")
+    g.add_argument("--data-root", metavar="DIR",
+                   help="the one folder the manifest's path cells must stay inside (default: the manifest's folder "
+                        "and the data roots `medfm manifest` recorded beside it)")
+    g.add_argument("--no-confine-paths", action="store_true",
+                   help="read the manifest's path cells wherever they lead")
+    g.add_argument("--limit", dest="limits", action="append", default=None, metavar="KEY=VALUE",
+                   help="an input-size limit: max_file_mb, max_elements or max_sample_mb (repeatable)")
+
+
+def data_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """``{"root": absolute path or None, "confine": bool}`` from :func:`add_data_args` flags."""
+    root = getattr(args, "data_root", None)
+    return {"root": command_line_path(root) if root else None,
+            "confine": not getattr(args, "no_confine_paths", False)}
+
+
+def limit_values(args: argparse.Namespace) -> Dict[str, float]:
+    """``{key: value}`` of the ``--limit KEY=VALUE`` flags (checked by :func:`medfm.limits.set_limits`)."""
+    out: Dict[str, float] = {}
+    for item in getattr(args, "limits", None) or ():
+        key, sep, raw = str(item).partition("=")
+        try:
+            out[key.strip()] = float(raw)
+        except ValueError:
+            raise UsageError(f"--limit expects KEY=NUMBER, got {item!r}") from None
+        if not sep:
+            raise UsageError(f"--limit expects KEY=NUMBER, got {item!r}")
+    return out
 
 
 # ------------------------------------------------------------------ --init
@@ -46,7 +87,7 @@ def init_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     out: Dict[str, Dict[str, Any]] = {}
     for text in getattr(args, "init", None) or []:
         mod, spec = parse_init_arg(text)
-        spec["path"] = str(Path(spec["path"]).expanduser().resolve())
+        spec["path"] = command_line_path(spec["path"])
         out[mod] = spec
     return out
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..errors import DataError, UsageError
 from ..registry import Registry, _load_modalities
+from .confine import ROOTS_KEY, roots_entry, sidecar_path
 from .splits import assign_patients
 
 log = logging.getLogger("medfm.manifest")
@@ -188,7 +189,7 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
     entries: List[Entry] = []
     unreadable: List[Dict[str, str]] = []
     for spec in sources:
-        for item in scan(spec, exclude=[out, Path(str(out) + ".summary.json")]):
+        for item in scan(spec, exclude=[out, sidecar_path(out)]):
             if isinstance(item, Unreadable):
                 unreadable.append({"path": _rel(item.path, base), "reason": item.reason})
                 continue
@@ -235,11 +236,19 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
     front = ["id", "patient_id"] + (["split"] if split else []) + modalities
     df = df[front + [c for c in df.columns if c not in front]]
     summary = summarize(df, modalities, unreadable)
+    # the folders walked: readers confine the manifest's path cells to them (medfm.data.confine)
+    summary[ROOTS_KEY] = roots_entry([_source_folder(s) for s in sources], base)
     if path_warnings:
         summary["paths_containing_patient_id"] = path_warnings
         log.warning("%d path(s) in the manifest contain the patient identifier of their DICOM header; "
                     "rename those folders before sharing the manifest", path_warnings)
     return BuildResult(df, summary)
+
+
+def _source_folder(spec: str) -> Path:
+    """The folder a source spec stands for: the folder itself, or a file's folder."""
+    _, path = parse_source(spec)
+    return path if path.is_dir() else path.parent
 
 
 def _merge_duplicates(entries: List[Entry]) -> List[Entry]:

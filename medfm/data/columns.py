@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
 from ..models.multimodal import CONFIG_NAME
 
 CONFIG_KEY = "data_columns"
@@ -45,16 +45,25 @@ def parse_column_specs(specs: Iterable[str], *, default_modality: Optional[str] 
 
 
 def recorded_columns(model_dir: Optional[os.PathLike]) -> Dict[str, str]:
-    """The ``{modality: column}`` mapping a checkpoint was trained with (``{}`` when none is recorded)."""
+    """The ``{modality: column}`` mapping a checkpoint was trained with (``{}`` when none is recorded).
+
+    ``model_dir`` that is not a folder (a model config file, a preset name, ``None``) records none.
+
+    Raises:
+        CheckpointError: a folder without a readable ``config.json`` (a checkpoint folder named
+            wrongly must not silently fall back to the modalities' own names).
+    """
     if model_dir is None:
         return {}
     d = Path(str(model_dir))
-    cfg = _read_json(d / CONFIG_NAME)
+    if not d.is_dir():
+        return {}
+    cfg = _read_json(d / CONFIG_NAME, required=True)
     cols = cfg.get(CONFIG_KEY)
     if not cols and isinstance(cfg.get("finetune"), Mapping):
         cols = cfg["finetune"].get("columns")
     if not cols:
-        cols = (_read_json(d / "run_config.json").get("data") or {}).get("columns")
+        cols = (_read_json(d / "run_config.json", required=False).get("data") or {}).get("columns")
     return {str(k): str(v) for k, v in (cols or {}).items() if v}
 
 
@@ -65,10 +74,17 @@ def resolve_columns(flags: Mapping[str, str], model_dir: Optional[os.PathLike] =
     return out
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, *, required: bool) -> dict:
+    """The JSON object in ``path``; ``{}`` for a missing file that is not ``required``."""
+    if not path.is_file():
+        if required:
+            raise CheckpointError(f"{path.parent}: not a medfm checkpoint folder ({path.name} is missing)")
+        return {}
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError, MedFMError
 from .cache import PreprocessCache
+from .confine import Confinement, confinement
 from .manifest import is_missing
 from ..modality import file_reference
 
@@ -51,12 +52,14 @@ class ManifestDataset(Dataset):
         label_columns: columns turned into integer labels (``label_vocab`` or the manifest's values).
         columns: ``{modality: column}`` when a column is not named after its modality.
         base_dir: folder that relative paths resolve against (default: the manifest's folder).
+        data_roots: the data roots recorded in the manifest's sidecar (default: ``df.attrs["data_roots"]``).
         cache_dir: on-disk cache of the deterministic preprocessing (see :class:`PreprocessCache`).
         root: reads of path cells are confined to this folder: a cell that leaves it (``../``,
             an absolute path elsewhere) is a :class:`DataError` for that sample (logged, counted,
-            skipped in a run). ``None`` with ``confine=True`` (the default): when the manifest's
-            path cells are relative, the manifest's folder is the root; a manifest of absolute
-            paths only is not confined. The check is lexical (symlinks inside the root are followed).
+            skipped in a run). ``None`` with ``confine=True`` (the default): the manifest's folder
+            and the data roots ``medfm manifest`` recorded (``df.attrs["data_roots"]``); a manifest
+            of absolute paths only and without recorded roots is not confined. The one rule is
+            :mod:`medfm.data.confine`.
         confine: ``False`` turns the confinement off.
         seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i, modality)``,
             so results do not depend on worker scheduling and a resumed run sees the same views.
@@ -71,7 +74,7 @@ class ManifestDataset(Dataset):
                  label_columns: Sequence[str] = (), label_vocab: Optional[Dict[str, List[str]]] = None,
                  columns: Optional[Mapping[str, str]] = None, base_dir: Optional[os.PathLike] = None,
                  cache_dir: Optional[os.PathLike] = None, seed: int = 0, root: Optional[os.PathLike] = None,
-                 confine: bool = True):
+                 confine: bool = True, data_roots: Optional[Sequence[os.PathLike]] = None):
         self.df = df.reset_index(drop=True)
         self.adapters = dict(adapters)
         self.train = train
@@ -85,19 +88,16 @@ class ManifestDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._records = self.df.to_dict("records")
-        self.root = self._confinement(root, confine)
+        #: the folders path cells must stay inside (``None``: not confined)
+        self.root = self._confinement(root, confine, df.attrs.get("data_roots") if data_roots is None else data_roots)
 
-    def _confinement(self, root: Optional[os.PathLike], confine: bool) -> Optional[Path]:
-        if not confine:
-            return None
-        if root is not None:
-            return Path(os.path.abspath(os.path.expanduser(str(root))))
-        if self.base_dir is None:
-            return None
+    def _confinement(self, root: Optional[os.PathLike], confine: bool,
+                     recorded: Optional[Sequence[os.PathLike]]) -> Optional[Confinement]:
         cols = [self.columns[m] for m, a in self.adapters.items() if a.input_kind == "path"]
         relative = any(isinstance(v, str) and v.strip() and not Path(v.strip()).expanduser().is_absolute()
                        for c in cols if c in self.df.columns for v in self.df[c])
-        return Path(os.path.abspath(self.base_dir)) if relative else None
+        return confinement(root=root, confine=confine, base_dir=self.base_dir,
+                           recorded=recorded or (), has_relative_cells=relative)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -108,7 +108,7 @@ class ManifestDataset(Dataset):
     def _resolve(self, adapter, value: Any, column: Optional[str] = None) -> Any:
         """Relative paths resolve against the manifest's folder — for inline-value modalities too,
         when the cell is a file reference (``seqs.fasta#ID``, ``report.txt``) — and must stay
-        inside the data root when one is set."""
+        inside the data roots when the reads are confined (:mod:`medfm.data.confine`)."""
         if not isinstance(value, str):
             return value
         suffix = ""
@@ -121,10 +121,7 @@ class ManifestDataset(Dataset):
             p = Path(value).expanduser()
         full = p if p.is_absolute() or self.base_dir is None else self.base_dir / p
         if self.root is not None:
-            norm = Path(os.path.normpath(os.path.abspath(full)))
-            if not norm.is_relative_to(self.root):
-                raise DataError(f"path {value!r} leads outside the data root {self.root}; set data.root to a "
-                                "folder that holds it (or data.confine_paths: false)", field=column)
+            self.root.check(full, value, column)
         if self.base_dir is None and not p.is_absolute():
             return value
         return str(full) + suffix

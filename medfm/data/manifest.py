@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io import hash_file
+from .confine import recorded_roots
 
 REQUIRED_COLUMNS = ("id", "patient_id")
 READERS = {
@@ -38,7 +39,9 @@ def read_manifest(path: os.PathLike, modalities: Optional[Iterable[str]] = None)
 
     Empty cells become ``None`` (the modality or label is absent). ``id`` must be
     unique. The frame's ``attrs["base_dir"]`` is the manifest's folder (relative
-    paths in modality columns resolve against it) and ``attrs["sha256"]`` its hash.
+    paths in modality columns resolve against it), ``attrs["data_roots"]`` the data roots
+    ``medfm manifest`` recorded in its sidecar (:mod:`medfm.data.confine`) and
+    ``attrs["sha256"]`` its hash.
 
     Raises:
         DataError: unreadable file, missing required/modality column, empty, non-scalar or
@@ -55,8 +58,10 @@ def read_manifest(path: os.PathLike, modalities: Optional[Iterable[str]] = None)
         df = reader(p)
     except Exception as e:
         raise DataError(f"cannot read manifest: {e}", source=str(p)) from e
-    return validate_manifest(df, source=str(p), base_dir=p.parent, modalities=modalities,
-                             sha256=hash_file(p).hexdigest())
+    df = validate_manifest(df, source=str(p), base_dir=p.parent, modalities=modalities,
+                           sha256=hash_file(p).hexdigest())
+    df.attrs["data_roots"] = [str(r) for r in recorded_roots(p)]
+    return df
 
 
 def validate_manifest(df: pd.DataFrame, *, source: str = "<manifest>", base_dir: Optional[os.PathLike] = None,

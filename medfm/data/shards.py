@@ -273,7 +273,8 @@ class _ShardWriter:
 def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, shard_size: Any = "1GB",
                  max_samples: Optional[int] = None, columns: Optional[Mapping[str, str]] = None,
                  label_columns: Sequence[str] = (), num_workers: int = 0, progress: bool = True,
-                 on_commit: Optional[Callable[[Dict[str, Any]], None]] = None) -> ShardIndex:
+                 on_commit: Optional[Callable[[Dict[str, Any]], None]] = None,
+                 data_root: Optional[str] = None, confine: bool = True) -> ShardIndex:
     """Read and preprocess (eval mode) every row of ``df`` once and write WebDataset shards to ``out``.
 
     Args:
@@ -284,6 +285,8 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
             (every column is kept in each sample's ``row``).
         num_workers: DataLoader workers that read and preprocess.
         on_commit: called with each committed shard's sidecar (progress reporting, tests).
+        data_root, confine: where path cells may lead (``data.root``, ``data.confine_paths``;
+            :mod:`medfm.data.confine`).
 
     Resumes after the last committed shard when ``out`` holds a matching ``plan.json``.
     Returns the :class:`ShardIndex` of the finished set.
@@ -322,7 +325,9 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
     tensor_adapters = {m: a for m, a in adapters.items() if modalities[m]["kind"] == "tensor"}
     value_mods = [m for m in adapters if modalities[m]["kind"] == "value"]
     records = df.reset_index(drop=True).to_dict("records")
-    ds = ManifestDataset(df, tensor_adapters, train=False, columns=columns) if tensor_adapters else None
+    ds = (ManifestDataset(df, tensor_adapters, train=False, columns=columns, root=data_root,
+                                    confine=confine)
+          if tensor_adapters else None)
     rows = range(start, len(df))
     it: Any = rows
     if ds is not None:

@@ -4,9 +4,10 @@ Checked by :func:`medfm.finetune.finetuner.resolve_config` before the base model
 read; messages carry the key path (``optim.lr: expected a number, got 'abc'``). Cross-field
 rules (a monitor that fits the task kind) stay in ``resolve_config``.
 
-Relative paths (``base``, ``data.manifest``) resolve against the folder of the config file
+Relative paths (``base``, ``data.manifest``, ``data.root``, ``data.cache_dir``) resolve against the
+folder of the config file
 (the working directory for a config given in Python without ``config_dir``): the one rule of
-:mod:`medfm.train.paths`, shared with pretraining.
+:mod:`medfm.paths`, shared with pretraining.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Mapping, Optional
 
 from ..schema import to_dict, validate
+from ..train.run_config import LimitsConfig, confine_paths_field, limits_field, root_field
 
 _FRACTION = {"min": 0, "max": 0.99}
 
@@ -92,6 +94,9 @@ class FinetuneData:
     test_fraction: float = field(default=0.15, metadata=_FRACTION)
     seed: int = 0
     cache_dir: Optional[str] = None
+    root: Optional[str] = root_field()
+    confine_paths: bool = confine_paths_field()
+    limits: LimitsConfig = limits_field()
 
 
 @dataclass

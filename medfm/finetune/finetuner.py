@@ -35,10 +35,12 @@ from torch.utils.data import DataLoader
 
 from ..card import write_model_card
 from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest
+from ..data.columns import recorded_columns
 from ..data.manifest import is_missing
 from ..data.splits import make_splits
 from ..errors import ConfigError
 from ..io import deep_merge, portable_paths, write_json
+from ..limits import limits
 from ..metrics import cluster_bootstrap, metrics_with_ci
 from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
 from ..models.multimodal import CONFIG_NAME
@@ -46,7 +48,7 @@ from ..models.init import apply_init, model_config_with_init, summary_lines, wri
 from ..registry import get_modality
 from ..schema import defaults as schema_defaults
 from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
-from ..train.paths import config_path
+from ..paths import config_path, optional_config_path
 from ..train.schedule import cosine_with_warmup
 from . import config_schema as cs
 from .layout import finetune_meta
@@ -225,7 +227,7 @@ class FineTuner:
         out_dir: output directory.
         model: an already loaded base model (``config["base"]`` is still recorded as its source).
         config_dir: the config file's folder: relative ``base`` / ``data.manifest`` paths resolve
-            against it (:mod:`medfm.train.paths`; the working directory when ``None``).
+            against it (:mod:`medfm.paths`; the working directory when ``None``).
 
     After construction :attr:`model` is the :class:`FineTunedModel` being trained.
     """
@@ -233,19 +235,28 @@ class FineTuner:
     def __init__(self, config: Mapping[str, Any], out_dir, model=None, config_dir=None):
         self.cfg = resolve_config(config)
         self.out = Path(out_dir)
+        self.config_dir = config_dir
         cfg = self.cfg
         torch.manual_seed(int(cfg["seed"]))
         np.random.seed(int(cfg["seed"]))
         dcfg = cfg["data"]
         self.df = read_manifest(config_path(dcfg["manifest"], config_dir, "data.manifest"))
         self.base = config_path(cfg["base"], config_dir, "base") if not isinstance(cfg["base"], Mapping) else None
+        # the column mapping the base checkpoint recorded (read before an --init base is re-saved to OUT/base)
+        self._recorded_columns = recorded_columns(self.base) if self.base is not None else {}
         if model is None:
             model = self._base_model(cfg, config_dir)
         if isinstance(model, FineTunedModel):  # a fine-tuned base: its encoder, without its head
             model = model.encoder
         encoder: MultiModalModel = model
-        self.columns = {m: (cfg["columns"] or {}).get(m, m) for m in encoder.modalities}
+        self.columns = self._columns(encoder.modalities)
         mods = cfg["modalities"] or [m for m in encoder.modalities if self.columns[m] in self.df.columns]
+        if not cfg["modalities"]:
+            for m in encoder.modalities:
+                if m not in mods:
+                    log.warning("modality %r of the base has no column %r in the manifest: not fine-tuned "
+                                "(map it with columns: {%s: COLUMN} or --column %s=COLUMN)",
+                                m, self.columns[m], m, m)
         for m in mods:
             if m not in encoder.modalities:
                 raise ConfigError(f"modality {m!r} is not in the base model; it has {encoder.modalities}")
@@ -270,6 +281,12 @@ class FineTuner:
         self.n_trainable, self.n_total = count_parameters(self.model)
 
     # ---------------------------------------------------------- building
+    def _columns(self, modalities) -> Dict[str, str]:
+        """``{modality: column}``: the config's ``columns`` over the mapping the base checkpoint
+        recorded (:mod:`medfm.data.columns`), else the modality's name."""
+        mapping = {**self._recorded_columns, **(self.cfg["columns"] or {})}
+        return {m: mapping.get(m, m) for m in modalities}
+
     def _base_model(self, cfg: Mapping[str, Any], config_dir) -> MultiModalModel:
         """The base checkpoint, or — with ``init`` or a model config as ``base`` — a model built and
         initialised from imported weights, saved to ``OUT/base`` (the fine-tuned checkpoint refers to it)."""
@@ -333,8 +350,11 @@ class FineTuner:
         dcfg = self.cfg["data"]
         adapters = {m: self.model.adapters[m] for m in self.modalities}
         ds = ManifestDataset(self.splits[split], adapters, train=train, columns=self.columns,
-                             base_dir=self.df.attrs.get("base_dir"), cache_dir=dcfg["cache_dir"],
-                             seed=int(dcfg["seed"]))
+                             base_dir=self.df.attrs.get("base_dir"), data_roots=self.df.attrs.get("data_roots"),
+                             cache_dir=optional_config_path(dcfg["cache_dir"], self.config_dir, "data.cache_dir"),
+                             seed=int(dcfg["seed"]), root=optional_config_path(dcfg["root"], self.config_dir,
+                                                                               "data.root"),
+                             confine=bool(dcfg["confine_paths"]))
         return DataLoader(ds, batch_size=int(dcfg["batch_size"]), shuffle=train,
                           num_workers=int(dcfg["num_workers"] or 0), collate_fn=MultiModalCollate(adapters),
                           generator=torch.Generator().manual_seed(int(self.cfg["seed"])))
@@ -382,7 +402,14 @@ class FineTuner:
         return tot / max(nb, 1)
 
     def fit(self) -> Dict[str, Any]:
-        """Train with early stopping, restore the best epoch, test, save; returns the metrics dict."""
+        """Train with early stopping, restore the best epoch, test, save; returns the metrics dict.
+
+        ``data.limits`` (see :mod:`medfm.limits`) apply to every read of this run.
+        """
+        with limits(**(self.cfg["data"]["limits"] or {})):
+            return self._fit()
+
+    def _fit(self) -> Dict[str, Any]:
         cfg, oc = self.cfg, self.cfg["optim"]
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "finetune_config.json", portable_paths(cfg, self.out))  # paths relative to OUT

@@ -320,9 +320,9 @@ def model_config_with_init(model_cfg: Any, inits: Dict[str, Dict[str, Any]], con
         return model_cfg
     if isinstance(model_cfg, (str, Path)):
         s = str(model_cfg)
-        p = Path(s) if Path(s).is_file() else (Path(config_dir) / s if config_dir is not None else Path(s))
-        if not p.is_file():
-            p = config_path(s) if config_path(s).is_file() else p
+        # the config's folder first (the path rule of medfm.paths), then the working directory, then shipped
+        candidates = ([Path(config_dir) / s] if config_dir is not None else []) + [Path(s), config_path(s)]
+        p = next((c for c in candidates if c.is_file()), Path(s))
         if s in MODELS:
             model_cfg = {"name": s}
         elif p.is_file():

@@ -38,7 +38,7 @@ from .resume_checkpoint import (checkpoint_candidates, clean_temporaries, first_
                                 optimizer_state_by_name, read_run_config, rng_state, save_checkpoint)
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
 from .loop import MetricsLog, TrainCore, build_optimizer, progress, wrap_model
-from .paths import config_path
+from ..paths import config_path, optional_config_path
 from .run_config import RunConfig, validate_run_config
 from .sampler import ResumableSampler
 from .schedule import cosine_with_warmup
@@ -81,7 +81,7 @@ class Trainer:
         out_dir: where the final model (``config.json`` + ``model.safetensors``),
             ``checkpoints/``, ``metrics.jsonl`` and ``tb/`` go.
         config_dir: the config file's folder: relative ``data.manifest`` / ``data.root`` resolve
-            against it (:mod:`medfm.train.paths`; the working directory when ``None``).
+            against it (:mod:`medfm.paths`; the working directory when ``None``).
     """
 
     def __init__(self, config: Dict[str, Any], out_dir: Path, config_dir: Optional[Path] = None):
@@ -98,7 +98,7 @@ class Trainer:
         if dcfg.get("shards"):  # streaming from `medfm shard` output (medfm.data.shard_stream)
             from ..data.shards import fit_frame, open_index  # deferred: fsspec, only for streamed shards
 
-            self.shards = open_index(dcfg["shards"])
+            self.shards = open_index(optional_config_path(dcfg["shards"], config_dir, "data.shards"))
         manifest = (config_path(dcfg["manifest"], config_dir, "data.manifest") if dcfg["manifest"]
                     else Path(self.shards.url("index.json")))
         df = read_manifest(manifest) if dcfg["manifest"] else fit_frame(self.shards)
@@ -126,7 +126,9 @@ class Trainer:
         else:
             self.dataset = ManifestDataset(self.df, self.model.adapters, train=True,
                                            label_columns=dcfg.get("label_columns") or (), columns=dcfg.get("columns"),
-                                           cache_dir=dcfg.get("cache_dir"), seed=int(tcfg["seed"]),
+                                           cache_dir=optional_config_path(dcfg.get("cache_dir"), config_dir,
+                                                                          "data.cache_dir"),
+                                           seed=int(tcfg["seed"]),
                                            root=self._data_root(), confine=bool(dcfg.get("confine_paths", True)))
             self.sampler = ResumableSampler(len(self.dataset), shuffle=True, seed=int(tcfg["seed"]),
                                             rank=self.dist.rank, world_size=self.dist.world_size)
@@ -195,11 +197,11 @@ class Trainer:
             adapters[name] = adapter
         model = create_model(mcfg, adapters=adapters)
         if tcfg.get("init_from"):
-            self._init_from(model, Path(tcfg["init_from"]))
+            self._init_from(model, config_path(tcfg["init_from"], self.config_dir, "train.init_from"))
         return model
 
     def _data_root(self) -> Optional[Path]:
-        """``data.root`` by the config path rule (:mod:`medfm.train.paths`)."""
+        """``data.root`` by the path rule (:mod:`medfm.paths`)."""
         root = self.config["data"].get("root")
         return config_path(root, self.config_dir, "data.root") if root else None
 

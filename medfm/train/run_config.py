@@ -15,7 +15,7 @@ Validated up front — before the manifest or any data file is read — by
 
 Relative paths (``data.manifest``, ``data.root``) resolve against the folder of the config
 file (the working directory for a config given in Python without ``config_dir``): the one
-rule of :mod:`medfm.train.paths`.
+rule of :mod:`medfm.paths`.
 """
 from __future__ import annotations
 
@@ -32,11 +32,35 @@ def _min(v, **more):
 
 @dataclass
 class LimitsConfig:
-    """See :mod:`medfm.limits`; ``None`` keeps the default (or the environment's value)."""
+    """See :mod:`medfm.limits`; ``None`` keeps the default (or the environment's value).
+
+    Attributes:
+        max_file_mb: bytes on disk of one input, in MiB.
+        max_elements: the product of the dimensions a file's header declares.
+        max_sample_mb: memory of one decoded sample as float32, in MiB.
+    """
 
     max_file_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
     max_elements: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
     max_sample_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
+
+
+def root_field() -> Any:
+    """``data.root``, shared by the pretraining and fine-tuning schemas."""
+    return field(default=None, metadata={"doc": "the one folder path cells must stay inside (default: the manifest's "
+                                                "folder and the data roots `medfm manifest` recorded in its sidecar; "
+                                                "medfm.data.confine)"})
+
+
+def confine_paths_field() -> Any:
+    """``data.confine_paths``, shared by the pretraining and fine-tuning schemas."""
+    return field(default=True, metadata={"doc": "refuse (as counted skips) manifest paths that leave the data roots"})
+
+
+def limits_field() -> Any:
+    """``data.limits``, shared by the pretraining and fine-tuning schemas."""
+    return field(default_factory=LimitsConfig, metadata={"doc": "input-size limits checked before decoding "
+                                                                "(medfm.limits)"})
 
 
 @dataclass
@@ -51,9 +75,6 @@ class DataConfig:
         batch_size: samples per step and rank.
         num_workers: data-loading processes per rank.
         cache_dir: where preprocessed samples are cached (``null``: no cache).
-        root: the folder path cells must stay inside (default: the manifest's folder when its path cells are relative).
-        confine_paths: refuse (as counted skips) manifest paths that escape ``root``.
-        limits: input-size limits checked before decoding.
         shards: a folder or URL pattern written by ``medfm shard``, streamed instead of the manifest.
         shuffle_buffer: samples held for shuffling when streaming shards.
     """
@@ -65,9 +86,9 @@ class DataConfig:
     batch_size: int = field(default=16, metadata=_min(1))
     num_workers: int = field(default=0, metadata=_min(0))
     cache_dir: Optional[str] = None
-    root: Optional[str] = None
-    confine_paths: bool = True
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    root: Optional[str] = root_field()
+    confine_paths: bool = confine_paths_field()
+    limits: LimitsConfig = limits_field()
     shards: Optional[str] = None
     shuffle_buffer: int = field(default=1000, metadata=_min(1))
 

@@ -5,7 +5,8 @@ import os
 import sys
 
 from medfm.errors import DataError, UsageError
-from medfm.cli.common import add_column_args, add_init_args, column_map, init_overrides
+from medfm.cli.common import (add_column_args, add_data_args, add_init_args, column_map, data_options,
+                              init_overrides)
 
 
 def register(subparsers) -> None:
@@ -32,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     add_init_args(p)
+    add_data_args(p)
     p.set_defaults(func=run)
 
 
@@ -75,9 +77,10 @@ def _embed_manifest(args, model, fp):
         from medfm.evaluation.embed_dist import embed_ranks
 
         return embed_ranks(model, df, args.modality, out=args.out, batch_size=args.batch_size, column=column,
-                           progress=not args.no_progress, model_fingerprint=fp, model_dir=args.model)
+                           progress=not args.no_progress, model_fingerprint=fp, model_dir=args.model,
+                           **data_options(args))
     return embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=column,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, **data_options(args))
 
 
 def _embed_shards(args, model, fp):

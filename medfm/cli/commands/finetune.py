@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ...paths import command_line_path
 from ..common import add_column_args, add_config_args, add_init_args, column_map, init_overrides, load_run_config
 
 
@@ -14,15 +16,15 @@ def run(args) -> int:
     if inits:
         config["init"] = {**(config.get("init") or {}), **inits}
     if args.manifest is not None:
-        config.setdefault("data", {})["manifest"] = str(Path(args.manifest).resolve())
+        config.setdefault("data", {})["manifest"] = command_line_path(args.manifest)
     if args.base is not None:
-        config["base"] = str(Path(args.base).resolve())
+        config["base"] = command_line_path(args.base, may_be_name=True)
     if args.merge:
         config["merge"] = True
     if args.no_progress:
         config["progress"] = False
-
-    config["columns"] = {**column_map(args, config.get("base")), **(config.get("columns") or {}), **column_map(args)}
+    # --column flags over the config's columns; the fine-tuner adds the base checkpoint's recorded mapping below both
+    config["columns"] = {**(config.get("columns") or {}), **column_map(args)}
     result = finetune(config, Path(args.out), config_dir=config_dir)
     summary = {k: result[k] for k in ("out", "method", "task", "monitor", "best_epoch", "epochs_run",
                                       "n_trainable", "n_total") if k in result}

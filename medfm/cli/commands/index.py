@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from medfm.cli.common import add_column_args, column_map
+from medfm.cli.common import add_column_args, add_data_args, column_map, data_options
 from medfm.errors import DataError, UsageError
 
 
@@ -41,6 +41,7 @@ def register(subparsers) -> None:
     b.add_argument("--no-progress", action="store_true")
 
     add_column_args(b, bare_means="modality")
+    add_data_args(b)
     b.set_defaults(func=run)
 
 
@@ -62,7 +63,7 @@ def run(args) -> int:
     df = open_manifest(args.manifest, split=args.split, require=cols)
 
     emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress,
-                         column=column_map(args, args.model).get(args.modality))
+                         column=column_map(args, args.model).get(args.modality), **data_options(args))
     if emb.skipped:
         print(report_skipped(emb, args.modality), file=sys.stderr)
     if len(emb.ids) == 0:

@@ -17,7 +17,9 @@ def register(subparsers) -> None:
                     "column of what PATH holds (e.g. oct=scans/). Rows of one patient and study are paired. "
                     "patient_id is a salted HMAC-SHA256 of the DICOM PatientID or the table's patient column; "
                     "sample ids of DICOM studies are salted hashes too. Raw identifiers are never written. "
-                    "Writes OUT, OUT.summary.json and (once) the salt file.")
+                    "Writes OUT, OUT.summary.json (counts, unreadable files and the data roots walked: the "
+                    "other commands read the manifest's paths inside its folder and those roots) and (once) "
+                    "the salt file.")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="folder or file, or MODALITY=PATH")
     p.add_argument("--out", required=True, help="manifest to write (.csv, .tsv, .jsonl or .parquet)")
     p.add_argument("--salt-file", default=None,
@@ -51,6 +53,7 @@ def _verifier():
 def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.data.cohort import build_manifest, format_summary, load_or_create_salt, parse_fractions
+    from medfm.data.confine import sidecar_path
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet"):
@@ -68,7 +71,7 @@ def run(args) -> int:
     else:
         atomic_write_text(out, res.df.to_csv(index=False, sep="\t" if sfx == ".tsv" else ","))
     res.summary["manifest"] = str(out)
-    write_json(Path(str(out) + ".summary.json"), res.summary)
+    write_json(sidecar_path(out), res.summary)
     if args.json:
         print(json.dumps(res.summary, indent=2))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from ...models.init import model_config_with_init
+from ...paths import command_line_path
 from ..common import add_column_args, add_config_args, add_init_args, column_map, init_overrides, load_run_config
 
 
@@ -18,11 +19,11 @@ def run(args) -> int:
     if args.max_steps is not None:
         config.setdefault("train", {})["max_steps"] = args.max_steps
     if args.manifest is not None:
-        config.setdefault("data", {})["manifest"] = str(Path(args.manifest).resolve())
+        config.setdefault("data", {})["manifest"] = command_line_path(args.manifest)
     if args.no_resume:
         config.setdefault("train", {})["resume"] = False
     if args.init_from:
-        config.setdefault("train", {})["init_from"] = args.init_from
+        config.setdefault("train", {})["init_from"] = command_line_path(args.init_from)
     if args.no_progress:
         config.setdefault("train", {})["progress"] = False
     if args.columns:
