@@ -80,15 +80,3 @@ def _seed():
     np.random.seed(0)
     yield
 
-
-@pytest.fixture
-def one_thread():
-    """Run the test body on one intra-op thread, as each ``torchrun`` rank with ``OMP_NUM_THREADS=1`` does.
-
-    A bit-for-bit comparison with a multi-process run must use the same GEMM kernels: a 2-thread
-    matmul may split its reduction differently from a 1-thread one.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
