@@ -23,7 +23,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -64,6 +64,22 @@ class ModalityAdapter:
     #: the masked-modelling ratio of the modality's published recipe, proposed to its tower as the
     #: fallback; the masked objective owns the setting (``{name: masked, mask_ratio: {<m>: r}}``)
     mask_ratio: ClassVar[Optional[float]] = None
+    #: DICOM Modality (0008,0060) values this adapter reads. ``medfm manifest`` puts a DICOM object
+    #: in the column of the adapter that declares its value, ``medfm inspect`` picks that adapter,
+    #: and the adapter's readers refuse a DICOM object whose value it does not declare.
+    dicom_modalities: ClassVar[Tuple[str, ...]] = ()
+    #: when several adapters read a file's suffix (``.nii.gz``: ct/oct, ``.png``: xray/fundus),
+    #: ``manifest`` and ``inspect`` choose the one with the lowest priority
+    suffix_priority: ClassVar[int] = 50
+
+    @classmethod
+    def reads_folder(cls, folder: Path) -> bool:
+        """Whether ``folder`` as a whole is one input of this adapter (a DICOM series, a B-scan folder).
+
+        ``inspect`` offers a folder to the adapters that say yes, in :attr:`suffix_priority` order.
+        Default: no folder.
+        """
+        return False
 
     def __init__(self, **options: Any):
         if "mask_ratio" in options and "mask_ratio" not in self.defaults:  # deprecated: moved to the objective
@@ -108,7 +124,8 @@ class ModalityAdapter:
 
             check_file_size(source)
         try:
-            item = self.preprocess(self.read(source, sample_id=sample_id, row=row), train=train, rng=rng)
+            record = self.read(source, sample_id=sample_id, row=row)
+            item = self.preprocess(record, train=train, rng=rng)
         except MedFMError as e:
             if isinstance(e, DataError) and e.source is None and label is not None:
                 raise DataError(e.reason, source=str(label), field=e.field) from e
@@ -116,6 +133,9 @@ class ModalityAdapter:
         except Exception as e:  # a reader library failed in its own words
             raise DataError(f"cannot read {self.name} input: {type(e).__name__}: {e}", source=str(label)) from e
         check_finite(item, self.name, label)
+        notes = list(record.meta.get("flags") or ())
+        if notes:  # a reader's warning about the file (NIfTI read as CT): counted by the dataset
+            item = {**item, "flags": list(dict.fromkeys(list(item.get("flags") or ()) + notes))}
         return item
 
     def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:

@@ -22,9 +22,12 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
+from .dicom import is_dicom_file
 from medfm.limits import check_declared_shape
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: NIfTI records no modality: an MR or PET volume would be windowed as HU without a word
+NIFTI_FLAG = "NIfTI records no modality: read as CT (Hounsfield units) unchecked"
 ARRAY_SUFFIXES = (".npy", ".npz")
 
 
@@ -76,6 +79,8 @@ class CTAdapter(ModalityAdapter):
     name = "ct"
     input_kind = "path"
     suffixes = (".dcm", ".nii", ".nii.gz", ".npy", ".npz", "")
+    dicom_modalities = ("CT",)
+    suffix_priority = 10  # .nii.gz / .npy / .dcm: a volume is CT before OCT
     defaults: Dict[str, Any] = {
         "series_uid": None,
         "spacing_column": "ct_spacing",
@@ -99,6 +104,12 @@ class CTAdapter(ModalityAdapter):
         if len(self.options["size"]) != 3 or len(self.options["patch_size"]) != 3:
             raise ConfigError("ct: size and patch_size need 3 values (D, H, W)")
 
+    @classmethod
+    def reads_folder(cls, folder: Path) -> bool:
+        """A folder is a CT series when it holds a DICOM file (the first few files are sniffed)."""
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return any(is_dicom_file(p) for p in files[:8])
+
     # ------------------------------------------------------------------ read
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """Path → ``Record(data=(D, H, W) HU float32, meta)``."""
@@ -106,13 +117,14 @@ class CTAdapter(ModalityAdapter):
         sfx = check_format(path, self.name, self.suffixes)
         if path.is_dir():
             vol, fmt = im.read_dicom_series(path, series_uid=self.options["series_uid"],
-                                            spacing_tolerance=self.options["spacing_tolerance"]), "dicom-series"
+                                            spacing_tolerance=self.options["spacing_tolerance"], adapter=self), "dicom-series"
         elif sfx in NIFTI_SUFFIXES:
             vol, fmt = read_nifti(path), "nifti"
+            vol.meta["flags"] = [NIFTI_FLAG]
         elif sfx in ARRAY_SUFFIXES:
             vol, fmt = self._read_array(path, row, sample_id), "array"
         else:
-            vol, fmt = im.read_dicom_file_volume(path), "dicom"
+            vol, fmt = im.read_dicom_file_volume(path, adapter=self), "dicom"
         im.check_array(vol.data, 3, source=path, what="CT volume")
         im.check_geometry(vol, source=path)
         if fmt != "array" and self.options["orient"]:

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from medfm.errors import ConfigError, DataError
 from medfm.limits import check_declared_shape
 
+from .dicom import check_dicom_modality, codec_error
+
 #: DICOM keywords that may be copied into metadata (no patient identifiers).
 SAFE_DICOM_FIELDS = (
     "Modality", "PhotometricInterpretation", "Rows", "Columns", "BitsStored",
@@ -69,8 +71,8 @@ def dicom_pixels(ds, path: os.PathLike, *, modality_lut: bool = True) -> np.ndar
     """Pixel data as float32 with the modality LUT (slope/intercept → HU for CT) applied.
 
     Returns ``(H, W)``, ``(F, H, W)`` or ``(..., 3)`` for colour, as pydicom decodes it.
-    A missing pixel decoder (JPEG without pylibjpeg/gdcm), truncated pixel data or
-    no pixel data at all become a :class:`DataError` naming ``path``.
+    A missing pixel decoder (JPEG without pylibjpeg/gdcm: the error names the packages),
+    truncated pixel data or no pixel data at all become a :class:`DataError` naming ``path``.
     """
     from pydicom.pixels import apply_modality_lut
 
@@ -80,10 +82,7 @@ def dicom_pixels(ds, path: os.PathLike, *, modality_lut: bool = True) -> np.ndar
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises RuntimeError/ValueError/NotImplementedError by handler
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(ts, "name", str(ts))
-        raise DataError(f"cannot decode pixel data (transfer syntax {name}): {type(e).__name__}: {e}",
-                        source=str(path), field="PixelData") from e
+        raise codec_error(ds, path, e) from e
     if modality_lut:
         arr = apply_modality_lut(arr, ds)
     return np.asarray(arr, dtype=np.float32)
@@ -171,7 +170,7 @@ def lps_affine(origin: np.ndarray, row_cos: np.ndarray, col_cos: np.ndarray, nor
 
 
 def read_dicom_series(folder: os.PathLike, *, series_uid: Optional[str] = None,
-                      spacing_tolerance: float = 0.1) -> Volume:
+                      spacing_tolerance: float = 0.1, adapter: Any = None) -> Volume:
     """Read one DICOM series from ``folder`` into a :class:`Volume` in HU.
 
     Slices are ordered by ImagePositionPatient projected on the slice normal
@@ -179,7 +178,9 @@ def read_dicom_series(folder: os.PathLike, *, series_uid: Optional[str] = None,
     InstanceNumber. Several series → ``series_uid`` chooses; without it a
     :class:`DataError` lists the SeriesInstanceUIDs. Duplicate positions or a
     spacing deviating from the median by more than ``spacing_tolerance`` (relative)
-    — a missing slice — raise :class:`DataError`.
+    — a missing slice — raise :class:`DataError`. With ``adapter``, the chosen series' Modality
+    values are checked against the adapter's (:func:`medfm.modalities.dicom.check_dicom_modality`)
+    before any pixel is decoded; ``meta["flags"]`` holds the flag of a series without one.
     """
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
@@ -209,9 +210,13 @@ def read_dicom_series(folder: os.PathLike, *, series_uid: Optional[str] = None,
         chosen = next(iter(groups.values()))
 
     p0, ds0 = chosen[0]
+    flags = []
+    if adapter is not None:
+        for p, ds in chosen:
+            flags = check_dicom_modality(ds, adapter, p) or flags
     if "ImageOrientationPatient" not in ds0 or "ImagePositionPatient" not in ds0:
         if len(chosen) == 1:
-            return read_dicom_file_volume(p0)
+            return read_dicom_file_volume(p0, adapter=adapter)
         raise DataError("series lacks ImagePositionPatient/ImageOrientationPatient; cannot order slices",
                         source=str(folder), field="ImagePositionPatient")
     iop = _floats(ds0.ImageOrientationPatient, 6, p0, "ImageOrientationPatient")
@@ -263,16 +268,20 @@ def read_dicom_series(folder: os.PathLike, *, series_uid: Optional[str] = None,
     aff = lps_affine(pos[0][1], row_cos, col_cos, normal, spacing)
     meta = safe_dicom_meta(ds0)
     meta.update(n_files=len(slices))
+    if flags:
+        meta["flags"] = flags
     return Volume(data, spacing, aff, meta)
 
 
-def read_dicom_file_volume(path: os.PathLike) -> Volume:
+def read_dicom_file_volume(path: os.PathLike, *, adapter: Any = None) -> Volume:
     """A single DICOM file (one slice, or a multi-frame/enhanced object) as a :class:`Volume` in HU.
 
     Multi-frame geometry comes from the functional groups when present (per-frame
-    ImagePositionPatient), else SpacingBetweenSlices/SliceThickness.
+    ImagePositionPatient), else SpacingBetweenSlices/SliceThickness. With ``adapter``, the
+    Modality value is checked first (as :func:`read_dicom_series`).
     """
     ds = read_dicom(path)
+    flags = check_dicom_modality(ds, adapter, path) if adapter is not None else []
     arr = _modality_lut_frames(ds, path)
     if arr.ndim == 2:
         arr = arr[None]
@@ -313,8 +322,10 @@ def read_dicom_file_volume(path: os.PathLike) -> Volume:
     elif "ImagePositionPatient" in ds:
         origin = _floats(ds.ImagePositionPatient, 3, path, "ImagePositionPatient")
     spacing = (sd, float(ps[0]), float(ps[1]))
-    return Volume(arr.astype(np.float32), spacing, lps_affine(origin, iop[:3], iop[3:], normal, spacing),
-                  safe_dicom_meta(ds))
+    meta = safe_dicom_meta(ds)
+    if flags:
+        meta["flags"] = flags
+    return Volume(arr.astype(np.float32), spacing, lps_affine(origin, iop[:3], iop[3:], normal, spacing), meta)
 
 
 def _modality_lut_frames(ds, path) -> np.ndarray:
