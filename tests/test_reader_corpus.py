@@ -170,9 +170,11 @@ def test_an_mr_file_is_refused_with_the_reason(tmp_path):
 def test_non_image_objects_say_what_they_are():
     from pydicom.data import get_testdata_file
 
-    for name, what in (("rtdose.dcm", "radiotherapy dose"), ("rtstruct.dcm", "radiotherapy structure set")):
-        with pytest.raises(MedFMError, match=rf"{name}.*\({'an?'} {what}, not an image\)"):
-            inspect_source(get_testdata_file(name), "ct")
+    for name, what in (("rtdose.dcm", "a radiotherapy dose grid"), ("liver_1frame.dcm", "a segmentation"),
+                       ("reportsi.dcm", "a structured report"), ("rtplan.dcm", "a radiotherapy plan")):
+        for modality in (None, "ct"):
+            with pytest.raises(MedFMError, match=rf"{name}.*DICOM Modality '\w+' \({what}, not an image\)"):
+                inspect_source(get_testdata_file(name), modality)
 
 
 def test_nifti_read_as_ct_is_noted_once_and_counted_in_a_run(tmp_path):
@@ -181,18 +183,19 @@ def test_nifti_read_as_ct_is_noted_once_and_counted_in_a_run(tmp_path):
     from medfm.data import ManifestDataset, MultiModalCollate
     from medfm.registry import get_modality
 
-    anat = Path(nibabel.testing.data_path) / "anatomical.nii"
+    from nibabel.testing import data_path
+
+    anat = Path(data_path) / "anatomical.nii"
     info = inspect_source(str(anat))["info"]
     assert info["modality"] == "ct" and len(info["notes"]) == 1 and "NIfTI" in info["notes"][0]
     # a run counts it: one flag per NIfTI sample, none for a DICOM CT
     from pydicom.data import get_testdata_file
     import pandas as pd
 
-    manifest = tmp_path / "m.csv"
-    pd.DataFrame({"id": ["a", "b"], "patient_id": ["p", "q"],
-                  "ct": [str(anat), get_testdata_file("CT_small.dcm")]}).to_csv(manifest, index=False)
+    df = pd.DataFrame({"id": ["a", "b"], "patient_id": ["p", "q"],
+                       "ct": [str(anat), get_testdata_file("CT_small.dcm")]})
     ct = get_modality("ct", size=[8, 16, 16], target_spacing=None, patch_size=[4, 8, 8])
-    ds = ManifestDataset(manifest, {"ct": ct}, confine_paths=False)
+    ds = ManifestDataset(df, {"ct": ct}, confine=False)
     batch = MultiModalCollate({"ct": ct})([ds[0], ds[1]])
     assert [(sid, mod) for sid, mod, _ in batch["flags"]] == [("a", "ct")]
     assert np.isfinite(batch["inputs"]["ct"]["x"].numpy()).all()
