@@ -177,28 +177,31 @@ def test_non_image_objects_say_what_they_are():
                 inspect_source(get_testdata_file(name), modality)
 
 
-def test_nifti_read_as_ct_is_noted_once_and_counted_in_a_run(tmp_path):
+def test_nifti_read_as_ct_is_noted_once_and_counted_in_a_run(tmp_path, caplog):
+    import shutil
+
     import numpy as np
+    import pandas as pd
+    from nibabel.testing import data_path
+    from pydicom.data import get_testdata_file
 
     from medfm.data import ManifestDataset, MultiModalCollate
     from medfm.registry import get_modality
 
-    from nibabel.testing import data_path
-
     anat = Path(data_path) / "anatomical.nii"
     info = inspect_source(str(anat))["info"]
     assert info["modality"] == "ct" and len(info["notes"]) == 1 and "NIfTI" in info["notes"][0]
-    # a run counts it: one flag per NIfTI sample, none for a DICOM CT
-    from pydicom.data import get_testdata_file
-    import pandas as pd
-
-    df = pd.DataFrame({"id": ["a", "b"], "patient_id": ["p", "q"],
-                       "ct": [str(anat), get_testdata_file("CT_small.dcm")]})
+    # a run counts it: one flag per NIfTI sample and epoch, none for a DICOM CT; printed once
+    other = shutil.copy(anat, tmp_path / "other.nii")
+    df = pd.DataFrame({"id": ["a", "b", "c"], "patient_id": ["p", "q", "r"],
+                       "ct": [str(anat), get_testdata_file("CT_small.dcm"), str(other)]})
     ct = get_modality("ct", size=[8, 16, 16], target_spacing=None, patch_size=[4, 8, 8])
     ds = ManifestDataset(df, {"ct": ct}, confine=False)
-    batch = MultiModalCollate({"ct": ct})([ds[0], ds[1]])
-    assert [(sid, mod) for sid, mod, _ in batch["flags"]] == [("a", "ct")]
-    assert np.isfinite(batch["inputs"]["ct"]["x"].numpy()).all()
+    with caplog.at_level(logging.WARNING, logger="medfm.data"):
+        batches = [MultiModalCollate({"ct": ct})([ds[i] for i in range(3)]) for _epoch in range(2)]
+    assert [(sid, mod) for b in batches for sid, mod, _ in b["flags"]] == [("a", "ct"), ("c", "ct")] * 2
+    assert np.isfinite(batches[0]["inputs"]["ct"]["x"].numpy()).all()
+    assert sum("NIfTI records no modality" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_codec_error_names_the_file_and_the_packages(tmp_path):
