@@ -9,13 +9,15 @@ DNA sequence or a report) into tensors the engine can encode:
 ``x`` (and the optional ``mask``: 1 for a real token, 0 for padding, shape ``(L,)``)
 are what ``model.encode(modality, x, mask)`` receives; every other key an adapter
 returns is metadata, kept out of the model. An optional ``"flags"`` key (a list of
-strings) reports a usable but suspicious input (a flat ECG lead): the dataset logs,
-counts and removes it.
+strings) reports a usable but suspicious input (a flat ECG lead, a NIfTI read as CT):
+the dataset logs, counts and removes it; :meth:`ModalityAdapter.load` copies a reader's
+``record.meta["flags"]`` there.
 
 Adapters also say how their tensors are cut into tokens: :meth:`tower_config`
 returns the config of the tower (token embedder, pooling, masked-modelling
 target) that the engine builds for the modality. Adding a modality is one module
-in ``modalities/`` with a class decorated by :func:`medfm.registry.register_modality`.
+in ``modalities/`` with a class decorated by :func:`medfm.registry.register_modality`, which
+declares its facts (``suffixes``, ``dicom_modalities``, ``suffix_priority``, ``reads_folder``).
 """
 from __future__ import annotations
 

@@ -8,6 +8,10 @@ whitelisted non-identifying DICOM fields. ``preprocess`` resamples to
 training), maps each HU window to one channel in [0, 1] and returns
 ``{"x": (C, D, H, W)}`` with ``C = len(windows)`` (1 when ``windows`` is empty: raw HU,
 z-scored).
+
+DICOM objects whose Modality is not CT (MR, PT, US, SEG, RTDOSE, ...) are refused before
+any pixel is decoded; NIfTI records no modality, so a NIfTI volume is read with a flag
+(``meta["flags"]``, counted in runs, a note in ``medfm inspect``).
 """
 from __future__ import annotations
 
