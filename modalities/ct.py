@@ -26,6 +26,7 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
+from . import dicom as dcm
 from .dicom import is_dicom_file
 from medfm.limits import check_declared_shape
 
@@ -120,7 +121,7 @@ class CTAdapter(ModalityAdapter):
         path = require_file(source, what="CT input")
         sfx = check_format(path, self.name, self.suffixes)
         if path.is_dir():
-            vol, fmt = im.read_dicom_series(path, series_uid=self.options["series_uid"],
+            vol, fmt = dcm.read_dicom_series(path, series_uid=self.options["series_uid"],
                                             spacing_tolerance=self.options["spacing_tolerance"], adapter=self), "dicom-series"
         elif sfx in NIFTI_SUFFIXES:
             vol, fmt = read_nifti(path), "nifti"
@@ -128,7 +129,7 @@ class CTAdapter(ModalityAdapter):
         elif sfx in ARRAY_SUFFIXES:
             vol, fmt = self._read_array(path, row, sample_id), "array"
         else:
-            vol, fmt = im.read_dicom_file_volume(path, adapter=self), "dicom"
+            vol, fmt = dcm.read_dicom_file_volume(path, adapter=self), "dicom"
         im.check_array(vol.data, 3, source=path, what="CT volume")
         im.check_geometry(vol, source=path)
         if fmt != "array" and self.options["orient"]:

@@ -44,8 +44,8 @@ from medfm.registry import register_modality
 
 from . import signal as sig
 from medfm.limits import check_declared_shape
-from .dicom import check_dicom_modality
-from .imaging import npy_declared_shape, read_dicom
+from .dicom import check_dicom_modality, read_dicom
+from .imaging import npy_declared_shape
 
 LEADS: Tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}

@@ -28,6 +28,7 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
+from . import dicom as dcm
 from .dicom import check_dicom_modality
 
 VENDOR_EXTRA = "medfm[oct-vendor]"
@@ -184,10 +185,10 @@ class OCTAdapter(ModalityAdapter):
             data, vmeta = read_vendor_oct(path)
             meta.update(vmeta, format=f"vendor{sfx}")
         else:
-            ds = im.read_dicom(path)
+            ds = dcm.read_dicom(path)
             flags = check_dicom_modality(ds, self, path)
-            data = im.dicom_pixels(ds, path, modality_lut=False)
-            meta.update(im.safe_dicom_meta(ds), format="dicom")
+            data = dcm.dicom_pixels(ds, path, modality_lut=False)
+            meta.update(dcm.safe_dicom_meta(ds), format="dicom")
             if flags:
                 meta["flags"] = flags
             if data.ndim == 4:  # colour frames: luminance

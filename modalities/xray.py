@@ -18,6 +18,7 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
+from . import dicom as dcm
 from .dicom import check_dicom_modality
 
 
@@ -32,12 +33,12 @@ def read_dicom_2d(path: Path, *, color: bool, adapter: Any = None) -> Record:
     """
     from pydicom.pixels import apply_voi_lut
 
-    ds = im.read_dicom(path)
+    ds = dcm.read_dicom(path)
     flags = check_dicom_modality(ds, adapter, path) if adapter is not None else []
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     gray = photometric.startswith("MONOCHROME")
-    arr = im.dicom_pixels(ds, path, modality_lut=gray)
-    meta: Dict[str, Any] = im.safe_dicom_meta(ds)
+    arr = dcm.dicom_pixels(ds, path, modality_lut=gray)
+    meta: Dict[str, Any] = dcm.safe_dicom_meta(ds)
     if gray:
         if arr.ndim == 3:  # multi-frame radiograph: keep the first frame
             arr = arr[0]
