@@ -145,12 +145,22 @@ def decoder_hint(transfer_syntax: Any) -> str:
 
 def codec_error(ds: Any, path: os.PathLike, exc: BaseException) -> DataError:
     """The :class:`DataError` of pixel data that could not be decoded: the transfer syntax, the file
-    and the packages that decode it."""
+    and the packages that decode it (first, so that a one-line message keeps them)."""
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     name = getattr(ts, "name", str(ts))
     hint = decoder_hint(ts) if ts is not None else ""
-    return DataError(f"cannot decode pixel data (transfer syntax {name}): {type(exc).__name__}: {exc}"
-                     + (f"; {hint}" if hint else ""), source=str(path), field="PixelData")
+    try:
+        from pydicom.pixels import get_decoder  # deferred: pydicom is needed only for DICOM files
+
+        installed = ts is not None and get_decoder(ts).is_available
+    except Exception:  # no decoder for the UID at all
+        installed = False
+    if hint and not installed:  # pydicom's own text repeats the missing plug-ins at length
+        return DataError(f"cannot decode pixel data (transfer syntax {name}): no installed decoder reads it; {hint}",
+                         source=str(path), field="PixelData")
+    tried = f"; the installed decoders failed, other decoders: {hint}" if hint else ""
+    return DataError(f"cannot decode pixel data (transfer syntax {name}{tried}): {type(exc).__name__}: {exc}",
+                     source=str(path), field="PixelData")
 
 
 #: DICOM keywords that may be copied into metadata (no patient identifiers).
