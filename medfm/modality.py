@@ -9,13 +9,15 @@ DNA sequence or a report) into tensors the engine can encode:
 ``x`` (and the optional ``mask``: 1 for a real token, 0 for padding, shape ``(L,)``)
 are what ``model.encode(modality, x, mask)`` receives; every other key an adapter
 returns is metadata, kept out of the model. An optional ``"flags"`` key (a list of
-strings) reports a usable but suspicious input (a flat ECG lead): the dataset logs,
-counts and removes it.
+strings) reports a usable but suspicious input (a flat ECG lead, a NIfTI read as CT):
+the dataset logs, counts and removes it; :meth:`ModalityAdapter.load` copies a reader's
+``record.meta["flags"]`` there.
 
 Adapters also say how their tensors are cut into tokens: :meth:`tower_config`
 returns the config of the tower (token embedder, pooling, masked-modelling
 target) that the engine builds for the modality. Adding a modality is one module
-in ``modalities/`` with a class decorated by :func:`medfm.registry.register_modality`.
+in ``modalities/`` with a class decorated by :func:`medfm.registry.register_modality`, which
+declares its facts (``suffixes``, ``dicom_modalities``, ``suffix_priority``, ``reads_folder``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -67,6 +69,22 @@ class ModalityAdapter:
     #: options that act only when ``train=True`` (random augmentations): an export lists them apart
     #: from the inference options (``training_augmentation`` in ``preprocessing.json``)
     training_options: ClassVar[Sequence[str]] = ()
+    #: DICOM Modality (0008,0060) values this adapter reads. ``medfm manifest`` puts a DICOM object
+    #: in the column of the adapter that declares its value, ``medfm inspect`` picks that adapter,
+    #: and the adapter's readers refuse a DICOM object whose value it does not declare.
+    dicom_modalities: ClassVar[Tuple[str, ...]] = ()
+    #: when several adapters read a file's suffix (``.nii.gz``: ct/oct, ``.png``: xray/fundus),
+    #: ``manifest`` and ``inspect`` choose the one with the lowest priority
+    suffix_priority: ClassVar[int] = 50
+
+    @classmethod
+    def reads_folder(cls, folder: Path) -> bool:
+        """Whether ``folder`` as a whole is one input of this adapter (a DICOM series, a B-scan folder).
+
+        ``inspect`` offers a folder to the adapters that say yes, in :attr:`suffix_priority` order.
+        Default: no folder.
+        """
+        return False
 
     def __init__(self, **options: Any):
         if "mask_ratio" in options and "mask_ratio" not in self.defaults:  # deprecated: moved to the objective
@@ -111,7 +129,8 @@ class ModalityAdapter:
 
             check_file_size(source)
         try:
-            item = self.preprocess(self.read(source, sample_id=sample_id, row=row), train=train, rng=rng)
+            record = self.read(source, sample_id=sample_id, row=row)
+            item = self.preprocess(record, train=train, rng=rng)
         except MedFMError as e:
             if isinstance(e, DataError) and e.source is None and label is not None:
                 raise DataError(e.reason, source=str(label), field=e.field) from e
@@ -119,6 +138,9 @@ class ModalityAdapter:
         except Exception as e:  # a reader library failed in its own words
             raise DataError(f"cannot read {self.name} input: {type(e).__name__}: {e}", source=str(label)) from e
         check_finite(item, self.name, label)
+        notes = list(record.meta.get("flags") or ())
+        if notes:  # a reader's warning about the file (NIfTI read as CT): counted by the dataset
+            item = {**item, "flags": list(dict.fromkeys(list(item.get("flags") or ()) + notes))}
         return item
 
     def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:

@@ -8,6 +8,10 @@ whitelisted non-identifying DICOM fields. ``preprocess`` resamples to
 training), maps each HU window to one channel in [0, 1] and returns
 ``{"x": (C, D, H, W)}`` with ``C = len(windows)`` (1 when ``windows`` is empty: raw HU,
 z-scored).
+
+DICOM objects whose Modality is not CT (MR, PT, US, SEG, RTDOSE, ...) are refused before
+any pixel is decoded; NIfTI records no modality, so a NIfTI volume is read with a flag
+(``meta["flags"]``, counted in runs, a note in ``medfm inspect``).
 """
 from __future__ import annotations
 
@@ -22,9 +26,13 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
+from . import dicom as dcm
+from .dicom import is_dicom_file
 from medfm.limits import check_declared_shape
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: NIfTI records no modality: an MR or PET volume would be windowed as HU without a word
+NIFTI_FLAG = "NIfTI records no modality: read as CT (Hounsfield units) unchecked"
 ARRAY_SUFFIXES = (".npy", ".npz")
 
 
@@ -76,6 +84,8 @@ class CTAdapter(ModalityAdapter):
     name = "ct"
     input_kind = "path"
     suffixes = (".dcm", ".nii", ".nii.gz", ".npy", ".npz", "")
+    dicom_modalities = ("CT",)
+    suffix_priority = 10  # .nii.gz / .npy / .dcm: a volume is CT before OCT
     defaults: Dict[str, Any] = {
         "series_uid": None,
         "spacing_column": "ct_spacing",
@@ -100,20 +110,27 @@ class CTAdapter(ModalityAdapter):
         if len(self.options["size"]) != 3 or len(self.options["patch_size"]) != 3:
             raise ConfigError("ct: size and patch_size need 3 values (D, H, W)")
 
+    @classmethod
+    def reads_folder(cls, folder: Path) -> bool:
+        """A folder is a CT series when it holds a DICOM file (the first few files are sniffed)."""
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return any(is_dicom_file(p) for p in files[:8])
+
     # ------------------------------------------------------------------ read
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """Path → ``Record(data=(D, H, W) HU float32, meta)``."""
         path = require_file(source, what="CT input")
         sfx = check_format(path, self.name, self.suffixes)
         if path.is_dir():
-            vol, fmt = im.read_dicom_series(path, series_uid=self.options["series_uid"],
-                                            spacing_tolerance=self.options["spacing_tolerance"]), "dicom-series"
+            vol, fmt = dcm.read_dicom_series(path, series_uid=self.options["series_uid"],
+                                            spacing_tolerance=self.options["spacing_tolerance"], adapter=self), "dicom-series"
         elif sfx in NIFTI_SUFFIXES:
             vol, fmt = read_nifti(path), "nifti"
+            vol.meta["flags"] = [NIFTI_FLAG]
         elif sfx in ARRAY_SUFFIXES:
             vol, fmt = self._read_array(path, row, sample_id), "array"
         else:
-            vol, fmt = im.read_dicom_file_volume(path), "dicom"
+            vol, fmt = dcm.read_dicom_file_volume(path, adapter=self), "dicom"
         im.check_array(vol.data, 3, source=path, what="CT volume")
         im.check_geometry(vol, source=path)
         if fmt != "array" and self.options["orient"]:

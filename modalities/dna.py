@@ -273,6 +273,7 @@ class DNAAdapter(ModalityAdapter):
     name = "dna"
     input_kind = "value"
     suffixes = FASTA_SUFFIXES + TABLE_SUFFIXES
+    suffix_priority = 50  # .csv/.tsv: an ECG table (ecg) first
     defaults: Dict[str, Any] = {
         "k": 6, "stride": None, "max_length": 660, "pad_with_n": False, "tokenizer": "kmer", "alphabet": "ACGTN",
         "bpe_vocab_size": 512, "add_special_tokens": True, "random_offset": True,

@@ -44,6 +44,7 @@ from medfm.registry import register_modality
 
 from . import signal as sig
 from medfm.limits import check_declared_shape
+from .dicom import check_dicom_modality, read_dicom
 from .imaging import npy_declared_shape
 
 LEADS: Tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -196,7 +197,10 @@ def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[
 
     p = Path(str(path))
     base = p.with_suffix("") if p.suffix.lower() in (".hea", ".dat", ".mat") else p
-    hea = require_file(base.with_suffix(".hea"), what="WFDB header")
+    hea = base.with_suffix(".hea")
+    if not hea.is_file():
+        raise DataError("WFDB header not found" + (f" ({hea.name} beside the signal file)" if hea != p else ""),
+                        source=str(p))
     multi, needed, fs = _scan_header(hea)
     for f in needed:
         if not (hea.parent / f).exists():
@@ -212,17 +216,19 @@ def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[
             {"comments": list(rec.comments or [])})
 
 
-def read_dicom_waveform(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
+def read_dicom_waveform(path: Any, *, adapter: Any = None) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
     """A DICOM waveform: the multiplex group with the most channels (then the longest).
 
     Values come from ``ds.waveform_array(i)`` (sensitivity, correction and baseline applied);
     lead names from ``ChannelSourceSequence`` code meanings, units from
     ``ChannelSensitivityUnitsSequence``. No header field that identifies the patient is read.
+    With ``adapter``, the Modality value is checked against the adapter's first
+    (:func:`medfm.modalities.dicom.check_dicom_modality`); ``meta["flags"]`` holds the flag of an
+    object without one.
     """
-    import pydicom
-
     p = require_file(path, what="DICOM file")
-    ds = pydicom.dcmread(str(p))
+    ds = read_dicom(p)
+    flags = check_dicom_modality(ds, adapter, p) if adapter is not None else []
     groups = ds.get("WaveformSequence")
     if not groups:
         raise DataError("DICOM file has no WaveformSequence (not a waveform object)", source=str(p), field="WaveformSequence")
@@ -239,7 +245,7 @@ def read_dicom_waveform(path: Any) -> Tuple[np.ndarray, float, List[str], List[s
         names.append(str(src[0].CodeMeaning) if src else str(ch.get("ChannelLabel", "")))
         us = ch.get("ChannelSensitivityUnitsSequence")
         units.append(str(us[0].CodeValue) if us else "")
-    return arr, fs, names, units, {"multiplex_group": best}
+    return arr, fs, names, units, {"multiplex_group": best, **({"flags": flags} if flags else {})}
 
 
 def read_muse_xml(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
@@ -343,6 +349,8 @@ class ECGAdapter(ModalityAdapter):
     """
 
     name = "ecg"
+    dicom_modalities = ("ECG", "HD")  # 12-lead ECG waveforms; hemodynamic waveforms carry ECG leads too
+    suffix_priority = 30
     input_kind = "path"
     suffixes = (".hea", ".dat", ".mat", ".dcm", ".xml", ".npy", ".npz", ".csv")
     defaults: Dict[str, Any] = {
@@ -377,7 +385,7 @@ class ECGAdapter(ModalityAdapter):
         if suffix in (".hea", ".dat", ".mat") or (not suffix and p.with_suffix(".hea").exists()):
             return read_wfdb(p)
         if suffix in (".dcm", ".dicom") or (not suffix and p.is_file()):
-            return read_dicom_waveform(p)
+            return read_dicom_waveform(p, adapter=self)
         if suffix == ".xml":
             return read_muse_xml(p)
         check_format(p, self.name, self.suffixes)
@@ -432,7 +440,7 @@ class ECGAdapter(ModalityAdapter):
             names_flat = [LEADS[i] for i in np.nonzero(flat)[0]]
             mask = mask & ~flat
             meta["flat_leads"] = names_flat
-            meta["flags"] = [f"flat lead(s) {', '.join(names_flat)} (range < {FLAT_MV} mV): treated as absent"]
+            meta["flags"] = list(meta.get("flags") or ()) + [f"flat lead(s) {', '.join(names_flat)} (range < {FLAT_MV} mV): treated as absent"]
         meta.update(cmeta, fs=float(fs), lead_mask=mask, derived_mask=derived, source_leads=[str(n) for n in names])
         return Record(x, meta)
 

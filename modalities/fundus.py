@@ -25,6 +25,8 @@ class FundusAdapter(Image2DAdapter):
     """Retinal en-face images. Extra option ``vol_image``: ``"slo"`` reads the SLO of vendor files."""
 
     name = "fundus"
+    dicom_modalities = ("OP", "XC")  # ophthalmic photography, external-camera photography
+    suffix_priority = 70  # .png: X-ray first; .vol/.e2e/.fds/.fda: the OCT volume first
     suffixes = Image2DAdapter.suffixes + VENDOR_SUFFIXES
     defaults: Dict[str, Any] = {
         **Image2DAdapter.defaults,

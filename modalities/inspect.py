@@ -19,43 +19,32 @@ import numpy as np
 import torch
 
 from medfm.errors import DataError, MedFMError, UsageError
-from medfm.modality import check_format, file_reference, matching_suffix
-from .sources import DICOM_MODALITY
+from medfm.modality import check_format, file_reference
+from medfm.registry import get_modality
+
+from .choose import choose_modality
 from .ecg import LEADS
 
 
-PREFERRED = ("ct", "oct", "ecg", "xray", "dna", "text", "fundus")
+def guess_modality(path: Any, modalities: Optional[Dict[str, Any]] = None) -> str:
+    """The adapter of a file, from the adapters' declared facts (:func:`medfm.modalities.choose.choose_modality`)."""
+    return choose_modality(path, modalities)
 
 
-def guess_modality(path: Any, modalities: Dict[str, Any]) -> str:
-    """The modality of a file: DICOM Modality tag when DICOM, else the only adapter whose suffixes match.
-
-    Raises:
-        UsageError: no modality reads the suffix. Several: the first of :data:`PREFERRED`.
-    """
-    p = Path(str(path).partition("#")[0])
-    if p.is_file():
-        try:
-            with open(p, "rb") as fh:
-                dicom = fh.read(132)[128:132] == b"DICM"
-        except OSError:
-            dicom = False
-        if dicom:
-            import pydicom
-
-            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
-            tag = str(getattr(ds, "Modality", "") or "").upper()
-            if "WaveformSequence" in ds and tag not in DICOM_MODALITY:
-                tag = "ECG"
-            if tag in DICOM_MODALITY and DICOM_MODALITY[tag] in modalities:
-                return DICOM_MODALITY[tag]
-    hits = [m for m, cls in modalities.items() if matching_suffix(p, [s for s in cls.suffixes if s]) is not None]
-    if p.is_dir():
-        hits = ["ct"] if "ct" in modalities else []
-    if not hits:
-        raise UsageError(f"{p}: no modality reads {p.suffix or 'this file'}; name one with --modality")
-    # shared suffixes (.nii.gz: ct/oct, .vol: oct/fundus, .png: xray/fundus/oct folders): the first of PREFERRED
-    return min(hits, key=lambda m: PREFERRED.index(m) if m in PREFERRED else len(PREFERRED))
+def inspect_source(path: Any, modality: Optional[str] = None, adapters: Optional[Dict[str, Any]] = None
+                   ) -> Dict[str, Any]:
+    """What ``medfm inspect PATH`` shows, without the preview: :func:`inspect_file` with the adapter
+    named ``modality``, else the one :func:`guess_modality` chooses among ``adapters`` (instances;
+    default: the registry's adapters with their default options)."""
+    if adapters is None:
+        name = modality or guess_modality(path)
+        adapter = get_modality(name)
+    else:
+        name = modality or guess_modality(path, adapters)
+        if name not in adapters:
+            raise UsageError(f"the model has no {name!r} modality; it has {', '.join(sorted(adapters))}")
+        adapter = adapters[name]
+    return inspect_file(path, adapter)
 
 
 def _describe(value: Any) -> Any:
@@ -71,7 +60,8 @@ def _describe(value: Any) -> Any:
 
 
 def inspect_file(path: Any, adapter: Any) -> Dict[str, Any]:
-    """``{"modality", "source", "read": {...}, "meta": {...}, "tensor": {...}}`` and the arrays to draw."""
+    """``{"modality", "source", "read": {...}, "meta": {...}, "tensor": {...}[, "notes": [...]]}`` and the
+    arrays to draw. ``notes`` are the reader's flags (a NIfTI read as CT, a DICOM without Modality)."""
     src = str(path)
     if adapter.input_kind == "path":
         check_format(src, adapter.name, adapter.suffixes)
@@ -89,7 +79,9 @@ def inspect_file(path: Any, adapter: Any) -> Dict[str, Any]:
                         "mean": float(finite.mean()) if finite.size else None}
     else:
         info["read"] = {"length": len(str(data)), "head": str(data)[:80]}
-    meta = {k: _describe(v) for k, v in record.meta.items() if k not in ("affine",)}
+    meta = {k: _describe(v) for k, v in record.meta.items() if k not in ("affine", "flags")}
+    if record.meta.get("flags"):
+        info["notes"] = [str(f) for f in record.meta["flags"]]
     for key in ("lead_mask", "derived_mask"):
         if key in record.meta and hasattr(adapter, "options"):
 

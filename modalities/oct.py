@@ -28,6 +28,8 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
+from . import dicom as dcm
+from .dicom import check_dicom_modality
 
 VENDOR_EXTRA = "medfm[oct-vendor]"
 VENDOR_SUFFIXES = (".vol", ".e2e", ".fds", ".fda", ".img")
@@ -140,6 +142,8 @@ class OCTAdapter(ModalityAdapter):
     name = "oct"
     input_kind = "path"
     suffixes = (".dcm", ".npy", ".npz", ".nii", ".nii.gz", "") + VENDOR_SUFFIXES
+    dicom_modalities = ("OPT", "OCT")  # ophthalmic tomography; OCT (non-ophthalmic) as DICOM names it
+    suffix_priority = 20  # .vol/.e2e/.fds/.fda: the volume before its SLO image (fundus)
     defaults: Dict[str, Any] = {
         "frames": 60,
         "size": [256, 256],
@@ -160,6 +164,12 @@ class OCTAdapter(ModalityAdapter):
         if len(self.options["size"]) != 2 or len(self.options["patch_size"]) != 3:
             raise ConfigError("oct: size needs 2 values (H, W) and patch_size 3 (F, H, W)")
 
+    @classmethod
+    def reads_folder(cls, folder: Path) -> bool:
+        """A folder is an OCT volume when it holds B-scan images and nothing else."""
+        files = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        return bool(files) and all(p.is_file() and p.suffix.lower() in im.IMAGE_SUFFIXES for p in files)
+
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """Path → ``Record((F, H, W) float32, meta)`` with B-scans in acquisition order."""
         path = require_file(source, what="OCT input")
@@ -176,9 +186,12 @@ class OCTAdapter(ModalityAdapter):
             data, vmeta = read_vendor_oct(path)
             meta.update(vmeta, format=f"vendor{sfx}")
         else:
-            ds = im.read_dicom(path)
-            data = im.dicom_pixels(ds, path, modality_lut=False)
-            meta.update(im.safe_dicom_meta(ds), format="dicom")
+            ds = dcm.read_dicom(path)
+            flags = check_dicom_modality(ds, self, path)
+            data = dcm.dicom_pixels(ds, path, modality_lut=False)
+            meta.update(dcm.safe_dicom_meta(ds), format="dicom")
+            if flags:
+                meta["flags"] = flags
             if data.ndim == 4:  # colour frames: luminance
                 data = data @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         if data.ndim == 2:

@@ -5,7 +5,7 @@ patient/study keys the engine hashes) or :class:`~medfm.data.cohort.Unreadable`.
 
 | scanner | claims | cells |
 | --- | --- | --- |
-| ``dicom`` | DICOM files (``.dcm`` or sniffed ``DICM``), grouped by series per folder | Modality tag → column: CT → ct, CR/DX/RG → xray, OPT → oct, OP/XC → fundus, ECG → ecg; a series folder or a multi-frame/single file is one cell; patient = PatientID, study = StudyInstanceUID |
+| ``dicom`` | DICOM files (``.dcm`` or sniffed ``DICM``), grouped by series per folder | Modality tag → the column of the adapter that declares it (``dicom_modalities``: CT → ct, CR/DX/RG → xray, OCT/OPT → oct, OP/XC → fundus, ECG → ecg, and any plug-in's); a series folder or a multi-frame/single file is one cell; patient = PatientID, study = StudyInstanceUID |
 | ``wfdb`` | ``.hea`` records (CinC/PTB-XL folders) | ecg; ``# Dx:`` codes → ``dx`` (``|``-separated), ``# Age``/``# Sex`` kept |
 | ``table`` | CSV/TSV: BOLD/BIOSCAN barcodes, PTB-XL/CinC-style record tables, report tables | dna (``table#processid``) + text (taxonomy) + rank columns; ecg/image paths + report + codes; text reports + labels |
 | ``fasta`` | FASTA files | dna (``file#record``), one row per record |
@@ -32,14 +32,13 @@ from .imaging import IMAGE_SUFFIXES
 from .oct import VENDOR_SUFFIXES as OCT_VENDOR
 from .fundus import VENDOR_SUFFIXES as FUNDUS_VENDOR
 from .text import taxonomy_text
-from medfm.registry import MODALITIES
+from .choose import choose_modality
+from .dicom import adapter_for_tag, modality_tag, tag_reason
+from medfm.errors import MedFMError
 from .dna import read_fasta
 
 log = logging.getLogger("medfm.manifest")
 
-#: DICOM Modality tag → medfm column
-DICOM_MODALITY = {"CT": "ct", "CR": "xray", "DX": "xray", "RG": "xray", "DR": "xray",
-                  "OPT": "oct", "OP": "fundus", "XC": "fundus", "ECG": "ecg", "HD": "ecg"}
 TABLE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
 PATH_COLUMNS = ("path", "file", "filename", "filepath", "record", "record_path", "filename_hr", "filename_lr",
                 "image", "image_path", "ecg_path")
@@ -113,14 +112,11 @@ class DicomScanner(Scanner):
             series.setdefault(uid, []).append((p, ds))
         for uid, members in series.items():
             p0, ds = members[0]
-            tag = str(getattr(ds, "Modality", "") or "").upper()
-            if "WaveformSequence" in ds and tag not in DICOM_MODALITY:
-                tag = "ECG"
-            column = ctx.modality or DICOM_MODALITY.get(tag)
+            tag = modality_tag(ds)
+            column = ctx.modality or adapter_for_tag(tag)
             if column is None:
                 for p, _ in members:
-                    yield Unreadable(str(p), f"DICOM Modality {tag or '(empty)'!r} has no medfm modality "
-                                             f"(known: {', '.join(sorted(DICOM_MODALITY))})")
+                    yield Unreadable(str(p), tag_reason(tag))
                 continue
             if len(members) == 1:
                 value = str(p0)
@@ -285,22 +281,13 @@ class TableScanner(Scanner):
             if not p.exists():
                 yield Unreadable(str(p), f"file named in {path.name} (row {i + 1}, column {path_col!r}) not found")
                 continue
-            modality = ctx.modality or _modality_of(p, MODALITIES)
-            if modality is None:
-                yield Unreadable(str(p), "no modality reads this file type")
+            try:
+                modality = ctx.modality or choose_modality(p)
+            except MedFMError as e:  # a suffix no adapter reads, a DICOM Modality none declares
+                yield Unreadable(str(p), getattr(e, "reason", None) or str(e))
                 continue
             yield Entry(modality, str(p.absolute()), key=key, patient=patient, study=study, columns=extra,
                         source=str(path))  # the table: pairs with the row's report
-
-
-def _modality_of(path: Path, modalities) -> Optional[str]:
-    """The column of a file named in a table, by suffix (ECG > xray > ct > oct for shared suffixes)."""
-    for name in ("ecg", "xray", "ct", "oct", "fundus"):
-        if name in modalities and matching_suffix(path, [s for s in modalities.get(name).suffixes if s]):
-            if name == "ecg" and path.suffix.lower() in (".csv", ".npy", ".npz", ".dcm"):
-                continue
-            return name
-    return None
 
 
 @register_source("fasta")

@@ -117,6 +117,7 @@ class TextAdapter(ModalityAdapter):
     name = "text"
     input_kind = "value"
     suffixes = (".txt",)
+    suffix_priority = 60
     defaults: Dict[str, Any] = {
         "model_dir": None, "max_length": 128, "vocab_size": 4096, "lowercase": True, "min_frequency": 2,
         "sections": None, "taxonomy_columns": None, "pool": "cls", "hf_config": {},

@@ -18,23 +18,27 @@ from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
 from . import imaging as im
+from . import dicom as dcm
+from .dicom import check_dicom_modality
 
 
-def read_dicom_2d(path: Path, *, color: bool) -> Record:
+def read_dicom_2d(path: Path, *, color: bool, adapter: Any = None) -> Record:
     """One DICOM image → ``Record((H, W) or (H, W, 3) float32, meta)`` with display LUTs applied.
 
     Grayscale: modality LUT, then VOI LUT (window center/width or LUT sequence, as
     pydicom's ``apply_voi_lut``), then MONOCHROME1 inverted (``max + min - x``).
     Meta: pixel spacing (PixelSpacing or ImagerPixelSpacing, mm), whether VOI and
-    inversion were applied, whitelisted non-identifying fields.
+    inversion were applied, whitelisted non-identifying fields. With ``adapter``, the Modality
+    value is checked against the adapter's first (:func:`medfm.modalities.dicom.check_dicom_modality`).
     """
     from pydicom.pixels import apply_voi_lut
 
-    ds = im.read_dicom(path)
+    ds = dcm.read_dicom(path)
+    flags = check_dicom_modality(ds, adapter, path) if adapter is not None else []
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     gray = photometric.startswith("MONOCHROME")
-    arr = im.dicom_pixels(ds, path, modality_lut=gray)
-    meta: Dict[str, Any] = im.safe_dicom_meta(ds)
+    arr = dcm.dicom_pixels(ds, path, modality_lut=gray)
+    meta: Dict[str, Any] = dcm.safe_dicom_meta(ds)
     if gray:
         if arr.ndim == 3:  # multi-frame radiograph: keep the first frame
             arr = arr[0]
@@ -59,6 +63,8 @@ def read_dicom_2d(path: Path, *, color: bool) -> Record:
     if spacing is not None:
         meta["pixel_spacing"] = tuple(float(s) for s in spacing)
     meta["format"] = "dicom"
+    if flags:
+        meta["flags"] = flags
     return Record(arr.astype(np.float32), meta)
 
 
@@ -108,7 +114,7 @@ class Image2DAdapter(ModalityAdapter):
                 data = im.read_image_file(path, color=self.options["channels"] == 3)
                 rec = Record(data, {"format": path.suffix.lower().lstrip(".")})
             else:
-                rec = read_dicom_2d(path, color=self.options["channels"] == 3)
+                rec = read_dicom_2d(path, color=self.options["channels"] == 3, adapter=self)
         want = 3 if self.options["channels"] == 3 else 2
         if rec.data.ndim == 2 and want == 3:
             rec.data = np.repeat(rec.data[..., None], 3, axis=-1)
@@ -206,4 +212,6 @@ class XRayAdapter(Image2DAdapter):
     """Projection radiographs (chest X-ray): grayscale, 224², mean/std 0.5."""
 
     name = "xray"
+    dicom_modalities = ("CR", "DX", "DR", "RG")  # computed / digital / (vendor "DR") / conventional radiography
+    suffix_priority = 40  # .png / .dcm: a radiograph before a fundus photograph
     defaults = dict(Image2DAdapter.defaults)

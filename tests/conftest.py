@@ -65,6 +65,18 @@ if "toy" not in MODALITIES._items:
     register_modality("toyb")(ToySignalB)
 
 
+def dicom_as(src: str, modality: str, folder: Path, name: str = None) -> Path:
+    """A copy of the DICOM file ``src`` (a pydicom test file) whose Modality tag says ``modality``:
+    the readers refuse an object of another modality, so a CT test slice read as an X-ray needs one."""
+    import pydicom
+
+    ds = pydicom.dcmread(src)
+    ds.Modality = modality
+    out = Path(folder) / (name or f"{Path(src).stem}_{modality}.dcm")
+    ds.save_as(out, enforce_file_format=False)
+    return out
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models and tensors: one intra-op thread avoids oversubscription on a busy 2-core machine."""

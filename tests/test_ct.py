@@ -15,6 +15,8 @@ import medfm.modalities.ct  # noqa: F401  (registers "ct")
 from medfm.errors import ConfigError, DataError
 from medfm.registry import get_modality
 
+from conftest import dicom_as
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PHI_NAME = "Doe^Janet"
 PHI_ID = "PHI-7731-XYZ"
@@ -104,21 +106,26 @@ def test_phi_never_in_metadata(tmp_path):
     assert rec.meta["Modality"] == "CT"  # whitelisted fields are kept
 
 
-def test_truncated_and_undecodable_dicom_raise_data_error():
+def test_truncated_and_undecodable_dicom_raise_data_error(tmp_path):
     ct = get_modality("ct")
-    path = get_testdata_file("MR_truncated.dcm")
+    path = dicom_as(get_testdata_file("MR_small.dcm"), "CT", tmp_path, "CT_truncated.dcm")
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
     with pytest.raises(DataError) as ei:
         ct.load(path)
-    assert "MR_truncated.dcm" in str(ei.value)
-    jpeg = get_testdata_file("JPEG-lossy.dcm")  # 12-bit JPEG: no installed decoder handles it
-    with pytest.raises(DataError, match="JPEG-lossy.dcm.*cannot decode pixel data"):
+    assert "CT_truncated.dcm" in str(ei.value)
+    # 12-bit JPEG: no installed decoder handles it; the error names the packages that would
+    jpeg = dicom_as(get_testdata_file("JPEG-lossy.dcm"), "CT", tmp_path, "JPEG-lossy.dcm")
+    with pytest.raises(DataError, match="JPEG-lossy.dcm.*cannot decode pixel data.*pip install pylibjpeg pylibjpeg-libjpeg"):
         ct.read(jpeg)
+    # the original, an NM image, is refused for what it is before any decoding
+    with pytest.raises(DataError, match="JPEG-lossy.dcm.*DICOM Modality 'NM' is not read by the ct adapter"):
+        ct.read(get_testdata_file("JPEG-lossy.dcm"))
 
 
-def test_rle_compressed_equals_uncompressed():
+def test_rle_compressed_equals_uncompressed(tmp_path):
     ct = get_modality("ct", orient=False, target_spacing=None)
-    a = ct.read(get_testdata_file("MR_small.dcm")).data
-    b = ct.read(get_testdata_file("MR_small_RLE.dcm")).data
+    a = ct.read(dicom_as(get_testdata_file("MR_small.dcm"), "CT", tmp_path)).data
+    b = ct.read(dicom_as(get_testdata_file("MR_small_RLE.dcm"), "CT", tmp_path)).data
     ref = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.astype(np.float32)
     np.testing.assert_array_equal(a[0], ref)
     np.testing.assert_array_equal(a, b)

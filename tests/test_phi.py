@@ -54,14 +54,18 @@ def _cohort(root: Path) -> Path:
     rows = []
     for i in range(6):
         _with_phi(ct_src, root / f"img{i}.dcm")
+        _with_phi(ct_src, root / f"xr{i}.dcm", Modality="DX")  # the CT slice's pixels as each modality's
+        _with_phi(ct_src, root / f"oct{i}.dcm", Modality="OPT")
         _with_phi(ecg_src, root / f"ecg{i}.dcm")
-        rows.append({"id": f"s{i}", "patient_id": f"p{i}", "xray": f"img{i}.dcm", "ecg": f"ecg{i}.dcm",
-                     "ct": "series" if i % 2 else f"img{i}.dcm", "oct": f"img{i}.dcm"})
+        rows.append({"id": f"s{i}", "patient_id": f"p{i}", "xray": f"xr{i}.dcm", "ecg": f"ecg{i}.dcm",
+                     "ct": "series" if i % 2 else f"img{i}.dcm", "oct": f"oct{i}.dcm"})
     # unreadable ones with PHI too: the error messages must stay clean
     _with_phi(ct_src, root / "bad_rows.dcm", Rows=100)
-    _with_phi(ct_src, root / "bad_wave.dcm")  # an image where a waveform is expected
-    rows.append({"id": "s6", "patient_id": "p6", "xray": "bad_rows.dcm", "ecg": "bad_wave.dcm",
-                 "ct": "bad_rows.dcm", "oct": "bad_rows.dcm"})
+    _with_phi(ct_src, root / "bad_rows_xr.dcm", Rows=100, Modality="DX")
+    _with_phi(ct_src, root / "bad_rows_oct.dcm", Rows=100, Modality="OPT")
+    _with_phi(ct_src, root / "bad_wave.dcm", Modality="ECG")  # an image where a waveform is expected
+    rows.append({"id": "s6", "patient_id": "p6", "xray": "bad_rows_xr.dcm", "ecg": "bad_wave.dcm",
+                 "ct": "bad_rows.dcm", "oct": "bad_rows_oct.dcm"})
     manifest = root / "cohort.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest

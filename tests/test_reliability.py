@@ -60,8 +60,13 @@ def adapter(name):
 
 
 # ----------------------------------------------------------------- writers
-def dcm(tmp: Path, name: str, mutate: Optional[Callable] = None, src: str = CT_SMALL) -> Path:
+def dcm(tmp: Path, name: str, mutate: Optional[Callable] = None, src: str = CT_SMALL,
+        modality: Optional[str] = None) -> Path:
+    """A copy of ``src`` (CT_small: a CT slice), ``mutate``d; ``modality`` sets its Modality tag, so
+    that the adapter under test reads it (every reader refuses another modality's object)."""
     ds = pydicom.dcmread(src)
+    if modality:
+        ds.Modality = modality
     if mutate:
         mutate(ds)
     p = tmp / name
@@ -207,26 +212,26 @@ TEXT_BAD = "sequence has no A/C/G/T"
 CASES: List[Case] = [
     # DICOM images
     Case("dicom-rows-mismatch", "DICOM", "xray", "error", r"pixel data holds 32768 bytes.*Rows",
-         lambda t: dcm(t, "rows.dcm", set_attr(Rows=100))),
+         lambda t: dcm(t, "rows.dcm", set_attr(Rows=100), modality="DX")),
     Case("dicom-columns-mismatch", "DICOM", "xray", "error", r"pixel data holds .*Columns",
-         lambda t: dcm(t, "cols.dcm", set_attr(Columns=200))),
+         lambda t: dcm(t, "cols.dcm", set_attr(Columns=200), modality="DX")),
     Case("dicom-bits-mismatch", "DICOM", "xray", "error", r"pixel data holds",
-         lambda t: dcm(t, "bits.dcm", set_attr(BitsAllocated=8, BitsStored=8, HighBit=7))),
+         lambda t: dcm(t, "bits.dcm", set_attr(BitsAllocated=8, BitsStored=8, HighBit=7), modality="DX")),
     Case("dicom-frames-mismatch", "DICOM", "ct", "error", r"pixel data holds",
          lambda t: dcm(t, "frames.dcm", set_attr(NumberOfFrames=3))),
     Case("dicom-truncated", "DICOM", "xray", "error", r"truncated|pixel data holds|unreadable",
-         lambda t: cut(dcm(t, "cut.dcm"), 0.6)),
+         lambda t: cut(dcm(t, "cut.dcm", modality="DX"), 0.6)),
     Case("dicom-header-only", "DICOM", "xray", "error", r"unreadable|truncated|not a DICOM|no pixel",
-         lambda t: cut(dcm(t, "cut2.dcm"), 0.05)),
+         lambda t: cut(dcm(t, "cut2.dcm", modality="DX"), 0.05)),
     Case("dicom-not-dicom", "DICOM", "xray", "error", r"not a DICOM|unreadable",
          lambda t: raw(t, "text.dcm", b"this is a report, not an image\n" * 20)),
     Case("dicom-empty-file", "DICOM", "xray", "error", r"not a DICOM|unreadable|truncated",
          lambda t: raw(t, "empty.dcm", b"")),
-    Case("dicom-no-pixel-data", "DICOM", "xray", "error", r"no pixel data", lambda t: dcm(t, "nopix.dcm", del_attr("PixelData"))),
+    Case("dicom-no-pixel-data", "DICOM", "xray", "error", r"no pixel data", lambda t: dcm(t, "nopix.dcm", del_attr("PixelData"), modality="DX")),
     Case("dicom-zero-rows", "DICOM", "xray", "error", r"empty image|pixel data holds",
-         lambda t: dcm(t, "zero.dcm", set_attr(Rows=0))),
+         lambda t: dcm(t, "zero.dcm", set_attr(Rows=0), modality="DX")),
     Case("dicom-huge-declared", "DICOM", "xray", "error", r"max_elements",
-         lambda t: dcm(t, "huge.dcm", set_attr(Rows=65535, Columns=65535, NumberOfFrames=200))),
+         lambda t: dcm(t, "huge.dcm", set_attr(Rows=65535, Columns=65535, NumberOfFrames=200), modality="DX")),
     Case("dicom-series-duplicate-slice", "DICOM series", "ct", "error", r"same position",
          lambda t: series(t, "dup", [0, 1, 1, 2])),
     Case("dicom-series-missing-slice", "DICOM series", "ct", "error", r"inconsistent slice spacing",
@@ -236,9 +241,23 @@ CASES: List[Case] = [
     Case("dicom-series-empty-folder", "DICOM series", "ct", "error", r"no readable DICOM",
          lambda t: (t / "emptydir").mkdir() or (t / "emptydir" / "README").write_text("x") and t / "emptydir"),
     Case("dicom-image-as-waveform", "DICOM waveform", "ecg", "error", r"no WaveformSequence",
-         lambda t: dcm(t, "img_as_ecg.dcm")),
+         lambda t: dcm(t, "img_as_ecg.dcm", modality="ECG")),
     Case("dicom-oct-rows-mismatch", "DICOM", "oct", "error", r"pixel data holds",
-         lambda t: dcm(t, "oct_rows.dcm", set_attr(Rows=64))),
+         lambda t: dcm(t, "oct_rows.dcm", set_attr(Rows=64), modality="OPT")),
+    # a DICOM object is read only by the adapter of its Modality; one without Modality is flagged
+    Case("dicom-mr-as-ct", "DICOM", "ct", "error",
+         r"DICOM Modality 'MR' is not read by the ct adapter; medfm reads .*CT \(ct\)",
+         lambda t: dcm(t, "mr.dcm", modality="MR")),
+    Case("dicom-seg-as-ct", "DICOM", "ct", "error", r"DICOM Modality 'SEG' \(a segmentation, not an image\)",
+         lambda t: dcm(t, "seg.dcm", modality="SEG")),
+    Case("dicom-ct-as-xray", "DICOM", "xray", "error", r"DICOM Modality 'CT' is not read by the xray adapter",
+         lambda t: dcm(t, "ct_as_xray.dcm")),
+    Case("dicom-ct-series-as-oct", "DICOM", "oct", "error", r"DICOM Modality 'CT' is not read by the oct adapter",
+         lambda t: dcm(t, "ct_as_oct.dcm")),
+    Case("dicom-ct-as-waveform", "DICOM waveform", "ecg", "error", r"DICOM Modality 'CT' is not read by the ecg adapter",
+         lambda t: dcm(t, "ct_as_ecg.dcm")),
+    Case("dicom-no-modality", "DICOM", "ct", "flag", r"DICOM has no Modality value: read as ct unchecked",
+         lambda t: dcm(t, "nomod.dcm", del_attr("Modality"))),
     # NIfTI
     Case("nifti-header-32767-cubed", "NIfTI", "ct", "error", r"32767×32767×32767 .*max_elements",
          lambda t: nifti_dims(t, "huge.nii", (32767, 32767, 32767))),
@@ -262,6 +281,8 @@ CASES: List[Case] = [
          lambda t: nifti(t, "nan.nii", np.full((8, 8, 8), np.nan, np.float32))),
     Case("nifti-zero-dimension", "NIfTI", "ct", "error", r"empty|must be 3D|unreadable",
          lambda t: nifti(t, "zd.nii", np.ones((8, 0, 8), np.float32))),
+    Case("nifti-read-as-ct", "NIfTI", "ct", "flag", r"NIfTI records no modality: read as CT",
+         lambda t: nifti(t, "some.nii")),
     Case("nifti-over-raised-limit-ok", "NIfTI", "ct", "ok", "",
          lambda t: nifti(t, "ok.nii"), limits={"max_elements": 600}),
     Case("nifti-over-lowered-limit", "NIfTI", "ct", "error", r"8×8×8 = 512 elements, over the limit max_elements=100",
@@ -441,7 +462,7 @@ def test_corpus_in_one_manifest_is_logged_counted_and_skipped(tmp_path, caplog):
     assert len(batch["errors"]) == expected_errors, (erred, [r["id"] for r in rows])
     # one modality per row: an error skips the row (as does a row whose only cell is blank)
     assert batch["n_skipped"] == expected_errors + blank
-    assert len(batch["flags"]) == expected_flags == 1
+    assert len(batch["flags"]) == expected_flags == 3  # a flat lead, a DICOM without Modality, a NIfTI CT
     assert sum(r.getMessage().startswith("skipping ") for r in caplog.records) == expected_errors
     assert sum(r.getMessage().startswith("flagged ") for r in caplog.records) == expected_flags
     assert "Traceback" not in caplog.text

@@ -15,6 +15,8 @@ import medfm.modalities.xray  # noqa: F401  (registers "xray")
 from medfm.errors import ConfigError, DataError
 from medfm.registry import get_modality
 
+from conftest import dicom_as
+
 PHI_NAME = "Roe^Richard"
 
 
@@ -39,8 +41,8 @@ def ramp(h=16, w=16, hi=4000):
     return np.linspace(0, hi, h * w).reshape(h, w).round()
 
 
-def test_dicom_modality_lut_values():
-    rec = get_modality("xray").read(get_testdata_file("CT_small.dcm"))
+def test_dicom_modality_lut_values(tmp_path):
+    rec = get_modality("xray").read(dicom_as(get_testdata_file("CT_small.dcm"), "DX", tmp_path))
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     np.testing.assert_allclose(rec.data, ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
     assert rec.meta["pixel_spacing"] == pytest.approx([float(v) for v in ds.PixelSpacing])
@@ -95,10 +97,11 @@ def test_aspect_preserving_resize_and_padding(tmp_path):
     assert float(x[8:24, 20:].min()) == pytest.approx(1.0) and float(x[8:24, :12].max()) == pytest.approx(0.0)
 
 
-def test_meanstd_normalisation_and_tower():
+def test_meanstd_normalisation_and_tower(tmp_path):
     xr = get_modality("xray", size=32)
-    x = xr.load(get_testdata_file("MR_small.dcm"))["x"]
-    raw = get_modality("xray", size=32, normalize="none").load(get_testdata_file("MR_small.dcm"))["x"]
+    src = dicom_as(get_testdata_file("MR_small.dcm"), "DX", tmp_path)
+    x = xr.load(src)["x"]
+    raw = get_modality("xray", size=32, normalize="none").load(src)["x"]
     torch.testing.assert_close(x, (raw - 0.5) / 0.5)
     cfg = xr.tower_config()
     assert cfg["embedder"] == {"type": "patch2d", "in_chans": 1, "input_size": [32, 32], "patch_size": [16, 16]}
@@ -128,9 +131,13 @@ def test_phi_not_in_meta_or_errors(tmp_path):
     assert "no pixel data" in str(ei.value) and PHI_NAME not in str(ei.value)
 
 
-def test_bad_inputs():
+def test_bad_inputs(tmp_path):
     xr = get_modality("xray")
-    with pytest.raises(DataError, match="MR_truncated.dcm"):
+    cut = dicom_as(get_testdata_file("MR_small.dcm"), "DX", tmp_path, "DX_truncated.dcm")
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.6)])
+    with pytest.raises(DataError, match=r"DX_truncated.dcm.*(truncated|pixel data holds)"):
+        xr.load(cut)
+    with pytest.raises(DataError, match=r"MR_truncated.dcm.*DICOM Modality 'MR' is not read by the xray adapter"):
         xr.load(get_testdata_file("MR_truncated.dcm"))
     with pytest.raises(DataError, match="not found"):
         xr.load("/nonexistent/file.png")

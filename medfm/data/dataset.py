@@ -90,6 +90,7 @@ class ManifestDataset(Dataset):
         self._records = self.df.to_dict("records")
         #: the folders path cells must stay inside (``None``: not confined)
         self.root = self._confinement(root, confine, df.attrs.get("data_roots") if data_roots is None else data_roots)
+        self._flags_seen: set = set()  # (modality, text) of the flags already printed
 
     def _confinement(self, root: Optional[os.PathLike], confine: bool,
                      recorded: Optional[Sequence[os.PathLike]]) -> Optional[Confinement]:
@@ -146,6 +147,17 @@ class ManifestDataset(Dataset):
             return adapter.augment(item, rng) if self.train else item
         return adapter.load(value, train=self.train, rng=rng, sample_id=sid, row=row)
 
+    def _log_flag(self, modality: str, sid: str, msg: str) -> None:
+        """A flag's text is printed the first time it comes (per worker); later ones go to DEBUG.
+
+        Every flag is still counted (``batch["flags"]``): a folder of NIfTI CTs says once that
+        NIfTI records no modality, not once per sample and epoch."""
+        if (modality, msg) in self._flags_seen:
+            log.debug("flagged %s of sample %s: %s", modality, sid, msg)
+            return
+        self._flags_seen.add((modality, msg))
+        log.warning("flagged %s of sample %s: %s (printed once; every flagged sample is counted)", modality, sid, msg)
+
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         row = self._records[index]
         sid = row["id"]
@@ -161,7 +173,7 @@ class ManifestDataset(Dataset):
                 if "flags" in item:  # usable but suspicious input: logged and counted, not skipped
                     item = dict(item)
                     for msg in item.pop("flags") or ():
-                        log.warning("flagged %s of sample %s: %s", mod, sid, msg)
+                        self._log_flag(mod, sid, str(msg))
                         flags.append((sid, mod, str(msg)))
                 inputs[mod] = item
         labels = {}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from medfm.registry import get_modality, MODALITIES
 
 
 def register(subparsers) -> None:
@@ -24,19 +23,16 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.modalities.inspect import guess_modality, inspect_file, render_preview
+    from medfm.modalities.inspect import inspect_source, render_preview
 
+    adapters = None
     if args.model:
         # deferred: keeps `medfm --help` from importing the training/evaluation stack
-        from medfm.evaluation.embed import load_model, require_modality
+        from medfm.evaluation.embed import load_model
 
         model, _ = load_model(args.model)
-        modality = args.modality or guess_modality(args.file, {m: type(a) for m, a in model.adapters.items()})
-        adapter = require_modality(model, modality)
-    else:
-        modality = args.modality or guess_modality(args.file, dict(MODALITIES.items()))
-        adapter = get_modality(modality)
-    result = inspect_file(args.file, adapter)
+        adapters = dict(model.adapters)
+    result = inspect_source(args.file, args.modality, adapters)
     name = Path(args.file.partition("#")[0]).name.split(".")[0] or "input"
     out = Path(args.out) if args.out else Path(f"inspect_{name}.png")
     result["info"]["preview"] = str(render_preview(result, out))
@@ -45,6 +41,8 @@ def run(args) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     print(f"{info['modality']}: {info['source']}")
+    for note in info.get("notes", ()):
+        print(f"  note: {note}")
     for section in ("read", "meta", "tensor"):
         for k, v in info.get(section, {}).items():
             print(f"  {section}.{k}: {v}")
