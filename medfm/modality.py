@@ -150,8 +150,12 @@ class ModalityAdapter:
         """The tower the engine builds for this modality (a registered tower: ``vit`` in :mod:`medfm.models.vit_tower`, ``hf`` in :mod:`medfm.models.hf_tower`)."""
         raise NotImplementedError
 
-    def fit(self, values: Iterable[Any]) -> None:
-        """Learn data-dependent state (a tokenizer) from the training cells. Default: nothing."""
+    def fit(self, values: Iterable[Any], patient_ids: Optional[Sequence[Any]] = None) -> None:
+        """Learn data-dependent state (a tokenizer) from the training cells. Default: nothing.
+
+        ``patient_ids[i]`` is the patient of ``values[i]`` (or ``None``): an adapter that learns a
+        vocabulary from free text keeps identifiers out with it (a word needs several patients).
+        """
 
     def save_pretrained(self, directory: os.PathLike) -> None:
         """Write adapter state (tokenizer files) into ``directory``. Default: nothing."""

@@ -290,8 +290,10 @@ class FineTuner:
                 adapter = get_modality(name, **(options or {}))
                 column = (cfg["columns"] or {}).get(name, name)
                 if column in self.df.columns:
-                    adapter.fit([v for v in (adapter.source_from_row(r, column) for r in self.df.to_dict("records"))
-                                 if not is_missing(v)])
+                    present = [(adapter.source_from_row(r, column), r.get("patient_id"))
+                               for r in self.df.to_dict("records")]
+                    present = [(v, p) for v, p in present if not is_missing(v)]
+                    adapter.fit([v for v, _ in present], patient_ids=[p for _, p in present])
                 adapters[name] = adapter
             model = create_model(mcfg, adapters=adapters)
         for line in summary_lines(model.init_reports):

@@ -190,8 +190,11 @@ class Trainer:
         for name, options in sorted((mcfg.get("modalities") or {}).items()):
             adapter = get_modality(name, **(options or {}))
             column = (self.config["data"].get("columns") or {}).get(name, name)
-            values = [adapter.source_from_row(r, column) for r in self.df.to_dict("records")]
-            adapter.fit([v for v in values if not is_missing(v)])
+            rows = self.df.to_dict("records")
+            present = [(adapter.source_from_row(r, column), r.get("patient_id")) for r in rows]
+            present = [(v, p) for v, p in present if not is_missing(v)]
+            # patient ids: a learnt vocabulary keeps only words of several patients (no identifiers)
+            adapter.fit([v for v, _ in present], patient_ids=[p for _, p in present])
             adapters[name] = adapter
         model = create_model(mcfg, adapters=adapters)
         if tcfg.get("init_from"):
