@@ -93,3 +93,133 @@ def test_truncated_shard_is_named(tmp_path):
     with pytest.raises(DataError, match="shard-000001.tar"):
         for _ in iter_shard(index, "shard-000001.tar"):
             pass
+
+
+# ------------------------------------------------------------------ runs own their output folder
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import yaml  # noqa: E402
+
+from medfm.cli import main  # noqa: E402
+from medfm.train.run_guard import LOCK_NAME  # noqa: E402
+from test_resume import _DRIVER, _config, _manifest, _metrics  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def _set(cfg_path: Path, section: str, key: str, value) -> Path:
+    cfg = yaml.safe_load(cfg_path.read_text())
+    if key:
+        cfg[section][key] = value
+    else:
+        cfg[section] = value
+    out = cfg_path.with_name(f"{cfg_path.stem}_{section}_{key or 'all'}.yaml")
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_checkpoints_and_exits_1_and_a_second_run_is_refused_by_pid(tmp_path, capsys):
+    cfg = _config(tmp_path, _manifest(tmp_path, n=24), ["toy", "toyb"], max_steps=500, checkpoint_every=0)
+    out = tmp_path / "out"
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER.format(tests=str(HERE)))
+    proc = subprocess.Popen([sys.executable, str(driver), "pretrain", str(cfg), "--out", str(out)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            m = out / "metrics.jsonl"
+            if m.is_file() and m.read_text().strip():
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        # a second run into the same --out while the first runs: refused, naming the owner's pid
+        lock = json.loads((out / LOCK_NAME).read_text())
+        assert lock == {**lock, "pid": proc.pid, "host": socket.gethostname()}
+        capsys.readouterr()
+        assert main(["pretrain", str(cfg), "--out", str(out)]) == 1
+        assert f"pid {proc.pid}" in capsys.readouterr().err
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-2000:]
+    stopped = re.search(r"stopped at step (\d+), resume with the same command", err)
+    assert stopped, err[-2000:]
+    n = int(stopped.group(1))
+    assert [r["step"] for r in _metrics(out)] == list(range(1, n + 1))
+    assert (out / "checkpoints" / f"step_{n:08d}").is_dir() and not (out / LOCK_NAME).exists()
+    # the same command resumes from that step (here with a nearer horizon, so the test is short)
+    assert main(["pretrain", str(cfg), "--out", str(out), "--max-steps", str(n + 2)]) == 0
+    assert [r["step"] for r in _metrics(out)] == list(range(1, n + 3))
+
+
+def test_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+    cfg = _config(tmp_path, _manifest(tmp_path, n=16), ["toy", "toyb"], max_steps=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with caplog.at_level(logging.WARNING):
+        assert main(["pretrain", str(cfg), "--out", str(out)]) == 0
+    assert "stale lock" in caplog.text and str(dead.pid) in caplog.text
+    assert not (out / LOCK_NAME).exists()  # released at the end
+
+
+def test_finetune_into_a_used_out_is_refused(tmp_path, capsys):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "ft"
+        out.mkdir()
+        (out / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        cfg = tmp_path / "ft.yaml"
+        cfg.write_text(yaml.safe_dump({"base": str(tmp_path / "nowhere"), "data": {"manifest": "m.csv"}}))
+        from medfm.finetune import FineTuner
+        from medfm.train.run_guard import OutputInUse
+
+        with pytest.raises(OutputInUse, match=f"pid {sleeper.pid}"):
+            FineTuner({"base": str(tmp_path / "nowhere"), "data": {"manifest": str(_manifest(tmp_path, n=8))}}, out)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_resume_with_another_data_order_or_objective_is_refused_unless_forced(tmp_path, capsys, caplog):
+    manifest = _manifest(tmp_path, n=24)
+    cfg = _config(tmp_path, manifest, ["toy", "toyb"], max_steps=2, checkpoint_every=2)
+    out = tmp_path / "out"
+    assert main(["pretrain", str(cfg), "--out", str(out)]) == 0
+    data = yaml.safe_load(cfg.read_text())["data"]
+    cases = [(_set(cfg, "data", "batch_size", 4), "data.batch_size: 8 → 4"),
+             (_set(cfg, "train", "seed", 1), "train.seed: 0 → 1"),
+             (_set(cfg, "train", "accumulation", 2), "train.accumulation: 1 → 2"),
+             (_set(cfg, "objectives", None, [{"name": "clip", "weight": 1.0}]), "objectives: ")]
+    for other, first in cases:
+        capsys.readouterr()
+        assert main(["pretrain", str(other), "--out", str(out), "--max-steps", "3"]) == 1, first
+        err = capsys.readouterr().err
+        assert "resuming would change the data order or the objective" in err and first in err, err
+    # another manifest content at the same path
+    import pandas as pd
+
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    pd.concat([df, df.iloc[:1].assign(id="extra")]).to_csv(manifest, index=False)
+    assert main(["pretrain", str(cfg), "--out", str(out), "--max-steps", "3"]) == 1
+    assert "data_sha256" in capsys.readouterr().err
+    assert data["batch_size"] == 8
+    # forced: resumes, with a warning naming the change
+    with caplog.at_level(logging.WARNING):
+        assert main(["pretrain", str(cases[0][0]), "--out", str(out), "--max-steps", "3", "--force-resume"]) == 0
+    assert "forced" in caplog.text and "data.batch_size" in caplog.text
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3]
