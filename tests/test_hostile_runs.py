@@ -223,3 +223,58 @@ def test_resume_with_another_data_order_or_objective_is_refused_unless_forced(tm
         assert main(["pretrain", str(cases[0][0]), "--out", str(out), "--max-steps", "3", "--force-resume"]) == 0
     assert "forced" in caplog.text and "data.batch_size" in caplog.text
     assert [r["step"] for r in _metrics(out)] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ index files are checked
+def _saved_index(tmp_path, n=400, dim=16):
+    import numpy as np
+
+    from medfm.evaluation.index import VectorIndex
+
+    x = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    VectorIndex.build(x, [f"s{i}" for i in range(n)], model_fingerprint="a" * 64).save(tmp_path / "ix")
+    return tmp_path / "ix", x
+
+
+def test_flipped_bytes_in_index_faiss_are_an_error_naming_the_file(tmp_path):
+    from medfm.errors import CheckpointError
+    from medfm.evaluation.index import VectorIndex
+
+    d, x = _saved_index(tmp_path)
+    assert VectorIndex.load(d).search(x[:2], 3)[1][:, 0].tolist() == [0, 1]
+    blob = bytearray((d / "index.faiss").read_bytes())
+    start = len(blob) // 2
+    blob[start:start + 64] = bytes(b ^ 0xFF for b in blob[start:start + 64])  # 64 flipped bytes in the vectors
+    (d / "index.faiss").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match=r"index\.faiss: checksum mismatch"):
+        VectorIndex.load(d)
+    # metadata too
+    d2, _ = _saved_index(tmp_path / "b")
+    import pandas as pd
+
+    pd.DataFrame({"id": [f"t{i}" for i in range(400)]}).to_parquet(d2 / "metadata.parquet", index=False)
+    with pytest.raises(CheckpointError, match=r"metadata\.parquet: checksum mismatch"):
+        VectorIndex.load(d2)
+
+
+def test_an_index_without_fingerprint_or_checksums_is_refused(tmp_path):
+    import numpy as np
+
+    from medfm.errors import CheckpointError, ConfigError
+    from medfm.evaluation.index import VectorIndex
+
+    x = np.eye(4, 8, dtype=np.float32)
+    with pytest.raises(ConfigError, match="fingerprint"):
+        VectorIndex.build(x, list("abcd")).save(tmp_path / "nofp")
+    with pytest.raises(CheckpointError, match="no model fingerprint"):
+        VectorIndex.build(x, list("abcd")).check_model("b" * 64)
+    d, _ = _saved_index(tmp_path)
+    info = json.loads((d / "index.json").read_text())
+    (d / "index.json").write_text(json.dumps({**info, "model_fingerprint": None}))
+    with pytest.raises(CheckpointError, match="no model fingerprint"):
+        VectorIndex.load(d)
+    old = {k: v for k, v in info.items() if k != "files_sha256"}  # an index of an older medfm
+    (d / "index.json").write_text(json.dumps(old))
+    with pytest.raises(CheckpointError, match="no file checksums.*medfm index build"):
+        VectorIndex.load(d)
