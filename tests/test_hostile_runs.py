@@ -278,3 +278,30 @@ def test_an_index_without_fingerprint_or_checksums_is_refused(tmp_path):
     (d / "index.json").write_text(json.dumps(old))
     with pytest.raises(CheckpointError, match="no file checksums.*medfm index build"):
         VectorIndex.load(d)
+
+
+def test_sigterm_stops_finetune_at_the_next_step_and_releases_out(tmp_path, monkeypatch):
+    from medfm.finetune import FineTuner
+    from medfm.finetune import finetuner as ft_mod
+    from medfm.train.run_guard import RunStopped
+    from toy_cohort import write_toy_manifest
+
+    manifest = write_toy_manifest(tmp_path / "m.csv", n=40)
+    torch.manual_seed(0)
+    medfm.create_model({"name": "medfm-tiny", "trunk": {"depth": 1}, "modalities": {"toy": {}}}).save_pretrained(
+        tmp_path / "base")
+    real = ft_mod.TrainCore.step
+
+    def step_then_sigterm(self, *a, **k):
+        res = real(self, *a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the handler, as from `kill`
+        return res
+
+    monkeypatch.setattr(ft_mod.TrainCore, "step", step_then_sigterm)
+    ft = FineTuner({"base": str(tmp_path / "base"), "data": {"manifest": str(manifest), "batch_size": 8, "split_column": None},
+                    "optim": {"epochs": 3}, "progress": False, "tensorboard": False}, tmp_path / "ft")
+    assert (tmp_path / "ft" / LOCK_NAME).is_file()
+    with pytest.raises(RunStopped, match="stopped at step 1; this command does not resume"):
+        ft.fit()
+    assert not (tmp_path / "ft" / LOCK_NAME).exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
