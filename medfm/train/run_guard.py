@@ -87,7 +87,9 @@ class RunLock:
                 if isinstance(pid, int) and _alive(pid) and (pid != me["pid"] or key in _HELD):
                     raise OutputInUse(f"{self.path.parent} is in use by another run (pid {pid} on {host}); wait "
                                       f"for it or use another --out (lock file {self.path})")
-                log.warning("taking over the stale lock %s (pid %s on %s is not running)", self.path, pid, host)
+                why = ("left by an earlier run of this process" if pid == me["pid"]
+                       else f"pid {pid} on {host} is not running" if isinstance(pid, int) else "unreadable")
+                log.warning("taking over the stale lock %s (%s)", self.path, why)
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
