@@ -20,6 +20,7 @@ in ``modalities/`` with a class decorated by :func:`medfm.registry.register_moda
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,15 @@ class ModalityAdapter:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
+
+
+def fit_on_cohort(adapter: ModalityAdapter, values: Sequence[Any], patient_ids: Sequence[Any]) -> None:
+    """``adapter.fit(values, patient_ids=...)``; an adapter whose ``fit`` predates patient ids gets ``values`` only."""
+    params = inspect.signature(adapter.fit).parameters
+    if "patient_ids" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        adapter.fit(values, patient_ids=patient_ids)
+    else:
+        adapter.fit(values)
 
 
 def check_finite(item: Mapping[str, Any], modality: str, source: Any) -> None:

@@ -185,3 +185,20 @@ def test_patient_rule_counts_patients_not_texts():
     adapter = get_modality("text", vocab_size=200, min_frequency=1, min_patients=2)
     adapter.fit(texts, patient_ids=pids)
     assert "quixote" in adapter.tokenizer.get_vocab()
+
+
+def test_fit_on_cohort_passes_patient_ids_and_keeps_old_adapters_working():
+    from medfm.modality import fit_on_cohort
+    from medfm.registry import get_modality
+
+    class Old:  # a plug-in adapter written before patient ids were passed
+        def fit(self, values):
+            self.seen = list(values)
+
+    old = Old()
+    fit_on_cohort(old, ["a", "b"], ["p1", "p2"])
+    assert old.seen == ["a", "b"]
+    text = get_modality("text", vocab_size=200, min_frequency=1)
+    fit_on_cohort(text, ["zebulon effusion"] * 6, ["p1"] * 6)  # one patient: the name stays out
+    assert "zebulon" not in text.tokenizer.get_vocab()
+    assert text.vocabulary_rule["patients_counted_by"] == "patient_id"

@@ -42,6 +42,7 @@ from ..models import MultiModalModel, create_model, resolve_config as resolve_mo
 from ..models.multimodal import CONFIG_NAME
 from ..models.init import apply_init, model_config_with_init, summary_lines, write_init_report
 from ..train.run_guard import RunLock, RunStopped, StopSignals, stopped_message
+from ..modality import fit_on_cohort
 from ..registry import get_modality
 from ..schema import defaults as schema_defaults
 from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
@@ -306,7 +307,7 @@ class FineTuner:
                     present = [(adapter.source_from_row(r, column), r.get("patient_id"))
                                for r in self.df.to_dict("records")]
                     present = [(v, p) for v, p in present if not is_missing(v)]
-                    adapter.fit([v for v, _ in present], patient_ids=[p for _, p in present])
+                    fit_on_cohort(adapter, [v for v, _ in present], [p for _, p in present])
                 adapters[name] = adapter
             model = create_model(mcfg, adapters=adapters)
         for line in summary_lines(model.init_reports):

@@ -32,6 +32,7 @@ from ..models import MultiModalModel, create_model, resolve_config
 from ..card import write_model_card
 from ..models.init import write_init_report
 from ..objectives import build_objective
+from ..modality import fit_on_cohort
 from ..registry import get_modality
 from ..schema import defaults as schema_defaults
 from .resume_checkpoint import (checkpoint_candidates, clean_temporaries, first_difference, load_trainer_state,
@@ -209,7 +210,7 @@ class Trainer:
             present = [(adapter.source_from_row(r, column), r.get("patient_id")) for r in rows]
             present = [(v, p) for v, p in present if not is_missing(v)]
             # patient ids: a learnt vocabulary keeps only words of several patients (no identifiers)
-            adapter.fit([v for v, _ in present], patient_ids=[p for _, p in present])
+            fit_on_cohort(adapter, [v for v, _ in present], [p for _, p in present])
             adapters[name] = adapter
         model = create_model(mcfg, adapters=adapters)
         if tcfg.get("init_from"):
