@@ -21,14 +21,17 @@ index's ``n_empty``).
 """
 from __future__ import annotations
 
-import json
+import logging
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 from medfm.errors import ConfigError, DataError
 
 from .embed import Embeddings, encode_batches, require_modality
-from medfm.data.shards import check_adapters, decode_sample, iter_shard
+from medfm.data.shards import check_adapters, decode_sample, iter_shard, sample_record
 from medfm.data import MultiModalCollate
+
+
+log = logging.getLogger("medfm.evaluation")
 
 
 def covered_batches(index: Any, batch_size: int) -> List[int]:
@@ -107,7 +110,12 @@ def embed_shards(model: Any, index: Any, modality: str, *, batch_size: int = 32,
         items: List[Dict[str, Any]] = []
         current = None
         for raw in (_shard_samples(index, modality, rows) if mine else ()):
-            rec = json.loads(raw["json"])
+            try:
+                rec = sample_record(raw)
+            except DataError as e:  # a corrupt record: a counted, logged skip naming shard and member
+                log.warning("skipping sample %s: %s", raw.get("__key__"), e)
+                late.append({"id": str(raw.get("__key__")), "reason": str(e), "row": int(raw["__key__"])})
+                continue
             k = int(rec["index"]) // batch_size
             if items and k != current:
                 yield collate(items)

@@ -4,13 +4,19 @@ On disk (one directory)::
 
     index.faiss     faiss.write_index of the index (inner product on L2-normalised vectors)
     index.json      {"format": 1, "kind", "params", "dim", "n", "metric": "inner_product",
-                     "model_fingerprint", "model_dir", "modality", "metadata_columns"}
+                     "model_fingerprint", "model_dir", "modality", "metadata_columns",
+                     "files_sha256": {file name: sha256 of index.faiss, metadata.parquet[, index.ivfdata]}}
     metadata.parquet  one row per vector, in index order: "id" plus non-PHI label columns
 
 The kind is chosen by gallery size (:func:`choose_index`): exact ``IndexFlatIP`` up
 to ``flat_max`` vectors (50k), ``IndexIVFFlat`` (inner product) above; ``hnsw``
 (``IndexHNSWFlat``, inner product) can be asked for explicitly. Searching with a model whose
 :func:`model_fingerprint` differs from the recorded one is refused.
+
+Integrity: an index is saved only with a model fingerprint, and :meth:`VectorIndex.load` checks
+every file against the sha256 recorded at build (a changed byte is an error naming the file,
+before faiss reads it). An index without checksums or without a fingerprint (made by an older
+medfm) is refused with the command that rebuilds it.
 """
 from __future__ import annotations
 
@@ -31,6 +37,36 @@ from medfm.finetune.layout import weight_files
 
 FORMAT_VERSION = 1
 FINGERPRINT_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+#: the files of an index directory whose sha256 ``index.json`` records (those present)
+INDEX_FILES = ("index.faiss", "index.ivfdata", "metadata.parquet")
+REBUILD = "rebuild it with `medfm index build` (or `medfm index build --streaming`)"
+
+
+def index_checksums(directory: Any) -> Dict[str, str]:
+    """``{file name: sha256 hex}`` of the :data:`INDEX_FILES` present in an index directory."""
+    d = Path(str(directory))
+    return {name: hash_file(d / name).hexdigest() for name in INDEX_FILES if (d / name).is_file()}
+
+
+def verify_index_files(directory: Any, info: Dict[str, Any]) -> None:
+    """Refuse (:class:`CheckpointError`, naming the file) an index directory whose files differ from the
+    checksums recorded at build, or that records no checksums or no model fingerprint."""
+    d = Path(str(directory))
+    recorded = info.get("files_sha256")
+    if not isinstance(recorded, dict) or "index.faiss" not in recorded:
+        raise CheckpointError(f"{d / 'index.json'}: records no file checksums (made by an older medfm), so "
+                              f"its files cannot be verified; {REBUILD}")
+    if not info.get("model_fingerprint"):
+        raise CheckpointError(f"{d / 'index.json'}: records no model fingerprint, so no query model can be "
+                              f"checked against it; {REBUILD} from embeddings of a saved model")
+    for name, want in sorted(recorded.items()):
+        path = d / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (index.json records it)")
+        got = hash_file(path).hexdigest()
+        if got != want:
+            raise CheckpointError(f"{path}: checksum mismatch (sha256 {got[:16]}…, recorded {want[:16]}…): the "
+                                  f"file changed after the index was built; {REBUILD}")
 
 
 def model_fingerprint(model_dir: Any) -> str:
@@ -155,10 +191,15 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ disk
     def save(self, directory: Any) -> Path:
+        """Write the directory; ``index.json`` last, with the files' checksums. Needs a model fingerprint."""
+        if not self.info.get("model_fingerprint"):
+            raise ConfigError("an index is saved only with the fingerprint of the model that embedded it "
+                              "(VectorIndex.build(..., model_fingerprint=model_fingerprint(model_dir)))")
         d = Path(str(directory))
         d.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(d / "index.faiss"))
         self.metadata.to_parquet(d / "metadata.parquet", index=False)
+        self.info["files_sha256"] = index_checksums(d)
         (d / "index.json").write_text(json.dumps(self.info, indent=2))
         return d
 
@@ -171,6 +212,7 @@ class VectorIndex:
         info = json.loads((d / "index.json").read_text())
         if info.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"{d}: index format {info.get('format')!r} not supported")
+        verify_index_files(d, info)  # before faiss reads a byte of it
         # on-disk inverted lists (evaluation.index_stream) live in index.ivfdata beside index.faiss
         # and a refined IVF-PQ's exact vectors are memory-mapped, not read into RAM
         flags = (faiss.IO_FLAG_ONDISK_SAME_DIR if info.get("kind") == "ivf-ondisk"
@@ -186,7 +228,10 @@ class VectorIndex:
     def check_model(self, fingerprint: str, model_dir: Any = None) -> None:
         """Refuse a model other than the one that built the index (:class:`CheckpointError`)."""
         mine = self.info.get("model_fingerprint")
-        if mine is not None and fingerprint != mine:
+        if not mine:
+            raise CheckpointError("the index records no model fingerprint, so the query model cannot be checked; "
+                                  f"{REBUILD} from embeddings of a saved model")
+        if fingerprint != mine:
             raise CheckpointError(
                 f"index was built by model {mine[:16]}… ({self.info.get('model_dir')}) but the query "
                 f"model {model_dir or ''} has fingerprint {fingerprint[:16]}…; rebuild the index with this model"

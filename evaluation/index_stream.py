@@ -37,7 +37,7 @@ from safetensors import safe_open
 
 from medfm.errors import ConfigError, DataError
 
-from .index import FORMAT_VERSION
+from .index import FORMAT_VERSION, index_checksums
 
 KINDS = ("ivfpq", "ivf-ondisk")
 
@@ -205,6 +205,9 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
 
     t0 = time.perf_counter()
     gal = Gallery(gallery_files(patterns))
+    if not gal.meta.get("model_fingerprint"):
+        raise DataError("the embeddings record no model fingerprint (an index must name the model that made "
+                        "it): embed with `medfm embed --model DIR`", source=str(gal.files[0]))
     spec = plan(gal.n, gal.dim, kind, nlist=nlist, m=m, nprobe=nprobe, train_size=train_size, refine=refine)
     p = spec["params"]
     rng = np.random.default_rng(seed)
@@ -282,6 +285,7 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
                                   "it, each query's own vector left out"},
             "memory_bytes": resident_bytes(index, kind), "flat_memory_bytes": gal.n * gal.dim * 4,
             "disk_bytes": disk, "build_seconds": round(t_build, 2), "train_seconds": round(t_train, 2)}
+    info["files_sha256"] = index_checksums(d)  # verified by VectorIndex.load
     (d / "index.json").write_text(json.dumps(info, indent=2))
     return info
 

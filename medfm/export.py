@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -30,11 +29,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .card import write_model_card
+from .card import render_model_card
 from .errors import UsageError
 from .finetune.model import FineTunedModel
 from .finetune.layout import weight_files
-from .io import hash_file, write_json
+from .io import atomic_write_text, hash_file, write_json
 from .models import load_pretrained
 from .models.multimodal import CONFIG_NAME, WEIGHTS_NAME
 
@@ -156,7 +155,8 @@ def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities:
     """Export every tower (or ``modalities``) of a checkpoint directory; returns the written manifest.
 
     Writes ``OUT/<modality>.onnx`` (or ``.pt``), ``OUT/modalities/<m>/`` (tokenizer / adapter files),
-    ``OUT/preprocessing.json`` and a copy of the model card.
+    ``OUT/preprocessing.json`` and the model card ``OUT/README.md``; nothing outside ``OUT``
+    (``model_dir`` may be read-only).
     """
     if fmt not in FORMATS:
         raise UsageError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -180,8 +180,7 @@ def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities:
         manifest["towers"][m] = {**preprocessing_record(model, m, info["inputs"], files), "file": info["file"]}
         log.info("exported %s → %s", m, out / info["file"])
     write_json(out / "preprocessing.json", manifest)
-    card = write_model_card(model_dir) if (Path(model_dir) / WEIGHTS_NAME).is_file() or \
-        (Path(model_dir) / CONFIG_NAME).is_file() else None
-    if card is not None:
-        shutil.copyfile(card, out / "README.md")
+    if (Path(model_dir) / WEIGHTS_NAME).is_file() or (Path(model_dir) / CONFIG_NAME).is_file():
+        # the card is rendered from the source folder and written into OUT only: the source may be read-only
+        atomic_write_text(out / "README.md", render_model_card(model_dir))
     return manifest

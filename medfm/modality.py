@@ -22,6 +22,7 @@ declares its facts (``suffixes``, ``dicom_modalities``, ``suffix_priority``, ``r
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,8 +176,12 @@ class ModalityAdapter:
         """The tower the engine builds for this modality (a registered tower: ``vit`` in :mod:`medfm.models.vit_tower`, ``hf`` in :mod:`medfm.models.hf_tower`)."""
         raise NotImplementedError
 
-    def fit(self, values: Iterable[Any]) -> None:
-        """Learn data-dependent state (a tokenizer) from the training cells. Default: nothing."""
+    def fit(self, values: Iterable[Any], patient_ids: Optional[Sequence[Any]] = None) -> None:
+        """Learn data-dependent state (a tokenizer) from the training cells. Default: nothing.
+
+        ``patient_ids[i]`` is the patient of ``values[i]`` (or ``None``): an adapter that learns a
+        vocabulary from free text keeps identifiers out with it (a word needs several patients).
+        """
 
     def save_pretrained(self, directory: os.PathLike) -> None:
         """Write adapter state (tokenizer files) into ``directory``. Default: nothing."""
@@ -219,6 +224,15 @@ class ModalityAdapter:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
+
+
+def fit_on_cohort(adapter: ModalityAdapter, values: Sequence[Any], patient_ids: Sequence[Any]) -> None:
+    """``adapter.fit(values, patient_ids=...)``; an adapter whose ``fit`` predates patient ids gets ``values`` only."""
+    params = inspect.signature(adapter.fit).parameters
+    if "patient_ids" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        adapter.fit(values, patient_ids=patient_ids)
+    else:
+        adapter.fit(values)
 
 
 def check_finite(item: Mapping[str, Any], modality: str, source: Any) -> None:

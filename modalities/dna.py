@@ -21,7 +21,7 @@ import itertools
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -451,8 +451,12 @@ class DNAAdapter(ModalityAdapter):
                              "trunk_gate_init": float(o["trunk_gate"])})
         return {"type": "vit", "pool": o["pool"], "masked": masked, "embedder": embedder}
 
-    def fit(self, values: Iterable[Any]) -> None:
-        """Train the BPE tokenizer on the training sequences (k-mer vocabularies are fixed: nothing to learn)."""
+    def fit(self, values: Iterable[Any], patient_ids: Optional[Sequence[Any]] = None) -> None:
+        """Train the BPE tokenizer on the training sequences (k-mer vocabularies are fixed: nothing to learn).
+
+        ``patient_ids`` is not needed: a cleaned sequence holds only the IUPAC alphabet, so no
+        name or record number can enter the vocabulary.
+        """
         if self.options["tokenizer"] != "bpe":
             return
         seqs: Iterator[str] = (clean_sequence(v)[: int(self.options["max_length"])] for v in values

@@ -108,6 +108,9 @@ class TextAdapter(ModalityAdapter):
         model_dir: local HF model directory (tokenizer + tower); ``None`` = built-in.
         max_length: tokens kept, special tokens included.
         vocab_size, lowercase, min_frequency: of the WordPiece tokenizer learnt in :meth:`fit`.
+        min_patients: a word enters the learnt vocabulary only when the texts of at least this many
+            distinct patients contain it, and never when it has a digit (names, record numbers and
+            dates stay out; see :func:`~medfm.modalities.tokenizers.identifier_free_texts`).
         sections: report sections to keep (e.g. ``["FINDINGS", "IMPRESSION"]``), ``None`` = all text.
         taxonomy_columns: build the text from these manifest columns instead of the cell.
         pool, hf_config: tower options (CLS pooling, small BERT). Masking: MLM of 15 % of the tokens
@@ -120,6 +123,7 @@ class TextAdapter(ModalityAdapter):
     suffix_priority = 60
     defaults: Dict[str, Any] = {
         "model_dir": None, "max_length": 128, "vocab_size": 4096, "lowercase": True, "min_frequency": 2,
+        "min_patients": tk.MIN_PATIENTS,
         "sections": None, "taxonomy_columns": None, "pool": "cls", "hf_config": {},
         "tokenizer": "wordpiece",
     }
@@ -130,6 +134,7 @@ class TextAdapter(ModalityAdapter):
         if int(self.options["max_length"]) < 3:
             raise ConfigError("text: max_length must be at least 3")
         self.tokenizer = None  # a tokenizers.Tokenizer
+        self.vocabulary_rule: Optional[Dict[str, Any]] = None  # how fit() kept identifiers out (metadata)
         self._hf_tokenizer = None  # a transformers tokenizer when model_dir is set
         self._clip = None  # open_clip's SimpleTokenizer with tokenizer="open_clip"
         if self.options["tokenizer"] not in ("wordpiece", "open_clip"):
@@ -270,15 +275,30 @@ class TextAdapter(ModalityAdapter):
                 "mask_id": sp["mask"], "pad_id": sp["pad"], "vocab_size": vocab,
                 "special_ids": sorted({v for v in sp.values() if v is not None})}
 
-    def fit(self, values: Iterable[Any]) -> None:
-        """Learn the WordPiece vocabulary on training cells (strings, or rows with ``taxonomy_columns``)."""
+    def fit(self, values: Iterable[Any], patient_ids: Optional[Sequence[Any]] = None) -> None:
+        """Learn the WordPiece vocabulary on training cells (strings, or rows with ``taxonomy_columns``).
+
+        ``patient_ids[i]`` is the patient of ``values[i]``: a word is learnt only when the texts of
+        ``min_patients`` distinct patients hold it (without ids each text counts as its own patient),
+        and words with digits never are. The rule is recorded in ``text_tokenizer_config.json``.
+        """
         if self._hf_tokenizer is not None or self._clip is not None:
             return
-        texts = (t for t in (self.text_of(v) if isinstance(v, (str, Mapping)) else "" for v in values) if t)
+        values = list(values)
+        if patient_ids is not None and len(patient_ids) != len(values):
+            raise ConfigError(f"text: {len(patient_ids)} patient ids for {len(values)} training cells")
+        pairs = [(t, None if patient_ids is None else patient_ids[i])
+                 for i, t in enumerate(self.text_of(v) if isinstance(v, (str, Mapping)) else "" for v in values) if t]
         o = self.options
-        self.tokenizer = tk.train_wordpiece_tokenizer(texts, vocab_size=int(o["vocab_size"]),
+        k = int(o["min_patients"])
+        if k < 1:
+            raise ConfigError(f"text: min_patients must be at least 1, got {k}")
+        self.tokenizer = tk.train_wordpiece_tokenizer([t for t, _ in pairs], vocab_size=int(o["vocab_size"]),
                                                       lowercase=bool(o["lowercase"]),
-                                                      min_frequency=int(o["min_frequency"]))
+                                                      min_frequency=int(o["min_frequency"]),
+                                                      patient_ids=None if patient_ids is None else [p for _, p in pairs],
+                                                      min_patients=k)
+        self.vocabulary_rule = tk.vocabulary_rule(k, patient_ids_given=patient_ids is not None)
 
     def save_pretrained(self, directory: os.PathLike) -> None:
         if self._hf_tokenizer is not None:
@@ -290,9 +310,13 @@ class TextAdapter(ModalityAdapter):
 
             shutil.copyfile(default_bpe(), os.path.join(str(directory), os.path.basename(default_bpe())))
         else:
-            tk.save_tokenizer(self._require_tokenizer(), directory, "text_", self.config())
+            meta = self.config()
+            if self.vocabulary_rule is not None:
+                meta["vocabulary_rule"] = self.vocabulary_rule
+            tk.save_tokenizer(self._require_tokenizer(), directory, "text_", meta)
 
     def load_pretrained(self, directory: os.PathLike) -> None:
         if self.options["model_dir"] or self._clip is not None:
             return  # the tokenizer comes from model_dir / open_clip
-        self.tokenizer, _ = tk.load_tokenizer(directory, "text_")
+        self.tokenizer, meta = tk.load_tokenizer(directory, "text_")
+        self.vocabulary_rule = meta.get("vocabulary_rule")

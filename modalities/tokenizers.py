@@ -78,9 +78,60 @@ def train_bpe_tokenizer(sequences: Iterable[str], *, vocab_size: int = 512, alph
     return tok
 
 
+#: the default of the patient rule: a word enters a learnt vocabulary only when the texts of
+#: at least this many distinct patients contain it
+MIN_PATIENTS = 5
+
+
+def vocabulary_rule(min_patients: int, *, patient_ids_given: bool) -> Dict[str, Any]:
+    """The rule that kept identifiers out of a learnt vocabulary, as recorded in its metadata."""
+    return {
+        "min_patients": int(min_patients),
+        "patients_counted_by": "patient_id" if patient_ids_given else "text (no patient ids given)",
+        "excluded": "words seen in the texts of fewer than min_patients distinct patients; "
+                    "words containing a digit (numbers, dates, record numbers, mixed letter-digit ids)",
+        "characters": "every character of the texts stays in the alphabet, so excluded words tokenize "
+                      "into single characters",
+    }
+
+
+def identifier_free_texts(texts: Sequence[str], patient_ids: Optional[Sequence[Any]], min_patients: int,
+                          normalizer: Any, pre_tokenizer: Any) -> Tuple[List[str], Dict[str, int]]:
+    """``texts`` with every word that could identify a patient removed, for a vocabulary learner.
+
+    A word (a pre-token of ``pre_tokenizer`` after ``normalizer``) is kept only when it has no
+    digit and occurs in the texts of at least ``min_patients`` distinct patients
+    (``patient_ids[i]`` owns ``texts[i]``; a text without an id counts as its own patient).
+    Names, record numbers and dates written in a few patients' reports therefore never become
+    vocabulary entries; the learner only sees the kept words (with their counts).
+    Returns the filtered texts and counts ``{"words_kept", "words_rare", "words_with_digits"}``
+    (numbers of distinct words; no word itself).
+    """
+    if patient_ids is not None and len(patient_ids) != len(texts):
+        raise ValueError(f"{len(patient_ids)} patient ids for {len(texts)} texts")
+    words = [[w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))] for t in texts]
+    owners: Dict[str, set] = {}
+    for i, ws in enumerate(words):
+        pid = patient_ids[i] if patient_ids is not None else None
+        owner = i if pid is None or pid != pid or str(pid).strip() == "" else str(pid).strip()  # none/NaN: own
+        for w in set(ws):
+            owners.setdefault(w, set()).add(owner)
+    digits = {w for w in owners if any(c.isdigit() for c in w)}
+    rare = {w for w, o in owners.items() if len(o) < int(min_patients)} - digits
+    kept = set(owners) - digits - rare
+    out = [" ".join(w for w in ws if w in kept) for ws in words]
+    return out, {"words_kept": len(kept), "words_rare": len(rare), "words_with_digits": len(digits)}
+
+
 def train_wordpiece_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, lowercase: bool = True,
-                              min_frequency: int = 2, add_special_tokens: bool = True) -> Tokenizer:
+                              min_frequency: int = 2, add_special_tokens: bool = True,
+                              patient_ids: Optional[Sequence[Any]] = None,
+                              min_patients: int = MIN_PATIENTS) -> Tokenizer:
     """A BERT-style WordPiece tokenizer learnt on ``texts`` (normaliser, pre-tokenizer, decoder as BERT).
+
+    No identifiers: the vocabulary is learnt only from the words :func:`identifier_free_texts`
+    keeps (no digits, seen in the texts of ``min_patients`` distinct patients, ``patient_ids[i]``
+    owning ``texts[i]``); every character of the texts stays in the alphabet.
 
     Deterministic: the same texts give a byte-identical ``tokenizer.json`` in every process.
     (``tokenizers``' trainer numbers the ``##``-continuation pieces in hash-map order, which
@@ -95,12 +146,13 @@ def train_wordpiece_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, l
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     chars = sorted({c for t in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))
                     for c in w})
+    kept, _ = identifier_free_texts(texts, patient_ids, min_patients, normalizer, pre_tokenizer)
     trainer = trainers.WordPieceTrainer(vocab_size=int(vocab_size), min_frequency=int(min_frequency),
                                         special_tokens=list(SPECIAL_TOKENS) + [f"##{c}" for c in chars],
                                         initial_alphabet=chars, show_progress=False)
     learner = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     learner.normalizer, learner.pre_tokenizer = normalizer, pre_tokenizer
-    learner.train_from_iterator(texts, trainer=trainer)
+    learner.train_from_iterator(kept, trainer=trainer)
     vocab = learner.get_vocab(with_added_tokens=False)
     tok = Tokenizer(models.WordPiece(vocab=dict(sorted(vocab.items(), key=lambda kv: kv[1])), unk_token="[UNK]",
                                      continuing_subword_prefix="##"))

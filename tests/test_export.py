@@ -54,10 +54,9 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(ckpt, capsys):
                 want = model.encode(mod, inp["x"], inp.get("mask")).numpy()
             assert got.shape == want.shape
             assert np.abs(got - want).max() <= TOL, (mod, np.abs(got - want).max())
-    card = (d / "model" / "README.md").read_text()
+    card = (out / "README.md").read_text()  # the card goes into --out, rendered from the source folder
     assert card.startswith("---\nlibrary_name: medfm") and "## Evaluation results" in card
     assert "macro_auroc | 0.7500 | [0.6000, 0.9000]" in card
-    assert (out / "README.md").is_file()
 
 
 def test_torchscript_export_runs_without_medfm_classes(ckpt):
@@ -94,3 +93,43 @@ def test_onnx_causal_text_tower_with_other_lengths_and_batches(tmp_path):
         with torch.no_grad():
             want = model.encode("text", tok["x"], tok["mask"]).numpy()
         assert np.abs(got - want).max() <= TOL
+
+
+def _snapshot(folder):
+    """Every name under ``folder`` (folders too) and each file's (mtime, sha256)."""
+    import hashlib
+
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    files = {str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+             for p in folder.rglob("*") if p.is_file()}
+    return names, files
+
+
+def test_export_writes_only_into_out_and_works_from_a_read_only_model(ckpt, tmp_path):
+    """Nothing in the source folder is created or changed (checked by hash and mtime, which also holds
+    as root, where permission bits do not stop a write); the chmod makes a non-root run fail on a write."""
+    import os
+    import shutil
+    import stat
+
+    d, _ = ckpt
+    src = tmp_path / "ro_model"
+    shutil.copytree(d / "model", src)
+    (src / "README.md").unlink(missing_ok=True)
+    before = _snapshot(src)
+    modes = {p: p.stat().st_mode for p in [src, *src.rglob("*")]}
+    for p in modes:
+        p.chmod(stat.S_IMODE(modes[p]) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        if os.geteuid() != 0:  # not root: the permission bits hold, so the source really is read-only
+            with pytest.raises(PermissionError):
+                (src / "probe").write_text("x")
+        out = tmp_path / "exported"
+        assert main(["export", str(src), "--format", "torchscript", "--modality", "xray", "--out", str(out)]) == 0
+        after = _snapshot(src)
+    finally:
+        for p, m in modes.items():
+            p.chmod(stat.S_IMODE(m))
+    assert after == before  # no card (or anything else) written beside the source
+    assert (out / "README.md").read_text().startswith("---\nlibrary_name: medfm")
+    assert {"xray.pt", "preprocessing.json", "README.md"} <= {p.name for p in out.iterdir()}

@@ -112,3 +112,97 @@ def test_phi_never_reaches_outputs_or_logs(tmp_path, capsys, caplog, one_thread)
         assert n not in logs and n.lower() not in logs.lower(), n
     assert _scan(out) == []
     assert len([p for p in out.rglob("*") if p.is_file()]) > 10  # checkpoints, tb events, embeddings scanned
+
+
+# ---------------------------------------------------------------- report text → vocabularies
+TEXT_NEEDLES = ["zebulon", "quixote", "7744551", "20240105"]
+COMMON = ["no acute cardiopulmonary process", "small left pleural effusion", "mild cardiomegaly",
+          "normal heart size", "clear lungs bilaterally", "stable chest radiograph"]
+
+
+def _report_cohort(root: Path) -> Path:
+    """30 patients' reports: three dictated by a rare name with a record number, and an
+    accession number that ten patients share (frequent, but a number)."""
+    import pandas as pd
+
+    rows = []
+    for i in range(30):
+        text = f"{COMMON[i % 6]}. {COMMON[(i * 5 + 1) % 6]}."
+        if i in (3, 11, 19):
+            text += " Dictated by Dr Zebulon Quixote, MRN 7744551 (MRN7744551)."
+        if i % 3 == 0:
+            text += " Accession 20240105."
+        rows.append({"id": f"s{i}", "patient_id": f"p{i}", "text": text})
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(root / "reports.csv", index=False)
+    return root / "reports.csv"
+
+
+def _scan_text(*dirs: Path) -> list:
+    hits, n = [], 0
+    for d in dirs:
+        for f in sorted(p for p in d.rglob("*") if p.is_file()):
+            n += 1
+            data = f.read_bytes().lower()
+            hits += [(str(f), w) for w in TEXT_NEEDLES if w.encode() in data or w.encode("utf-16-le") in data]
+    return hits, n
+
+
+def test_report_text_names_and_numbers_never_enter_vocabularies_checkpoints_or_exports(tmp_path, one_thread):
+    manifest = _report_cohort(tmp_path / "data")
+    text = {"vocab_size": 400, "max_length": 32, "min_frequency": 2,
+            "hf_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                          "intermediate_size": 64}}
+    cfg = {"model": {"name": "medfm-tiny", "trunk": {"depth": 1}, "modalities": {"text": text}},
+           "data": {"manifest": str(manifest), "batch_size": 8, "split": None},
+           "objectives": [{"name": "masked", "weight": 1.0}],
+           "train": {"max_steps": 2, "checkpoint_every": 1, "tensorboard": False, "progress": False}}
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(cfg))
+    out, exp = tmp_path / "out", tmp_path / "export"
+    assert main(["pretrain", str(run_yaml), "--out", str(out)]) == 0
+    assert main(["export", str(out), "--format", "onnx", "--out", str(exp)]) == 0
+    vocab = medfm.load_pretrained(out).adapters["text"].tokenizer.get_vocab()
+    assert {"effusion", "cardiomegaly", "pleural"} <= set(vocab)  # words of every patient are learnt
+    assert not any(c.isdigit() for t in vocab for c in t if len(t.lstrip("#")) > 1)  # no multi-char number piece
+    meta = __import__("json").loads((out / "modalities" / "text" / "text_tokenizer_config.json").read_text())
+    assert meta["vocabulary_rule"]["min_patients"] == 5
+    assert meta["vocabulary_rule"]["patients_counted_by"] == "patient_id"
+    hits, n = _scan_text(out, exp)
+    assert hits == []
+    assert (exp / "modalities" / "text" / "text_tokenizer.json").is_file() and (out / "checkpoints").is_dir()
+    assert n >= 10  # model, checkpoints, metrics, card, export scanned
+
+
+def test_patient_rule_counts_patients_not_texts():
+    """A word written in many reports of two patients stays out; one in five patients' reports is in."""
+    from medfm.registry import get_modality
+
+    texts = ["quixote effusion"] * 10 + ["effusion"] * 3
+    pids = ["a"] * 5 + ["b"] * 5 + ["c", "d", "e"]
+    adapter = get_modality("text", vocab_size=200, min_frequency=1)
+    adapter.fit(texts, patient_ids=pids)
+    vocab = adapter.tokenizer.get_vocab()
+    assert "effusion" in vocab and "quixote" not in vocab
+    adapter.fit(texts)  # without ids every text is its own patient: 10 texts ≥ 5
+    assert "quixote" in adapter.tokenizer.get_vocab()
+    adapter = get_modality("text", vocab_size=200, min_frequency=1, min_patients=2)
+    adapter.fit(texts, patient_ids=pids)
+    assert "quixote" in adapter.tokenizer.get_vocab()
+
+
+def test_fit_on_cohort_passes_patient_ids_and_keeps_old_adapters_working():
+    from medfm.modality import fit_on_cohort
+    from medfm.registry import get_modality
+
+    class Old:  # a plug-in adapter written before patient ids were passed
+        def fit(self, values):
+            self.seen = list(values)
+
+    old = Old()
+    fit_on_cohort(old, ["a", "b"], ["p1", "p2"])
+    assert old.seen == ["a", "b"]
+    text = get_modality("text", vocab_size=200, min_frequency=1)
+    fit_on_cohort(text, ["zebulon effusion"] * 6, ["p1"] * 6)  # one patient: the name stays out
+    assert "zebulon" not in text.tokenizer.get_vocab()
+    assert text.vocabulary_rule["patients_counted_by"] == "patient_id"

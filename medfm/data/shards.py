@@ -177,6 +177,30 @@ def iter_shard(index: ShardIndex, name: str, *, select: Optional[Callable[[str],
         raise DataError(f"unreadable shard: {type(e).__name__}: {e}", source=url) from None
 
 
+def _where(raw: Mapping[str, Any], member: str) -> str:
+    """``"<shard url> member <key>.<member>"``: where a raw sample's member lives, for messages."""
+    return f"{raw.get('__url__', '?')} member {raw.get('__key__', '?')}.{member}"
+
+
+def sample_record(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """The decoded ``KEY.json`` record of a raw shard sample.
+
+    :class:`DataError` naming the shard, the member and the sample key when the member is missing
+    or cannot be decoded (not UTF-8 JSON, or without the ``id``/``index`` every record has).
+    """
+    blob = raw.get("json")
+    if blob is None:
+        raise DataError("sample has no .json member", source=_where(raw, "json"))
+    try:
+        rec = json.loads(blob)
+        if not isinstance(rec, dict):
+            raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+        rec["id"], rec["index"] = str(rec["id"]), int(rec["index"])
+    except (ValueError, TypeError, KeyError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"undecodable sample record ({type(e).__name__}: {e})", source=_where(raw, "json")) from None
+    return rec
+
+
 def decode_sample(raw: Mapping[str, Any], adapters: Mapping[str, Any], modalities: Mapping[str, Dict[str, Any]],
                   *, train: bool, seed: int, epoch: int, label_index: Mapping[str, Mapping[str, int]]
                   ) -> Dict[str, Any]:
@@ -184,9 +208,16 @@ def decode_sample(raw: Mapping[str, Any], adapters: Mapping[str, Any], modalitie
 
     The augmentation of a modality uses :func:`~medfm.data.dataset.augmentation_rng` with the
     manifest row ``index``, exactly as manifest training with a preprocessing cache does.
-    A modality that fails is logged, listed in ``errors`` and dropped from the sample.
+    A modality that fails (an adapter error, or a ``.safetensors`` member that does not decode)
+    is logged, listed in ``errors`` and dropped from the sample; a sample whose ``.json`` member
+    does not decode is logged and returned skipped (both messages name the shard and the member).
     """
-    rec = json.loads(raw["json"])
+    try:
+        rec = sample_record(raw)
+    except DataError as e:
+        key = str(raw.get("__key__", "?"))
+        log.warning("skipping sample %s: %s", key, e)
+        return {"skipped": True, "id": key, "errors": [(key, "json", str(e))]}
     sid, index, row = rec["id"], int(rec["index"]), rec.get("row") or {}
     inputs, errors = {}, [tuple(e) for e in rec.get("errors", [])]
     for mod, adapter in adapters.items():
@@ -196,7 +227,11 @@ def decode_sample(raw: Mapping[str, Any], adapters: Mapping[str, Any], modalitie
                 blob = raw.get(f"{mod}.safetensors")
                 if blob is None:
                     continue
-                item = dict(st_load(blob))
+                try:
+                    item = dict(st_load(blob))
+                except Exception as e:  # noqa: BLE001 - safetensors' own SafetensorError and friends
+                    raise DataError(f"undecodable tensor member ({type(e).__name__}: {e})",
+                                    source=f"{_where(raw, f'{mod}.safetensors')} (sample {sid})") from None
                 item.update(rec.get("meta", {}).get(mod, {}))
             elif kind == "value":
                 value = rec.get("values", {}).get(mod)

@@ -45,6 +45,8 @@ from ..metrics import cluster_bootstrap, metrics_with_ci
 from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
 from ..models.multimodal import CONFIG_NAME
 from ..models.init import apply_init, model_config_with_init, summary_lines, write_init_report
+from ..train.run_guard import RunLock, RunStopped, StopSignals, stopped_message
+from ..modality import fit_on_cohort
 from ..registry import get_modality
 from ..schema import defaults as schema_defaults
 from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
@@ -236,6 +238,18 @@ class FineTuner:
         self.cfg = resolve_config(config)
         self.out = Path(out_dir)
         self.config_dir = config_dir
+        self._lock = RunLock(self.out).acquire()  # the run owns OUT (released by fit, or when building fails)
+        try:
+            self._setup(model, config_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release ``OUT``'s run lock (done by :meth:`fit`; for a fine-tuner that is not fitted)."""
+        self._lock.release()
+
+    def _setup(self, model, config_dir) -> None:
         cfg = self.cfg
         torch.manual_seed(int(cfg["seed"]))
         np.random.seed(int(cfg["seed"]))
@@ -309,8 +323,10 @@ class FineTuner:
                 adapter = get_modality(name, **(options or {}))
                 column = (cfg["columns"] or {}).get(name, name)
                 if column in self.df.columns:
-                    adapter.fit([v for v in (adapter.source_from_row(r, column) for r in self.df.to_dict("records"))
-                                 if not is_missing(v)])
+                    present = [(adapter.source_from_row(r, column), r.get("patient_id"))
+                               for r in self.df.to_dict("records")]
+                    present = [(v, p) for v, p in present if not is_missing(v)]
+                    fit_on_cohort(adapter, [v for v, _ in present], [p for _, p in present])
                 adapters[name] = adapter
             model = create_model(mcfg, adapters=adapters)
         for line in summary_lines(model.init_reports):
@@ -399,15 +415,27 @@ class FineTuner:
                 continue
             res = core.step(lambda b=batch: b, loss_of)
             tot, nb = tot + res.logs["loss"], nb + 1
+            self._n_steps = getattr(self, "_n_steps", 0) + 1
+            stop = getattr(self, "_stop", None)
+            if stop is not None and stop.requested:
+                # fine-tuning keeps no resumable checkpoint (it is short): the message says so
+                raise RunStopped(stopped_message(self._n_steps, resumable=False))
         return tot / max(nb, 1)
 
     def fit(self) -> Dict[str, Any]:
         """Train with early stopping, restore the best epoch, test, save; returns the metrics dict.
 
-        ``data.limits`` (see :mod:`medfm.limits`) apply to every read of this run.
+        ``data.limits`` (see :mod:`medfm.limits`) apply to every read of this run. The run owns
+        ``OUT`` (:class:`~medfm.train.run_guard.RunLock`: a second run into it is refused);
+        SIGTERM/SIGINT stop it at the next step boundary with :class:`RunStopped`.
         """
-        with limits(**(self.cfg["data"]["limits"] or {})):
-            return self._fit()
+        try:
+            with StopSignals() as stop, limits(**(self.cfg["data"]["limits"] or {})):
+                self._stop, self._n_steps = stop, 0
+                return self._fit()
+        finally:
+            self._stop = None
+            self.close()
 
     def _fit(self) -> Dict[str, Any]:
         cfg, oc = self.cfg, self.cfg["optim"]

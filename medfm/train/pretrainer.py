@@ -32,6 +32,7 @@ from ..models import MultiModalModel, create_model, resolve_config
 from ..card import write_model_card
 from ..models.init import write_init_report
 from ..objectives import build_objective
+from ..modality import fit_on_cohort
 from ..registry import get_modality
 from ..schema import defaults as schema_defaults
 from .resume_checkpoint import (checkpoint_candidates, clean_temporaries, first_difference, load_trainer_state,
@@ -40,6 +41,7 @@ from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distribu
 from .loop import MetricsLog, TrainCore, build_optimizer, progress, wrap_model
 from ..paths import config_path, optional_config_path
 from .run_config import RunConfig, validate_run_config
+from .run_guard import RunLock, RunStopped, StopSignals, resume_difference, stopped_message
 from .sampler import ResumableSampler
 from .schedule import cosine_with_warmup
 
@@ -108,6 +110,20 @@ class Trainer:
             raise ConfigError(f"{manifest}: no rows in split {dcfg.get('split')!r}")
         self.ckpt_root = self.out / "checkpoints"
         self.resume_from = None
+        # the run owns OUT from here (released at the end of fit, or when building fails)
+        self._lock = RunLock(self.out).acquire() if self.dist.is_main else None
+        try:
+            self._setup(tcfg, dcfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release ``OUT``'s run lock (done by :meth:`fit`; for a trainer that is not fitted)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+
+    def _setup(self, tcfg: Dict[str, Any], dcfg: Dict[str, Any]) -> None:
         self.model = self._build_model()
         self.model.to(self.dist.device)
         if tcfg["grad_checkpointing"]:
@@ -192,8 +208,11 @@ class Trainer:
         for name, options in sorted((mcfg.get("modalities") or {}).items()):
             adapter = get_modality(name, **(options or {}))
             column = (self.config["data"].get("columns") or {}).get(name, name)
-            values = [adapter.source_from_row(r, column) for r in self.df.to_dict("records")]
-            adapter.fit([v for v in values if not is_missing(v)])
+            rows = self.df.to_dict("records")
+            present = [(adapter.source_from_row(r, column), r.get("patient_id")) for r in rows]
+            present = [(v, p) for v, p in present if not is_missing(v)]
+            # patient ids: a learnt vocabulary keeps only words of several patients (no identifiers)
+            fit_on_cohort(adapter, [v for v, _ in present], [p for _, p in present])
             adapters[name] = adapter
         model = create_model(mcfg, adapters=adapters)
         if tcfg.get("init_from"):
@@ -227,6 +246,15 @@ class Trainer:
             if diff is not None:
                 raise CheckpointError(f"{ckpt}: made with another model config (first difference at {diff}); "
                                       "resume with the same model config, or start afresh (--no-resume or a new --out)")
+            saved = {**(read_run_config(ckpt) or {}), "data_sha256": state["position"].get("manifest_sha256")}
+            change = resume_difference(saved, {**self.config, "data_sha256": self.df.attrs.get("sha256")})
+            if change is not None:
+                if not self.config["train"].get("force_resume"):
+                    raise CheckpointError(f"{ckpt}: resuming would change the data order or the objective "
+                                          f"(first difference {change}); resume with the same settings, start "
+                                          "afresh (--no-resume or a new --out), or force it (--force-resume)")
+                if self.dist.is_main:
+                    log.warning("resuming from %s with a changed setting (%s): forced", ckpt, change)
             self.resume_from, self._resume_state = ckpt, state
             if self.dist.is_main:
                 log.info("resuming from %s (train.resume=false or --no-resume starts afresh)", ckpt)
@@ -321,7 +349,7 @@ class Trainer:
         model, optim_state = self._full_model_and_optimizer()
         if self.dist.is_main:
             position = {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "n_skipped": self.n_skipped,
-                        "train_seconds": self.elapsed_seconds()}
+                        "train_seconds": self.elapsed_seconds(), "manifest_sha256": self.df.attrs.get("sha256")}
             save_checkpoint(self.ckpt_root, self.step, model, optim_state, self.scheduler, position, rngs,
                             self.portable_config(), keep=int(self.config["train"]["keep_checkpoints"]))
         return model
@@ -345,8 +373,18 @@ class Trainer:
 
         ``data.limits`` (see :mod:`medfm.limits`) apply to every read of this run.
         """
-        with limits(**(self.config["data"].get("limits") or {})):
-            return self._fit()
+        try:
+            with limits(**(self.config["data"].get("limits") or {})), StopSignals() as stop:
+                self._stop = stop
+                return self._fit()
+        finally:
+            self._stop = None
+            self.close()
+
+    def _stop_requested(self) -> bool:
+        """Whether a SIGTERM/SIGINT reached any rank (collective: every rank stops at the same step)."""
+        stop = getattr(self, "_stop", None)
+        return all_reduce_sum(1.0 if stop is not None and stop.requested else 0.0) > 0
 
     def _step_record(self, res, dt: float, data_wait: float) -> Dict[str, Any]:
         """The ``metrics.jsonl`` record of the step just taken (means over ranks; collective)."""
@@ -431,8 +469,13 @@ class Trainer:
                         log.info("train.max_minutes reached at step %d", self.step)
                     break
                 every = int(tcfg["checkpoint_every"] or 0)
-                if every and self.step % every == 0 and self.step < max_steps:
+                saved = bool(every and self.step % every == 0 and self.step < max_steps)
+                if saved:
                     self._checkpoint()
+                if self.step < max_steps and self._stop_requested():
+                    if not saved:
+                        self._checkpoint()
+                    raise RunStopped(stopped_message(self.step))
             self._save_final()
         finally:
             self.train_seconds, self._fit_t0 = self.elapsed_seconds(), None

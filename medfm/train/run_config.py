@@ -11,7 +11,7 @@ Validated up front — before the manifest or any data file is read — by
     optim:       lr, weight_decay, betas, warmup_steps, min_lr_ratio, grad_clip
     train:       max_steps, accumulation, precision, checkpoint_every, keep_checkpoints,
                  log_every, seed, grad_checkpointing, strategy, device, tensorboard,
-                 progress, resume, init_from, max_minutes, num_threads
+                 progress, resume, force_resume, init_from, max_minutes, num_threads
 
 Relative paths (``data.manifest``, ``data.root``) resolve against the folder of the config
 file (the working directory for a config given in Python without ``config_dir``): the one
@@ -150,6 +150,8 @@ class TrainConfig:
         tensorboard: also write TensorBoard scalars to ``OUT/tb``.
         progress: show a progress bar.
         resume: continue from the newest intact checkpoint in ``OUT/checkpoints``.
+        force_resume: resume even when the batch size, seed, accumulation, objectives or manifest
+            differ from the checkpoint's (they change the data order or the objective; refused otherwise).
         init_from: a checkpoint whose tensors start the model wherever names and shapes match.
         max_minutes: a time budget; warm-up and decay are fitted to it.
         num_threads: torch CPU threads (``null``: torch's default).
@@ -168,6 +170,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     resume: bool = True
+    force_resume: bool = False
     init_from: Optional[str] = None
     max_minutes: Optional[float] = field(default=None, metadata=_min(0))
     num_threads: Optional[int] = field(default=None, metadata=_min(1))

@@ -22,6 +22,8 @@ def run(args) -> int:
         config.setdefault("data", {})["manifest"] = command_line_path(args.manifest)
     if args.no_resume:
         config.setdefault("train", {})["resume"] = False
+    if args.force_resume:
+        config.setdefault("train", {})["force_resume"] = True
     if args.init_from:
         config.setdefault("train", {})["init_from"] = command_line_path(args.init_from)
     if args.no_progress:
@@ -50,6 +52,9 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh even when OUT/checkpoints holds a checkpoint (default: resume from it)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume even when batch size, seed, accumulation, objectives or manifest changed "
+                        "(they change the data order or the objective; refused otherwise)")
     p.add_argument("--init-from", metavar="DIR", help="start from the weights of this checkpoint (matching tensors)")
 
     add_column_args(p)
