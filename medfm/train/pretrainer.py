@@ -142,7 +142,7 @@ class Trainer:
         else:
             self.dataset = ManifestDataset(self.df, self.model.adapters, train=True,
                                            label_columns=dcfg.get("label_columns") or (), columns=dcfg.get("columns"),
-                                           cache_dir=optional_config_path(dcfg.get("cache_dir"), config_dir,
+                                           cache_dir=optional_config_path(dcfg.get("cache_dir"), self.config_dir,
                                                                           "data.cache_dir"),
                                            seed=int(tcfg["seed"]),
                                            root=self._data_root(), confine=bool(dcfg.get("confine_paths", True)))
