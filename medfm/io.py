@@ -121,10 +121,11 @@ def apply_overrides(config: Dict[str, Any], overrides) -> Dict[str, Any]:
     return out
 
 
-def hash_file(path: os.PathLike, h=None):
-    """Feed a file's bytes into hasher ``h`` (a new sha256 when None) in 1 MiB chunks; return ``h``."""
+def hash_file(path, h=None):
+    """Feed a file's bytes (a path, or an open binary handle) into hasher ``h`` (a new sha256 when
+    None) in 1 MiB chunks; return ``h``."""
     h = hashlib.sha256() if h is None else h
-    with open(path, "rb") as fh:
+    with (open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from medfm.errors import DataError, MedFMError, UsageError
+from medfm.input_files import read_head
 from medfm.modality import check_format, file_reference, matching_suffix
 from .sources import DICOM_MODALITY
 from .ecg import LEADS
@@ -35,12 +36,7 @@ def guess_modality(path: Any, modalities: Dict[str, Any]) -> str:
     """
     p = Path(str(path).partition("#")[0])
     if p.is_file():
-        try:
-            with open(p, "rb") as fh:
-                dicom = fh.read(132)[128:132] == b"DICM"
-        except OSError:
-            dicom = False
-        if dicom:
+        if read_head(p, 132)[128:132] == b"DICM":  # never opens a FIFO or a device
             import pydicom
 
             ds = pydicom.dcmread(str(p), stop_before_pixels=True)

@@ -25,6 +25,8 @@ import pandas as pd
 
 from medfm.data.cohort import Entry, ScanContext, Unreadable, register_source
 from medfm.data.manifest import is_missing
+from medfm.errors import DataError
+from medfm.input_files import open_bounded, read_head
 from medfm.modality import matching_suffix
 
 from .dna import FASTA_SUFFIXES, RECORD_ID_COLUMNS, SEQUENCE_COLUMNS, TAXONOMY_COLUMNS
@@ -34,6 +36,7 @@ from .fundus import VENDOR_SUFFIXES as FUNDUS_VENDOR
 from .text import taxonomy_text
 from medfm.registry import MODALITIES
 from .dna import read_fasta
+from .ecg import check_wfdb_header
 
 log = logging.getLogger("medfm.manifest")
 
@@ -76,11 +79,7 @@ def _is_dicom(path: Path) -> bool:
                                                                               ".nii.gz", ".npy", ".npz", ".json",
                                                                               ".txt", ".md", ".xml")):
         return False
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
+    return read_head(path, 132)[128:132] == b"DICM"  # never opens a FIFO or a device
 
 
 @register_source("dicom")
@@ -157,6 +156,9 @@ class WfdbScanner(Scanner):
             return
         try:
             cols = wfdb_header_columns(path)
+        except DataError as e:
+            yield Unreadable(str(path), e.reason)
+            return
         except Exception as e:  # wfdb raises ValueError/IndexError on bad headers
             yield Unreadable(str(path), f"unreadable WFDB header: {type(e).__name__}: {e}")
             return
@@ -167,6 +169,7 @@ def wfdb_header_columns(hea: Path) -> Dict[str, str]:
     """``{"dx": "code|code", "age": ..., "sex": ...}`` from a WFDB header's comments (CinC 2020/2021 style)."""
     import wfdb
 
+    check_wfdb_header(hea)  # bounded and counted before wfdb parses it
     h = wfdb.rdheader(str(hea.with_suffix("")))
     out: Dict[str, str] = {}
     for c in h.comments or []:
@@ -214,7 +217,11 @@ class TableScanner(Scanner):
     def scan_file(self, path: Path, ctx: ScanContext) -> Iterator:
         name = path.name.lower().removesuffix(".gz")
         try:
-            df = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+            with open_bounded(path, what="table") as fh:
+                df = pd.read_csv(fh, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+        except DataError as e:
+            yield Unreadable(str(path), e.reason)
+            return
         except Exception as e:
             yield Unreadable(str(path), f"unreadable table: {type(e).__name__}: {e}")
             return

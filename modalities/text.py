@@ -38,6 +38,8 @@ import torch
 
 from medfm.data.manifest import is_missing
 from medfm.errors import ConfigError, DataError
+from medfm.input_files import read_text
+from medfm.limits import within_text_limit
 from medfm.modality import ModalityAdapter, Record, file_reference, require_file
 from medfm.registry import register_modality
 
@@ -180,8 +182,8 @@ class TextAdapter(ModalityAdapter):
         if ref is not None:
             path = require_file(ref[0], what="text file")
             try:
-                source = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
+                source = read_text(path, limit="max_text_mb", what="text file")
+            except OSError as e:
                 raise DataError(f"cannot read text file: {e}", source=str(path)) from None
             sample_id = str(path)
         text = self.text_of(source, row)
@@ -273,7 +275,8 @@ class TextAdapter(ModalityAdapter):
         """Learn the WordPiece vocabulary on training cells (strings, or rows with ``taxonomy_columns``)."""
         if self._hf_tokenizer is not None or self._clip is not None:
             return
-        texts = (t for t in (self.text_of(v) if isinstance(v, (str, Mapping)) else "" for v in values) if t)
+        texts = (t for t in (self.text_of(v) if isinstance(v, Mapping) or (isinstance(v, str) and within_text_limit(v))
+                             else "" for v in values) if t)
         o = self.options
         self.tokenizer = tk.train_wordpiece_tokenizer(texts, vocab_size=int(o["vocab_size"]),
                                                       lowercase=bool(o["lowercase"]),

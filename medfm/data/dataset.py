@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError, MedFMError
 from .cache import PreprocessCache
 from .manifest import is_missing
+from ..input_files import confine_target
 from ..modality import file_reference
 
 log = logging.getLogger("medfm.data")
@@ -56,7 +57,7 @@ class ManifestDataset(Dataset):
             an absolute path elsewhere) is a :class:`DataError` for that sample (logged, counted,
             skipped in a run). ``None`` with ``confine=True`` (the default): when the manifest's
             path cells are relative, the manifest's folder is the root; a manifest of absolute
-            paths only is not confined. The check is lexical (symlinks inside the root are followed).
+            paths only is not confined. Both the path and its target (symlinks resolved) must be inside.
         confine: ``False`` turns the confinement off.
         seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i, modality)``,
             so results do not depend on worker scheduling and a resumed run sees the same views.
@@ -125,6 +126,8 @@ class ManifestDataset(Dataset):
             if not norm.is_relative_to(self.root):
                 raise DataError(f"path {value!r} leads outside the data root {self.root}; set data.root to a "
                                 "folder that holds it (or data.confine_paths: false)", field=column)
+            if os.path.lexists(full):  # and so must what it leads to: a symlink is followed, then checked
+                confine_target(full, self.root, field=column)
         if self.base_dir is None and not p.is_absolute():
             return value
         return str(full) + suffix

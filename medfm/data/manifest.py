@@ -10,17 +10,40 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..input_files import check_regular, open_bounded, open_regular
 from ..io import hash_file
+from ..limits import check_file_size
 
 REQUIRED_COLUMNS = ("id", "patient_id")
+
+
+def _text_table(**kw):
+    def read(p: Path) -> pd.DataFrame:
+        with open_bounded(p, what="manifest", text=True) as fh:  # bounded by max_file_mb while reading
+            return pd.read_csv(fh, dtype=str, keep_default_na=False, **kw)
+    return read
+
+
+def _json_table(lines: bool):
+    def read(p: Path) -> pd.DataFrame:
+        with open_bounded(p, what="manifest", text=True) as fh:
+            return pd.read_json(fh, lines=lines, dtype=False)
+    return read
+
+
+def _parquet(p: Path) -> pd.DataFrame:
+    with open_regular(p, what="manifest") as fh:  # a regular file: its size was checked
+        return pd.read_parquet(fh)
+
+
 READERS = {
-    ".csv": lambda p: pd.read_csv(p, dtype=str, keep_default_na=False),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False),
-    ".txt": lambda p: pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False),
-    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
-    ".json": lambda p: pd.read_json(p, dtype=False),
-    ".parquet": pd.read_parquet,
-    ".pq": pd.read_parquet,
+    ".csv": _text_table(),
+    ".tsv": _text_table(sep="\t"),
+    ".txt": _text_table(sep="\t"),
+    ".jsonl": _json_table(True),
+    ".json": _json_table(False),
+    ".parquet": _parquet,
+    ".pq": _parquet,
 }
 
 
@@ -45,18 +68,21 @@ def read_manifest(path: os.PathLike, modalities: Optional[Iterable[str]] = None)
             duplicate ids (naming the row).
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError("manifest not found", source=str(p))
+    check_regular(p, what="manifest")  # a FIFO or a device is named, never opened
+    check_file_size(p)
     suffix = "".join(p.suffixes[-2:]) if p.suffixes[-2:] == [".csv", ".gz"] else p.suffix.lower()
     reader = READERS.get(suffix) or (READERS[".csv"] if suffix == ".csv.gz" else None)
     if reader is None:
         raise DataError(f"unknown manifest format {p.suffix!r}; use one of {sorted(READERS)}", source=str(p))
     try:
         df = reader(p)
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"cannot read manifest: {e}", source=str(p)) from e
-    return validate_manifest(df, source=str(p), base_dir=p.parent, modalities=modalities,
-                             sha256=hash_file(p).hexdigest())
+    with open_bounded(p, what="manifest", decompress=False) as fh:
+        digest = hash_file(fh).hexdigest()
+    return validate_manifest(df, source=str(p), base_dir=p.parent, modalities=modalities, sha256=digest)
 
 
 def validate_manifest(df: pd.DataFrame, *, source: str = "<manifest>", base_dir: Optional[os.PathLike] = None,
