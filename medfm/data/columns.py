@@ -11,12 +11,12 @@ otherwise. The mapping is, in order of precedence:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
-from ..errors import UsageError
+from ..config_files import load_data_file
+from ..errors import ConfigError, UsageError
 from ..models.multimodal import CONFIG_NAME
 
 CONFIG_KEY = "data_columns"
@@ -67,8 +67,7 @@ def resolve_columns(flags: Mapping[str, str], model_dir: Optional[os.PathLike] =
 
 def _read_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = load_data_file(path, kind="json")  # size and nesting bounded
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, ConfigError):
         return {}
