@@ -26,7 +26,7 @@ import pandas as pd
 from medfm.data.cohort import Entry, ScanContext, Unreadable, register_source
 from medfm.data.manifest import is_missing
 from medfm.errors import DataError
-from medfm.input_files import open_bounded, read_head
+from medfm.input_files import inside, open_bounded, read_head
 from medfm.modality import matching_suffix
 
 from .dna import FASTA_SUFFIXES, RECORD_ID_COLUMNS, SEQUENCE_COLUMNS, TAXONOMY_COLUMNS
@@ -80,6 +80,11 @@ def _is_dicom(path: Path) -> bool:
                                                                               ".txt", ".md", ".xml")):
         return False
     return read_head(path, 132)[128:132] == b"DICM"  # never opens a FIFO or a device
+
+
+def _leaves_root(path: Path, ctx: ScanContext) -> bool:
+    """A folder symlink leading outside the source being walked (followed only with ``ctx.follow_links``)."""
+    return bool(ctx.root) and not ctx.follow_links and path.is_symlink() and not inside(path, ctx.root)
 
 
 @register_source("dicom")
@@ -345,6 +350,8 @@ class ImageFolderScanner(Scanner):
             inner = [p for p in k.iterdir() if not p.name.startswith(".")]
             if not inner or not all(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in inner):
                 return False
+            if _leaves_root(k, ctx):
+                return False  # walked entry by entry instead: the link is listed, not followed
         return True
 
     def scan_folder(self, folder: Path, ctx: ScanContext) -> Iterator:
