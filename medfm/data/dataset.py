@@ -16,6 +16,7 @@ from ..errors import DataError, MedFMError
 from .cache import PreprocessCache
 from .manifest import is_missing
 from ..input_files import confine_target
+from ..log_summary import RepeatedWarnings, cause_of
 from ..modality import file_reference
 
 log = logging.getLogger("medfm.data")
@@ -59,6 +60,9 @@ class ManifestDataset(Dataset):
             path cells are relative, the manifest's folder is the root; a manifest of absolute
             paths only is not confined. Both the path and its target (symlinks resolved) must be inside.
         confine: ``False`` turns the confinement off.
+        log_first: skips and flags of one cause (``cause_of`` their reason) logged in full; further ones
+            are counted and logged at 10, 100, 1000, ... (:mod:`medfm.log_summary`), so a broken
+            cohort gives a readable log. Every skip is still counted and reported in the batch.
         seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i, modality)``,
             so results do not depend on worker scheduling and a resumed run sees the same views.
 
@@ -72,7 +76,7 @@ class ManifestDataset(Dataset):
                  label_columns: Sequence[str] = (), label_vocab: Optional[Dict[str, List[str]]] = None,
                  columns: Optional[Mapping[str, str]] = None, base_dir: Optional[os.PathLike] = None,
                  cache_dir: Optional[os.PathLike] = None, seed: int = 0, root: Optional[os.PathLike] = None,
-                 confine: bool = True):
+                 confine: bool = True, log_first: int = 5):
         self.df = df.reset_index(drop=True)
         self.adapters = dict(adapters)
         self.train = train
@@ -87,6 +91,8 @@ class ManifestDataset(Dataset):
         self.epoch = 0
         self._records = self.df.to_dict("records")
         self.root = self._confinement(root, confine)
+        #: skips and flags, logged summarised per cause: the first ``log_first`` of each, then a count
+        self.warnings = RepeatedWarnings(log, first=log_first)
 
     def _confinement(self, root: Optional[os.PathLike], confine: bool) -> Optional[Path]:
         if not confine:
@@ -160,14 +166,16 @@ class ManifestDataset(Dataset):
             try:
                 item = self.load_modality(index, mod)
             except MedFMError as e:
-                log.warning("skipping %s of sample %s: %s", mod, sid, e)
+                self.warnings.warning(("skipping", mod, cause_of(getattr(e, "reason", str(e)))),
+                                  "skipping %s of sample %s: %s", mod, sid, e)
                 errors.append((sid, mod, str(e)))
                 continue
             if item is not None:
                 if "flags" in item:  # usable but suspicious input: logged and counted, not skipped
                     item = dict(item)
                     for msg in item.pop("flags") or ():
-                        log.warning("flagged %s of sample %s: %s", mod, sid, msg)
+                        self.warnings.warning(("flagged", mod, cause_of(str(msg))), "flagged %s of sample %s: %s",
+                                          mod, sid, msg)
                         flags.append((sid, mod, str(msg)))
                 inputs[mod] = item
         labels = {}

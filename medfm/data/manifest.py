@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -98,11 +98,10 @@ def validate_manifest(df: pd.DataFrame, *, source: str = "<manifest>", base_dir:
     df = df.copy().astype(object)
     for col in df.columns:  # empty cells and NaN → None (absent modality / label)
         df[col] = pd.Series([None if is_missing(v) else v for v in df[col]], index=df.index, dtype=object)
-    df["id"] = [str(int(v)) if isinstance(v, float) else str(v) for v in df["id"]]
-    df["patient_id"] = df["patient_id"].astype(str)
-    dup = df["id"][df["id"].duplicated()]
-    if len(dup):
-        raise DataError(f"duplicate sample id(s): {list(dup.unique()[:5])}", source=source, field="id")
+    # ids are normalised: surrounding whitespace is not part of an id
+    df["id"] = [(str(int(v)) if isinstance(v, float) else str(v)).strip() for v in df["id"]]
+    df["patient_id"] = [str(v).strip() for v in df["patient_id"]]
+    check_unique_ids(df["id"], source)
     df = df.reset_index(drop=True)
     df.attrs["source"] = source
     df.attrs["base_dir"] = str(base_dir) if base_dir is not None else None
@@ -110,6 +109,25 @@ def validate_manifest(df: pd.DataFrame, *, source: str = "<manifest>", base_dir:
         sha256 = hashlib.sha256(pd.util.hash_pandas_object(df.astype(str), index=False).values.tobytes()).hexdigest()
     df.attrs["sha256"] = sha256
     return df
+
+
+def check_unique_ids(ids: Sequence[str], source: str) -> None:
+    """Ids (normalised: stripped) must differ beyond case: ``a1`` and ``A1`` name one sample on a
+    case-insensitive file system and to a reader, so they are refused as duplicates naming both rows."""
+    first: Dict[str, Tuple[int, str]] = {}
+    clashes = []
+    for i, v in enumerate(ids):
+        key = v.casefold()
+        if key in first:
+            j, w = first[key]
+            how = "" if w == v else " (differing only in case)"
+            clashes.append(f"rows {j + 1} and {i + 1}: {w!r} and {v!r}{how}")
+        else:
+            first[key] = (i, v)
+    if clashes:
+        more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise DataError(f"duplicate sample id(s): {'; '.join(clashes[:5])}{more}; every row needs its own id "
+                        "(ids are compared without surrounding spaces and case)", source=source, field="id")
 
 
 def check_ids(ids: pd.Series, source: str) -> None:
@@ -125,13 +143,42 @@ def check_ids(ids: pd.Series, source: str) -> None:
                             source=source, field="id")
 
 
+#: split names a manifest may use (compared without case and surrounding spaces) → the split they mean
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test", "eval": "test", "holdout": "test"}
+
+
+def canonical_split(value) -> Optional[str]:
+    """``" TRAIN "`` → ``"train"``, ``"holdout"`` → ``"test"``; ``None`` for an unknown name."""
+    return SPLIT_ALIASES.get(str(value).strip().casefold())
+
+
 def select_split(df: pd.DataFrame, split: Optional[str]) -> pd.DataFrame:
-    """Rows whose ``split`` equals ``split`` (all rows when ``split`` is None)."""
+    """Rows whose ``split`` is ``split`` (all rows when ``split`` is None).
+
+    Split names are case-folded and stripped and their aliases mapped (:data:`SPLIT_ALIASES`:
+    ``TRAIN`` and ``training`` are ``train``, ``holdout`` is ``test``), as in
+    :func:`medfm.data.splits.make_splits`. A value that is none of them is an error listing the
+    values found and the known ones, never a silently dropped row.
+    """
     if split is None:
         return df
     if "split" not in df.columns:
         raise DataError(f"the manifest has no 'split' column (asked for split {split!r})",
                         source=df.attrs.get("source"), field="split")
-    out = df[df["split"] == split].reset_index(drop=True)
+    known = ", ".join(sorted(set(SPLIT_ALIASES.values()))) + f" (aliases: {', '.join(sorted(SPLIT_ALIASES))})"
+    want = canonical_split(split)
+    if want is None:
+        raise DataError(f"unknown split {split!r} asked for; known: {known}", source=df.attrs.get("source"),
+                        field="split")
+    canon = [None if is_missing(v) else canonical_split(v) for v in df["split"]]
+    unknown = pd.Series([str(v) for v, c in zip(df["split"], canon) if c is None and not is_missing(v)])
+    if len(unknown):
+        counts = unknown.value_counts()
+        found = ", ".join(f"{v!r} ({n} rows)" for v, n in counts.head(10).items())
+        more = f" and {len(counts) - 10} more" if len(counts) > 10 else ""
+        raise DataError(f"unknown split value(s) {found}{more}; known: {known}; fix the split column",
+                        source=df.attrs.get("source"), field="split")
+    out = df[[c == want for c in canon]].reset_index(drop=True)
     out.attrs.update(df.attrs)
     return out
