@@ -199,7 +199,7 @@ def group_walk(tmp: Path) -> None:
 
 def group_configs(tmp: Path) -> None:
     """A billion-laughs alias bomb in every YAML place."""
-    from evaluation.zeroshot import load_prompt_set
+    from medfm.evaluation.zeroshot import load_prompt_set
     from medfm.io import apply_overrides, load_config_file
 
     places = {
@@ -263,7 +263,7 @@ def worker_main(group: str, tmp: str) -> None:
     import medfm.cli  # noqa: F401 - everything a case needs is mapped before the cap
     import medfm.train  # noqa: F401
     import medfm.data  # noqa: F401
-    import evaluation.zeroshot  # noqa: F401
+    import medfm.evaluation.zeroshot  # noqa: F401
     import pydicom  # noqa: F401
     import wfdb  # noqa: F401
     from medfm.registry import get_modality
