@@ -45,7 +45,7 @@ from medfm.registry import register_modality
 from . import signal as sig
 from medfm.limits import check_declared_shape
 from medfm.input_files import check_regular, open_bounded, read_text
-from .imaging import npy_declared_shape
+from .imaging import npy_declared_shape, npz_member_shape
 
 LEADS: Tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}
@@ -241,6 +241,8 @@ def read_dicom_waveform(path: Any) -> Tuple[np.ndarray, float, List[str], List[s
     best = max(range(len(groups)), key=lambda i: (int(groups[i].NumberOfWaveformChannels),
                                                    int(groups[i].NumberOfWaveformSamples) / max(float(groups[i].SamplingFrequency), 1e-9)))
     g = groups[best]
+    check_declared_shape((int(g.NumberOfWaveformChannels), int(g.NumberOfWaveformSamples)), source=p,
+                         what="DICOM waveform")  # before pydicom decodes it
     fs = float(g.SamplingFrequency)
     if fs <= 0:
         raise DataError(f"sampling rate is {fs}", source=str(p), field="SamplingFrequency")
@@ -318,6 +320,7 @@ def read_array(path: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
             key = next((k for k in ("signal", "ecg", "x", "data") if k in z.files), z.files[0] if z.files else None)
             if key is None:
                 raise DataError("empty .npz", source=str(p), field="signal")
+            check_declared_shape(npz_member_shape(z, key), source=p, what=f".npz array {key!r}")
             arr = z[key]
             for k in ("fs", "leads", "units"):
                 if k in z.files:

@@ -485,5 +485,46 @@ def test_limits_accept_the_new_keys_and_environment():
         InputLimits(max_text_mb=0)
 
 
+# ---------------------------------------------------- declared counts before the library decodes
+def test_declared_sizes_are_checked_before_decoding(tmp_path):
+    """A NIfTI OCT, an ECG .npz member and a DICOM waveform that declare more than the limits allow
+    are refused from their headers (each file is a few KB: decoding would fail differently or
+    allocate what the header says)."""
+    import io
+    import struct
+    import zipfile
+
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medfm.errors import DataError
+    from medfm.registry import get_modality
+
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4))
+    nib.save(img, str(tmp_path / "o.nii"))
+    b = bytearray((tmp_path / "o.nii").read_bytes())
+    b[40:56] = struct.pack("<8h", 3, 30000, 30000, 30000, 1, 1, 1, 1)
+    (tmp_path / "o.nii").write_bytes(bytes(b))
+    with pytest.raises(DataError, match=r"o\.nii.*NIfTI OCT declares 30000×30000×30000"):
+        get_modality("oct").read(str(tmp_path / "o.nii"))
+
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (12, 10 ** 9)})
+    member.write(b"\0" * 64)
+    with zipfile.ZipFile(tmp_path / "e.npz", "w") as z:
+        z.writestr("signal.npy", member.getvalue())
+    with pytest.raises(DataError, match=r"e\.npz.*'signal' declares 12×1000000000"):
+        get_modality("ecg", input_fs=500).read(str(tmp_path / "e.npz"))
+
+    ds = pydicom.dcmread(get_testdata_file("waveform_ecg.dcm"))
+    for g in ds.WaveformSequence:
+        g.NumberOfWaveformSamples = 10 ** 9
+    ds.save_as(tmp_path / "w.dcm")
+    with pytest.raises(DataError, match=r"w\.dcm.*DICOM waveform declares"):
+        get_modality("ecg").read(str(tmp_path / "w.dcm"))
+
+
 if __name__ == "__main__":
     worker_main(sys.argv[1], sys.argv[2])
