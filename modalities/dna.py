@@ -97,7 +97,7 @@ def read_sequence_table(path: os.PathLike, *, clean: bool = True, id_column: Opt
     p = require_file(path, what="sequence table")
     name = p.name.lower().removesuffix(".gz")
     sep = "\t" if name.endswith((".tsv", ".txt")) else ","  # noqa
-    with _open_text(p, "sequence table") as fh:
+    with open_bounded(p, what="sequence table") as fh:  # bytes: pandas decodes faster than a text wrapper
         df = pd.read_csv(fh, sep=sep, dtype=str, keep_default_na=True)
     col = next((c for c in SEQUENCE_COLUMNS if c in df.columns), None)
     if col is None:

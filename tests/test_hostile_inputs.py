@@ -148,7 +148,8 @@ def group_files(tmp: Path) -> None:
     _run_case("gzip-fasta-over-limit", gz_bomb)
 
     (root / "m.csv").write_text("id,patient_id,text\nesc,p1,report.txt\nown,p2,own.txt\n")
-    _run_case("symlink-escape-in-root", lambda: _dataset_outcome(root / "m.csv", {"text": text}))
+    # a confined data root (data.root): the path is inside it, the link's target is not
+    _run_case("symlink-escape-in-root", lambda: _dataset_outcome(root / "m.csv", {"text": text}, root=root))
 
 
 def group_walk(tmp: Path) -> None:

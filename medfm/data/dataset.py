@@ -43,20 +43,6 @@ def augmentation_rng(seed: int, epoch: int, index: int, modality: str) -> np.ran
     return np.random.default_rng([int(seed), int(epoch), int(index), zlib.crc32(modality.encode())])
 
 
-def _relative_file(adapter: Any, value: Any) -> bool:
-    """Whether a cell names a file by a relative path (a path cell, or an inline modality's file reference)."""
-    if not isinstance(value, str) or not value.strip():
-        return False
-    if adapter.input_kind == "path":
-        path = value.strip()
-    else:
-        ref = file_reference(value, adapter.suffixes)
-        if ref is None:
-            return False
-        path = str(ref[0])
-    return not Path(path).expanduser().is_absolute()
-
-
 class ManifestDataset(Dataset):
     """One item per manifest row: each present modality read and preprocessed by its adapter.
 
@@ -115,9 +101,9 @@ class ManifestDataset(Dataset):
             return Path(os.path.abspath(os.path.expanduser(str(root))))
         if self.base_dir is None:
             return None
-        # path cells, and file references of inline modalities (``report.txt``, ``seqs.fasta#ID``)
-        relative = any(_relative_file(a, v) for m, a in self.adapters.items() if self.columns[m] in self.df.columns
-                       for v in self.df[self.columns[m]])
+        cols = [self.columns[m] for m, a in self.adapters.items() if a.input_kind == "path"]
+        relative = any(isinstance(v, str) and v.strip() and not Path(v.strip()).expanduser().is_absolute()
+                       for c in cols if c in self.df.columns for v in self.df[c])
         return Path(os.path.abspath(self.base_dir)) if relative else None
 
     def set_epoch(self, epoch: int) -> None:

@@ -19,7 +19,7 @@ REQUIRED_COLUMNS = ("id", "patient_id")
 
 def _text_table(**kw):
     def read(p: Path) -> pd.DataFrame:
-        with open_bounded(p, what="manifest", text=True) as fh:  # bounded by max_file_mb while reading
+        with open_bounded(p, what="manifest") as fh:  # bounded by max_file_mb while reading; pandas decodes
             return pd.read_csv(fh, dtype=str, keep_default_na=False, **kw)
     return read
 
