@@ -135,6 +135,9 @@ def group_files(tmp: Path) -> None:
     text = _text_adapter()
     _run_case("fifo-png-cell", lambda: xray.load(str(tmp / "pipe.png"), sample_id="s1"))
     _run_case("fifo-txt-cell", lambda: text.load(str(tmp / "pipe.txt"), sample_id="s1"))
+    (tmp / "c.csv").write_text("id,patient_id,xray\np,p1,pipe.png\nz,p2,zero.txt\n")
+    _run_case("fifo-cell-with-cache", lambda: _dataset_outcome(tmp / "c.csv", {"xray": xray},
+                                                               cache_dir=tmp / "cache", confine=False))
     _run_case("fifo-inspect", lambda: _cli(["inspect", tmp / "pipe.png", "--out", tmp / "prev.png"]))
     _run_case("devzero-txt-cell", lambda: text.load(str(tmp / "zero.txt"), sample_id="s1"))
     _run_case("devzero-fasta-record", lambda: dna.load(f"{tmp / 'zero.fasta'}#r1", sample_id="s1"))
@@ -331,6 +334,14 @@ def test_special_and_oversized_files_are_refused_by_name(name, pattern, tmp_path
     rec = case("files", name, tmp_path_factory)
     _error(rec, pattern)
     assert rec["seconds"] < 5
+
+
+def test_fifo_and_device_cells_are_skips_with_a_preprocessing_cache(tmp_path_factory):
+    rec = case("files", "fifo-cell-with-cache", tmp_path_factory)  # the cache hashes a cell before reading it
+    assert rec["outcome"] == "ok", rec
+    errors = {sid: msg for sid, _, msg in rec["value"]["errors"]}
+    assert rec["value"]["n_skipped"] == 2
+    assert "'pipe.png' is a named pipe" in errors["p"] and "character device" in errors["z"]
 
 
 def test_inspect_of_a_fifo_exits_1_naming_it(tmp_path_factory):
