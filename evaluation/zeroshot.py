@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-import yaml
 from scipy.special import expit
 
+from medfm.config_files import load_data_file
 from medfm.errors import ConfigError, DataError
 
 from .retrieval import split_multi
@@ -118,10 +118,7 @@ def load_prompt_set(path: Any) -> PromptSet:
                 break
     if not p.is_file():
         raise DataError("prompt file not found", source=str(p))
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    data = load_data_file(p, kind="yaml")  # size, nesting and alias expansion bounded
     return parse_prompt_set(data, str(p))
 
 

@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from .errors import CheckpointError
+from .config_files import load_data_file
+from .errors import CheckpointError, ConfigError
 from .io import atomic_write_text
 from .models.multimodal import CONFIG_NAME
 
@@ -33,9 +34,8 @@ CARD_NAME = "README.md"
 
 def _load(path: Path) -> Optional[Dict[str, Any]]:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+        return load_data_file(path, kind="json")  # size and nesting bounded
+    except (OSError, ValueError, ConfigError):
         return None
 
 

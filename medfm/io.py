@@ -11,8 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping
 
-import yaml
-
+from .config_files import load_data_file, load_yaml
 from .errors import ConfigError
 
 
@@ -96,15 +95,9 @@ def _json_default(o: Any) -> Any:
 
 
 def load_config_file(path: os.PathLike) -> Dict[str, Any]:
-    """Read a YAML or JSON config file into a dict (error names the file)."""
+    """Read a YAML or JSON config file into a dict, bounded (:mod:`medfm.config_files`); errors name the file."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        with open(p, encoding="utf-8") as fh:
-            data = json.load(fh) if p.suffix == ".json" else yaml.safe_load(fh)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{p}: not valid YAML/JSON: {e}") from e
+    data = load_data_file(p)  # size, nesting and YAML alias expansion bounded
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
     return data
@@ -128,10 +121,7 @@ def apply_overrides(config: Dict[str, Any], overrides) -> Dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+        value = load_yaml(raw, f"--set {key}={raw[:80]!r}")  # bounded like a config file
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -142,10 +132,11 @@ def apply_overrides(config: Dict[str, Any], overrides) -> Dict[str, Any]:
     return out
 
 
-def hash_file(path: os.PathLike, h=None):
-    """Feed a file's bytes into hasher ``h`` (a new sha256 when None) in 1 MiB chunks; return ``h``."""
+def hash_file(path, h=None):
+    """Feed a file's bytes (a path, or an open binary handle) into hasher ``h`` (a new sha256 when
+    None) in 1 MiB chunks; return ``h``."""
     h = hashlib.sha256() if h is None else h
-    with open(path, "rb") as fh:
+    with (open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h

@@ -33,7 +33,8 @@ import torch
 
 from .errors import ConfigError, DataError, MedFMError
 from .schema import warn_moved
-from .limits import check_file_size
+from .limits import check_file_size, check_text_size
+from .input_files import check_regular, read_head
 
 
 @dataclass
@@ -127,8 +128,9 @@ class ModalityAdapter:
         """``preprocess(read(source))``; any failure becomes a :class:`DataError` naming the sample."""
         label = sample_id if sample_id is not None else (source if self.input_kind == "path" else None)
         if self.input_kind == "path" and isinstance(source, (str, os.PathLike)):
-
             check_file_size(source)
+        elif isinstance(source, str):  # an inline value: bounded before any tokenizer sees it
+            check_text_size(source, source=label, field=self.name, what=f"inline {self.name} value")
         try:
             record = self.read(source, sample_id=sample_id, row=row)
             item = self.preprocess(record, train=train, rng=rng)
@@ -258,12 +260,7 @@ def matching_suffix(path: Any, suffixes: Sequence[str]) -> Optional[str]:
 
 
 def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-        return head[128:132] == b"DICM"
-    except OSError:
-        return False
+    return read_head(path, 132)[128:132] == b"DICM"  # never opens a FIFO or a device
 
 
 def check_format(path: Any, modality: str, suffixes: Sequence[str]) -> str:
@@ -307,8 +304,9 @@ def file_reference(value: Any, suffixes: Sequence[str]) -> Optional[tuple]:
 
 
 def require_file(path: Any, *, what: str = "file") -> Path:
-    """Return ``Path(path)`` or raise :class:`DataError` when it does not exist."""
+    """Return ``Path(path)`` when it is a regular file or a folder (links followed), else raise
+    :class:`DataError`: ``not found``, or ``'x.png' is a named pipe, not a file`` for a FIFO, a
+    socket or a device (checked with ``stat``, nothing is opened)."""
     p = Path(str(path)).expanduser()
-    if not p.exists():
-        raise DataError(f"{what} not found", source=str(p))
+    check_regular(p, what=what, allow_dir=True)
     return p

@@ -16,7 +16,6 @@ Output of ``preprocess``: ``{"x": LongTensor (L,), "mask": LongTensor (L,), "len
 from __future__ import annotations
 
 import functools
-import gzip
 import itertools
 import os
 import re
@@ -29,6 +28,8 @@ import torch
 import torch.nn as nn
 
 from medfm.errors import ConfigError, DataError
+from medfm.limits import check_text_size, within_text_limit
+from medfm.input_files import open_bounded
 from medfm.modality import ModalityAdapter, Record, file_reference, require_file
 from medfm.models.embedders import DiscreteTokenEmbedder
 from medfm.registry import register_embedder, register_modality
@@ -63,8 +64,9 @@ def clean_sequence(seq: Any, *, source: Optional[str] = None) -> str:
     return s
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.suffix.lower() == ".gz" else open(path, "rt")
+def _open_text(path: Path, what: str):
+    """A text handle bounded by ``max_file_mb`` (a regular file only; gzip's output bounded too)."""
+    return open_bounded(path, what=what, text=True)
 
 
 def read_fasta(path: os.PathLike, *, clean: bool = True) -> List[Tuple[str, str]]:
@@ -74,9 +76,10 @@ def read_fasta(path: os.PathLike, *, clean: bool = True) -> List[Tuple[str, str]
     p = require_file(path, what="FASTA file")
     out = []
     try:
-        with _open_text(p) as fh:
+        with _open_text(p, "FASTA file") as fh:
             for rec in SeqIO.parse(fh, "fasta"):
                 seq = str(rec.seq)
+                check_text_size(seq, source=f"{p}#{rec.id}", field="sequence", what="FASTA record")
                 out.append((rec.id, clean_sequence(seq, source=f"{p}:{rec.id}") if clean else seq))
     except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:  # Biopython / gzip in their own words
         raise DataError(f"cannot read FASTA: {type(e).__name__}: {e}", source=str(p)) from e
@@ -94,10 +97,14 @@ def read_sequence_table(path: os.PathLike, *, clean: bool = True, id_column: Opt
     p = require_file(path, what="sequence table")
     name = p.name.lower().removesuffix(".gz")
     sep = "\t" if name.endswith((".tsv", ".txt")) else ","  # noqa
-    df = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=True)
+    with open_bounded(p, what="sequence table") as fh:  # bytes: pandas decodes faster than a text wrapper
+        df = pd.read_csv(fh, sep=sep, dtype=str, keep_default_na=True)
     col = next((c for c in SEQUENCE_COLUMNS if c in df.columns), None)
     if col is None:
         raise DataError(f"no sequence column (one of {list(SEQUENCE_COLUMNS)})", source=str(p), field="columns")
+    for i, v in enumerate(df[col]):
+        if isinstance(v, str):
+            check_text_size(v, source=f"{p} row {i + 1}", field=col, what="sequence")
     if clean:
         ids = df[id_column] if id_column else df.get("processid", pd.Series(range(len(df))).astype(str))
         df["nucleotides"] = [clean_sequence(s, source=f"{p}:{i}") for s, i in zip(df[col], ids)]
@@ -460,7 +467,7 @@ class DNAAdapter(ModalityAdapter):
         if self.options["tokenizer"] != "bpe":
             return
         seqs: Iterator[str] = (clean_sequence(v)[: int(self.options["max_length"])] for v in values
-                               if isinstance(v, str) and v.strip())
+                               if isinstance(v, str) and v.strip() and within_text_limit(v))
         self.tokenizer = tk.train_bpe_tokenizer(seqs, vocab_size=int(self.options["bpe_vocab_size"]),
                                                 alphabet=self.options["alphabet"], add_special_tokens=False)
 

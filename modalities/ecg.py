@@ -44,13 +44,17 @@ from medfm.registry import register_modality
 
 from . import signal as sig
 from medfm.limits import check_declared_shape
+from medfm.input_files import check_regular, open_bounded, read_text
 from .dicom import check_dicom_modality, read_dicom
-from .imaging import npy_declared_shape
+from .imaging import npy_declared_shape, npz_member_shape
 
 LEADS: Tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}
 #: a lead whose peak-to-peak range is below this (mV) carries no signal (flat line, electrode off)
 FLAT_MV = 1e-3
+#: signals one WFDB record may declare; more is refused before wfdb parses the header (wfdb spends
+#: about 1.5 ms per signal line, so 100 000 declared signals would pin a core for minutes)
+MAX_WFDB_SIGNALS = 256
 
 #: normalised spelling (lower case, no spaces/punctuation, "lead" dropped) → canonical lead
 _ALIASES: Dict[str, str] = {
@@ -149,14 +153,23 @@ def derive_limb_leads(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- readers
-def _scan_header(hea: Path) -> Tuple[bool, List[str], Optional[float]]:
-    """Cheap look at a WFDB header: ``(multi_segment, files it needs, fs or None)``.
+def wfdb_header_lines(hea: Path) -> List[List[str]]:
+    """The non-comment lines of a WFDB header, split in fields: read with the ``max_header_mb``
+    cap (a regular file only) before any library parses it."""
+    text = read_text(hea, limit="max_header_mb", what="WFDB header", errors="replace")
+    return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def check_wfdb_header(hea: Path) -> Tuple[bool, List[str], Optional[float]]:
+    """Cheap parse of a WFDB header before ``wfdb.rdheader``/``rdrecord``: ``(multi_segment, files
+    it needs, fs or None)``, with the declared counts checked.
 
     The record line is ``name[/n_seg] n_sig [fs[/counter][(base)] [sig_len ...]]``; then one line
-    per signal (its file name first) or per segment (``seg_name seg_len``, ``~`` = gap).
+    per signal (its file name first) or per segment (``seg_name seg_len``, ``~`` = gap). Refused
+    (:class:`DataError`): a header over ``max_header_mb``, more than :data:`MAX_WFDB_SIGNALS`
+    signals, signals × samples over ``max_elements``/``max_sample_mb``, a bad sampling rate.
     """
-    lines = [ln.split() for ln in hea.read_text(errors="replace").splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = wfdb_header_lines(hea)
     if not lines:
         raise DataError("empty WFDB header", source=str(hea), field="header")
     head = lines[0]
@@ -166,25 +179,20 @@ def _scan_header(hea: Path) -> Tuple[bool, List[str], Optional[float]]:
             fs = float(re.split(r"[/(]", head[2])[0])
         except ValueError:
             raise DataError(f"bad sampling rate {head[2]!r}", source=str(hea), field="sampling_rate") from None
-    if "/" in head[0]:
-        n_seg = int(head[0].split("/")[1])
-        segs = [ln[0] for ln in lines[1:1 + n_seg] if ln[0] != "~"]
-        return True, sorted({s + ".hea" for s in segs}), fs
-    n_sig = int(head[1]) if len(head) > 1 else 0
-    return False, sorted({ln[0] for ln in lines[1:1 + n_sig] if ln and ln[0] != "-"}), fs
-
-
-def _check_declared_length(hea: Path) -> None:
-    """Signals × samples from the record line, against the limits, before reading any signal."""
-
-    head = next((ln.split() for ln in hea.read_text(errors="replace").splitlines()
-                 if ln.strip() and not ln.lstrip().startswith("#")), [])
     try:
         n_sig = int(head[1]) if len(head) > 1 else 0
         sig_len = int(head[3]) if len(head) > 3 else 0
+        n_seg = int(head[0].split("/")[1]) if "/" in head[0] else None
     except ValueError:
-        raise DataError(f"malformed record line {' '.join(head)!r}", source=str(hea), field="header") from None
+        raise DataError(f"malformed record line {' '.join(head)[:200]!r}", source=str(hea), field="header") from None
+    if n_sig > MAX_WFDB_SIGNALS:
+        raise DataError(f"header declares {n_sig:,} signals, more than an ECG record holds (at most "
+                        f"{MAX_WFDB_SIGNALS})", source=str(hea), field="header")
     check_declared_shape((n_sig, sig_len), source=hea, what="WFDB record")
+    if n_seg is not None:
+        segs = [ln[0] for ln in lines[1:1 + n_seg] if ln[0] != "~"]
+        return True, sorted({s + ".hea" for s in segs}), fs
+    return False, sorted({ln[0] for ln in lines[1:1 + n_sig] if ln and ln[0] != "-"}), fs
 
 
 def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
@@ -197,18 +205,19 @@ def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[
 
     p = Path(str(path))
     base = p.with_suffix("") if p.suffix.lower() in (".hea", ".dat", ".mat") else p
-    hea = base.with_suffix(".hea")
-    if not hea.is_file():
-        raise DataError("WFDB header not found" + (f" ({hea.name} beside the signal file)" if hea != p else ""),
-                        source=str(p))
-    multi, needed, fs = _scan_header(hea)
+    hea = require_file(base.with_suffix(".hea"), what="WFDB header")
+    multi, needed, fs = check_wfdb_header(hea)
     for f in needed:
-        if not (hea.parent / f).exists():
-            raise DataError(f"{'segment header' if multi else 'signal file'} {f} listed in the header is missing",
-                            source=str(hea), field="signal file")
+        what = "segment header" if multi else "signal file"
+        try:
+            check_regular(hea.parent / f, what=f"{what} {f} listed in the header")
+        except DataError as e:
+            msg = f"{what} {f} listed in the header is missing" if "not found" in e.reason else e.reason
+            raise DataError(msg, source=str(hea), field="signal file") from None
+        if multi:
+            check_wfdb_header(hea.parent / f)
     if fs is not None and fs <= 0:
         raise DataError(f"sampling rate is {fs}", source=str(hea), field="sampling_rate")
-    _check_declared_length(hea)
     rec = wfdb.rdrecord(str(base), physical=True, m2s=True)
     if rec.p_signal is None or rec.p_signal.size == 0:
         raise DataError("record has no samples", source=str(hea), field="signal")
@@ -235,6 +244,8 @@ def read_dicom_waveform(path: Any, *, adapter: Any = None) -> Tuple[np.ndarray, 
     best = max(range(len(groups)), key=lambda i: (int(groups[i].NumberOfWaveformChannels),
                                                    int(groups[i].NumberOfWaveformSamples) / max(float(groups[i].SamplingFrequency), 1e-9)))
     g = groups[best]
+    check_declared_shape((int(g.NumberOfWaveformChannels), int(g.NumberOfWaveformSamples)), source=p,
+                         what="DICOM waveform")  # before pydicom decodes it
     fs = float(g.SamplingFrequency)
     if fs <= 0:
         raise DataError(f"sampling rate is {fs}", source=str(p), field="SamplingFrequency")
@@ -286,9 +297,9 @@ def read_muse_xml(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], D
 
 def _sidecar(path: Path) -> Dict[str, Any]:
     side = path.with_suffix(".json")
-    if side.is_file():
+    if side.exists():
         try:
-            return json.loads(side.read_text())
+            return json.loads(read_text(side, limit="max_header_mb", what="JSON sidecar"))
         except json.JSONDecodeError as e:
             raise DataError(f"bad JSON sidecar: {e}", source=str(side)) from e
     return {}
@@ -312,6 +323,7 @@ def read_array(path: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
             key = next((k for k in ("signal", "ecg", "x", "data") if k in z.files), z.files[0] if z.files else None)
             if key is None:
                 raise DataError("empty .npz", source=str(p), field="signal")
+            check_declared_shape(npz_member_shape(z, key), source=p, what=f".npz array {key!r}")
             arr = z[key]
             for k in ("fs", "leads", "units"):
                 if k in z.files:
@@ -319,7 +331,8 @@ def read_array(path: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
     elif suffix == ".csv":
         import pandas as pd
 
-        df = pd.read_csv(p)
+        with open_bounded(p, what="ECG table") as fh:
+            df = pd.read_csv(fh)
         df = df[[c for c in df.columns if str(c).strip().lower() not in ("time", "t", "sec", "ms", "sample", "index")]]
         arr = df.to_numpy(dtype=np.float64).T
         info["leads"] = [str(c) for c in df.columns]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from medfm.errors import ConfigError, DataError
 from medfm.limits import check_declared_shape
+from medfm.input_files import check_regular, open_regular
 
 
 #: Named HU windows as (center, width).
@@ -69,6 +70,7 @@ def read_image_file(path: os.PathLike, *, color: bool = False) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
+    check_regular(path, what="image")
     bomb_limit = Image.MAX_IMAGE_PIXELS
     try:
         # medfm's max_elements check (right after open, before any decoding) replaces Pillow's
@@ -103,7 +105,7 @@ def check_png_data(path: os.PathLike) -> None:
     import zlib
 
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         if fh.read(8) != b"\x89PNG\r\n\x1a\n":
             return  # Pillow reports what it is not
         inflater, produced, expected = zlib.decompressobj(), 0, None
@@ -155,6 +157,8 @@ def read_image_folder(folder: os.PathLike) -> np.ndarray:
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
     if not files:
         raise DataError(f"folder holds no image of types {IMAGE_SUFFIXES}", source=str(folder))
+    for p in files:  # a FIFO or a device among the B-scans is named, never opened
+        check_regular(p, what="B-scan")
     frames = [read_image_file(p) for p in files]
     for p, f in zip(files, frames):
         if f.shape != frames[0].shape:
@@ -197,7 +201,7 @@ def _npy_header_shape(fh) -> Tuple[int, ...]:
 
 def npy_declared_shape(path: os.PathLike) -> Tuple[int, ...]:
     """The shape a ``.npy`` header declares (nothing else is read)."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         return _npy_header_shape(fh)
 
 

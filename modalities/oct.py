@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medfm.errors import ConfigError, DataError
+from medfm.limits import check_declared_shape
 from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
@@ -90,6 +91,11 @@ def read_nifti_oct(path: Path) -> Tuple[np.ndarray, Dict[str, Any]]:
 
     try:
         img = nib.load(str(path))
+        shape = img.header.get_data_shape()
+    except Exception as e:  # nibabel raises many types for damaged files
+        raise DataError(f"unreadable NIfTI header: {type(e).__name__}: {e}", source=str(path)) from e
+    check_declared_shape(shape, source=path, what="NIfTI OCT")  # before any voxel is read
+    try:
         arr = np.asarray(img.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     except Exception as e:  # nibabel raises many types for damaged files

@@ -25,6 +25,8 @@ import pandas as pd
 
 from medfm.data.cohort import Entry, ScanContext, Unreadable, register_source
 from medfm.data.manifest import is_missing
+from medfm.errors import DataError
+from medfm.input_files import inside, open_bounded, read_head
 from medfm.modality import matching_suffix
 
 from .dna import FASTA_SUFFIXES, RECORD_ID_COLUMNS, SEQUENCE_COLUMNS, TAXONOMY_COLUMNS
@@ -36,6 +38,7 @@ from .choose import choose_modality
 from .dicom import adapter_for_tag, modality_tag, tag_reason
 from medfm.errors import MedFMError
 from .dna import read_fasta
+from .ecg import check_wfdb_header
 
 log = logging.getLogger("medfm.manifest")
 
@@ -75,11 +78,12 @@ def _is_dicom(path: Path) -> bool:
                                                                               ".nii.gz", ".npy", ".npz", ".json",
                                                                               ".txt", ".md", ".xml")):
         return False
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
+    return read_head(path, 132)[128:132] == b"DICM"  # never opens a FIFO or a device
+
+
+def _leaves_root(path: Path, ctx: ScanContext) -> bool:
+    """A folder symlink leading outside the source being walked (followed only with ``ctx.follow_links``)."""
+    return bool(ctx.root) and not ctx.follow_links and path.is_symlink() and not inside(path, ctx.root)
 
 
 @register_source("dicom")
@@ -153,6 +157,9 @@ class WfdbScanner(Scanner):
             return
         try:
             cols = wfdb_header_columns(path)
+        except DataError as e:
+            yield Unreadable(str(path), e.reason)
+            return
         except Exception as e:  # wfdb raises ValueError/IndexError on bad headers
             yield Unreadable(str(path), f"unreadable WFDB header: {type(e).__name__}: {e}")
             return
@@ -163,6 +170,7 @@ def wfdb_header_columns(hea: Path) -> Dict[str, str]:
     """``{"dx": "code|code", "age": ..., "sex": ...}`` from a WFDB header's comments (CinC 2020/2021 style)."""
     import wfdb
 
+    check_wfdb_header(hea)  # bounded and counted before wfdb parses it
     h = wfdb.rdheader(str(hea.with_suffix("")))
     out: Dict[str, str] = {}
     for c in h.comments or []:
@@ -210,7 +218,11 @@ class TableScanner(Scanner):
     def scan_file(self, path: Path, ctx: ScanContext) -> Iterator:
         name = path.name.lower().removesuffix(".gz")
         try:
-            df = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+            with open_bounded(path, what="table") as fh:
+                df = pd.read_csv(fh, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+        except DataError as e:
+            yield Unreadable(str(path), e.reason)
+            return
         except Exception as e:
             yield Unreadable(str(path), f"unreadable table: {type(e).__name__}: {e}")
             return
@@ -325,6 +337,8 @@ class ImageFolderScanner(Scanner):
             inner = [p for p in k.iterdir() if not p.name.startswith(".")]
             if not inner or not all(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in inner):
                 return False
+            if _leaves_root(k, ctx):
+                return False  # walked entry by entry instead: the link is listed, not followed
         return True
 
     def scan_folder(self, folder: Path, ctx: ScanContext) -> Iterator:

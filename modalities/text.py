@@ -38,6 +38,8 @@ import torch
 
 from medfm.data.manifest import is_missing
 from medfm.errors import ConfigError, DataError
+from medfm.input_files import read_text
+from medfm.limits import within_text_limit
 from medfm.modality import ModalityAdapter, Record, file_reference, require_file
 from medfm.registry import register_modality
 
@@ -186,8 +188,8 @@ class TextAdapter(ModalityAdapter):
         if ref is not None:
             path = require_file(ref[0], what="text file")
             try:
-                source = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
+                source = read_text(path, limit="max_text_mb", what="text file")
+            except OSError as e:
                 raise DataError(f"cannot read text file: {e}", source=str(path)) from None
             sample_id = str(path)
         text = self.text_of(source, row)
@@ -287,8 +289,10 @@ class TextAdapter(ModalityAdapter):
         values = list(values)
         if patient_ids is not None and len(patient_ids) != len(values):
             raise ConfigError(f"text: {len(patient_ids)} patient ids for {len(values)} training cells")
+        # a value over max_text_mb (a 50 MB cell) never reaches the native tokenizer trainer
         pairs = [(t, None if patient_ids is None else patient_ids[i])
-                 for i, t in enumerate(self.text_of(v) if isinstance(v, (str, Mapping)) else "" for v in values) if t]
+                 for i, t in enumerate(self.text_of(v) if isinstance(v, Mapping)
+                                       or (isinstance(v, str) and within_text_limit(v)) else "" for v in values) if t]
         o = self.options
         k = int(o["min_patients"])
         if k < 1:

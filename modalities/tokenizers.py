@@ -19,6 +19,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from medfm.errors import CheckpointError
+from medfm.config_files import load_data_file
 
 SPECIAL_TOKENS: Tuple[str, ...] = ("[PAD]", "[MASK]", "[CLS]", "[SEP]", "[UNK]")
 PAD_ID, MASK_ID, CLS_ID, SEP_ID, UNK_ID = range(5)
@@ -179,7 +180,7 @@ def load_tokenizer(directory: os.PathLike, prefix: str) -> Tuple[Tokenizer, Dict
     if not path.is_file():
         raise CheckpointError(f"{path} not found (the checkpoint has no {prefix.rstrip('_') or 'saved'} tokenizer)")
     cfg_path = d / f"{prefix}tokenizer_config.json"
-    options = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    options = load_data_file(cfg_path, kind="json") if cfg_path.is_file() else {}
     return Tokenizer.from_file(str(path)), options
 
 

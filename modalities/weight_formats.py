@@ -30,7 +30,6 @@ that needs code to load is refused with the reason.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
@@ -38,6 +37,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 
 from medfm.errors import CheckpointError, ConfigError
+from medfm.config_files import load_data_file
 from medfm.registry import register_weight_format
 
 from .weights import KeyReport, load_state_dict_file, load_vit_weights, strip_prefixes
@@ -457,8 +457,7 @@ class HFFormat(WeightFormat):
         p = path / "config.json"
         if not p.is_file():
             return {}
-        with open(p, encoding="utf-8") as fh:
-            return json.load(fh)
+        return load_data_file(p, kind="json")  # size and nesting bounded
 
     def sniff(self, path):
         cfg = self._hf_config(path) if path.is_dir() else {}
@@ -566,9 +565,8 @@ class MedFMFormat(WeightFormat):
         if not (path.is_dir() and p.is_file()):
             return False
         try:
-            with open(p, encoding="utf-8") as fh:
-                return json.load(fh).get("format") == "medfm"
-        except (OSError, ValueError):
+            return load_data_file(p, kind="json").get("format") == "medfm"
+        except (OSError, ValueError, AttributeError, ConfigError):
             return False
 
     def load(self, model, modality, spec):

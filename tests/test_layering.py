@@ -28,6 +28,7 @@ PACKAGES = {"medfm": ROOT / "medfm", "medfm.modalities": ROOT / "modalities",
 APPS = ("medfm.cli", "medfm.demo", "medfm.__main__")
 #: what an adapter may import from the engine: the adapter contract and the shared mechanics it builds on
 MODALITY_CONTRACT = ("medfm.modality", "medfm.registry", "medfm.errors", "medfm.limits", "medfm.io",
+                     "medfm.input_files", "medfm.config_files",
                      "medfm.layers", "medfm.models.embedders", "medfm.data.manifest", "medfm.data.cohort",
                      "medfm.modalities")
 

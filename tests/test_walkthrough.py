@@ -46,7 +46,10 @@ def project(tmp_path_factory):
         for f in (hea, hea.with_suffix(".mat")):
             os.symlink(f, data / "ecg" / ecg.name / f.name)
     (data / "ct").mkdir()
-    os.symlink(shared_data("ct", "ct_dicom_series_20_slices"), data / "ct" / "ct_dicom_series_20_slices")
+    series = shared_data("ct", "ct_dicom_series_20_slices")
+    (data / "ct" / series.name).mkdir()
+    for f in sorted(series.iterdir()):  # file links: `medfm manifest` does not follow a folder link out of its root
+        os.symlink(f, data / "ct" / series.name / f.name)
     proj = root / "proj"
     (proj / "cohort").mkdir(parents=True)
     (proj / "cohort" / "cohort.csv.salt").write_text(SALT + "\n")

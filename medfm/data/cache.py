@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..input_files import check_regular, open_bounded
 from ..io import hash_file
 
 
@@ -19,13 +20,16 @@ def content_hash(source: Any, is_path: bool = True) -> str:
     h = hashlib.blake2b(digest_size=20)
     p = Path(str(source)) if is_path and isinstance(source, (str, os.PathLike)) else None
     if p is not None and p.exists():
+        if not p.is_dir():
+            check_regular(p)  # a FIFO or a device is refused by name (a skip), never hashed
         # a folder: every file in it; a file: it and its siblings of the same stem
         # (a WFDB header's .dat/.mat signal, an Analyze .hdr's .img)
         files = (sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir()
                  else sorted(f for f in p.parent.glob(glob.escape(p.stem) + ".*") if f.is_file()) or [p])
         for f in files:
             h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-            hash_file(f, h)
+            with open_bounded(f, what="input", decompress=False) as fh:  # capped by max_file_mb
+                hash_file(fh, h)
     else:
         h.update(repr(source).encode())
     return h.hexdigest()

@@ -19,6 +19,7 @@ import hmac
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -26,6 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pandas as pd
 
 from ..errors import DataError, UsageError
+from ..input_files import inside, not_a_file
 from ..registry import Registry, _load_modalities
 from .confine import ROOTS_KEY, roots_entry, sidecar_path
 from .splits import assign_patients
@@ -72,12 +74,25 @@ class Unreadable:
     reason: str
 
 
+#: folders below a source walked at most (deeper ones are listed as unreadable)
+MAX_DEPTH = 32
+
+
 @dataclass
 class ScanContext:
-    """Options every scanner sees: ``modality`` forces the column (``xray=folder/`` on the command line)."""
+    """Options every scanner sees: ``modality`` forces the column (``xray=folder/`` on the command line).
+
+    The walk's own state: ``root`` (the source folder, resolved), ``follow_links`` (follow symlinks
+    that lead outside ``root``), ``max_depth`` and ``visited`` (``(st_dev, st_ino)`` of the folders
+    walked: each real folder once, so a ``loop -> .`` link adds nothing).
+    """
 
     modality: Optional[str] = None
     exclude: Tuple[str, ...] = ()
+    root: Optional[str] = None
+    follow_links: bool = False
+    max_depth: int = MAX_DEPTH
+    visited: set = field(default_factory=set)
 
 
 def salted_hash(value: str, salt: bytes, n: int = 16) -> str:
@@ -119,18 +134,26 @@ def parse_source(spec: str) -> Tuple[Optional[str], Path]:
     return None, Path(spec)
 
 
-def scan(spec: str, exclude: Sequence[os.PathLike] = ()) -> Iterator[Union[Entry, Unreadable]]:
+def scan(spec: str, exclude: Sequence[os.PathLike] = (), *, follow_links: bool = False,
+         max_depth: int = MAX_DEPTH) -> Iterator[Union[Entry, Unreadable]]:
     """Everything the registered scanners find under one source (a file or a folder).
 
     A file goes to the first scanner that claims it; a folder is offered whole to the
     scanners that take folders (a DICOM tree, a WFDB folder, an image folder with label
-    subfolders) and else walked file by file.
+    subfolders) and else walked file by file: each real folder once, at most ``max_depth``
+    levels down, never through a folder symlink leading outside the source unless ``follow_links``.
+    Named pipes, sockets and devices are listed as unreadable, never opened.
     """
     forced, path = parse_source(spec)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise DataError("source not found", source=str(path))
-    ctx = ScanContext(modality=forced, exclude=tuple(str(Path(x).resolve()) for x in exclude))
+    ctx = ScanContext(modality=forced, exclude=tuple(str(Path(x).resolve()) for x in exclude),
+                      root=os.path.realpath(path), follow_links=follow_links, max_depth=max_depth)
     scanners = [cls() for _, cls in sorted(SOURCES.items(), key=lambda kv: getattr(kv[1], "priority", 50))]
+    refused = _refusal(path, ctx)
+    if refused:
+        yield Unreadable(str(path), refused)
+        return
     if path.is_file():
         for s in scanners:
             if s.claims_file(path, ctx):
@@ -141,13 +164,46 @@ def scan(spec: str, exclude: Sequence[os.PathLike] = ()) -> Iterator[Union[Entry
     yield from _walk(path, scanners, ctx)
 
 
-def _walk(folder: Path, scanners, ctx: ScanContext) -> Iterator[Union[Entry, Unreadable]]:
-    """Folders first offered whole, then their files one by one, recursively (hidden entries skipped)."""
+def _refusal(path: Path, ctx: ScanContext) -> Optional[str]:
+    """Why the walk does not enter or offer ``path`` (``None``: it does): not a file nor a folder, a
+    symlink loop, or a folder symlink leading outside the source without ``follow_links``. (A file
+    symlink is listed; reading it is confined to the data root: :class:`medfm.data.ManifestDataset`.)"""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"cannot use it: {e.strerror or e}"  # a dangling link, a loop of links
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return not_a_file(path, st.st_mode).reason
+    if stat.S_ISDIR(st.st_mode) and path.is_symlink() and not ctx.follow_links and not inside(path, ctx.root):
+        return (f"a symlink to {os.path.realpath(path)}, outside the source folder {ctx.root}; not followed "
+                "(--follow-links follows it)")
+    return None
+
+
+def _walk(folder: Path, scanners, ctx: ScanContext, depth: int = 0) -> Iterator[Union[Entry, Unreadable]]:
+    """Folders first offered whole, then their files one by one, recursively (hidden entries skipped);
+    each real folder once (by ``(st_dev, st_ino)``), at most ``ctx.max_depth`` levels down."""
+    st = os.stat(folder)
+    if (st.st_dev, st.st_ino) in ctx.visited:
+        yield Unreadable(str(folder), "a folder already walked (a symlink to it or above it); not walked again")
+        return
+    ctx.visited.add((st.st_dev, st.st_ino))
+    if depth > ctx.max_depth:
+        yield Unreadable(str(folder), f"more than {ctx.max_depth} folders deep below the source; not walked")
+        return
     for s in scanners:
         if s.claims_folder(folder, ctx):
             yield from s.scan_folder(folder, ctx)
             return
-    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and str(p.resolve()) not in ctx.exclude)
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or str(p.resolve()) in ctx.exclude:
+            continue
+        refused = _refusal(p, ctx)
+        if refused:
+            yield Unreadable(str(p), refused)
+        else:
+            files.append(p)
     taken: set = set()
     for s in scanners:  # scanners that gather several files of one folder (DICOM series, WFDB records)
         if hasattr(s, "scan_files"):
@@ -157,7 +213,7 @@ def _walk(folder: Path, scanners, ctx: ScanContext) -> Iterator[Union[Entry, Unr
                 yield from s.scan_files(mine, ctx)
     for p in files:
         if p.is_dir():
-            yield from _walk(p, scanners, ctx)
+            yield from _walk(p, scanners, ctx, depth + 1)
         elif p not in taken:
             for s in scanners:
                 if not hasattr(s, "scan_files") and s.claims_file(p, ctx):
@@ -175,7 +231,8 @@ class BuildResult:
 
 def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
                    split: Optional[Dict[str, float]] = None, seed: int = 0,
-                   verify: Optional[Callable[[Entry], Optional[str]]] = None) -> BuildResult:
+                   verify: Optional[Callable[[Entry], Optional[str]]] = None, follow_links: bool = False,
+                   max_depth: int = MAX_DEPTH) -> BuildResult:
     """Scan ``sources`` and return the manifest rows (paths relative to ``out``'s folder).
 
     Args:
@@ -184,12 +241,15 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
         salt: key of the identifier hashes (:func:`load_or_create_salt`).
         split: e.g. ``{"val": 0.1, "test": 0.2}``; the rest is ``train``. Grouped by patient.
         verify: optional ``entry -> None | reason``; a reason drops the cell and lists it as unreadable.
+        follow_links: follow symlinks that lead outside a source folder (default: listed, not followed).
+        max_depth: folders walked below a source at most.
     """
     base = Path(os.path.abspath(out)).parent
     entries: List[Entry] = []
     unreadable: List[Dict[str, str]] = []
     for spec in sources:
-        for item in scan(spec, exclude=[out, sidecar_path(out)]):
+        for item in scan(spec, exclude=[out, sidecar_path(out)], follow_links=follow_links,
+                         max_depth=max_depth):
             if isinstance(item, Unreadable):
                 unreadable.append({"path": _rel(item.path, base), "reason": item.reason})
                 continue

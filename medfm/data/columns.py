@@ -11,12 +11,12 @@ otherwise. The mapping is, in order of precedence:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
-from ..errors import CheckpointError, UsageError
+from ..config_files import load_data_file
+from ..errors import CheckpointError, ConfigError, UsageError
 from ..models.multimodal import CONFIG_NAME
 
 CONFIG_KEY = "data_columns"
@@ -81,9 +81,8 @@ def _read_json(path: Path, *, required: bool) -> dict:
             raise CheckpointError(f"{path.parent}: not a medfm checkpoint folder ({path.name} is missing)")
         return {}
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as e:
+        data = load_data_file(path, kind="json")  # size and nesting bounded
+    except (OSError, ValueError, ConfigError) as e:
         raise CheckpointError(f"{path}: unreadable: {e}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object")

@@ -20,14 +20,15 @@ is not used (a warning says so): a sidecar never unlocks the whole disk.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from ..errors import DataError
+from ..config_files import load_data_file
+from ..errors import ConfigError, DataError
+from ..input_files import confine_target
 
 log = logging.getLogger("medfm.data")
 
@@ -81,8 +82,8 @@ def recorded_roots(manifest: os.PathLike) -> List[Path]:
     if not side.is_file():
         return []
     try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        data = load_data_file(side, kind="json")  # size and nesting bounded
+    except (OSError, ValueError, ConfigError) as e:
         raise DataError(f"unreadable manifest sidecar: {e}", source=str(side)) from None
     entry = data.get(ROOTS_KEY, []) if isinstance(data, dict) else []
     if not isinstance(entry, list) or not all(isinstance(r, str) and r for r in entry):
@@ -119,6 +120,8 @@ class Confinement:
             raise DataError(f"path {value!r} leads outside the data root{'s' if len(self.roots) > 1 else ''} "
                             f"{where}; set data.root to a folder that holds it (or data.confine_paths: false)",
                             field=column)
+        if os.path.lexists(path):  # and so must what it leads to: a symlink is followed, then checked
+            confine_target(path, self.roots, field=column)
 
 
 def confinement(*, root: Optional[os.PathLike] = None, confine: bool = True,

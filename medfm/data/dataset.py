@@ -16,6 +16,7 @@ from ..errors import DataError, MedFMError
 from .cache import PreprocessCache
 from .confine import Confinement, confinement
 from .manifest import is_missing
+from ..log_summary import RepeatedWarnings, cause_of
 from ..modality import file_reference
 
 log = logging.getLogger("medfm.data")
@@ -59,8 +60,11 @@ class ManifestDataset(Dataset):
             skipped in a run). ``None`` with ``confine=True`` (the default): the manifest's folder
             and the data roots ``medfm manifest`` recorded (``df.attrs["data_roots"]``); a manifest
             of absolute paths only and without recorded roots is not confined. The one rule is
-            :mod:`medfm.data.confine`.
+            :mod:`medfm.data.confine`. Both the path and what it leads to (symlinks resolved) must be inside.
         confine: ``False`` turns the confinement off.
+        log_first: skips of one cause (``cause_of`` their reason) logged in full; further ones
+            are counted and logged at 10, 100, 1000, ... (:mod:`medfm.log_summary`), so a broken
+            cohort gives a readable log. Every skip is still counted and reported in the batch.
         seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i, modality)``,
             so results do not depend on worker scheduling and a resumed run sees the same views.
 
@@ -74,7 +78,7 @@ class ManifestDataset(Dataset):
                  label_columns: Sequence[str] = (), label_vocab: Optional[Dict[str, List[str]]] = None,
                  columns: Optional[Mapping[str, str]] = None, base_dir: Optional[os.PathLike] = None,
                  cache_dir: Optional[os.PathLike] = None, seed: int = 0, root: Optional[os.PathLike] = None,
-                 confine: bool = True, data_roots: Optional[Sequence[os.PathLike]] = None):
+                 confine: bool = True, data_roots: Optional[Sequence[os.PathLike]] = None, log_first: int = 5):
         self.df = df.reset_index(drop=True)
         self.adapters = dict(adapters)
         self.train = train
@@ -91,6 +95,8 @@ class ManifestDataset(Dataset):
         #: the folders path cells must stay inside (``None``: not confined)
         self.root = self._confinement(root, confine, df.attrs.get("data_roots") if data_roots is None else data_roots)
         self._flags_seen: set = set()  # (modality, text) of the flags already printed
+        #: skips, logged summarised per cause: the first ``log_first`` of each, then a count
+        self.warnings = RepeatedWarnings(log, first=log_first)
 
     def _confinement(self, root: Optional[os.PathLike], confine: bool,
                      recorded: Optional[Sequence[os.PathLike]]) -> Optional[Confinement]:
@@ -166,7 +172,8 @@ class ManifestDataset(Dataset):
             try:
                 item = self.load_modality(index, mod)
             except MedFMError as e:
-                log.warning("skipping %s of sample %s: %s", mod, sid, e)
+                self.warnings.warning(("skipping", mod, cause_of(getattr(e, "reason", str(e)))),
+                                  "skipping %s of sample %s: %s", mod, sid, e)
                 errors.append((sid, mod, str(e)))
                 continue
             if item is not None:

@@ -20,12 +20,11 @@ from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 
-from .manifest import is_missing
+from .manifest import SPLIT_ALIASES, is_missing
 from ..errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
-ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-           "test": "test", "testing": "test", "eval": "test", "holdout": "test"}
+ALIASES = SPLIT_ALIASES
 
 
 def _patient_order(patients: Sequence[str], seed: int) -> List[str]:

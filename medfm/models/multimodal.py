@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from ..errors import CheckpointError, ConfigError
+from ..config_files import load_data_file
 from ..io import atomic_directory, deep_merge, write_json
 from ..layers.trunk import Trunk
 from ..registry import CHECKPOINT_KINDS, TOWERS, get_modality
@@ -37,9 +37,8 @@ def read_checkpoint_config(directory: os.PathLike) -> Dict[str, Any]:
     if not cfg_path.is_file():
         raise CheckpointError(f"{directory}: not a medfm checkpoint (no {CONFIG_NAME})")
     try:
-        with open(cfg_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError) as e:
+        meta = load_data_file(cfg_path, kind="json")  # size and nesting bounded
+    except (OSError, ValueError, ConfigError) as e:
         raise CheckpointError(f"{cfg_path}: unreadable config: {type(e).__name__}: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
         raise CheckpointError(f"{cfg_path}: not a medfm model config")

@@ -16,7 +16,6 @@ to the right tensor; a model whose parameter set differs from the checkpoint's i
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..config_files import load_data_file
 from ..io import atomic_directory, atomic_write_text, write_json
 
 STATE_NAME = "trainer_state.pt"
@@ -222,5 +222,4 @@ def first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
 
 
 def read_run_config(ckpt: Path) -> Dict[str, Any]:
-    with open(Path(ckpt) / "run_config.json", encoding="utf-8") as fh:
-        return json.load(fh)
+    return load_data_file(Path(ckpt) / "run_config.json", kind="json")  # size and nesting bounded

@@ -6,7 +6,8 @@ Validated up front — before the manifest or any data file is read — by
 
     model:       a preset name, a YAML/JSON path, or a mapping (checked by create_model)
     data:        manifest, split, columns, label_columns, batch_size, num_workers, cache_dir,
-                 root, confine_paths, limits {max_file_mb, max_elements, max_sample_mb}, shards, shuffle_buffer
+                 root, confine_paths, limits {max_file_mb, max_elements, max_sample_mb,
+                 max_text_mb, max_header_mb}, shards, shuffle_buffer
     objectives:  a list of {name, weight, ...objective options}
     optim:       lr, weight_decay, betas, warmup_steps, min_lr_ratio, grad_clip
     train:       max_steps, accumulation, precision, checkpoint_every, keep_checkpoints,
@@ -43,6 +44,8 @@ class LimitsConfig:
     max_file_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
     max_elements: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
     max_sample_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
+    max_text_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
+    max_header_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
 
 
 def root_field() -> Any:

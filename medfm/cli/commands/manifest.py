@@ -30,6 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     p.add_argument("--verify", action="store_true",
                    help="read every cell with its modality adapter; unreadable cells are dropped and listed")
+    p.add_argument("--follow-links", action="store_true",
+                   help="follow folder symlinks that lead outside a source folder (default: listed as unreadable, "
+                        "not followed; a folder is never walked twice, so a link back into the walk adds nothing)")
+    p.add_argument("--max-depth", type=int, default=32, metavar="N",
+                   help="folders walked below a source at most (default 32)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -61,7 +66,8 @@ def run(args) -> int:
     split = parse_fractions(args.split) if args.split else None
     salt = load_or_create_salt(args.salt_file or str(out) + ".salt")
     res = build_manifest(args.sources, out, salt=salt, split=split, seed=args.seed,
-                         verify=_verifier() if args.verify else None)
+                         verify=_verifier() if args.verify else None, follow_links=args.follow_links,
+                         max_depth=args.max_depth)
     out.parent.mkdir(parents=True, exist_ok=True)
     sfx = out.suffix.lower()
     if sfx == ".parquet":
