@@ -205,7 +205,11 @@ def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[
 
     p = Path(str(path))
     base = p.with_suffix("") if p.suffix.lower() in (".hea", ".dat", ".mat") else p
-    hea = require_file(base.with_suffix(".hea"), what="WFDB header")
+    hea = base.with_suffix(".hea")
+    if not hea.exists() and not hea.is_symlink():  # the error names the file the user gave
+        raise DataError("WFDB header not found" + (f" ({hea.name} beside the signal file)" if hea != p else ""),
+                        source=str(p))
+    hea = require_file(hea, what="WFDB header")
     multi, needed, fs = check_wfdb_header(hea)
     for f in needed:
         what = "segment header" if multi else "signal file"
