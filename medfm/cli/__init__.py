@@ -92,6 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except MedFMError as e:
         print(f"medfm: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        if getattr(e, "details", None):  # a multi-line summary (a run that learned from nothing)
+            print(e.details, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("medfm: interrupted", file=sys.stderr)

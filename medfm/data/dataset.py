@@ -86,6 +86,9 @@ class ManifestDataset(Dataset):
         self.epoch = 0
         self._records = self.df.to_dict("records")
         self.root = self._confinement(root, confine)
+        #: log each skipped/flagged cell once (``False`` when a training loop's SkipLedger does it)
+        self.warn = True
+        self._warned: set = set()
 
     def _confinement(self, root: Optional[os.PathLike], confine: bool) -> Optional[Path]:
         if not confine:
@@ -101,6 +104,14 @@ class ManifestDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def _warn_once(self, what: str, modality: str, sid: Any, message: str) -> None:
+        """Log a skipped or flagged cell the first time this process sees it (epochs repeat them);
+        with :attr:`warn` off a :class:`~medfm.data.skips.SkipLedger` in the main process logs instead."""
+        key = (what, modality, str(sid), message)
+        if self.warn and key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s %s of sample %s: %s", what, modality, sid, message)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -157,14 +168,14 @@ class ManifestDataset(Dataset):
             try:
                 item = self.load_modality(index, mod)
             except MedFMError as e:
-                log.warning("skipping %s of sample %s: %s", mod, sid, e)
+                self._warn_once("skipping", mod, sid, str(e))
                 errors.append((sid, mod, str(e)))
                 continue
             if item is not None:
                 if "flags" in item:  # usable but suspicious input: logged and counted, not skipped
                     item = dict(item)
                     for msg in item.pop("flags") or ():
-                        log.warning("flagged %s of sample %s: %s", mod, sid, msg)
+                        self._warn_once("flagged", mod, sid, str(msg))
                         flags.append((sid, mod, str(msg)))
                 inputs[mod] = item
         labels = {}
@@ -188,7 +199,9 @@ class MultiModalCollate:
          "inputs": {mod: adapter.collate(rows of samples that have mod)},
          "labels": {col: LongTensor(B)  (-1 = missing)},
          "keys": {mod: LongTensor(B)  (-1 = absent or no key)},
-         "n_skipped": int, "errors": [(id, modality, reason)], "flags": [(id, modality, warning)]}
+         "n_skipped": int, "errors": [(id, modality, reason)], "flags": [(id, modality, warning)],
+         "n_not_applicable": int (skipped rows holding none of the modalities),
+         "n_unusable": int (rows with at least one unreadable cell)}
 
     ``keys`` are the items' ``"content_key"`` entries (an int ≥ 0 that is equal for
     identical content, e.g. the hash of a normalised report; see
@@ -205,12 +218,16 @@ class MultiModalCollate:
         flags = [f for it in items if it for f in it.get("flags", [])]
         kept = [it for it in items if it is not None and not it.get("skipped")]
         n_skipped = len(items) - len(kept)
+        # rows holding none of the modalities are not skips of unusable data (medfm.data.skips)
+        n_not_applicable = sum(1 for it in items if it is None or (it.get("skipped") and not it.get("errors")))
+        n_unusable = sum(1 for it in items if it is not None and it.get("errors"))
         batch: Dict[str, Any] = {
             "id": [it["id"] for it in kept],
             "patient_id": [it["patient_id"] for it in kept],
             "index": torch.tensor([it["index"] for it in kept], dtype=torch.long),
             "present": {}, "inputs": {}, "labels": {}, "keys": {},
-            "n_skipped": n_skipped, "errors": errors, "flags": flags,
+            "n_skipped": n_skipped, "n_not_applicable": n_not_applicable, "n_unusable": n_unusable,
+            "errors": errors, "flags": flags,
         }
         for mod, adapter in self.adapters.items():
             present = torch.tensor([mod in it["inputs"] for it in kept], dtype=torch.bool)

@@ -333,6 +333,7 @@ class FineTuner:
         ds = ManifestDataset(self.splits[split], adapters, train=train, columns=self.columns,
                              base_dir=self.df.attrs.get("base_dir"), cache_dir=dcfg["cache_dir"],
                              seed=int(dcfg["seed"]))
+        ds.warn = not train  # training rows: the core's SkipLedger warns once per sample, however many epochs
         return DataLoader(ds, batch_size=int(dcfg["batch_size"]), shuffle=train,
                           num_workers=int(dcfg["num_workers"] or 0), collate_fn=MultiModalCollate(adapters),
                           generator=torch.Generator().manual_seed(int(self.cfg["seed"])))
@@ -373,7 +374,7 @@ class FineTuner:
         tot, nb = 0.0, 0
         for batch in loader:
             if not batch["id"]:  # every sample of the batch was unreadable (counted)
-                core.skips.add(batch)
+                core.skips.add_batch(batch)
                 continue
             res = core.step(lambda b=batch: b, loss_of)
             tot, nb = tot + res.logs["loss"], nb + 1
@@ -425,6 +426,9 @@ class FineTuner:
         finally:
             bar.close()
             history_log.close()
+        # a run that learned from nothing fails here: no checkpoint, metrics.json or card (medfm.data.skips)
+        core.skips.check(what=f"this fine-tuning run ({len(history)} epochs)", knob="--set data.max_skip_fraction=F",
+                         max_skip_fraction=cfg["data"]["max_skip_fraction"], source=self.df.attrs.get("source"))
         self._load_trainable(stop.best_state)
         result: Dict[str, Any] = {
             "out": str(self.out), "method": cfg["method"], "modalities": self.modalities, "task": self.task.kind,

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
@@ -25,6 +27,23 @@ NO_DECAY_MODULES: Tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag, nn.LayerNor
                                       nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
 if hasattr(nn, "RMSNorm"):
     NO_DECAY_MODULES = NO_DECAY_MODULES + (nn.RMSNorm,)
+
+_IMPORTED = time.monotonic()
+
+
+def process_started_at() -> float:
+    """The ``time.monotonic()`` reading at which this process started (what ``medfm pretrain`` counts
+    ``train.max_minutes`` from, so the budget covers start-up too). Linux: from ``/proc/self/stat``;
+    elsewhere (or unreadable): when this module was imported."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - float(fields[19]) / os.sysconf("SC_CLK_TCK")
+        if 0 <= age < 365 * 86400:
+            return time.monotonic() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    return _IMPORTED
 
 
 def warmup_cosine_factor(progress: float, warmup: float, min_ratio: float = 0.0, min_span: float = 1e-12) -> float:

@@ -10,6 +10,7 @@ from ..common import add_column_args, add_config_args, add_init_args, column_map
 def run(args) -> int:
     from ...train import Trainer  # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from ...train.distributed import cleanup
+    from ...train.schedule import process_started_at
 
     config, config_dir = load_run_config(args)
     inits = init_overrides(args)
@@ -29,7 +30,9 @@ def run(args) -> int:
 
         config.setdefault("data", {}).setdefault("columns", {}).update(column_map(args))
     try:
-        trainer = Trainer(config, Path(args.out), config_dir=config_dir)
+        # train.max_minutes bounds the whole command: its clock starts with the process
+        trainer = Trainer(config, Path(args.out), config_dir=config_dir, started_at=process_started_at(),
+                          allow_slow=args.allow_slow)
         last = trainer.fit()
         if trainer.dist.is_main:
             print(json.dumps({"out": str(args.out), **{k: last[k] for k in ("step", "loss", "n_skipped") if k in last}}))
@@ -50,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh even when OUT/checkpoints holds a checkpoint (default: resume from it)")
     p.add_argument("--init-from", metavar="DIR", help="start from the weights of this checkpoint (matching tensors)")
+    p.add_argument("--allow-slow", action="store_true",
+                   help="run a recipe sized for a GPU (requires.accelerator: gpu) on a machine without one")
 
     add_column_args(p)
     p.set_defaults(func=run)

@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--label-columns", default="", help="comma-separated columns whose vocabularies are indexed")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers that read and preprocess")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-skip-fraction", type=float, default=None, metavar="F",
+                   help="fail (exit 1, no index.json) when more than this share of the rows holding a modality "
+                        "are unreadable (default: the run config's data.max_skip_fraction, else 0.5)")
     p.set_defaults(func=run)
 
 
@@ -39,10 +42,12 @@ def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.data.shards import write_shards
 
-    columns, model_cfg = {}, args.config
+    columns, model_cfg, max_skip = {}, args.config, args.max_skip_fraction
     if Path(args.config).is_file():  # a run config (model + data.columns) or a model config
         raw = load_config_file(args.config)
         columns = dict((raw.get("data") or {}).get("columns") or {})
+        if max_skip is None:
+            max_skip = (raw.get("data") or {}).get("max_skip_fraction")
         model_cfg = raw.get("model", raw)
         if isinstance(model_cfg, str) and (Path(args.config).parent / model_cfg).is_file():
             model_cfg = str(Path(args.config).parent / model_cfg)
@@ -70,7 +75,7 @@ def run(args) -> int:
     labels = [c.strip() for c in args.label_columns.split(",") if c.strip()]
     index = write_shards(df, adapters, args.out, shard_size=args.shard_size, max_samples=args.max_samples,
                          columns={m: columns.get(m, m) for m in adapters}, label_columns=labels,
-                         num_workers=args.workers, progress=not args.no_progress)
+                         num_workers=args.workers, progress=not args.no_progress, max_skip_fraction=max_skip)
     info = index.info
     counts = ", ".join(f"{m} {v['count']}" for m, v in info["modalities"].items())
     print(f"wrote {info['n_samples']} samples in {len(info['shards'])} shard(s) ({info['bytes'] / 2**20:.1f} MiB) "
