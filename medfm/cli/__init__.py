@@ -14,6 +14,7 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
+from ..clock import command_started_at
 from ..errors import MedFMError, UsageError
 from . import commands
 
@@ -74,8 +75,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    started_at = command_started_at(argv is not None)  # train.max_minutes counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started_at = started_at
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # libraries' own INFO chatter (faiss's loader) stays out of the way

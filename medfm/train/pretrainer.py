@@ -153,7 +153,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, float(ocfg["lr"]), float(ocfg["weight_decay"]), ocfg["betas"])
         # with train.max_minutes the schedule follows the time budget (warm-up and decay fitted to it); the
         # budget covers the whole command: its clock starts at self.started_at, the final save is reserved
-        self.train_seconds, self._fit_t0 = 0.0, None
+        self.train_seconds, self._fit_t0, self.command_seconds = 0.0, None, 0.0
         self._save_reserve = self._save_estimate()
         budget = (max(1.0, 60.0 * float(tcfg["max_minutes"]) - self._save_reserve)
                   if tcfg.get("max_minutes") is not None else None)
@@ -176,7 +176,7 @@ class Trainer:
         """Seconds the final save is expected to take (weights + optimizer state at 100 MB/s, ≥ 1 s);
         replaced by the measured time of a checkpoint once one was written."""
         n_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return max(1.0, 4 * n_bytes / 100e6)
+        return max(0.1, 4 * n_bytes / 100e6)
 
     def _clamp_logit_scale(self) -> None:
         with torch.no_grad():
@@ -295,6 +295,7 @@ class Trainer:
         sched.budget_s = 60.0 * float(tcfg["max_minutes"]) if tcfg.get("max_minutes") is not None else None
         sched.set_clock(self.elapsed_seconds)
         self.train_seconds = float(state["position"].get("train_seconds", 0.0))
+        self.command_seconds = float(state["position"].get("command_seconds", self.train_seconds))
         self.step = int(state["step"])
         self.epoch = int(state["position"]["epoch"])
         self.micro_in_epoch = int(state["position"]["micro_in_epoch"])
@@ -346,24 +347,35 @@ class Trainer:
         model, optim_state = self._full_model_and_optimizer()
         if self.dist.is_main:
             position = {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "n_skipped": self.n_skipped,
-                        "train_seconds": self.elapsed_seconds(), "skips": self.core.skips.state_dict()}
+                        "train_seconds": self.elapsed_seconds(), "command_seconds": self.command_elapsed(),
+                        "skips": self.core.skips.state_dict()}
             save_checkpoint(self.ckpt_root, self.step, model, optim_state, self.scheduler, position, rngs,
                             self.config, keep=int(self.config["train"]["keep_checkpoints"]))
         # the final save writes a checkpoint and the model: reserve about twice a checkpoint's time
-        self._save_reserve = max(1.0, 2.0 * (time.monotonic() - t0))
+        self._save_reserve = max(0.1, 2.0 * (time.monotonic() - t0))
         return model
 
     def elapsed_seconds(self) -> float:
-        """Seconds of this command so far (from :attr:`started_at`: start-up and data reading count), time
-        before a resume included; drives the time budget."""
+        """Training seconds of this run so far, time before a resume included (the schedule's clock)."""
         return self.train_seconds + (time.monotonic() - self._fit_t0 if self._fit_t0 is not None else 0.0)
 
-    def _past(self, deadline: float, next_step: float = 0.0) -> bool:
-        """Whether rank 0 would pass the time budget by taking another step of ``next_step`` seconds and
-        the final save (every rank stops at the same step)."""
-        late = time.monotonic() + next_step + self._save_reserve > deadline
-        flag = 1.0 if (self.dist.is_main and late) else 0.0
-        return all_reduce_sum(flag) > 0
+    def command_elapsed(self) -> float:
+        """Seconds of the whole command so far (from :attr:`started_at`: start-up and data reading count),
+        earlier commands of a resumed run included: what ``train.max_minutes`` bounds."""
+        return self.command_seconds + time.monotonic() - self.started_at
+
+    def _fit_budget(self, budget_s: float, next_step: float) -> None:
+        """Fit the schedule's (training-clock) budget to where training must end: before another step of
+        ``next_step`` seconds and the final save would pass ``budget_s`` seconds of the whole command."""
+        left = budget_s - self.command_elapsed() - self._save_reserve - next_step
+        self.scheduler.budget_s = max(1e-3, self.elapsed_seconds() + left)
+
+    def _past_budget(self) -> bool:
+        """Whether the last step's learning rate was already the schedule's end (``elapsed ≥ budget``): another
+        step and the final save would pass ``train.max_minutes``. Rank 0 decides; every rank stops at that step."""
+        sched = self.scheduler
+        late = getattr(sched, "last_elapsed", 0.0) >= sched.budget_s
+        return all_reduce_sum(1.0 if (self.dist.is_main and late) else 0.0) > 0
 
     def _check_learned(self) -> None:
         """Fail the run (:class:`~medfm.errors.UnusableDataError`, every rank) when it learned from nothing;
@@ -459,10 +471,10 @@ class Trainer:
 
         last: Dict[str, Any] = {}
         self.model.train()
-        # the clock of train.max_minutes: the whole command (from self.started_at), time before a resume included
-        self._fit_t0 = self.started_at
-        deadline = (self.started_at + 60 * float(tcfg["max_minutes"]) - self.train_seconds
-                    if tcfg.get("max_minutes") is not None else None)
+        # train.max_minutes bounds the whole command (from self.started_at, time before a resume included);
+        # the schedule runs on the training clock and ends where the command's time runs out
+        self._fit_t0 = time.monotonic()
+        budget = 60 * float(tcfg["max_minutes"]) if tcfg.get("max_minutes") is not None else None
         used, step_s = 0.0, 0.0
         # a whole pass over the rows in this process: the epoch rolled over twice, or once from its start
         first_epoch = self.epoch + (1 if self.micro_in_epoch else 0)
@@ -470,6 +482,8 @@ class Trainer:
             while self.step < max_steps:
                 t_step = time.perf_counter()
                 loader["wait"] = 0.0
+                if budget is not None:
+                    self._fit_budget(budget, step_s)
                 res = self.core.step(next_batch, run_objective)
                 self.step += 1
                 step_s = time.perf_counter() - t_step
@@ -487,7 +501,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
                                     sps=f"{last['samples_per_s']:.1f}", skipped=self.n_skipped)
                     bar.update(1)
-                if deadline is not None and self._past(deadline, next_step=step_s):
+                if budget is not None and self._past_budget():
                     if self.dist.is_main:
                         log.info("train.max_minutes reached at step %d (the next step and the final save would "
                                  "pass it)", self.step)

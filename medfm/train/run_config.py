@@ -136,8 +136,8 @@ class TrainConfig:
         resume: continue from the newest intact checkpoint in ``OUT/checkpoints``.
         init_from: a checkpoint whose tensors start the model wherever names and shapes match.
         max_minutes: a wall-time budget of the whole command — start-up, reading the data, training and the
-            final save; time before a resume included. ``medfm pretrain`` counts from the start of its process,
-            the Python ``Trainer`` from its construction. A step that would end past the budget (less the time a
+            final save; time before a resume included. ``medfm pretrain`` counts from the start of its process
+            (:mod:`medfm.clock`), the Python ``Trainer`` from its construction. A step that would end past the budget (less the time a
             final save takes) is not started; warm-up and decay are fitted to it.
         num_threads: torch CPU threads (``null``: torch's default).
     """

@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import math
-import os
-import time
 from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
@@ -27,24 +25,6 @@ NO_DECAY_MODULES: Tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag, nn.LayerNor
                                       nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
 if hasattr(nn, "RMSNorm"):
     NO_DECAY_MODULES = NO_DECAY_MODULES + (nn.RMSNorm,)
-
-_IMPORTED = time.monotonic()
-
-
-def process_started_at() -> float:
-    """The ``time.monotonic()`` reading at which this process started (what ``medfm pretrain`` counts
-    ``train.max_minutes`` from, so the budget covers start-up too). Linux: from ``/proc/self/stat``;
-    elsewhere (or unreadable): when this module was imported."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - float(fields[19]) / os.sysconf("SC_CLK_TCK")
-        if 0 <= age < 365 * 86400:
-            return time.monotonic() - age
-    except (OSError, ValueError, IndexError, AttributeError):
-        pass
-    return _IMPORTED
-
 
 def warmup_cosine_factor(progress: float, warmup: float, min_ratio: float = 0.0, min_span: float = 1e-12) -> float:
     """LR multiplier at ``progress`` ∈ [0, 1]: linear from 0 to 1 over ``[0, warmup]``, then
@@ -108,7 +88,8 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
         warm = self.warmup_steps / self.total_steps
         p = s / self.total_steps
         if self.budget_s is not None and self._elapsed is not None:
-            p = max(p, float(self._elapsed()) / self.budget_s)
+            self.last_elapsed = float(self._elapsed())  # the clock reading this learning rate used
+            p = max(p, self.last_elapsed / self.budget_s)
             warm = min(warm, self.max_warmup_fraction)
         return (p if s > 0 else 0.0), warm
 

@@ -10,7 +10,6 @@ from ..common import add_column_args, add_config_args, add_init_args, column_map
 def run(args) -> int:
     from ...train import Trainer  # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from ...train.distributed import cleanup
-    from ...train.schedule import process_started_at
 
     config, config_dir = load_run_config(args)
     inits = init_overrides(args)
@@ -31,7 +30,7 @@ def run(args) -> int:
         config.setdefault("data", {}).setdefault("columns", {}).update(column_map(args))
     try:
         # train.max_minutes bounds the whole command: its clock starts with the process
-        trainer = Trainer(config, Path(args.out), config_dir=config_dir, started_at=process_started_at(),
+        trainer = Trainer(config, Path(args.out), config_dir=config_dir, started_at=getattr(args, "started_at", None),
                           allow_slow=args.allow_slow)
         last = trainer.fit()
         if trainer.dist.is_main:
