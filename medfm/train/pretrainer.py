@@ -394,6 +394,9 @@ class Trainer:
             ledger.check(what=f"this pretraining run ({self.step} steps)", knob="--set data.max_skip_fraction=F",
                          max_skip_fraction=self.config["data"]["max_skip_fraction"], source=source)
         except UnusableDataError as e:
+            if any(checkpoint_candidates(self.ckpt_root)):  # a rerun would resume from them, counts included
+                e.details += ("\n    - after fixing the data start afresh with --no-resume (OUT/checkpoints keeps "
+                              "this run's checkpoints for diagnosis)")
             if self.dist.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 write_json(self.out / "failed.json", {"steps": self.step, **e.record, "summary": e.details})
