@@ -196,6 +196,35 @@ def test_embed_and_index_build_fail_above_the_threshold(tmp_path, capsys):
     assert rc == 1 and "60.0%" in err and not (tmp_path / "ix").exists()
 
 
+def test_evaluate_fails_above_the_threshold(tmp_path, capsys):
+    model = medfm.create_model({**TINY, "modalities": {"toy": {}, "toyb": {}}})
+    model.save_pretrained(tmp_path / "model")
+    df = _toy_rows(10, broken=6)
+    df["toyb"] = _toy_rows(10, broken=0)["toy"]
+    m = tmp_path / "m.csv"
+    df.to_csv(m, index=False)
+    args = ["evaluate", "retrieval", "--model", str(tmp_path / "model"), "--manifest", str(m), "--query-modality",
+            "toy", "--gallery-modality", "toyb", "--n-boot", "0", "--out", str(tmp_path / "ret"), "--no-progress"]
+    rc = main(args)
+    _, err = capsys.readouterr()
+    assert rc == 1 and "60.0%" in err and not (tmp_path / "ret" / "results.json").exists()
+    assert main(args + ["--max-skip-fraction", "0.7"]) == 0 and (tmp_path / "ret" / "results.json").is_file()
+
+
+def test_finetune_on_a_mostly_unreadable_cohort_fails_without_a_card(tmp_path, capsys):
+    base = _toy_model(tmp_path)
+    m = write_toy_manifest(tmp_path / "m.csv", n=20, corrupt=tuple(f"s{i:03d}" for i in range(14)))
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(yaml.safe_dump({"base": str(base), "method": "linear", "task": {"label_column": "label"},
+                                   "data": {"manifest": str(m), "split_column": None, "batch_size": 8},
+                                   "optim": {"epochs": 1}, "eval": {"n_boot": 0}, "progress": False,
+                                   "tensorboard": False}))
+    rc = main(["finetune", str(cfg), "--out", str(tmp_path / "ft")])
+    o, err = capsys.readouterr()
+    assert rc == 1 and o.strip() == "" and "this fine-tuning run" in err and "toy: not a number list" in err
+    assert not (tmp_path / "ft" / "README.md").exists() and not (tmp_path / "ft" / "metrics.json").exists()
+
+
 # ------------------------------------------------------------ GPU recipes
 def test_a_gpu_recipe_on_a_cpu_only_machine_refuses_and_names_its_cpu_variant(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
