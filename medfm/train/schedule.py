@@ -26,6 +26,7 @@ NO_DECAY_MODULES: Tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag, nn.LayerNor
 if hasattr(nn, "RMSNorm"):
     NO_DECAY_MODULES = NO_DECAY_MODULES + (nn.RMSNorm,)
 
+
 def warmup_cosine_factor(progress: float, warmup: float, min_ratio: float = 0.0, min_span: float = 1e-12) -> float:
     """LR multiplier at ``progress`` ∈ [0, 1]: linear from 0 to 1 over ``[0, warmup]``, then
     cosine from 1 down to ``min_ratio`` at ``progress = 1`` (and ``min_ratio`` after); the decay
