@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import signal as sps
@@ -321,8 +321,12 @@ def _unit(X: np.ndarray) -> np.ndarray:
 
 
 def retrieval_features(name: str, model: Any, query_modality: str, gallery_modality: str, query_rows: Any,
-                       gallery_rows: Any, base_dir: Any = None) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+                       gallery_rows: Any, base_dir: Any = None, columns: Optional[Mapping[str, str]] = None
+                       ) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """Baseline features of the query and gallery rows, L2-normalised for cosine ranking.
+
+    ``columns`` (``{modality: manifest column}``, the ``--column`` mapping) says where each modality's
+    cells are, as for the model: the baseline reads the same cells (default: the modality's name).
 
     Both modalities must be the baseline's (TF-IDF compares texts with texts). Unsupervised
     state (the TF-IDF vocabulary, the feature standardisation) is fitted on the query and
@@ -337,7 +341,9 @@ def retrieval_features(name: str, model: Any, query_modality: str, gallery_modal
     for rows in (query_rows, gallery_rows):
         if base_dir is not None:
             rows.attrs["base_dir"] = base_dir
-    vq, vg = read_values(aq, query_rows, query_modality), read_values(ag, gallery_rows, gallery_modality)
+    cols = dict(columns or {})
+    vq = read_values(aq, query_rows, cols.get(query_modality, query_modality))
+    vg = read_values(ag, gallery_rows, cols.get(gallery_modality, gallery_modality))
     X = enc.fit_transform(list(vq) + list(vg))
     if enc.metric == "euclidean":
         X = standardize(X, np.ones(len(X), dtype=bool))
@@ -346,9 +352,10 @@ def retrieval_features(name: str, model: Any, query_modality: str, gallery_modal
 
 
 def probe_features(name: str, model: Any, modality: str, rows: Any, train_rows: np.ndarray,
-                   base_dir: Any = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+                   base_dir: Any = None, column: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Baseline features of ``rows`` for a probe: fitted on the train rows only, standardised with
     the train rows' statistics (logistic regression and cosine kNN then treat them like embeddings).
+    ``column``: the manifest column of ``modality`` (the ``--column`` mapping; default its name).
 
     Returns ``(X (N, D), description)``.
     """
@@ -357,7 +364,7 @@ def probe_features(name: str, model: Any, modality: str, rows: Any, train_rows: 
     _check_modality(enc, adapter, "probed")
     if base_dir is not None:
         rows.attrs["base_dir"] = base_dir
-    values = read_values(adapter, rows, modality)
+    values = read_values(adapter, rows, column or modality)
     train_rows = np.asarray(train_rows, dtype=bool)
     enc.fit([v for v, t in zip(values, train_rows) if t])
     X = standardize(enc.transform(values), train_rows)

@@ -35,6 +35,7 @@ from medfm.models.init import apply_init, init_fingerprint, model_config_with_in
 from medfm.models import resolve_config
 from medfm.models.multimodal import CONFIG_NAME
 from medfm.data import ManifestDataset, MultiModalCollate, read_manifest, select_split
+from medfm.data.skips import ledger_of
 
 FORMAT = "medfm-embeddings"
 FORMAT_VERSION = "1"
@@ -266,6 +267,15 @@ def base_record(task: str, model_dir: Any, fingerprint: str, manifest_path: Any,
 def rows_for(df: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
     """Manifest rows of ``ids``, in that order."""
     return df.set_index(df["id"].astype(str)).loc[list(ids)].reset_index(drop=True)
+
+
+def check_usable(emb: Embeddings, modality: str, *, what: str, max_skip_fraction: Optional[float] = None,
+                 source: Any = None, knob: str = "--max-skip-fraction F") -> None:
+    """Fail (:class:`~medfm.errors.UnusableDataError`, with a summary by reason) when nothing could be
+    embedded or a larger share than ``max_skip_fraction`` (default 0.5) of the rows holding ``modality``
+    were unreadable; rows without a cell (``absent``) do not count (:mod:`medfm.data.skips`)."""
+    ledger_of(emb.ids, emb.skipped, emb.absent, modality=modality).check(
+        what=what, knob=knob, max_skip_fraction=max_skip_fraction, source=None if source is None else str(source))
 
 
 def report_skipped(emb: Embeddings, what: str, limit: int = 10) -> str:

@@ -25,7 +25,7 @@ from . import probes, tasks
 from .baselines import probe_features, retrieval_features
 from . import zeroshot as zs
 from .compare import write_predictions
-from .embed import (Embeddings, base_record, embed_manifest, encode_values, load_model, logit_scale, open_manifest,
+from .embed import (Embeddings, base_record, check_usable, embed_manifest, encode_values, load_model, logit_scale, open_manifest,
                     report_skipped, require_modality, rows_for)
 from .labels import JOINED, is_multilabel_column, join_binary_columns, multilabel_targets
 from .report import plot_confusion, plot_rank_bars, plot_recall_at_k, plot_roc, write_evaluation
@@ -40,7 +40,9 @@ class RunInputs:
     ``data``: ``{"root", "confine"}``, where path cells may lead (``--data-root``, ``--no-confine-paths``;
     :mod:`medfm.data.confine`);
     ``init``: ``{modality: init spec}`` weight imports (``--init``); ``baseline``: a classical
-    baseline's name (:mod:`.baselines`) scored on the same samples, or None.
+    baseline's name (:mod:`.baselines`) scored on the same samples (read from the same mapped
+    columns), or None; ``max_skip_fraction``: the largest share of rows holding a modality that may be
+    unreadable (``None``: 0.5; :mod:`medfm.data.skips`).
     """
 
     model: str
@@ -54,6 +56,7 @@ class RunInputs:
     columns: Dict[str, str] = field(default_factory=dict)
     data: Dict[str, Any] = field(default_factory=dict)
     baseline: Optional[str] = None
+    max_skip_fraction: Optional[float] = None
 
 
 @dataclass
@@ -66,13 +69,16 @@ class EvaluationRun:
 
 
 def _embed(model: Any, df: pd.DataFrame, modality: str, inp: RunInputs) -> Embeddings:
-    """Embed ``df``'s ``modality`` cells; skipped ids to stderr; refuse when nothing could be embedded."""
+    """Embed ``df``'s ``modality`` cells; skipped ids to stderr; refuse when nothing could be embedded or
+    more rows than ``inp.max_skip_fraction`` were unreadable (with a summary by reason)."""
     emb = embed_manifest(model, df, modality, batch_size=inp.batch_size, progress=inp.progress,
                          column=inp.columns.get(modality), **inp.data)
     if emb.skipped:
         print(report_skipped(emb, modality), file=sys.stderr)
-    if len(emb.ids) == 0:
+    if len(emb.ids) == 0 and not emb.skipped:
         raise DataError(f"no {modality!r} sample could be embedded", source=inp.manifest, field=modality)
+    check_usable(emb, modality, what=f"this evaluation ({modality})", max_skip_fraction=inp.max_skip_fraction,
+                 source=inp.manifest)
     return emb
 
 
@@ -107,7 +113,8 @@ def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: st
     rq, rg = rows_for(df, eq.ids), rows_for(df, eg.ids)
     baseline = None
     if inp.baseline:
-        bq, bg, info = retrieval_features(inp.baseline, model, qm, gm, rq, rg, df.attrs.get("base_dir"))
+        bq, bg, info = retrieval_features(inp.baseline, model, qm, gm, rq, rg, df.attrs.get("base_dir"),
+                                          columns=inp.columns)
         baseline = tasks.Baseline((bq, bg), info)
     res = tasks.run_retrieval(eq.emb, eg.emb, keys_from_manifest(rq, match, inp.manifest),
                               keys_from_manifest(rg, match, inp.manifest), query_groups=rq["patient_id"],
@@ -170,7 +177,8 @@ def evaluate_probe(inp: RunInputs, modality: str, *, label_column: Optional[str]
         y, classes = probes.encode_labels(list(rows[label_column]))
     baseline = None
     if inp.baseline and not multilabel:  # the same rows, splits, probes and bootstrap on the baseline's features
-        B, info = probe_features(inp.baseline, model, modality, rows, splits == "train", labelled.attrs.get("base_dir"))
+        B, info = probe_features(inp.baseline, model, modality, rows, splits == "train", labelled.attrs.get("base_dir"),
+                                 column=inp.columns.get(modality))
         baseline = tasks.Baseline((B,), info)
     res = tasks.run_probe(emb.emb, y, splits, classes=classes, groups=rows["patient_id"], knn_k=knn_k,
                           shots=shots, few_shot_seeds=few_shot_seeds, n_boot=inp.n_boot, seed=inp.seed,
@@ -211,7 +219,7 @@ def evaluate_bioscan(inp: RunInputs, query_modality: str, *, key_modality: Optio
     baseline = None
     if inp.baseline:
         bq, bk, info = retrieval_features(inp.baseline, model, query_modality, km, qrows, krows,
-                                          full.attrs.get("base_dir"))
+                                          full.attrs.get("base_dir"), columns=inp.columns)
         baseline = tasks.Baseline((bq, bk), info)
     res = tasks.run_bioscan(eq.emb, qrows, ek.emb, krows, ranks,
                             train_species=set(train_df[ranks[-1]].dropna().astype(str)),

@@ -43,3 +43,20 @@ class CheckpointError(MedFMError):
 
     def __init__(self, message: str = ""):
         super().__init__(" ".join(str(message).split()))  # one line (torch/safetensors messages span many)
+
+
+class UnusableDataError(DataError):
+    """A run that learned from nothing: no usable sample, an objective with nothing to work on
+    over the whole run, or too many unusable rows (:mod:`medfm.data.skips`).
+
+    Args:
+        details: the multi-line summary (counts per reason, examples, what to change) the CLI
+            prints to stderr after the one-line message.
+        record: the same as a JSON-ready mapping.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, details: str = "",
+                 record: dict | None = None):
+        super().__init__(message, source=source)
+        self.details = details
+        self.record = dict(record or {})

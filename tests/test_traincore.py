@@ -79,9 +79,10 @@ def test_one_core_drives_pretraining_and_finetuning(tmp_path, monkeypatch):
     monkeypatch.setattr(TrainCore, "step", counting)
     manifest = write_toy_manifest(tmp_path / "m.csv", n=48)
     torch.manual_seed(0)
+    # one modality: a masked objective (CLIP with nothing to pair would fail the run: medfm.data.skips)
     trainer = Trainer({"model": {"name": "medfm-tiny", "modalities": {"toy": {}}},
                        "data": {"manifest": str(manifest), "batch_size": 16, "split": None},
-                       "optim": {"warmup_steps": 1},
+                       "objectives": [{"name": "masked"}], "optim": {"warmup_steps": 1},
                        "train": {"max_steps": 3, "checkpoint_every": 0, "tensorboard": False, "progress": False}},
                       tmp_path / "pre")
     trainer.fit()
@@ -196,6 +197,7 @@ def test_finetuner_and_trainer_share_the_path_rule(tmp_path, monkeypatch):
     torch.manual_seed(0)
     trainer = Trainer({"model": {"name": "medfm-tiny", "modalities": {"toy": {}}},
                        "data": {"manifest": "m.csv", "batch_size": 8, "split": None},
+                       "objectives": [{"name": "masked"}],
                        "train": {"max_steps": 1, "tensorboard": False, "progress": False}},
                       tmp_path / "pre", config_dir=tmp_path / "cfg")
     assert len(trainer.df) == len(pd.read_csv(manifest))

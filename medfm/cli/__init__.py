@@ -14,6 +14,7 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
+from ..clock import command_started_at
 from ..errors import MedFMError, UsageError
 from ..limits import limits
 from . import commands
@@ -76,8 +77,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    started_at = command_started_at(argv is not None)  # train.max_minutes counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started_at = started_at
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # libraries' own INFO chatter (faiss's loader) stays out of the way
@@ -95,6 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except MedFMError as e:
         print(f"medfm: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        if getattr(e, "details", None):  # a multi-line summary (a run that learned from nothing)
+            print(e.details, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("medfm: interrupted", file=sys.stderr)

@@ -113,3 +113,11 @@ def column_map(args: argparse.Namespace, model_dir: Any = None) -> Dict[str, str
     flags = parse_column_specs(getattr(args, "columns", []) or [],
                                default_modality=getattr(args, bare, None) if bare else None)
     return resolve_columns(flags, model_dir)
+
+
+def add_skip_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-skip-fraction F``: the command fails when a larger share of the rows that hold its modality
+    could not be used (rows without the modality do not count; :mod:`medfm.data.skips`)."""
+    parser.add_argument("--max-skip-fraction", type=float, default=None, metavar="F",
+                        help="fail (exit 1, with a summary by reason) when more than this share of the rows "
+                             "holding the modality are unreadable (default 0.5; rows without it do not count)")

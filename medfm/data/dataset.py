@@ -97,6 +97,9 @@ class ManifestDataset(Dataset):
         self._flags_seen: set = set()  # (modality, text) of the flags already printed
         #: skips, logged summarised per cause: the first ``log_first`` of each, then a count
         self.warnings = RepeatedWarnings(log, first=log_first)
+        #: log each skipped cell once (``False`` when a training loop's SkipLedger logs instead)
+        self.warn = True
+        self._warned: set = set()
 
     def _confinement(self, root: Optional[os.PathLike], confine: bool,
                      recorded: Optional[Sequence[os.PathLike]]) -> Optional[Confinement]:
@@ -153,6 +156,16 @@ class ManifestDataset(Dataset):
             return adapter.augment(item, rng) if self.train else item
         return adapter.load(value, train=self.train, rng=rng, sample_id=sid, row=row)
 
+    def _warn_skip(self, modality: str, sid: Any, error: Exception) -> None:
+        """Log a skipped cell the first time this process sees it (epochs repeat them), summarised per
+        cause (:attr:`warnings`); with :attr:`warn` off a :class:`~medfm.data.skips.SkipLedger` in the
+        main process logs instead."""
+        key = ("skipping", modality, str(sid), str(error))
+        if self.warn and key not in self._warned:
+            self._warned.add(key)
+            self.warnings.warning(("skipping", modality, cause_of(getattr(error, "reason", str(error)))),
+                                  "skipping %s of sample %s: %s", modality, sid, error)
+
     def _log_flag(self, modality: str, sid: str, msg: str) -> None:
         """A flag's text is printed the first time it comes (per worker); later ones go to DEBUG.
 
@@ -172,15 +185,15 @@ class ManifestDataset(Dataset):
             try:
                 item = self.load_modality(index, mod)
             except MedFMError as e:
-                self.warnings.warning(("skipping", mod, cause_of(getattr(e, "reason", str(e)))),
-                                  "skipping %s of sample %s: %s", mod, sid, e)
+                self._warn_skip(mod, sid, e)
                 errors.append((sid, mod, str(e)))
                 continue
             if item is not None:
                 if "flags" in item:  # usable but suspicious input: logged and counted, not skipped
                     item = dict(item)
                     for msg in item.pop("flags") or ():
-                        self._log_flag(mod, sid, str(msg))
+                        if self.warn:
+                            self._log_flag(mod, sid, str(msg))
                         flags.append((sid, mod, str(msg)))
                 inputs[mod] = item
         labels = {}
@@ -204,7 +217,9 @@ class MultiModalCollate:
          "inputs": {mod: adapter.collate(rows of samples that have mod)},
          "labels": {col: LongTensor(B)  (-1 = missing)},
          "keys": {mod: LongTensor(B)  (-1 = absent or no key)},
-         "n_skipped": int, "errors": [(id, modality, reason)], "flags": [(id, modality, warning)]}
+         "n_skipped": int, "errors": [(id, modality, reason)], "flags": [(id, modality, warning)],
+         "n_not_applicable": int (skipped rows holding none of the modalities),
+         "n_unusable": int (rows with at least one unreadable cell)}
 
     ``keys`` are the items' ``"content_key"`` entries (an int ≥ 0 that is equal for
     identical content, e.g. the hash of a normalised report; see
@@ -221,12 +236,16 @@ class MultiModalCollate:
         flags = [f for it in items if it for f in it.get("flags", [])]
         kept = [it for it in items if it is not None and not it.get("skipped")]
         n_skipped = len(items) - len(kept)
+        # rows holding none of the modalities are not skips of unusable data (medfm.data.skips)
+        n_not_applicable = sum(1 for it in items if it is None or (it.get("skipped") and not it.get("errors")))
+        n_unusable = sum(1 for it in items if it is not None and it.get("errors"))
         batch: Dict[str, Any] = {
             "id": [it["id"] for it in kept],
             "patient_id": [it["patient_id"] for it in kept],
             "index": torch.tensor([it["index"] for it in kept], dtype=torch.long),
             "present": {}, "inputs": {}, "labels": {}, "keys": {},
-            "n_skipped": n_skipped, "errors": errors, "flags": flags,
+            "n_skipped": n_skipped, "n_not_applicable": n_not_applicable, "n_unusable": n_unusable,
+            "errors": errors, "flags": flags,
         }
         for mod, adapter in self.adapters.items():
             present = torch.tensor([mod in it["inputs"] for it in kept], dtype=torch.bool)

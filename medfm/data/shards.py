@@ -55,6 +55,7 @@ from ..errors import ConfigError, DataError, MedFMError
 from .dataset import ManifestDataset, augmentation_rng
 from .manifest import is_missing
 from .dataset import build_label_vocab
+from .skips import SkipLedger
 
 log = logging.getLogger("medfm.data")
 
@@ -309,7 +310,8 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
                  max_samples: Optional[int] = None, columns: Optional[Mapping[str, str]] = None,
                  label_columns: Sequence[str] = (), num_workers: int = 0, progress: bool = True,
                  on_commit: Optional[Callable[[Dict[str, Any]], None]] = None,
-                 data_root: Optional[str] = None, confine: bool = True) -> ShardIndex:
+                 data_root: Optional[str] = None, confine: bool = True,
+                 max_skip_fraction: Optional[float] = None) -> ShardIndex:
     """Read and preprocess (eval mode) every row of ``df`` once and write WebDataset shards to ``out``.
 
     Args:
@@ -322,6 +324,10 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
         on_commit: called with each committed shard's sidecar (progress reporting, tests).
         data_root, confine: where path cells may lead (``data.root``, ``data.confine_paths``;
             :mod:`medfm.data.confine`).
+        max_skip_fraction: the largest share of the rows holding one of the modalities that may have an
+            unreadable cell (``None``: 0.5). Above it — or with no sample written — the set is not finished:
+            :class:`~medfm.errors.UnusableDataError` with a summary by reason, and no ``index.json``
+            (the committed shards stay; a rerun with a higher limit finishes the set without re-reading).
 
     Resumes after the last committed shard when ``out`` holds a matching ``plan.json``.
     Returns the :class:`ShardIndex` of the finished set.
@@ -422,7 +428,23 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
         sides.append(side)
         if on_commit:
             on_commit(side)
+    shard_ledger(sides).check(what=f"medfm shard ({len(df)} rows)", knob="--max-skip-fraction F",
+                              max_skip_fraction=max_skip_fraction, source=df.attrs.get("source"))
     return _finish(fs, root, df, plan, sides, label_columns)
+
+
+def shard_ledger(sides: Sequence[Mapping[str, Any]]) -> SkipLedger:
+    """The :class:`~medfm.data.skips.SkipLedger` of a shard set from its sidecars (every committed
+    shard, those of an interrupted earlier run included): stored samples are used rows, rows with no
+    modality are not applicable, unreadable rows are dropped."""
+    ledger = SkipLedger(warn=False)  # the reader logged each cell already
+    for s in sides:
+        for e in s["errors"]:
+            ledger.add_error(e["id"], e["modality"], e["reason"])
+        unusable = len({e["row"] for e in s["errors"]})
+        ledger.add_rows(used=s["n_samples"], not_applicable=s.get("n_empty", 0), dropped=len(s["unreadable"]),
+                        unusable=unusable)
+    return ledger
 
 
 def _finish(fs, root: str, df: pd.DataFrame, plan: Dict[str, Any], sides: List[Dict[str, Any]],

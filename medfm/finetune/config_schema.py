@@ -84,6 +84,8 @@ class FinetuneData:
         test_fraction: share of patients held out for testing when the manifest has no split column.
         seed: key of the patient hash that makes the splits.
         cache_dir: where preprocessed samples are cached (``null``: no cache).
+        max_skip_fraction: the run fails (exit 1, no model card) when a larger share of the training rows that hold
+            one of its modalities had a cell it could not use (:mod:`medfm.data.skips`).
     """
 
     manifest: Optional[str] = None
@@ -97,6 +99,7 @@ class FinetuneData:
     root: Optional[str] = root_field()
     confine_paths: bool = confine_paths_field()
     limits: LimitsConfig = limits_field()
+    max_skip_fraction: float = field(default=0.5, metadata={"min": 0, "max": 1})
 
 
 @dataclass

@@ -371,6 +371,7 @@ class FineTuner:
                              seed=int(dcfg["seed"]), root=optional_config_path(dcfg["root"], self.config_dir,
                                                                                "data.root"),
                              confine=bool(dcfg["confine_paths"]))
+        ds.warn = not train  # training rows: the core's SkipLedger warns once per sample, however many epochs
         return DataLoader(ds, batch_size=int(dcfg["batch_size"]), shuffle=train,
                           num_workers=int(dcfg["num_workers"] or 0), collate_fn=MultiModalCollate(adapters),
                           generator=torch.Generator().manual_seed(int(self.cfg["seed"])))
@@ -411,7 +412,7 @@ class FineTuner:
         tot, nb = 0.0, 0
         for batch in loader:
             if not batch["id"]:  # every sample of the batch was unreadable (counted)
-                core.skips.add(batch)
+                core.skips.add_batch(batch)
                 continue
             res = core.step(lambda b=batch: b, loss_of)
             tot, nb = tot + res.logs["loss"], nb + 1
@@ -482,6 +483,9 @@ class FineTuner:
         finally:
             bar.close()
             history_log.close()
+        # a run that learned from nothing fails here: no checkpoint, metrics.json or card (medfm.data.skips)
+        core.skips.check(what=f"this fine-tuning run ({len(history)} epochs)", knob="--set data.max_skip_fraction=F",
+                         max_skip_fraction=cfg["data"]["max_skip_fraction"], source=self.df.attrs.get("source"))
         self._load_trainable(stop.best_state)
         result: Dict[str, Any] = {
             "out": str(self.out), "method": cfg["method"], "modalities": self.modalities, "task": self.task.kind,

@@ -70,9 +70,11 @@ def zero_loss(*tensors: Optional[torch.Tensor]) -> torch.Tensor:
 def mean_over_modalities(batch: Dict, modalities: Optional[Sequence[str]],
                          loss_of: Callable[[str, Dict], Optional[torch.Tensor]],
                          fallback: Sequence[Optional[torch.Tensor]]) -> Dict:
-    """``{"loss": mean of loss_of(mod, inputs), mod: float loss, ...}`` over the modalities present in
-    ``batch`` (all of them when ``modalities`` is None); ``loss_of`` may return None to skip one.
-    With none present the loss is :func:`zero_loss` of ``fallback`` (DDP still sees those used)."""
+    """``{"loss": mean of loss_of(mod, inputs), mod: float loss, ..., "n_terms": float}`` over the modalities
+    present in ``batch`` (all of them when ``modalities`` is None); ``loss_of`` may return None to skip one.
+    ``n_terms`` counts the modalities that gave a loss (a run where it stays 0 learned nothing from this
+    objective: :mod:`medfm.data.skips`). With none the loss is :func:`zero_loss` of ``fallback`` (DDP still
+    sees those used)."""
     inputs = batch.get("inputs", {})
     losses, logs = [], {}
     for mod in (list(inputs) if modalities is None else modalities):
@@ -84,6 +86,7 @@ def mean_over_modalities(batch: Dict, modalities: Optional[Sequence[str]],
             continue
         losses.append(loss)
         logs[mod] = float(loss.detach())
+    logs["n_terms"] = float(len(losses))
     return {"loss": torch.stack(losses).mean() if losses else zero_loss(*fallback), **logs}
 
 

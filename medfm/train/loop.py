@@ -11,8 +11,9 @@ What lives here is every *policy* of an optimisation step, so the two cannot dri
   (DDP ``no_sync`` on all but the last), autocast, backward, averaging of unsharded FSDP
   scalars, gradient clipping, optimiser + schedule step, ``zero_grad``, an optional
   post-step hook; the optimiser/schedule/RNG part of a checkpoint and its exact restore;
-- :class:`SkipCounter` — counted skips of unreadable samples (``n_skipped``, modality
-  errors, flagged samples) read off collated batches;
+- :attr:`TrainCore.skips` — a :class:`medfm.data.skips.SkipLedger` fed with every collated
+  batch: rows used / not applicable / unusable, unreadable cells and flags by reason (each
+  warned about once per sample), the evidence a run that learned from nothing fails on;
 - :class:`MetricsLog` — JSON lines (one record a line, flushed) plus optional TensorBoard
   scalars, and :func:`progress` — the tqdm bar;
 - :func:`wrap_model` — DDP or FSDP2 wrapping under ``torchrun``.
@@ -35,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from ..data import move_batch
+from ..data.skips import SkipLedger
 from ..errors import ConfigError
 from .resume_checkpoint import BY_NAME, load_optimizer_state_by_name, set_rng_state
 from .distributed import DistInfo
@@ -79,18 +81,8 @@ def wrap_model(model: nn.Module, dist: DistInfo, strategy: str,
     raise ConfigError(f"train.strategy must be 'ddp' or 'fsdp', got {strategy!r}")
 
 
-@dataclass
-class SkipCounter:
-    """Counts of samples a run could not use, read off each collated batch."""
-
-    n_skipped: int = 0     #: unreadable samples dropped by the collate
-    n_errors: int = 0      #: modality read errors (the sample kept its other modalities)
-    n_flagged: int = 0     #: samples flagged by a reader (kept)
-
-    def add(self, batch: Mapping[str, Any]) -> None:
-        self.n_skipped += int(batch.get("n_skipped", 0))
-        self.n_errors += len(batch.get("errors", ()))
-        self.n_flagged += len(batch.get("flags", ()))
+#: the counted skips of a run are a :class:`medfm.data.skips.SkipLedger` (the name of earlier releases)
+SkipCounter = SkipLedger
 
 
 @dataclass
@@ -137,7 +129,7 @@ class TrainCore:
                             else [p for g in optimizer.param_groups for p in g["params"]])
         self.unsharded, self.world_size = list(unsharded), int(world_size)
         self.after_step = after_step
-        self.skips = SkipCounter()
+        self.skips = SkipLedger()
 
     def step(self, next_batch: Callable[[], Mapping[str, Any]],
              compute: Callable[[nn.Module, Mapping[str, Any]], Mapping[str, Any]]) -> StepResult:
@@ -152,7 +144,7 @@ class TrainCore:
         accum, res = self.accumulation, StepResult()
         for micro in range(accum):
             batch = next_batch()
-            self.skips.add(batch)
+            self.skips.add_batch(batch)
             batch = move_batch(batch, self.device)
             res.n_samples += len(batch["id"])
             sync = micro == accum - 1 or not isinstance(self.wrapped, DDP)

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 
 from ..data.manifest import is_missing
 from ..data import ManifestDataset, MultiModalCollate, read_manifest, select_split
-from ..errors import CheckpointError, ConfigError
+from ..data.skips import SkipLedger
+from ..errors import CheckpointError, ConfigError, UnusableDataError
 from ..io import atomic_write_text, deep_merge, portable_paths, write_json
 from ..limits import limits
 from ..models import MultiModalModel, create_model, resolve_config
@@ -40,7 +41,7 @@ from .resume_checkpoint import (checkpoint_candidates, clean_temporaries, first_
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
 from .loop import MetricsLog, TrainCore, build_optimizer, progress, wrap_model
 from ..paths import config_path, optional_config_path
-from .run_config import RunConfig, validate_run_config
+from .run_config import RunConfig, check_accelerator, validate_run_config
 from .run_guard import RunLock, RunStopped, StopSignals, resume_difference, stopped_message
 from .sampler import ResumableSampler
 from .schedule import cosine_with_warmup
@@ -84,14 +85,27 @@ class Trainer:
             ``checkpoints/``, ``metrics.jsonl`` and ``tb/`` go.
         config_dir: the config file's folder: relative ``data.manifest`` / ``data.root`` resolve
             against it (:mod:`medfm.paths`; the working directory when ``None``).
+        started_at: the ``time.monotonic()`` reading ``train.max_minutes`` counts from (the CLI passes
+            its process start); default: now.
+        allow_slow: run a recipe with ``requires.accelerator: gpu`` on a machine without one.
+
+    A run that learned from nothing (no usable sample, an objective with nothing to work on over the
+    whole run, more unusable rows than ``data.max_skip_fraction``) raises
+    :class:`~medfm.errors.UnusableDataError` from :meth:`fit` and leaves no final model in ``out_dir``
+    (no ``config.json``/``model.safetensors``/card there): ``failed.json`` holds the summary, and
+    ``checkpoints/`` the periodic checkpoints written before the end, for diagnosis.
     """
 
-    def __init__(self, config: Dict[str, Any], out_dir: Path, config_dir: Optional[Path] = None):
+    def __init__(self, config: Dict[str, Any], out_dir: Path, config_dir: Optional[Path] = None,
+                 started_at: Optional[float] = None, allow_slow: bool = False):
+        self.started_at = time.monotonic() if started_at is None else float(started_at)
         self.config = resolve_run_config(config)
         self.out = Path(out_dir)
         self.config_dir = Path(config_dir) if config_dir is not None else None
         self.dist: DistInfo = init_distributed(self.config["train"]["device"])
         tcfg, dcfg = self.config["train"], self.config["data"]
+        check_accelerator(self.config.get("requires") or {}, tcfg["device"], cuda=self.dist.device.type == "cuda",
+                          allow_slow=allow_slow, recipe=self.config.get("name"))
         if tcfg.get("num_threads"):  # tiny models on a CPU often run faster on one thread
             torch.set_num_threads(int(tcfg["num_threads"]))
         torch.manual_seed(int(tcfg["seed"]))  # identical initial weights on every rank
@@ -146,6 +160,7 @@ class Trainer:
                                                                           "data.cache_dir"),
                                            seed=int(tcfg["seed"]),
                                            root=self._data_root(), confine=bool(dcfg.get("confine_paths", True)))
+            self.dataset.warn = False  # the core's SkipLedger warns once per sample, however many epochs
             self.sampler = ResumableSampler(len(self.dataset), shuffle=True, seed=int(tcfg["seed"]),
                                             rank=self.dist.rank, world_size=self.dist.world_size)
         ocfg = self.config["optim"]
@@ -154,9 +169,12 @@ class Trainer:
                            if self.dist.distributed and tcfg["strategy"] == "fsdp" else [])
         self.wrapped = wrap_model(self.model, self.dist, tcfg["strategy"], self._unsharded)
         self.optimizer = build_optimizer(self.model, float(ocfg["lr"]), float(ocfg["weight_decay"]), ocfg["betas"])
-        # with train.max_minutes the schedule follows the time budget (warm-up and decay fitted to it)
-        self.train_seconds, self._fit_t0 = 0.0, None
-        budget = 60.0 * float(tcfg["max_minutes"]) if tcfg.get("max_minutes") is not None else None
+        # with train.max_minutes the schedule follows the time budget (warm-up and decay fitted to it); the
+        # budget covers the whole command: its clock starts at self.started_at, the final save is reserved
+        self.train_seconds, self._fit_t0, self.command_seconds = 0.0, None, 0.0
+        self._save_reserve = self._save_estimate()
+        budget = (max(1.0, 60.0 * float(tcfg["max_minutes"]) - self._save_reserve)
+                  if tcfg.get("max_minutes") is not None else None)
         self.scheduler = cosine_with_warmup(self.optimizer, int(ocfg["warmup_steps"]), int(tcfg["max_steps"]),
                                             float(ocfg.get("min_lr_ratio", 0.0)), budget_s=budget,
                                             elapsed=self.elapsed_seconds)
@@ -171,6 +189,12 @@ class Trainer:
     @property
     def n_skipped(self) -> int:
         return self.core.skips.n_skipped
+
+    def _save_estimate(self) -> float:
+        """Seconds the final save is expected to take (weights + optimizer state at 100 MB/s, ≥ 1 s);
+        replaced by the measured time of a checkpoint once one was written."""
+        n_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return max(0.1, 4 * n_bytes / 100e6)
 
     def _clamp_logit_scale(self) -> None:
         with torch.no_grad():
@@ -301,10 +325,13 @@ class Trainer:
         sched.budget_s = 60.0 * float(tcfg["max_minutes"]) if tcfg.get("max_minutes") is not None else None
         sched.set_clock(self.elapsed_seconds)
         self.train_seconds = float(state["position"].get("train_seconds", 0.0))
+        self.command_seconds = float(state["position"].get("command_seconds", self.train_seconds))
         self.step = int(state["step"])
         self.epoch = int(state["position"]["epoch"])
         self.micro_in_epoch = int(state["position"]["micro_in_epoch"])
         self.core.skips.n_skipped = int(state["position"].get("n_skipped", 0))
+        if state["position"].get("skips"):
+            self.core.skips.load_state_dict(state["position"]["skips"])
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.resume_from, self.step)
 
@@ -345,13 +372,17 @@ class Trainer:
         return plain, optim_sd
 
     def _checkpoint(self) -> None:
+        t0 = time.monotonic()
         rngs = gather_objects(rng_state())
         model, optim_state = self._full_model_and_optimizer()
         if self.dist.is_main:
             position = {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch, "n_skipped": self.n_skipped,
-                        "train_seconds": self.elapsed_seconds(), "manifest_sha256": self.df.attrs.get("sha256")}
+                        "train_seconds": self.elapsed_seconds(), "command_seconds": self.command_elapsed(),
+                        "skips": self.core.skips.state_dict(), "manifest_sha256": self.df.attrs.get("sha256")}
             save_checkpoint(self.ckpt_root, self.step, model, optim_state, self.scheduler, position, rngs,
                             self.portable_config(), keep=int(self.config["train"]["keep_checkpoints"]))
+        # the final save writes a checkpoint and the model: reserve about twice a checkpoint's time
+        self._save_reserve = max(0.1, 2.0 * (time.monotonic() - t0))
         return model
 
     def portable_config(self) -> Dict[str, Any]:
@@ -359,13 +390,53 @@ class Trainer:
         return portable_paths(self.config, self.out)
 
     def elapsed_seconds(self) -> float:
-        """Training seconds of this run so far, time before a resume included (drives the time budget)."""
+        """Training seconds of this run so far, time before a resume included (the schedule's clock)."""
         return self.train_seconds + (time.monotonic() - self._fit_t0 if self._fit_t0 is not None else 0.0)
 
-    def _past(self, deadline: float) -> bool:
-        """Whether rank 0 is past the time budget (every rank stops at the same step)."""
-        flag = 1.0 if (self.dist.is_main and time.monotonic() > deadline) else 0.0
-        return all_reduce_sum(flag) > 0
+    def command_elapsed(self) -> float:
+        """Seconds of the whole command so far (from :attr:`started_at`: start-up and data reading count),
+        earlier commands of a resumed run included: what ``train.max_minutes`` bounds."""
+        return self.command_seconds + time.monotonic() - self.started_at
+
+    def _fit_budget(self, budget_s: float, next_step: float) -> None:
+        """Fit the schedule's (training-clock) budget to where training must end: before another step of
+        ``next_step`` seconds and the final save would pass ``budget_s`` seconds of the whole command."""
+        left = budget_s - self.command_elapsed() - self._save_reserve - next_step
+        self.scheduler.budget_s = max(1e-3, self.elapsed_seconds() + left)
+
+    def _past_budget(self) -> bool:
+        """Whether the last step's learning rate was already the schedule's end (``elapsed ≥ budget``): another
+        step and the final save would pass ``train.max_minutes``. Rank 0 decides; every rank stops at that step."""
+        sched = self.scheduler
+        late = getattr(sched, "last_elapsed", 0.0) >= sched.budget_s
+        return all_reduce_sum(1.0 if (self.dist.is_main and late) else 0.0) > 0
+
+    def _check_learned(self) -> None:
+        """Fail the run (:class:`~medfm.errors.UnusableDataError`, every rank) when it learned from nothing;
+        the summary goes to ``OUT/failed.json``. Collective."""
+        ledger = self.core.skips
+        parts = gather_objects(ledger.state_dict())
+        if len(parts) > 1:  # every rank's rows; the objective sums are already means over ranks
+            ledger = SkipLedger(warn=False)
+            ledger.load_state_dict(parts[0])
+            for other in parts[1:]:
+                more = SkipLedger(warn=False)
+                more.load_state_dict(other)
+                ledger.merge(more)
+        source = self.config["data"].get("manifest") or self.config["data"].get("shards")
+        try:
+            ledger.check(what=f"this pretraining run ({self.step} steps)", knob="--set data.max_skip_fraction=F",
+                         max_skip_fraction=self.config["data"]["max_skip_fraction"], source=source)
+        except UnusableDataError as e:
+            if any(checkpoint_candidates(self.ckpt_root)):  # a rerun would resume from them, counts included
+                e.details += ("\n    - after fixing the data start afresh with --no-resume (OUT/checkpoints keeps "
+                              "this run's checkpoints for diagnosis)")
+            if self.dist.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                write_json(self.out / "failed.json", {"steps": self.step, **e.record, "summary": e.details})
+            raise
+        if self.dist.is_main:
+            (self.out / "failed.json").unlink(missing_ok=True)
 
     # -------------------------------------------------------------- loop
     def fit(self) -> Dict[str, Any]:
@@ -447,26 +518,40 @@ class Trainer:
 
         last: Dict[str, Any] = {}
         self.model.train()
+        # train.max_minutes bounds the whole command (from self.started_at, time before a resume included);
+        # the schedule runs on the training clock and ends where the command's time runs out
         self._fit_t0 = time.monotonic()
-        # train.max_minutes bounds the whole run's training time, time before a resume included
-        deadline = (self._fit_t0 + 60 * float(tcfg["max_minutes"]) - self.train_seconds
-                    if tcfg.get("max_minutes") is not None else None)
+        budget = 60 * float(tcfg["max_minutes"]) if tcfg.get("max_minutes") is not None else None
+        used, step_s = 0.0, 0.0
+        # a whole pass over the rows in this process: the epoch rolled over twice, or once from its start
+        first_epoch = self.epoch + (1 if self.micro_in_epoch else 0)
         try:
             while self.step < max_steps:
                 t_step = time.perf_counter()
                 loader["wait"] = 0.0
+                if budget is not None:
+                    self._fit_budget(budget, step_s)
                 res = self.core.step(next_batch, run_objective)
                 self.step += 1
-                last = self._step_record(res, time.perf_counter() - t_step, loader["wait"])
+                step_s = time.perf_counter() - t_step
+                last = self._step_record(res, step_s, loader["wait"])
+                self.core.skips.add_objective_counts(last)
+                used += all_reduce_sum(res.n_samples)  # rows used, all ranks
+                if used == 0 and self.epoch > first_epoch:
+                    if self.dist.is_main:  # a whole pass over the data gave nothing: no point in going on
+                        log.warning("a whole pass over the training rows gave no usable sample; stopping at "
+                                    "step %d", self.step)
+                    break
                 if self.dist.is_main:
                     if self.step % int(tcfg["log_every"]) == 0 or self.step == max_steps:
                         metrics.write(last, step=self.step)
                     bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}",
                                     sps=f"{last['samples_per_s']:.1f}", skipped=self.n_skipped)
                     bar.update(1)
-                if deadline is not None and self._past(deadline):
+                if budget is not None and self._past_budget():
                     if self.dist.is_main:
-                        log.info("train.max_minutes reached at step %d", self.step)
+                        log.info("train.max_minutes reached at step %d (the next step and the final save would "
+                                 "pass it)", self.step)
                     break
                 every = int(tcfg["checkpoint_every"] or 0)
                 saved = bool(every and self.step % every == 0 and self.step < max_steps)
@@ -476,6 +561,7 @@ class Trainer:
                     if not saved:
                         self._checkpoint()
                     raise RunStopped(stopped_message(self.step))
+            self._check_learned()
             self._save_final()
         finally:
             self.train_seconds, self._fit_t0 = self.elapsed_seconds(), None

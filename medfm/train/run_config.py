@@ -7,12 +7,13 @@ Validated up front — before the manifest or any data file is read — by
     model:       a preset name, a YAML/JSON path, or a mapping (checked by create_model)
     data:        manifest, split, columns, label_columns, batch_size, num_workers, cache_dir,
                  root, confine_paths, limits {max_file_mb, max_elements, max_sample_mb,
-                 max_text_mb, max_header_mb}, shards, shuffle_buffer
+                 max_text_mb, max_header_mb}, shards, shuffle_buffer, max_skip_fraction
     objectives:  a list of {name, weight, ...objective options}
     optim:       lr, weight_decay, betas, warmup_steps, min_lr_ratio, grad_clip
     train:       max_steps, accumulation, precision, checkpoint_every, keep_checkpoints,
                  log_every, seed, grad_checkpointing, strategy, device, tensorboard,
                  progress, resume, force_resume, init_from, max_minutes, num_threads
+    requires:    accelerator (any | gpu), cpu_variant, note
 
 Relative paths (``data.manifest``, ``data.root``) resolve against the folder of the config
 file (the working directory for a config given in Python without ``config_dir``): the one
@@ -80,6 +81,8 @@ class DataConfig:
         cache_dir: where preprocessed samples are cached (``null``: no cache).
         shards: a folder or URL pattern written by ``medfm shard``, streamed instead of the manifest.
         shuffle_buffer: samples held for shuffling when streaming shards.
+        max_skip_fraction: the run fails (exit 1, no model) when a larger share of the rows that hold one of
+            its modalities had a cell it could not use; rows holding none of them do not count (:mod:`medfm.data.skips`).
     """
 
     manifest: Optional[str] = None
@@ -94,6 +97,7 @@ class DataConfig:
     limits: LimitsConfig = limits_field()
     shards: Optional[str] = None
     shuffle_buffer: int = field(default=1000, metadata=_min(1))
+    max_skip_fraction: float = field(default=0.5, metadata={"min": 0, "max": 1})
 
     def check(self, path: str) -> None:
         if not self.manifest and not self.shards:
@@ -156,7 +160,10 @@ class TrainConfig:
         force_resume: resume even when the batch size, seed, accumulation, objectives or manifest
             differ from the checkpoint's (they change the data order or the objective; refused otherwise).
         init_from: a checkpoint whose tensors start the model wherever names and shapes match.
-        max_minutes: a time budget; warm-up and decay are fitted to it.
+        max_minutes: a wall-time budget of the whole command — start-up, reading the data, training and the
+            final save; time before a resume included. ``medfm pretrain`` counts from the start of its process
+            (:mod:`medfm.clock`), the Python ``Trainer`` from its construction. A step that would end past the budget (less the time a
+            final save takes) is not started; warm-up and decay are fitted to it.
         num_threads: torch CPU threads (``null``: torch's default).
     """
 
@@ -180,6 +187,43 @@ class TrainConfig:
 
 
 @dataclass
+class RequiresConfig:
+    """What a recipe needs to run at its intended speed (checked before any data is read).
+
+    Attributes:
+        accelerator: ``gpu``: started where no CUDA device is visible, the run stops at once and names
+            ``cpu_variant``, unless asked to run anyway (``--allow-slow`` or an explicit ``train.device: cpu``).
+            ``any``: no check.
+        cpu_variant: the recipe sized for a CPU (a shipped config name or a path beside this one).
+        note: why, in a few words (e.g. the memory it needs), printed with the refusal.
+    """
+
+    accelerator: Literal["any", "gpu"] = "any"
+    cpu_variant: Optional[str] = None
+    note: Optional[str] = None
+
+
+def check_accelerator(requires: Mapping[str, Any], device: str, *, cuda: bool, allow_slow: bool = False,
+                      recipe: Optional[str] = None) -> None:
+    """Refuse to start a GPU-sized recipe (``requires.accelerator: gpu``) where no GPU is visible.
+
+    ``device`` is ``train.device``: an explicit ``cpu`` (or ``allow_slow``) runs it anyway.
+
+    Raises:
+        ConfigError: naming the recipe, its ``note`` and its ``cpu_variant``.
+    """
+    req = requires or {}
+    if req.get("accelerator", "any") != "gpu" or cuda or allow_slow or str(device) == "cpu":
+        return
+    name = recipe or "this recipe"
+    why = f" ({req['note']})" if req.get("note") else ""
+    variant = (f"use {req['cpu_variant']}, the same recipe sized for a CPU" if req.get("cpu_variant")
+               else "no CPU variant ships: lower data.batch_size and the model size")
+    raise ConfigError(f"{name} is sized for a GPU{why} and this machine has no CUDA device: {variant}; "
+                      "to run it here anyway pass --allow-slow (or --set train.device=cpu)")
+
+
+@dataclass
 class RunConfig:
     """A pretraining run (``medfm pretrain CONFIG``).
 
@@ -189,6 +233,7 @@ class RunConfig:
         objectives: loss terms ``{name, weight, ...options}``, summed with their weights.
         optim: the optimizer and its schedule.
         train: steps, precision, checkpoints and logging.
+        requires: the hardware a recipe is sized for (a GPU recipe refuses a CPU-only machine).
         name: a label for the run.
         description: free text.
     """
@@ -198,6 +243,7 @@ class RunConfig:
     objectives: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "clip", "weight": 1.0}])
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    requires: RequiresConfig = field(default_factory=RequiresConfig)
     name: Optional[str] = None
     description: Optional[str] = None
 

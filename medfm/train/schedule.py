@@ -89,7 +89,8 @@ class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
         warm = self.warmup_steps / self.total_steps
         p = s / self.total_steps
         if self.budget_s is not None and self._elapsed is not None:
-            p = max(p, float(self._elapsed()) / self.budget_s)
+            self.last_elapsed = float(self._elapsed())  # the clock reading this learning rate used
+            p = max(p, self.last_elapsed / self.budget_s)
             warm = min(warm, self.max_warmup_fraction)
         return (p if s > 0 else 0.0), warm
 

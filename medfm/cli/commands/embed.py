@@ -5,8 +5,8 @@ import os
 import sys
 
 from medfm.errors import DataError, UsageError
-from medfm.cli.common import (add_column_args, add_data_args, add_init_args, column_map, data_options,
-                              init_overrides)
+from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add_skip_args, column_map,
+                              data_options, init_overrides)
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", default=None, help="only rows of this split")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_skip_args(p)
 
     add_init_args(p)
     add_data_args(p)
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.evaluation.embed import load_model, report_skipped, require_modality, save_embeddings
+    from medfm.evaluation.embed import check_usable, load_model, report_skipped, require_modality, save_embeddings
 
     if args.shards and (args.split or getattr(args, "columns", None)):
         raise UsageError("--split and column options apply to --manifest; shards hold the rows they were made from")
@@ -52,9 +53,10 @@ def run(args) -> int:
     if msg:
         print(msg, file=sys.stderr)
     source = args.shards or args.manifest
-    if len(emb.ids) == 0:
+    if len(emb.ids) == 0 and not emb.skipped:
         raise DataError(f"no sample could be embedded ({len(emb.skipped)} unreadable, {len(emb.absent)} without "
                         f"a {args.modality!r} value)", source=source, field=args.modality)
+    check_usable(emb, args.modality, what="medfm embed", max_skip_fraction=args.max_skip_fraction, source=source)
     path = save_embeddings(args.out, emb, modality=args.modality, model_fingerprint=fp, model_dir=args.model)
     empty = f"; {emb.meta['n_empty']} row(s) with no modality were not sharded" if emb.meta.get("n_empty") else ""
     print(f"wrote {len(emb.ids)} {args.modality} embeddings ({emb.emb.shape[1]}-d) to {path}; "

@@ -1,8 +1,8 @@
 """``medfm evaluate retrieval|probe|bioscan``: retrieval metrics, linear/kNN/few-shot probes, BIOSCAN accuracy."""
 from __future__ import annotations
 
-from medfm.cli.common import (add_column_args, add_data_args, add_init_args, column_map, data_options,
-                              init_overrides)
+from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add_skip_args, column_map,
+                              data_options, init_overrides)
 from medfm.errors import UsageError
 
 from .evaluate_extra import add_compare_parser
@@ -19,6 +19,7 @@ def _common(p) -> None:
     add_init_args(p)
     add_column_args(p)
     add_data_args(p)
+    add_skip_args(p)
     p.add_argument("--baseline", default=None, metavar="NAME",
                    help="also score a classical baseline on the same samples: kmer (kmer<k>) for dna, tfidf for "
                         "text, ecg-features for ecg; its metrics go beside the model's as baseline/NAME/...")
@@ -80,7 +81,7 @@ def _inputs(args):
     return RunInputs(model=args.model, manifest=args.manifest, out=args.out, n_boot=args.n_boot,
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
                      init=init_overrides(args), columns=column_map(args, args.model), data=data_options(args),
-                     baseline=args.baseline)
+                     baseline=args.baseline, max_skip_fraction=args.max_skip_fraction)
 
 
 def run_retrieval(args) -> int:

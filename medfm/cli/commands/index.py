@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from medfm.cli.common import add_column_args, add_data_args, column_map, data_options
+from medfm.cli.common import add_column_args, add_data_args, add_skip_args, column_map, data_options
 from medfm.errors import DataError, UsageError
 
 
@@ -39,6 +39,7 @@ def register(subparsers) -> None:
     b.add_argument("--split", default=None)
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--no-progress", action="store_true")
+    add_skip_args(b)
 
     add_column_args(b, bare_means="modality")
     add_data_args(b)
@@ -47,7 +48,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.evaluation.embed import (embed_manifest, load_model, open_manifest, report_skipped,
+    from medfm.evaluation.embed import (check_usable, embed_manifest, load_model, open_manifest, report_skipped,
                                         require_modality, rows_for)
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.index import VectorIndex, choose_index
@@ -66,9 +67,11 @@ def run(args) -> int:
                          column=column_map(args, args.model).get(args.modality), **data_options(args))
     if emb.skipped:
         print(report_skipped(emb, args.modality), file=sys.stderr)
-    if len(emb.ids) == 0:
+    if len(emb.ids) == 0 and not emb.skipped:
         raise DataError(f"empty gallery: no {args.modality!r} sample could be embedded",
                         source=args.manifest, field=args.modality)
+    check_usable(emb, args.modality, what="medfm index build", max_skip_fraction=args.max_skip_fraction,
+                 source=args.manifest)
     meta = rows_for(df, emb.ids)[cols] if cols else None
     spec = choose_index(len(emb.emb), emb.emb.shape[1], kind=args.kind, flat_max=args.flat_max)
     for key, value, kind in (("nprobe", args.nprobe, "ivf"), ("efSearch", args.ef_search, "hnsw")):

@@ -32,7 +32,9 @@ def run(args) -> int:
 
         config.setdefault("data", {}).setdefault("columns", {}).update(column_map(args))
     try:
-        trainer = Trainer(config, Path(args.out), config_dir=config_dir)
+        # train.max_minutes bounds the whole command: its clock starts with the process
+        trainer = Trainer(config, Path(args.out), config_dir=config_dir, started_at=getattr(args, "started_at", None),
+                          allow_slow=args.allow_slow)
         last = trainer.fit()
         if trainer.dist.is_main:
             print(json.dumps({"out": str(args.out), **{k: last[k] for k in ("step", "loss", "n_skipped") if k in last}}))
@@ -56,6 +58,8 @@ def register(sub) -> None:
                    help="resume even when batch size, seed, accumulation, objectives or manifest changed "
                         "(they change the data order or the objective; refused otherwise)")
     p.add_argument("--init-from", metavar="DIR", help="start from the weights of this checkpoint (matching tensors)")
+    p.add_argument("--allow-slow", action="store_true",
+                   help="run a recipe sized for a GPU (requires.accelerator: gpu) on a machine without one")
 
     add_column_args(p)
     p.set_defaults(func=run)

@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--label-columns", default="", help="comma-separated columns whose vocabularies are indexed")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers that read and preprocess")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-skip-fraction", type=float, default=None, metavar="F",
+                   help="fail (exit 1, no index.json) when more than this share of the rows holding a modality "
+                        "are unreadable (default: the run config's data.max_skip_fraction, else 0.5)")
     p.set_defaults(func=run)
 
 
@@ -112,12 +115,13 @@ def run(args) -> int:
         raise DataError("no rows to shard", source=args.manifest)
     adapters = _adapters(args, df, model_cfg, columns, config_dir)
     labels = [c.strip() for c in args.label_columns.split(",") if c.strip()]
+    max_skip = args.max_skip_fraction if args.max_skip_fraction is not None else data.get("max_skip_fraction")
     with limits(**(data.get("limits") or {})):
         index = write_shards(df, adapters, args.out, shard_size=args.shard_size, max_samples=args.max_samples,
                              columns={m: columns.get(m, m) for m in adapters}, label_columns=labels,
                              num_workers=args.workers, progress=not args.no_progress,
                              data_root=optional_config_path(data.get("root"), config_dir, "data.root"),
-                             confine=bool(data.get("confine_paths", True)))
+                             confine=bool(data.get("confine_paths", True)), max_skip_fraction=max_skip)
     info = index.info
     counts = ", ".join(f"{m} {v['count']}" for m, v in info["modalities"].items())
     print(f"wrote {info['n_samples']} samples in {len(info['shards'])} shard(s) ({info['bytes'] / 2**20:.1f} MiB) "
