@@ -20,7 +20,7 @@ import yaml
 
 from .errors import CheckpointError
 from .io import atomic_write_text
-from .models.multimodal import CONFIG_NAME
+from .models.files import CONFIG_NAME
 
 CARD_NAME = "README.md"
 

@@ -29,7 +29,7 @@ from .errors import UsageError
 from .finetune.model import FineTunedModel
 from .io import write_json
 from .models import load_pretrained
-from .models.multimodal import CONFIG_NAME, WEIGHTS_NAME
+from .models.files import CONFIG_NAME, WEIGHTS_NAME
 
 log = logging.getLogger("medfm.export")
 

@@ -26,13 +26,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pandas as pd
 
 from ..errors import DataError, UsageError
-from ..registry import Registry, _load_modalities
+from ..registry import SOURCES
 from .splits import assign_patients
 
 log = logging.getLogger("medfm.manifest")
 
-#: name → scanner class (``detect(path) -> bool``, ``scan(path, ctx) -> Iterator[Entry | Unreadable]``)
-SOURCES = Registry("manifest source", loader=_load_modalities)
 register_source = SOURCES.register
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
 from ..errors import UsageError
-from ..models.multimodal import CONFIG_NAME
+from ..models.files import CONFIG_NAME
 
 CONFIG_KEY = "data_columns"
 

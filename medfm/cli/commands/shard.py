@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import sys
-from medfm.data import read_manifest, select_split
 from medfm.errors import ConfigError, DataError
 from medfm.io import load_config_file
-from medfm.models import resolve_config
 from medfm.registry import get_modality
 
 
@@ -36,8 +34,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack (pandas, torch)
+    from medfm.data import read_manifest, select_split
     from medfm.data.shards import write_shards
+    from medfm.models import resolve_config
 
     columns, model_cfg = {}, args.config
     if Path(args.config).is_file():  # a run config (model + data.columns) or a model config
