@@ -20,8 +20,6 @@ import torch
 
 from medfm.errors import DataError, MedFMError, UsageError
 from medfm.modality import check_format, file_reference, matching_suffix
-from .sources import DICOM_MODALITY
-from .ecg import LEADS
 
 
 PREFERRED = ("ct", "oct", "ecg", "xray", "dna", "text", "fundus")
@@ -42,6 +40,8 @@ def guess_modality(path: Any, modalities: Dict[str, Any]) -> str:
             dicom = False
         if dicom:
             import pydicom
+            # deferred: .sources imports pandas, which inspecting one file does not need
+            from .sources import DICOM_MODALITY
 
             ds = pydicom.dcmread(str(p), stop_before_pixels=True)
             tag = str(getattr(ds, "Modality", "") or "").upper()
@@ -92,6 +92,7 @@ def inspect_file(path: Any, adapter: Any) -> Dict[str, Any]:
     meta = {k: _describe(v) for k, v in record.meta.items() if k not in ("affine",)}
     for key in ("lead_mask", "derived_mask"):
         if key in record.meta and hasattr(adapter, "options"):
+            from .ecg import LEADS  # deferred: the ECG adapter (scipy) only for an ECG's lead masks
 
             mask = np.asarray(record.meta[key], dtype=bool)
             meta["leads_found" if key == "lead_mask" else "leads_derived"] = [LEADS[i] for i in np.flatnonzero(mask)]
@@ -159,6 +160,7 @@ def render_preview(result: Dict[str, Any], out: Any) -> Path:
         ax.set_title("after VOI LUT / windowing / resize", fontsize=8)
         ax.axis("off")
     elif x is not None and x.is_floating_point() and x.ndim == 2:  # (leads, T)
+        from .ecg import LEADS  # deferred: the ECG adapter (scipy) only for a signal's preview
 
         sig = x.numpy()
         derived = set(info["meta"].get("leads_derived") or [])

@@ -3,7 +3,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict
+
 from medfm.registry import get_modality, MODALITIES
+
+
+def declared_modalities() -> Dict[str, Any]:
+    """``{name: object with .suffixes}`` for guessing a file's modality without importing every adapter:
+    a built-in's declared suffixes, a plug-in's class."""
+    out: Dict[str, Any] = {}
+    for name in MODALITIES.names():
+        declared = MODALITIES.describe(name)
+        out[name] = SimpleNamespace(suffixes=tuple(declared["suffixes"])) if declared else MODALITIES.get(name)
+    return out
 
 
 def register(subparsers) -> None:
@@ -34,7 +47,7 @@ def run(args) -> int:
         modality = args.modality or guess_modality(args.file, {m: type(a) for m, a in model.adapters.items()})
         adapter = require_modality(model, modality)
     else:
-        modality = args.modality or guess_modality(args.file, dict(MODALITIES.items()))
+        modality = args.modality or guess_modality(args.file, declared_modalities())
         adapter = get_modality(modality)
     result = inspect_file(args.file, adapter)
     name = Path(args.file.partition("#")[0]).name.split(".")[0] or "input"
