@@ -14,7 +14,6 @@ The module is imported the first time the entry itself is needed, so listing wha
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import ConfigError
@@ -101,6 +100,8 @@ class Registry:
 
 
 def _load_modalities() -> None:
+    from importlib import metadata  # the plug-in scan (~0.1 s of imports) only when a modality is looked up
+
     importlib.import_module("medfm.modalities")
     try:
         eps = metadata.entry_points(group="medfm.modalities")
