@@ -1,7 +1,7 @@
 """Evaluation of medfm models: embeddings, zero-shot, retrieval and indexes, probes, metrics, reports.
 
 Submodules (import what you need; none imports torch-heavy engine parts at import time
-except :mod:`.embed`):
+except :mod:`.embed`; the names below are imported on first use, :mod:`medfm.lazy`):
 
 * :mod:`medfm.metrics` (the engine's) — classification metrics, patient cluster bootstrap CIs, DeLong.
 * :mod:`.retrieval` — Recall@k / MRR / mAP / ranks with many-to-many ground truth; BIOSCAN accuracy.
@@ -15,7 +15,11 @@ except :mod:`.embed`):
   benchmarks call.
 * :mod:`.runs` — the manifest-level evaluations the CLI commands run (model + manifest → files).
 """
-from .index import VectorIndex, model_fingerprint  # noqa: F401
-from medfm.metrics import classification_metrics, cluster_bootstrap, delong_test, metrics_with_ci  # noqa: F401
-from .retrieval import bioscan_accuracy, cross_modal_retrieval, ground_truth, retrieval_metrics  # noqa: F401
-from .tasks import Baseline, TaskResult, run_bioscan, run_probe, run_retrieval, run_zeroshot  # noqa: F401
+from medfm.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".index": ["VectorIndex", "model_fingerprint"],
+    "medfm.metrics": ["classification_metrics", "cluster_bootstrap", "delong_test", "metrics_with_ci"],
+    ".retrieval": ["bioscan_accuracy", "cross_modal_retrieval", "ground_truth", "retrieval_metrics"],
+    ".tasks": ["Baseline", "TaskResult", "run_bioscan", "run_probe", "run_retrieval", "run_zeroshot"],
+})

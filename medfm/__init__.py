@@ -7,13 +7,17 @@ Public API::
     z = model.encode("ct", x)                 # (B, embed_dim), L2-normalised
     adapter = medfm.get_modality("ecg")       # readers + preprocessing of a modality
     model.save_pretrained("ckpt"); model = medfm.load_pretrained("ckpt")
+
+The model names are imported on first use (:mod:`medfm.lazy`): ``import medfm`` imports no torch.
 """
 from .errors import CheckpointError, ConfigError, DataError, MedFMError, UsageError
-from .models import MultiModalModel, create_model, load_pretrained
+from .lazy import lazy_exports
 from .registry import (MODALITIES, OBJECTIVES, MODELS, get_modality, list_modalities, register_embedder,
                        register_modality, register_model, register_objective, register_tower)
 
 __version__ = "0.1.0"
+
+__getattr__, __dir__ = lazy_exports(__name__, {".models": ["MultiModalModel", "create_model", "load_pretrained"]})
 
 __all__ = [
     "MedFMError", "UsageError", "ConfigError", "DataError", "CheckpointError",

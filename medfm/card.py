@@ -27,7 +27,7 @@ import yaml
 from .config_files import load_data_file
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_text
-from .models.multimodal import CONFIG_NAME
+from .models.files import CONFIG_NAME
 
 CARD_NAME = "README.md"
 

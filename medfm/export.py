@@ -35,7 +35,7 @@ from .finetune.model import FineTunedModel
 from .finetune.layout import weight_files
 from .io import atomic_write_text, hash_file, write_json
 from .models import load_pretrained
-from .models.multimodal import CONFIG_NAME, WEIGHTS_NAME
+from .models.files import CONFIG_NAME, WEIGHTS_NAME
 
 log = logging.getLogger("medfm.export")
 

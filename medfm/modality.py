@@ -26,15 +26,15 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError, DataError, MedFMError
 from .schema import warn_moved
 from .limits import check_file_size, check_text_size
 from .input_files import check_regular, read_head
+
+if TYPE_CHECKING:  # the contract names numpy/torch types; importing them is the adapters' business
+    import numpy as np
 
 
 @dataclass
@@ -167,6 +167,8 @@ class ModalityAdapter:
     # ---------------------------------------------------------------- batching
     def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Batch preprocessed items. Default: stack tensors, list everything else."""
+        import torch  # deferred: heavy optional import; this module stays light for `medfm --help`
+
         out: Dict[str, Any] = {}
         for key in items[0]:
             vals = [it[key] for it in items]
@@ -239,6 +241,9 @@ def fit_on_cohort(adapter: ModalityAdapter, values: Sequence[Any], patient_ids: 
 
 def check_finite(item: Mapping[str, Any], modality: str, source: Any) -> None:
     """Raise :class:`DataError` when a float tensor of ``item`` holds NaN or inf."""
+    import numpy as np  # deferred: heavy optional import; this module stays light for `medfm --help`
+    import torch  # deferred: heavy optional import (as above)
+
     for key, val in item.items():
         # numpy: torch's multi-threaded reduction is slow inside busy DataLoader workers
         if isinstance(val, torch.Tensor) and val.is_floating_point() and not np.isfinite(val.detach().cpu().numpy()).all():

@@ -5,12 +5,16 @@ objectives and weight-file formats, plus named model configurations. Modality ad
 through :data:`MODALITIES`; the engine imports ``medfm.modalities`` (and any
 ``medfm.modalities`` entry point of third-party packages) the first time a
 modality is looked up, so that ``medfm/`` never imports a modality by name.
+
+Built-in entries are *declared* (:meth:`Registry.declare`): name, the module that registers it,
+and what ``medfm info`` lists (a modality's input kind and suffixes, a format's description).
+The module is imported the first time the entry itself is needed, so listing what exists
+(``medfm --help``, ``medfm info``) imports neither torch nor any adapter.
 """
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -27,6 +31,8 @@ class Registry:
     def __init__(self, kind: str, loader: Optional[Callable[[], None]] = None):
         self.kind = kind
         self._items: Dict[str, Any] = {}
+        #: name -> (module that registers it when imported, what is known of it without importing)
+        self._declared: Dict[str, Tuple[str, Dict[str, Any]]] = {}
         self._loader = loader
         self._loaded = loader is None
 
@@ -45,29 +51,57 @@ class Registry:
 
         return deco
 
+    def declare(self, name: str, module: str, **meta: Any) -> None:
+        """Announce ``name`` without importing it: importing ``module`` registers it.
+
+        ``meta`` is what is known of the entry before the import (``describe`` returns it); the
+        test of the built-in declarations checks it against the registered object.
+        """
+        self._declared[name] = (module, dict(meta))
+
+    def _resolve(self, name: str) -> None:
+        if name in self._items or name not in self._declared:
+            return
+        module = self._declared[name][0]
+        importlib.import_module(module)
+        if name not in self._items:
+            raise ConfigError(f"{self.kind} {name!r} is declared in {module}, which did not register it")
+
     def get(self, name: str) -> Any:
         self._ensure_loaded()
+        self._resolve(name)
         try:
             return self._items[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._items)) or '(none)'}"
-            ) from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names()) or '(none)'}"
+                              ) from None
+
+    def describe(self, name: str) -> Optional[Dict[str, Any]]:
+        """What the declaration of ``name`` says (no import), or ``None`` for an undeclared entry."""
+        self._ensure_loaded()
+        declared = self._declared.get(name)
+        return dict(declared[1]) if declared else None
 
     def __contains__(self, name: str) -> bool:
         self._ensure_loaded()
-        return name in self._items
+        return name in self._items or name in self._declared
 
     def names(self) -> List[str]:
+        """Every name, declared or registered; imports nothing beyond the loader."""
         self._ensure_loaded()
-        return sorted(self._items)
+        return sorted(set(self._items) | set(self._declared))
 
     def items(self) -> Iterable:
+        """``(name, object)`` of every entry, sorted; imports the modules of declared entries."""
         self._ensure_loaded()
+        for name in sorted(self._declared):
+            self._resolve(name)
         return sorted(self._items.items())
 
 
 def _load_modalities() -> None:
+    from importlib import metadata  # the plug-in scan (~0.1 s of imports) only when a modality is looked up
+
     importlib.import_module("medfm.modalities")
     try:
         eps = metadata.entry_points(group="medfm.modalities")
@@ -78,11 +112,16 @@ def _load_modalities() -> None:
 
 
 def _load_objectives() -> None:
-    importlib.import_module("medfm.objectives")
+    importlib.import_module("medfm.objectives")  # declares the built-in objectives
+
+
+def _load_modules() -> None:
+    for name in ("embedders", "hf_tower", "vit_tower"):  # register "patch1d/2d/3d", "tokens", "vit", "hf"
+        importlib.import_module(f"medfm.models.{name}")
 
 
 def _load_models() -> None:
-    importlib.import_module("medfm.models")
+    importlib.import_module("medfm.models.presets")  # registers configs/models/*.yaml (no torch)
 
 
 def _load_checkpoint_kinds() -> None:
@@ -90,8 +129,8 @@ def _load_checkpoint_kinds() -> None:
 
 
 MODALITIES = Registry("modality", loader=_load_modalities)
-EMBEDDERS = Registry("token embedder", loader=_load_models)
-TOWERS = Registry("tower", loader=_load_models)
+EMBEDDERS = Registry("token embedder", loader=_load_modules)
+TOWERS = Registry("tower", loader=_load_modules)
 OBJECTIVES = Registry("objective", loader=_load_objectives)
 MODELS = Registry("model config", loader=_load_models)
 #: file layouts a tower's weights can be imported from (``model.modalities.<m>.init.format``);
@@ -101,6 +140,9 @@ WEIGHT_FORMATS = Registry("weight format", loader=_load_modalities)
 #: (``"finetune"``); ``MultiModalModel.from_pretrained`` hands such a directory to the loader,
 #: so the model layer never imports the layers above it
 CHECKPOINT_KINDS = Registry("checkpoint kind", loader=_load_checkpoint_kinds)
+#: manifest scanners of ``medfm manifest`` (:mod:`medfm.data.cohort`): name → scanner class
+#: (``detect(path) -> bool``, ``scan(path, ctx) -> Iterator[Entry | Unreadable]``); built-ins in ``medfm.modalities``
+SOURCES = Registry("manifest source", loader=_load_modalities)
 
 register_modality = MODALITIES.register
 register_embedder = EMBEDDERS.register

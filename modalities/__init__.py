@@ -1,10 +1,65 @@
-"""Modality adapters. Importing this package imports each of its modules, which registers every
-built-in modality, manifest source and weight-import format: adding a modality is adding a module
-(its adapter declares its own facts: suffixes, DICOM Modality values, suffix priority, folders).
-Third-party adapters register through the ``medfm.modalities`` entry-point group."""
-import importlib
-import pkgutil
+"""Modality adapters, weight-import formats and manifest scanners.
 
-for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+Importing this package *declares* every built-in one (:meth:`medfm.registry.Registry.declare`):
+its name, the module that registers it, and what ``medfm info`` lists (input kind, suffixes,
+description). A module is imported the first time its entry is used (``get_modality("ct")``
+imports :mod:`.ct` alone), so listing them imports no adapter, no torch.
+
+Adding a built-in adapter: write the module with ``@register_modality`` (the class declares its
+facts: suffixes, DICOM Modality values, suffix priority, folders) and add its line to
+:data:`ADAPTERS`, so that listing and choosing adapters (:mod:`.facts`) import nothing;
+``tests/test_startup.py`` checks every declaration against the registered class. Third-party
+adapters register through the ``medfm.modalities`` entry-point group and are their class.
+"""
+from medfm.registry import EMBEDDERS, MODALITIES, SOURCES, WEIGHT_FORMATS
+
+_IMAGE = (".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", "")
+_FASTA = (".fasta", ".fa", ".fna", ".fas")
+
+#: name -> (module, input kind, suffixes, first docstring line) of each built-in modality adapter
+ADAPTERS = {
+    "ct": ("ct", "path", (".dcm", ".nii", ".nii.gz", ".npy", ".npz", ""),
+           "Computed tomography volumes in Hounsfield units."),
+    "dna": ("dna", "value", _FASTA + tuple(s + ".gz" for s in _FASTA) + (".tsv", ".csv", ".tsv.gz", ".csv.gz"),
+            "DNA barcode adapter."),
+    "ecg": ("ecg", "path", (".hea", ".dat", ".mat", ".dcm", ".xml", ".npy", ".npz", ".csv"), "12-lead ECG adapter."),
+    "fundus": ("fundus", "path", _IMAGE + (".vol", ".e2e", ".fds", ".fda"),
+               "Retinal en-face images. Extra option ``vol_image``: ``\"slo\"`` reads the SLO of vendor files."),
+    "oct": ("oct", "path", (".dcm", ".npy", ".npz", ".nii", ".nii.gz", "", ".vol", ".e2e", ".fds", ".fda", ".img"),
+            "3D retinal OCT volumes."),
+    "text": ("text", "value", (".txt",), "Reports and taxonomy strings."),
+    "xray": ("xray", "path", _IMAGE, "Projection radiographs (chest X-ray): grayscale, 224², mean/std 0.5."),
+}
+
+#: name -> (DICOM Modality values, suffix priority) of each built-in adapter (its class attributes
+#: ``dicom_modalities`` and ``suffix_priority``): what ``inspect``/``manifest`` choose by (:mod:`.facts`)
+CHOICE_FACTS = {
+    "ct": (("CT",), 10), "oct": (("OPT", "OCT"), 20), "ecg": (("ECG", "HD"), 30),
+    "xray": (("CR", "DX", "DR", "RG"), 40), "dna": ((), 50), "text": ((), 60), "fundus": (("OP", "XC"), 70),
+}
+
+#: name -> description of each weight-file format (:mod:`.weight_formats`)
+WEIGHT_FORMAT_DESCRIPTIONS = {
+    "barcodebert": "BarcodeBERT folder (BertForMaskedLM over k-mers) into the dna tower; vocabulary checked",
+    "hf": "Hugging Face model folder (BERT family: config.json + model.safetensors/pytorch_model.bin)",
+    "mae": "MAE pretraining checkpoint {'model': state_dict}; decoder keys reported, not loaded",
+    "medfm": "one tower (+ projection) of a medfm checkpoint directory (init.tower: source modality)",
+    "monai": "MONAI ViT state dict (.pt/.pth/.safetensors); LayerNorm eps 1e-5, qkv bias zero-filled",
+    "octcube": "OCTCube 3D ViT (.pth; separable pos_embed_spatial/temporal, 3D tubelets)",
+    "open_clip": "open_clip CLIP checkpoint: visual.* → image tower, text transformer → text tower, + projections",
+    "retfound": "RETFound .pth (MAE ViT layout, {'model': state_dict})",
+    "timm": "timm VisionTransformer state dict (.safetensors/.pth/.bin)",
+}
+
+#: manifest scanners of ``medfm manifest`` (:mod:`.sources`)
+SCANNERS = ("dicom", "fasta", "image_folder", "nifti", "table", "vendor_oct", "wfdb")
+
+for _name, (_module, _kind, _suffixes, _summary) in ADAPTERS.items():
+    _dicom, _priority = CHOICE_FACTS[_name]
+    MODALITIES.declare(_name, f"{__name__}.{_module}", input_kind=_kind, suffixes=_suffixes, summary=_summary,
+                       dicom_modalities=_dicom, suffix_priority=_priority)
+for _name, _description in WEIGHT_FORMAT_DESCRIPTIONS.items():
+    WEIGHT_FORMATS.declare(_name, f"{__name__}.weight_formats", description=_description)
+for _name in SCANNERS:
+    SOURCES.declare(_name, f"{__name__}.sources")
+EMBEDDERS.declare("kmer_tokens", f"{__name__}.dna")

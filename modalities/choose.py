@@ -17,7 +17,8 @@ from typing import Any, Mapping, Optional
 
 from medfm.errors import DataError, UsageError
 from medfm.modality import matching_suffix
-from medfm.registry import MODALITIES
+
+from .facts import adapter_facts
 
 from .dicom import adapter_for_tag, header_modality, is_dicom_file, tag_reason
 
@@ -63,7 +64,7 @@ def choose_modality(path: Any, adapters: Optional[Mapping[str, Any]] = None) -> 
         DataError: a DICOM object whose Modality value no adapter reads (the reason names the file).
         UsageError: no adapter reads the suffix or the folder.
     """
-    adapters = dict(MODALITIES.items()) if adapters is None else dict(adapters)
+    adapters = adapter_facts() if adapters is None else dict(adapters)
     p = Path(str(path).partition("#")[0])
     if p.is_dir():
         hits = [m for m, cls in adapters.items() if getattr(cls, "reads_folder", lambda _: False)(p)]

@@ -32,7 +32,8 @@ import numpy as np
 
 from medfm.errors import DataError
 from medfm.limits import check_declared_shape
-from medfm.registry import MODALITIES
+
+from .facts import adapter_facts
 
 from .imaging import Volume
 
@@ -77,9 +78,10 @@ def header_modality(path: Any) -> Optional[str]:
 def declared_modalities() -> List[Tuple[str, Tuple[str, ...]]]:
     """``[(adapter name, its DICOM Modality values)]`` of every registered adapter that declares some,
     in :attr:`suffix_priority` order."""
-    found = [(name, tuple(v.upper() for v in cls.dicom_modalities)) for name, cls in MODALITIES.items()
+    facts = adapter_facts()
+    found = [(name, tuple(v.upper() for v in cls.dicom_modalities)) for name, cls in facts.items()
              if getattr(cls, "dicom_modalities", ())]
-    return sorted(found, key=lambda kv: (getattr(MODALITIES.get(kv[0]), "suffix_priority", 50), kv[0]))
+    return sorted(found, key=lambda kv: (getattr(facts[kv[0]], "suffix_priority", 50), kv[0]))
 
 
 def adapter_for_tag(tag: str) -> Optional[str]:

@@ -23,7 +23,6 @@ from medfm.modality import check_format, file_reference
 from medfm.registry import get_modality
 
 from .choose import choose_modality
-from .ecg import LEADS
 
 
 def guess_modality(path: Any, modalities: Optional[Dict[str, Any]] = None) -> str:
@@ -84,6 +83,7 @@ def inspect_file(path: Any, adapter: Any) -> Dict[str, Any]:
         info["notes"] = [str(f) for f in record.meta["flags"]]
     for key in ("lead_mask", "derived_mask"):
         if key in record.meta and hasattr(adapter, "options"):
+            from .ecg import LEADS  # deferred: the ECG adapter (scipy) only for an ECG's lead masks
 
             mask = np.asarray(record.meta[key], dtype=bool)
             meta["leads_found" if key == "lead_mask" else "leads_derived"] = [LEADS[i] for i in np.flatnonzero(mask)]
@@ -151,6 +151,7 @@ def render_preview(result: Dict[str, Any], out: Any) -> Path:
         ax.set_title("after VOI LUT / windowing / resize", fontsize=8)
         ax.axis("off")
     elif x is not None and x.is_floating_point() and x.ndim == 2:  # (leads, T)
+        from .ecg import LEADS  # deferred: the ECG adapter (scipy) only for a signal's preview
 
         sig = x.numpy()
         derived = set(info["meta"].get("leads_derived") or [])

@@ -28,14 +28,12 @@ import pandas as pd
 
 from ..errors import DataError, UsageError
 from ..input_files import inside, not_a_file
-from ..registry import Registry, _load_modalities
+from ..registry import SOURCES
 from .confine import ROOTS_KEY, roots_entry, sidecar_path
 from .splits import assign_patients
 
 log = logging.getLogger("medfm.manifest")
 
-#: name → scanner class (``detect(path) -> bool``, ``scan(path, ctx) -> Iterator[Entry | Unreadable]``)
-SOURCES = Registry("manifest source", loader=_load_modalities)
 register_source = SOURCES.register
 
 

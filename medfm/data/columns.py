@@ -17,7 +17,7 @@ from typing import Dict, Iterable, Mapping, Optional
 
 from ..config_files import load_data_file
 from ..errors import CheckpointError, ConfigError, UsageError
-from ..models.multimodal import CONFIG_NAME
+from ..models.files import CONFIG_NAME
 
 CONFIG_KEY = "data_columns"
 

@@ -10,8 +10,12 @@ Modules: :mod:`.cohort` (the documented generator), :mod:`.pipeline` (the loop),
 :mod:`.report` (summary table, plots, report.md, results.json), :mod:`.chance` (one line of the
 metric-vs-chance table, which both use).
 """
-from .cohort import CLASSES, PROMPTS, CohortSpec, copy_real_files, generate_cohort
-from .pipeline import DemoSettings, run_demo, settings
+from medfm.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".cohort": ["CLASSES", "PROMPTS", "CohortSpec", "copy_real_files", "generate_cohort"],
+    ".pipeline": ["DemoSettings", "run_demo", "settings"],
+})
 
 __all__ = ["run_demo", "settings", "DemoSettings", "generate_cohort", "copy_real_files", "CohortSpec",
            "CLASSES", "PROMPTS"]

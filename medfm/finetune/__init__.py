@@ -12,14 +12,20 @@ Modules: :mod:`.lora` (presets, apply/merge), :mod:`.heads` (TaskSpec, TaskHead,
 losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.finetuner` (the run: what a
 fine-tuning step and epoch compute, on the core :mod:`medfm.train.loop`),
 :mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.layout` (the directory layout).
+Names are imported on first use (:mod:`medfm.lazy`).
 """
-from .layout import weight_files
-from .model import FineTunedModel, export_merged, load_finetuned
-from .heads import TaskHead, TaskSpec, fuse, task_loss
-from .lora import (PRESETS, apply_lora, count_parameters, find_target_modules, freeze, lora_state_dict, merge_lora,
-                   load_lora_state_dict)
-from ..data.splits import assign_patients, check_no_leakage, make_splits
-from .finetuner import DEFAULT_CONFIG, FineTuner, finetune, predict_loader, predict_scores, regression_metrics
+from medfm.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".layout": ["weight_files"],
+    ".model": ["FineTunedModel", "export_merged", "load_finetuned"],
+    ".heads": ["TaskHead", "TaskSpec", "fuse", "task_loss"],
+    ".lora": ["PRESETS", "apply_lora", "count_parameters", "find_target_modules", "freeze", "lora_state_dict",
+              "merge_lora", "load_lora_state_dict"],
+    "medfm.data.splits": ["assign_patients", "check_no_leakage", "make_splits"],
+    ".finetuner": ["DEFAULT_CONFIG", "FineTuner", "finetune", "predict_loader", "predict_scores",
+                   "regression_metrics"],
+})
 
 __all__ = [
     "finetune", "FineTuner", "DEFAULT_CONFIG", "predict_scores", "predict_loader", "regression_metrics",

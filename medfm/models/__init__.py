@@ -1,8 +1,16 @@
-"""Models: token embedders, towers, the multimodal model and its factory."""
-from . import embedders, hf_tower, vit_tower  # noqa: F401  (register "patch1d/2d/3d", "tokens", "vit", "hf")
-from .config import ModelConfig
-from .factory import create_model, load_pretrained, resolve_config, resolve_model_config
-from .multimodal import MultiModalModel
+"""Models: token embedders, towers, the multimodal model and its factory.
+
+Names are imported on first use (:mod:`medfm.lazy`), so the light modules of this package
+(:mod:`.config`, :mod:`.presets`, :mod:`.init`, :mod:`.files`) import no torch. The built-in
+embedders and towers register when :data:`medfm.registry.TOWERS` / ``EMBEDDERS`` is first used.
+"""
+from medfm.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".config": ["ModelConfig"],
+    ".factory": ["create_model", "load_pretrained", "resolve_config", "resolve_model_config"],
+    ".multimodal": ["MultiModalModel"],
+})
 
 __all__ = ["create_model", "load_pretrained", "resolve_config", "resolve_model_config", "ModelConfig",
            "MultiModalModel"]

@@ -19,11 +19,7 @@ from ..io import atomic_directory, deep_merge, write_json
 from ..layers.trunk import Trunk
 from ..registry import CHECKPOINT_KINDS, TOWERS, get_modality
 from .config import ModelConfig, migrate_saved_config
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT = "medfm"
-FORMAT_VERSION = 1
+from .files import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME  # noqa: F401  (re-exported)
 
 def read_checkpoint_config(directory: os.PathLike) -> Dict[str, Any]:
     """The checked ``config.json`` of a medfm checkpoint directory (a base model or one built on it).

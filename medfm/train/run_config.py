@@ -164,7 +164,10 @@ class TrainConfig:
             final save; time before a resume included. ``medfm pretrain`` counts from the start of its process
             (:mod:`medfm.clock`), the Python ``Trainer`` from its construction. A step that would end past the budget (less the time a
             final save takes) is not started; warm-up and decay are fitted to it.
-        num_threads: torch CPU threads (``null``: torch's default).
+        num_threads: torch intra-op CPU threads for the run (``null``: torch's default, one per core the
+            process may use, or ``OMP_NUM_THREADS``). The shipped ``*_cpu`` recipes and ``medfm demo``
+            pin 1: their tiny models spend each step in many small ops, where a second thread adds
+            fork/join cost and waits for a core another process holds.
     """
 
     max_steps: int = field(default=100, metadata=_min(1))

@@ -21,14 +21,24 @@ SCHEMAS = {
 }
 
 
+def modality_summary(name: str) -> Dict[str, Any]:
+    """``{"input", "suffixes", "doc"}`` of a modality: from its declaration (no import), else its class."""
+    declared = MODALITIES.describe(name)
+    if declared is not None:
+        return {"input": declared["input_kind"], "suffixes": list(declared["suffixes"]), "doc": declared["summary"]}
+    cls = MODALITIES.get(name)  # a plug-in registered by its own module: imported to be described
+    return {"input": cls.input_kind, "suffixes": list(cls.suffixes),
+            "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""}
+
+
 def collect() -> dict:
 
     modalities = []
-    for name, cls in MODALITIES.items():
-        modalities.append({"name": name, "input": cls.input_kind, "suffixes": list(cls.suffixes),
-                           "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
+    for name in MODALITIES.names():
+        modalities.append({"name": name, **modality_summary(name)})
     configs = sorted(str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml"))
-    formats = [{"name": n, "description": f.description} for n, f in WEIGHT_FORMATS.items()]
+    formats = [{"name": n, "description": (WEIGHT_FORMATS.describe(n) or {}).get("description")
+                or WEIGHT_FORMATS.get(n).description} for n in WEIGHT_FORMATS.names()]
     models = []
     for name, obj in MODELS.items():
         path = getattr(obj, "path", None)

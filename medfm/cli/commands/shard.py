@@ -5,16 +5,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from medfm.configs import config_path as shipped_config
-from medfm.data import read_manifest, select_split
 from medfm.errors import ConfigError, DataError
 from medfm.io import load_config_file
-from medfm.limits import limits
-from medfm.models import resolve_config
-from medfm.paths import optional_config_path
 from medfm.registry import get_modality, list_modalities
-from medfm.schema import to_dict, validate
-from medfm.train.run_config import DataConfig
 
 
 def register(subparsers) -> None:
@@ -55,6 +48,11 @@ def _config(args) -> Tuple[Any, Dict[str, Any], Optional[Path]]:
     by name: the working directory). A model config or preset gives the model; no ``--config``
     gives neither (the modalities then come from the manifest's columns).
     """
+    # deferred: keeps `medfm --help` from importing the training stack
+    from medfm.configs import config_path as shipped_config
+    from medfm.schema import to_dict, validate
+    from medfm.train.run_config import DataConfig
+
     data = to_dict(DataConfig(manifest=args.manifest))
     if args.config is None:
         return None, data, None
@@ -84,6 +82,8 @@ def _config(args) -> Tuple[Any, Dict[str, Any], Optional[Path]]:
 def _adapters(args, df, model_cfg, columns, config_dir) -> Dict[str, Any]:
     """``{modality: adapter}`` of the modalities to shard: the config's (those with a column in the
     manifest), or — with no modality in the config — every registered modality that has a column."""
+    from medfm.models import resolve_config  # deferred: keeps `medfm --help` from importing torch
+
     options = dict(resolve_config(model_cfg, base_dir=config_dir).get("modalities") or {}) if model_cfg else {}
     if not options:
         options = {m: {} for m in list_modalities() if columns.get(m, m) in df.columns}
@@ -106,7 +106,10 @@ def _adapters(args, df, model_cfg, columns, config_dir) -> Dict[str, Any]:
 
 def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
+    from medfm.data import read_manifest, select_split
     from medfm.data.shards import write_shards
+    from medfm.limits import limits
+    from medfm.paths import optional_config_path
 
     model_cfg, data, config_dir = _config(args)
     columns = dict(data.get("columns") or {})
