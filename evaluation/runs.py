@@ -88,6 +88,12 @@ def _out(inp: RunInputs) -> Path:
 
 
 # ------------------------------------------------------------------ retrieval
+def _cells(rows: pd.DataFrame, modality: str, inp: RunInputs) -> Optional[List[str]]:
+    """The content of each row's ``modality`` cell (inline value or path), for merging duplicates."""
+    col = (inp.columns or {}).get(modality) or modality
+    return [str(v) for v in rows[col]] if col in rows.columns else None
+
+
 def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: str, *, match: str = "id",
                        split: Optional[str] = None) -> EvaluationRun:
     """Query-modality ↔ gallery-modality retrieval on the rows of ``split`` (all rows by default).
@@ -109,7 +115,8 @@ def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: st
     res = tasks.run_retrieval(eq.emb, eg.emb, keys_from_manifest(rq, match, inp.manifest),
                               keys_from_manifest(rg, match, inp.manifest), query_groups=rq["patient_id"],
                               gallery_groups=rg["patient_id"], names=(qm, gm), n_boot=inp.n_boot, seed=inp.seed,
-                              baseline=baseline, source=inp.manifest)
+                              baseline=baseline, source=inp.manifest,
+                              query_values=_cells(rq, qm, inp), gallery_values=_cells(rg, gm, inp))
     out = _out(inp)
     ranks = res.details["ranks"]
     curves = {}

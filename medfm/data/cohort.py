@@ -84,6 +84,19 @@ def salted_hash(value: str, salt: bytes, n: int = 16) -> str:
     return hmac.new(salt, str(value).encode("utf-8"), hashlib.sha256).hexdigest()[:n]
 
 
+def salt_from_text(text: str) -> bytes:
+    """A salt given as text (``medfm manifest --salt TEXT``): its UTF-8 bytes, at least 16 of them.
+
+    For public data and reproducible examples (the README walkthrough pins one so that every reader
+    gets the same split); a salt written in a document is public, so keep patient cohorts on a
+    private salt file.
+    """
+    salt = str(text).encode("utf-8")
+    if len(salt) < 16:
+        raise UsageError(f"--salt must be at least 16 characters (UTF-8 bytes), got {len(salt)}")
+    return salt
+
+
 def load_or_create_salt(path: os.PathLike) -> bytes:
     """The salt in ``path`` (hex), created with :mod:`secrets` on first use; keep it private.
 
