@@ -88,10 +88,11 @@ def _out(inp: RunInputs) -> Path:
 
 
 # ------------------------------------------------------------------ retrieval
-def _cells(rows: pd.DataFrame, modality: str, inp: RunInputs) -> Optional[List[str]]:
-    """The content of each row's ``modality`` cell (inline value or path), for merging duplicates."""
-    col = (inp.columns or {}).get(modality) or modality
-    return [str(v) for v in rows[col]] if col in rows.columns else None
+def _cells(model, rows: pd.DataFrame, modality: str, inp: RunInputs) -> List[str]:
+    """What the adapter reads for each row (an inline value, a path, or the text it builds from
+    the row's columns, e.g. ``taxonomy_columns``), for merging copies of one content."""
+    adapter, col = model.adapters[modality], (inp.columns or {}).get(modality) or modality
+    return [str(adapter.source_from_row(row, col)) for row in rows.to_dict("records")]
 
 
 def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: str, *, match: str = "id",
@@ -116,7 +117,7 @@ def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: st
                               keys_from_manifest(rg, match, inp.manifest), query_groups=rq["patient_id"],
                               gallery_groups=rg["patient_id"], names=(qm, gm), n_boot=inp.n_boot, seed=inp.seed,
                               baseline=baseline, source=inp.manifest,
-                              query_values=_cells(rq, qm, inp), gallery_values=_cells(rg, gm, inp))
+                              query_values=_cells(model, rq, qm, inp), gallery_values=_cells(model, rg, gm, inp))
     out = _out(inp)
     ranks = res.details["ranks"]
     curves = {}

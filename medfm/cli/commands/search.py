@@ -77,7 +77,7 @@ def run(args) -> int:
     own = {"sample": [], "patient": []}
     if args.text is None and not args.include_self:
         own = index.self_positions(sample_key(args.query, Path.cwd()))
-    hits = index.search_records(z, args.k, exclude=own["sample"] + own["patient"])
+    hits = index.search_records(z, args.k, exclude=own["sample"] + own["patient"])[0]
     excluded = {"sample": [str(index.metadata["id"].iloc[i]) for i in own["sample"]],
                 "n_same_patient": len(own["patient"])}
     if own["sample"]:
