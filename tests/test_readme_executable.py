@@ -1,0 +1,230 @@
+"""Every command block of README.md and docs/*.md, run as written from a user's layout.
+
+The layout (module-scoped, built once): ``ROOT/shared/data`` is a small slice of the team's
+``../shared/data`` (10 barcodes of each of the 14 orders of the BOLD table, 6 CinC ECG records,
+the CT series and NIfTI, the vendor OCT files, 20 chest X-ray reports; symlinks where whole files
+are kept), and each block runs in its own working folder ``ROOT/<block>/`` beside it, so
+``../shared/data`` means what it means for a user whose checkout sits beside the data. Recipes are
+named as the docs name them (the installed package's ``configs/``). ``medfm ...`` lines run
+in-process (``medfm.cli.main``), other shell lines with bash, Python blocks with ``exec``.
+
+Blocks marked ``<!-- docs: not-run (reason) -->`` are skipped with their reason;
+``full-only`` blocks run only with ``MEDFM_DOCS_FULL=1``. How each block is parsed:
+``tests/docs_runner.py``.
+
+The walkthrough transcript (the ``$ `` lines): each command's stdout is compared with the lines
+printed under it in the README. Progress bars go to stderr and are not compared. On the slice:
+
+* ``medfm inspect`` lines are compared exactly (the same file is read);
+* every other printed line must have the same words, with the numbers free (``shape``): counts
+  depend on the slice, metrics on the trained model; ``search`` prints species names of the slice,
+  so its rows are compared by column count;
+* the numbers that matter are asserted against chance (zero-shot macro AUROC CI above 0.5,
+  BIOSCAN accuracy above 0.5, retrieval with 14 distinct texts in the gallery).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medfm.cli import main
+
+from conftest import shared_data
+from docs_runner import ROOT, Block, command_blocks, medfm_argv, shape, shell_commands
+
+FULL = os.environ.get("MEDFM_DOCS_FULL") == "1"
+BLOCKS = command_blocks()
+WALK_NAMES = ["manifest", "inspect", "inspect", "pretrain", "zeroshot", "evaluate retrieval",
+              "evaluate bioscan", "index build", "search"]
+
+# blocks whose failure today has one known cause, fixed on another branch (issue 19 items 1 and 3):
+# a manifest written in the working folder has cells `../shared/data/...` that the default
+# confinement (the manifest's folder) refuses, and `--set data.manifest=FILE` resolves against the
+# shipped recipe's folder. Matched by content, so line moves do not matter.
+KNOWN = {
+    "dna_mlm_cpu.yaml": "issue 19 items 1+3 — fixed on branch paths",
+    "ecg_mae_cpu.yaml": "issue 19 items 1+3 — fixed on branch paths",
+    "finetune_lora_retfound.yaml --set base=small_vit.yaml": "issue 19 item 3 — fixed on branch paths",
+}
+
+
+def _known_failure(block: Block):
+    for needle, reason in KNOWN.items():
+        if block.mark is None and needle in block.text:
+            return reason
+    return None
+
+
+def _params():
+    out = []
+    for b in BLOCKS:
+        reason = _known_failure(b)
+        marks = [pytest.mark.xfail(strict=False, reason=reason)] if reason else []
+        out.append(pytest.param(b, id=b.name, marks=marks))
+    return out
+
+
+# ------------------------------------------------------------------------------------- layout
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    """``ROOT/shared/data``: a slice of the team's data with the same folder names."""
+    root = tmp_path_factory.mktemp("user")
+    data = root / "shared" / "data"
+    bold = shared_data("dna", "coi_barcodes_100_species.tsv")
+    (data / "dna").mkdir(parents=True)
+    table = pd.read_csv(bold, sep="\t", dtype=str)
+    table[table.groupby("order_name").cumcount() < 10].to_csv(data / "dna" / bold.name, sep="\t", index=False)
+    ecg = shared_data("ecg", "cinc2021_12lead")
+    (data / "ecg" / ecg.name).mkdir(parents=True)
+    heads = sorted(ecg.glob("*.hea"))[:5] + [ecg / "E07500.hea"]  # E07500: the record the README inspects
+    for hea in heads:
+        for f in (hea, hea.with_suffix(".mat")):
+            os.symlink(f, data / "ecg" / ecg.name / f.name)
+    (data / "ct").mkdir()
+    for f in shared_data("ct").iterdir():
+        os.symlink(f, data / "ct" / f.name)
+    (data / "oct").mkdir()
+    os.symlink(shared_data("oct", "device_files"), data / "oct" / "device_files")
+    reports = shared_data("text", "iu_chest_xray_reports.csv")
+    (data / "text").mkdir()
+    pd.read_csv(reports, dtype=str).head(20).to_csv(data / "text" / reports.name, index=False)
+    return root
+
+
+def _workdir(layout: Path, block: Block) -> Path:
+    d = layout / block.name.replace("/", "_").replace(":", "_").replace(".", "_")
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir()
+    return d
+
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_command(command: str, cwd: Path, capsys):
+    """One shell command of a block: ``(stdout, stderr)``; fails the test on a non-zero exit."""
+    argv = medfm_argv(command)
+    if argv is not None:
+        prev = os.getcwd()
+        os.chdir(cwd)
+        try:
+            rc = main(argv)
+        finally:
+            os.chdir(prev)
+        out, err = capsys.readouterr()
+        assert rc == 0, f"{command}\nexit {rc}\n{err[-3000:]}"
+        return out, err
+    p = subprocess.run(["bash", "-c", command], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, f"{command}\nexit {p.returncode}\n{p.stderr[-3000:]}"
+    return p.stdout, p.stderr
+
+
+# -------------------------------------------------------------------------------- the tests
+def test_every_command_block_is_run_or_marked():
+    assert BLOCKS, "no command block found"
+    bad = [f"{b.name}: {b.mark_error}" for b in BLOCKS if b.mark_error]
+    assert not bad, bad
+    for b in BLOCKS:
+        if b.mark is None:  # run as written: a language the runner can run
+            assert b.lang in ("bash", "sh", "shell", "python") or b.transcript(), b.name
+            # a block that runs for minutes as written belongs in a full-only block
+            assert "max_minutes" not in b.text and "torchrun" not in b.text and "s3://" not in b.text, b.name
+        else:
+            assert b.reason, b.name
+    run = [b for b in BLOCKS if b.mark is None]
+    assert any(b.transcript() for b in run), "the walkthrough transcript must run"
+    assert len(run) >= 5, [b.name for b in run]
+
+
+def test_marker_parser_requires_a_reason(tmp_path):
+    md = tmp_path / "x.md"
+    md.write_text("<!-- docs: not-run -->\n```bash\nmedfm info\n```\n\n<!-- docs: not-run (GPU) -->\n```bash\nls\n```\n"
+                  "```yaml\na: 1\n```\n```text\n$ medfm info\nout\n```\n")
+    from docs_runner import blocks
+
+    b = blocks(md)
+    assert b[0].mark_error and b[1].mark == "not-run" and b[1].reason == "GPU"
+    assert [x.is_command for x in b] == [True, True, False, True]
+    assert b[3].transcript() == [("medfm info", ["out"])]
+    assert shell_commands("a \\\n  b  # c\n# d\npython - <<'PY'\nx\nPY\n") == ["a  b  # c", "python - <<'PY'\nx\nPY"]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("block", _params())
+def test_doc_block(block: Block, layout, capsys, monkeypatch, one_thread):
+    if block.mark == "not-run" or (block.mark == "full-only" and not FULL):
+        pytest.skip(f"{block.mark}: {block.reason}")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    cwd = _workdir(layout, block)
+    if block.transcript():
+        return _walkthrough(block, cwd, capsys)
+    if block.lang == "python":
+        monkeypatch.chdir(cwd)
+        exec(compile(block.text, block.name, "exec"), {"__name__": "__docs__"})
+        return
+    for command in shell_commands(block.text):
+        run_command(command, cwd, capsys)
+
+
+# ------------------------------------------------------------------------------ walkthrough
+def _compare(command: str, got: str, want: list) -> None:
+    got_lines = got.rstrip("\n").splitlines()
+    name = command.split()[1]
+    if name == "inspect":
+        assert got_lines == want, (command, got_lines)
+    elif name == "search":  # species of the slice: header exact, then k rows of the same columns
+        assert got_lines[0] == want[0] and len(got_lines) == len(want), (command, got_lines)
+        assert all(len(g.split("\t")) == len(w.split("\t")) for g, w in zip(got_lines, want))
+    elif FULL and name == "manifest":
+        assert got_lines == want, (command, got_lines)
+    else:
+        assert [shape(line) for line in got_lines] == [shape(line) for line in want], (command, got_lines)
+
+
+def _walkthrough(block: Block, cwd: Path, capsys) -> None:
+    steps = block.transcript()
+    names = [c.split()[1] if c.split()[1] not in ("evaluate", "index") else " ".join(c.split()[1:3])
+             for c, _ in steps]
+    assert names == WALK_NAMES
+    out = {}
+    for command, printed in steps:
+        o, err = run_command(command, cwd, capsys)
+        _compare(command, o, printed)
+        out[" ".join(command.split()[1:3])] = o
+    summary = json.loads((cwd / "cohort/cohort.csv.summary.json").read_text())
+    if not FULL:
+        assert summary["rows_per_modality"]["dna"] == 140 and summary["rows_per_modality"]["ecg"] == 6
+    assert summary["n_unreadable"] == 0
+    assert (cwd / "cohort/E07500.png").is_file()
+    # pretrain: one JSON line on stdout (the progress bar is on stderr), the steps as written
+    assert json.loads(out["pretrain walkthrough_dna_text.yaml"])["step"] == 150
+    # zero-shot from text prompts on held-out barcodes: 14 orders, macro AUROC above chance (0.5)
+    zs = json.loads((cwd / "cohort/zeroshot/results.json").read_text())
+    assert len(zs["classes"]) == 14 and zs["n"] >= 14
+    assert zs["ci"]["macro_auroc"][0] > 0.5, zs["metrics"]["macro_auroc"]
+    # retrieval DNA -> taxonomy text: every query has a match; the gallery ranks its 14 distinct texts once
+    ret = json.loads((cwd / "cohort/retrieval/results.json").read_text())
+    m = ret["metrics"]
+    assert m["dna_to_text_n_queries"] == zs["n"] and m["dna_to_text_n_no_match"] == 0
+    assert ret["info"]["n_gallery_unique"]["dna_to_text"] == 14
+    assert ret["chance"]["dna_to_text_R@1"] == pytest.approx(1 / 14)
+    assert m["dna_to_text_R@5"] >= m["dna_to_text_R@1"] and m["dna_to_text_R@10"] > m["dna_to_text_R@1"]
+    # BIOSCAN: nearest training barcode's order, on held-out barcodes of seen species
+    bio = json.loads((cwd / "cohort/bioscan/results.json").read_text())
+    assert bio["metrics"]["seen/order_name/micro"] > 0.5
+    # search with a table record as query: its own order ranks first, the query itself is not a hit
+    hits = [line.split("\t") for line in out["search --index"].strip().splitlines()[1:]]
+    assert hits and hits[0][3] == "Diptera"
+    assert "SSJAE238-13" not in [h[1] for h in hits]
