@@ -32,6 +32,8 @@ def test_pinned_salt_text_gives_the_same_split_on_every_machine(tmp_path, capsys
                      "--salt", "medfm-walkthrough-salt"]) == 0
         assert not (tmp_path / name / "cohort.csv.salt").exists()  # nothing secret written for a typed salt
         outs.append(pd.read_csv(out))
+        o, err = capsys.readouterr()  # the progress bar (on by default) is on stderr, the summary on stdout
+        assert o.startswith(f"wrote {out}: 40 rows") and "manifest" not in o and "manifest:" in err
     pd.testing.assert_frame_equal(outs[0], outs[1])
     # the key is the text's bytes: patient ids are the HMAC a user can recompute
     assert set(outs[0]["patient_id"]) == {salted_hash(f"sample:bold.tsv:P{i:03d}", b"medfm-walkthrough-salt")

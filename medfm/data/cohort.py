@@ -187,7 +187,8 @@ class BuildResult:
 
 def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
                    split: Optional[Dict[str, float]] = None, seed: int = 0,
-                   verify: Optional[Callable[[Entry], Optional[str]]] = None) -> BuildResult:
+                   verify: Optional[Callable[[Entry], Optional[str]]] = None,
+                   progress: bool = False) -> BuildResult:
     """Scan ``sources`` and return the manifest rows (paths relative to ``out``'s folder).
 
     Args:
@@ -196,12 +197,17 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
         salt: key of the identifier hashes (:func:`load_or_create_salt`).
         split: e.g. ``{"val": 0.1, "test": 0.2}``; the rest is ``train``. Grouped by patient.
         verify: optional ``entry -> None | reason``; a reason drops the cell and lists it as unreadable.
+        progress: a bar of the cells found (and read, with ``verify``) on stderr.
     """
+    from tqdm.auto import tqdm
+
     base = Path(os.path.abspath(out)).parent
+    bar = tqdm(desc="manifest", unit="cell", disable=not progress)
     entries: List[Entry] = []
     unreadable: List[Dict[str, str]] = []
     for spec in sources:
         for item in scan(spec, exclude=[out, Path(str(out) + ".summary.json")]):
+            bar.update(1)
             if isinstance(item, Unreadable):
                 unreadable.append({"path": _rel(item.path, base), "reason": item.reason})
                 continue
@@ -211,6 +217,7 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
                     unreadable.append({"path": _rel(item.value if item.is_path else item.source, base), "reason": reason})
                     continue
             entries.append(item)
+    bar.close()
     entries = _merge_duplicates(entries)
     if not entries:
         raise DataError(f"nothing usable found in {list(sources)} ({len(unreadable)} unreadable file(s))",

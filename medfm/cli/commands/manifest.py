@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--verify", action="store_true",
                    help="read every cell with its modality adapter; unreadable cells are dropped and listed")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
     p.set_defaults(func=run)
 
 
@@ -65,7 +66,7 @@ def run(args) -> int:
         raise UsageError("give --salt TEXT or --salt-file FILE, not both")
     salt = salt_from_text(args.salt) if args.salt is not None else load_or_create_salt(args.salt_file or str(out) + ".salt")
     res = build_manifest(args.sources, out, salt=salt, split=split, seed=args.seed,
-                         verify=_verifier() if args.verify else None)
+                         verify=_verifier() if args.verify else None, progress=not args.no_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     sfx = out.suffix.lower()
     if sfx == ".parquet":
