@@ -130,5 +130,6 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def shape(line: str) -> str:
-    """A printed line with every number replaced by ``#`` (numbers that vary with the data)."""
-    return NUMBER.sub("#", line.rstrip())
+    """A printed line with every number replaced by ``#`` (numbers that vary with the data) and runs
+    of spaces made one (table columns widen with their numbers)."""
+    return re.sub(r" +", " ", NUMBER.sub("#", line.rstrip()))

@@ -57,7 +57,7 @@ KNOWN = {
 
 def _known_failure(block: Block):
     for needle, reason in KNOWN.items():
-        if block.mark is None and needle in block.text:
+        if block.mark != "not-run" and needle in block.text:
             return reason
     return None
 
@@ -83,7 +83,8 @@ def layout(tmp_path_factory):
     table[table.groupby("order_name").cumcount() < 10].to_csv(data / "dna" / bold.name, sep="\t", index=False)
     ecg = shared_data("ecg", "cinc2021_12lead")
     (data / "ecg" / ecg.name).mkdir(parents=True)
-    heads = sorted(ecg.glob("*.hea"))[:5] + [ecg / "E07500.hea"]  # E07500: the record the README inspects
+    heads = sorted(ecg.glob("*.hea"))[:6]
+    assert ecg / "E07500.hea" in heads  # the record the README inspects
     for hea in heads:
         for f in (hea, hea.with_suffix(".mat")):
             os.symlink(f, data / "ecg" / ecg.name / f.name)
