@@ -122,7 +122,13 @@ def medfm_argv(command: str) -> Optional[List[str]]:
     """``medfm ARGS  # comment`` → ``[ARGS]``; None for any other command."""
     if not command.startswith("medfm ") or "\n" in command:
         return None
-    argv = shlex.split(command, comments=True)
+    lex = shlex.shlex(command, posix=True)
+    lex.whitespace_split, lex.commenters = True, ""
+    argv = []
+    for token in lex:  # as in bash, '#' starts a comment only at the start of a word (FILE#RECORD is one word)
+        if token.startswith("#"):
+            break
+        argv.append(token)
     return argv[1:]
 
 

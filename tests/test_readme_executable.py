@@ -25,6 +25,7 @@ printed under it in the README. Progress bars go to stderr and are not compared.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -80,7 +81,7 @@ def layout(tmp_path_factory):
     bold = shared_data("dna", "coi_barcodes_100_species.tsv")
     (data / "dna").mkdir(parents=True)
     table = pd.read_csv(bold, sep="\t", dtype=str)
-    table[table.groupby("order_name").cumcount() < 10].to_csv(data / "dna" / bold.name, sep="\t", index=False)
+    barcode_slice(table, bold.name).to_csv(data / "dna" / bold.name, sep="\t", index=False)
     ecg = shared_data("ecg", "cinc2021_12lead")
     (data / "ecg" / ecg.name).mkdir(parents=True)
     heads = sorted(ecg.glob("*.hea"))[:6]
@@ -99,6 +100,45 @@ def layout(tmp_path_factory):
     return root
 
 
+def _walkthrough_salt_seed():
+    """``(salt text, seed)`` of the README's ``medfm manifest`` line."""
+    walk = next(b for b in BLOCKS if b.transcript())
+    argv = medfm_argv(walk.transcript()[0][0])
+    return argv[argv.index("--salt") + 1], int(argv[argv.index("--seed") + 1])
+
+
+def barcode_slice(table: pd.DataFrame, file_name: str, per_order: int = 10) -> pd.DataFrame:
+    """10 barcodes of each of the 14 orders, spread over the split order of the README's salt and seed.
+
+    The split ranks patients by a keyed hash (:func:`medfm.data.splits.assign_patients`): val takes
+    the first 10 %, test the next 20 %. Barcodes taken at rank quantiles 0.05, 0.15, …, 0.95 of the
+    whole table put one of each order in val and two in test, so every order is in the held-out
+    split of the slice, whatever salt the README pins. The barcode the README inspects is kept.
+    """
+    import hashlib
+
+    from medfm.data.cohort import salt_from_text, salted_hash
+
+    text, seed = _walkthrough_salt_seed()
+    salt = salt_from_text(text)
+    pid = [salted_hash(f"sample:{file_name}:{p}", salt) for p in table["processid"]]
+    key = [hashlib.blake2b(f"{seed}:{p}".encode(), digest_size=8).hexdigest() for p in pid]
+    rank = pd.Series(key).rank(method="first").to_numpy() / len(key)
+    keep = set()
+    for _, grp in table.assign(_q=rank).groupby("order_name"):
+        taken = set()
+        for t in ((i + 0.5) / per_order for i in range(per_order)):
+            free = grp.loc[~grp.index.isin(taken)]
+            taken.add((free["_q"] - t).abs().idxmin())
+        keep |= taken
+    readme_id = table.index[table["processid"] == "SSJAE238-13"][0]
+    if readme_id not in keep:  # replace the Diptera barcode nearest in rank
+        dip = table.index[(table["order_name"] == "Diptera") & table.index.isin(keep)]
+        keep.discard(min(dip, key=lambda i: abs(rank[i] - rank[readme_id])))
+        keep.add(readme_id)
+    return table.loc[sorted(keep)]
+
+
 def _workdir(layout: Path, block: Block) -> Path:
     d = layout / block.name.replace("/", "_").replace(":", "_").replace(".", "_")
     if d.exists():
@@ -115,7 +155,22 @@ def _env():
 
 
 def run_command(command: str, cwd: Path, capsys):
-    """One shell command of a block: ``(stdout, stderr)``; fails the test on a non-zero exit."""
+    """One shell command of a block: ``(stdout, stderr)``; fails the test on a non-zero exit.
+
+    ``MEDFM_DOCS_TIMES=FILE`` appends each command's wall and CPU seconds to FILE.
+    """
+    import time
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        return _run_command(command, cwd, capsys)
+    finally:
+        if os.environ.get("MEDFM_DOCS_TIMES"):
+            with open(os.environ["MEDFM_DOCS_TIMES"], "a") as fh:
+                fh.write(f"{time.perf_counter() - t0:.1f}s wall {time.process_time() - c0:.1f}s cpu  {command[:100]}\n")
+
+
+def _run_command(command: str, cwd: Path, capsys):
     argv = medfm_argv(command)
     if argv is not None:
         prev = os.getcwd()
@@ -160,6 +215,7 @@ def test_marker_parser_requires_a_reason(tmp_path):
     assert [x.is_command for x in b] == [True, True, False, True]
     assert b[3].transcript() == [("medfm info", ["out"])]
     assert shell_commands("a \\\n  b  # c\n# d\npython - <<'PY'\nx\nPY\n") == ["a  b  # c", "python - <<'PY'\nx\nPY"]
+    assert medfm_argv("medfm search --query t.tsv#R1 -k 5  # five hits") == ["search", "--query", "t.tsv#R1", "-k", "5"]
 
 
 @pytest.mark.timeout(900)
@@ -229,3 +285,18 @@ def _walkthrough(block: Block, cwd: Path, capsys) -> None:
     hits = [line.split("\t") for line in out["search --index"].strip().splitlines()[1:]]
     assert hits and hits[0][3] == "Diptera"
     assert "SSJAE238-13" not in [h[1] for h in hits]
+
+
+def test_run_config_examples_are_valid():
+    """A YAML block that names a run config file (first line ``# NAME.yaml`` with a ``model:`` and
+    ``objectives:``) passes the run-config schema, so the example a user copies is one medfm accepts."""
+    import yaml
+
+    from docs_runner import DOCS, blocks
+    from medfm.train.run_config import validate_run_config
+
+    examples = [b for p in DOCS for b in blocks(p)
+                if b.lang == "yaml" and re.match(r"#\s*\S+\.yaml", b.text) and "objectives:" in b.text]
+    assert examples, "the README's run.yaml example is gone"
+    for b in examples:
+        validate_run_config(yaml.safe_load(b.text))
