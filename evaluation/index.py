@@ -6,7 +6,9 @@ On disk (one directory)::
     index.json      {"format": 1, "kind", "params", "dim", "n", "metric": "inner_product",
                      "model_fingerprint", "model_dir", "modality", "metadata_columns",
                      "files_sha256": {file name: sha256 of index.faiss, metadata.parquet[, index.ivfdata]}}
-    metadata.parquet  one row per vector, in index order: "id" plus non-PHI label columns
+    metadata.parquet  one row per vector, in index order: "id" plus non-PHI label columns, and two
+                      hidden columns for self-exclusion in search: "_patient" (the manifest's salted
+                      patient id) and "_sample" (:func:`sample_key` of the cell: a hash, not a path)
 
 The kind is chosen by gallery size (:func:`choose_index`): exact ``IndexFlatIP`` up
 to ``flat_max`` vectors (50k), ``IndexIVFFlat`` (inner product) above; ``hnsw``
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -67,6 +70,33 @@ def verify_index_files(directory: Any, info: Dict[str, Any]) -> None:
         if got != want:
             raise CheckpointError(f"{path}: checksum mismatch (sha256 {got[:16]}…, recorded {want[:16]}…): the "
                                   f"file changed after the index was built; {REBUILD}")
+
+
+#: metadata columns used by search itself, not shown as metadata
+HIDDEN_COLUMNS = ("_patient", "_sample")
+
+
+def sample_key(value: Any, base_dir: Any) -> Optional[str]:
+    """Identity of a sample's file cell: sha256 of its real path (and ``#RECORD``), or None.
+
+    ``value`` is a manifest cell or a query argument (``FILE``, ``FILE#RECORD``); relative paths
+    resolve against ``base_dir`` (the manifest's folder for cells, the working directory for a
+    query), symlinks are followed, so the same file gives the same key from either side. Inline
+    values (a sequence, a report) have no file identity: None.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path, sep, record = value.partition("#")
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = Path(str(base_dir)) / p
+    try:
+        if not p.exists():
+            return None
+    except OSError:  # a long inline value is not a path
+        return None
+    ref = os.path.realpath(p) + (f"#{record}" if sep else "")
+    return hashlib.sha256(ref.encode("utf-8")).hexdigest()[:32]
 
 
 def model_fingerprint(model_dir: Any) -> str:
@@ -170,8 +200,13 @@ class VectorIndex:
     def build(cls, emb: np.ndarray, ids: Sequence[str], *, metadata: Optional[pd.DataFrame] = None,
               model_fingerprint: Optional[str] = None, model_dir: Optional[str] = None,
               modality: Optional[str] = None, kind: str = "auto", flat_max: int = 50_000,
-              spec: Optional[Dict[str, Any]] = None) -> "VectorIndex":
-        """Build from ``emb (N, D)``; ``metadata`` (N rows, non-PHI columns) is stored beside."""
+              spec: Optional[Dict[str, Any]] = None, patients: Optional[Sequence[Any]] = None,
+              sample_keys: Optional[Sequence[Optional[str]]] = None) -> "VectorIndex":
+        """Build from ``emb (N, D)``; ``metadata`` (N rows, non-PHI columns) is stored beside.
+
+        ``patients`` (N salted patient ids) and ``sample_keys`` (N :func:`sample_key` values) let
+        :meth:`search_records` leave out the query's own sample and patient.
+        """
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim != 2 or len(emb) == 0:
             raise DataError("empty gallery: no embeddings to index", source=modality or "gallery")
@@ -183,10 +218,16 @@ class VectorIndex:
         if metadata is not None:
             extra = metadata.reset_index(drop=True).drop(columns=["id"], errors="ignore")
             meta = pd.concat([meta, extra.astype(str).where(extra.notna(), None)], axis=1)
+        for name, values in zip(HIDDEN_COLUMNS, (patients, sample_keys)):
+            if values is not None:
+                if len(values) != len(emb):
+                    raise DataError(f"{len(values)} {name[1:]} keys for {len(emb)} embeddings",
+                                    source=modality or "gallery")
+                meta[name] = [None if v is None else str(v) for v in values]
         info = {"format": FORMAT_VERSION, "kind": spec["kind"], "params": spec.get("params", {}),
                 "dim": int(emb.shape[1]), "n": int(len(emb)), "metric": "inner_product",
                 "model_fingerprint": model_fingerprint, "model_dir": model_dir, "modality": modality,
-                "metadata_columns": [c for c in meta.columns if c != "id"]}
+                "metadata_columns": [c for c in meta.columns if c != "id" and c not in HIDDEN_COLUMNS]}
         return cls(index, meta, info)
 
     # ------------------------------------------------------------------ disk
@@ -246,18 +287,41 @@ class VectorIndex:
         scores, pos = self.index.search(q, k)
         return scores, pos
 
-    def search_records(self, queries: np.ndarray, k: int = 10) -> List[List[Dict[str, Any]]]:
-        """Like :meth:`search` but returns, per query, ``[{"rank", "id", "score", **metadata}]``."""
-        scores, pos = self.search(queries, k)
+    def self_positions(self, query_sample_key: Optional[str]) -> Dict[str, List[int]]:
+        """Index positions of the query's own sample and of the other samples of its patient.
+
+        Returns ``{"sample": [...], "patient": [...]}`` (both empty when the query's file is not
+        in the index, or the index was built without the hidden columns).
+        """
+        meta = self.metadata
+        if query_sample_key is None or "_sample" not in meta.columns:
+            return {"sample": [], "patient": []}
+        own = np.flatnonzero(meta["_sample"].to_numpy() == query_sample_key)
+        patient: List[int] = []
+        if len(own) and "_patient" in meta.columns:
+            pids = set(meta["_patient"].iloc[own].dropna())
+            patient = [int(i) for i in np.flatnonzero(meta["_patient"].isin(pids).to_numpy()) if i not in set(own)]
+        return {"sample": [int(i) for i in own], "patient": patient}
+
+    def search_records(self, queries: np.ndarray, k: int = 10,
+                       exclude: Sequence[int] = ()) -> List[List[Dict[str, Any]]]:
+        """Like :meth:`search` but returns, per query, ``[{"rank", "id", "score", **metadata}]``.
+
+        ``exclude``: index positions left out of every query's hits (ranks count the rest).
+        """
+        drop = {int(e) for e in exclude}
+        scores, pos = self.search(queries, k + len(drop))
+        shown = [c for c in self.metadata.columns if c not in HIDDEN_COLUMNS]
         out = []
         for srow, prow in zip(scores, pos):
             hits = []
-            for r, (s, p) in enumerate(zip(srow, prow)):
-                if p < 0:
+            for s, p in zip(srow, prow):
+                if p < 0 or int(p) in drop or len(hits) == k:
                     continue
-                rec = {"rank": r + 1, "score": float(s)}
+                rec = {"rank": len(hits) + 1, "score": float(s)}
+                row = self.metadata.iloc[int(p)]
                 rec.update({k2: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v)
-                            for k2, v in self.metadata.iloc[int(p)].items()})
+                            for k2, v in row[shown].items()})
                 hits.append(rec)
             out.append(hits)
         return out

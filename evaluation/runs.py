@@ -97,6 +97,13 @@ def _out(inp: RunInputs) -> Path:
 
 
 # ------------------------------------------------------------------ retrieval
+def _cells(model, rows: pd.DataFrame, modality: str, inp: RunInputs) -> List[str]:
+    """What the adapter reads for each row (an inline value, a path, or the text it builds from
+    the row's columns, e.g. ``taxonomy_columns``), for merging copies of one content."""
+    adapter, col = model.adapters[modality], (inp.columns or {}).get(modality) or modality
+    return [str(adapter.source_from_row(row, col)) for row in rows.to_dict("records")]
+
+
 def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: str, *, match: str = "id",
                        split: Optional[str] = None) -> EvaluationRun:
     """Query-modality ↔ gallery-modality retrieval on the rows of ``split`` (all rows by default).
@@ -119,7 +126,8 @@ def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: st
     res = tasks.run_retrieval(eq.emb, eg.emb, keys_from_manifest(rq, match, inp.manifest),
                               keys_from_manifest(rg, match, inp.manifest), query_groups=rq["patient_id"],
                               gallery_groups=rg["patient_id"], names=(qm, gm), n_boot=inp.n_boot, seed=inp.seed,
-                              baseline=baseline, source=inp.manifest)
+                              baseline=baseline, source=inp.manifest,
+                              query_values=_cells(model, rq, qm, inp), gallery_values=_cells(model, rg, gm, inp))
     out = _out(inp)
     ranks = res.details["ranks"]
     curves = {}

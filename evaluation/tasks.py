@@ -131,10 +131,33 @@ def _one_direction(query: np.ndarray, gallery: np.ndarray, gt: sparse.spmatrix, 
     return metrics, ci, chance, r
 
 
+def unique_items(values: Sequence[Any]) -> Tuple[np.ndarray, sparse.csr_matrix]:
+    """Items with equal content merged: ``values (N,)`` → first index of each distinct value ``(U,)``
+    and the ``(N, U)`` 0/1 membership matrix (row i belongs to the distinct value it equals)."""
+    first: Dict[str, int] = {}
+    col = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        col[i] = first.setdefault(str(v), len(first))
+    member = sparse.csr_matrix((np.ones(len(values), np.float32), (np.arange(len(values)), col)),
+                               shape=(len(values), len(first)))
+    return np.fromiter(first.values(), dtype=np.int64, count=len(first)), member
+
+
+def _dedupe_gallery(gallery: np.ndarray, gt: sparse.spmatrix, values: Optional[Sequence[Any]]):
+    """A gallery of distinct contents: ``(G, D), (Q, G)`` → ``(U, D), (Q, U)``; a distinct item is
+    relevant when any of its copies is. ``values`` None: unchanged."""
+    if values is None:
+        return gallery, gt
+    first, member = unique_items(list(values))
+    return np.asarray(gallery)[first], ((sparse.csr_matrix(gt) @ member) > 0).tocsr()
+
+
 def run_retrieval(query: np.ndarray, gallery: np.ndarray, query_keys: Sequence[Any], gallery_keys: Sequence[Any],
                   *, query_groups: Sequence[Any], gallery_groups: Sequence[Any], names: Tuple[str, str] = ("query", "gallery"),
                   ks: Iterable[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0, both: bool = True,
-                  baseline: Optional[Baseline] = None, source: str = "gallery") -> TaskResult:
+                  baseline: Optional[Baseline] = None, source: str = "gallery",
+                  query_values: Optional[Sequence[Any]] = None,
+                  gallery_values: Optional[Sequence[Any]] = None) -> TaskResult:
     """Retrieval in both directions with many-to-many ground truth.
 
     Args:
@@ -147,6 +170,11 @@ def run_retrieval(query: np.ndarray, gallery: np.ndarray, query_keys: Sequence[A
         n_boot: bootstrap replicates (0 = no intervals).
         both: also the reverse direction (gallery items query the queries).
         baseline: features ``(query (Q, D'), gallery (G, D'))`` ranked the same way.
+        query_values, gallery_values: the content of each row (a cell: text, sequence, file path).
+            When given, a side used as the gallery holds each distinct content once (relevant when
+            any copy is): copies of one text would otherwise fill the top k with the same answer
+            (R@5 = R@1 by construction) and the chance levels would count copies as choices.
+            Queries stay one per row. ``info["n_gallery_unique"]`` gives the sizes.
 
     Returns:
         metrics ``{a}_to_{b}_{R@k,MRR,mAP,median_rank,mean_rank,n_queries,n_no_match}`` and the
@@ -164,9 +192,12 @@ def run_retrieval(query: np.ndarray, gallery: np.ndarray, query_keys: Sequence[A
     ci: Dict[str, Interval] = {}
     chance: Dict[str, float] = {}
     ranks: Dict[str, Dict[str, np.ndarray]] = {}
+    n_unique: Dict[str, int] = {}
     for side, zq, zg in sides:
-        directions = [(a, b, zq, zg, gt, qg)] + ([(b, a, zg, zq, gt.T, gg)] if both else [])
-        for (x, y, za, zb, g, groups) in directions:
+        directions = [(a, b, zq, zg, gt, qg, gallery_values)] + ([(b, a, zg, zq, gt.T, gg, query_values)] if both else [])
+        for (x, y, za, zb, g, groups, values) in directions:
+            zb, g = _dedupe_gallery(zb, g, values)
+            n_unique[f"{x}_to_{y}"] = int(len(zb))
             m, c, ch, r = _one_direction(za, zb, g, groups, f"{side}{x}_to_{y}_", ks=ks, n_boot=n_boot, seed=seed,
                                          source=source)
             if side:  # the baseline's counts equal the model's (same rows, same ground truth)
@@ -177,6 +208,8 @@ def run_retrieval(query: np.ndarray, gallery: np.ndarray, query_keys: Sequence[A
             ci.update(c)
             ranks[f"{side}{x}_to_{y}"] = r
     info: Dict[str, Any] = {"n_gallery": int(len(gallery))}
+    if query_values is not None or gallery_values is not None:
+        info["n_gallery_unique"] = n_unique
     if baseline is not None:
         info["baseline"] = dict(baseline.info)
     return TaskResult("retrieval", int(len(query)), metrics, ci, chance,

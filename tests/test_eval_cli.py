@@ -143,7 +143,11 @@ def test_index_build_and_search(setup, capsys):
     assert info["kind"] == "flat" and info["n"] == len(setup["df"]) - 1  # one toyb cell is empty
     assert info["model_fingerprint"] == model_fingerprint(setup["a"])
     meta = pd.read_parquet(ix / "metadata.parquet")
-    assert list(meta.columns) == ["id", "label"]  # nothing else from the manifest (no PHI columns)
+    # nothing else from the manifest (no PHI columns); the hidden self-exclusion columns hold the
+    # manifest's salted patient id and a hash of file cells (inline cells: none)
+    assert list(meta.columns) == ["id", "label", "_patient", "_sample"]
+    assert list(meta["_patient"]) == [str(p) for p in setup["df"].set_index("id").loc[meta["id"], "patient_id"]]
+    assert meta["_sample"].isna().all()
     # a gallery item's own value as query comes back first with cosine ≈ 1
     row = setup["df"].iloc[5]
     q = setup["root"] / "query.txt"

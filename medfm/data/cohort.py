@@ -98,6 +98,19 @@ def salted_hash(value: str, salt: bytes, n: int = 16) -> str:
     return hmac.new(salt, str(value).encode("utf-8"), hashlib.sha256).hexdigest()[:n]
 
 
+def salt_from_text(text: str) -> bytes:
+    """A salt given as text (``medfm manifest --salt TEXT``): its UTF-8 bytes, at least 16 of them.
+
+    For public data and reproducible examples (the README walkthrough pins one so that every reader
+    gets the same split); a salt written in a document is public, so keep patient cohorts on a
+    private salt file.
+    """
+    salt = str(text).encode("utf-8")
+    if len(salt) < 16:
+        raise UsageError(f"--salt must be at least 16 characters (UTF-8 bytes), got {len(salt)}")
+    return salt
+
+
 def load_or_create_salt(path: os.PathLike) -> bytes:
     """The salt in ``path`` (hex), created with :mod:`secrets` on first use; keep it private.
 
@@ -230,7 +243,7 @@ class BuildResult:
 def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
                    split: Optional[Dict[str, float]] = None, seed: int = 0,
                    verify: Optional[Callable[[Entry], Optional[str]]] = None, follow_links: bool = False,
-                   max_depth: int = MAX_DEPTH) -> BuildResult:
+                   max_depth: int = MAX_DEPTH, progress: bool = False) -> BuildResult:
     """Scan ``sources`` and return the manifest rows (paths relative to ``out``'s folder).
 
     Args:
@@ -241,13 +254,18 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
         verify: optional ``entry -> None | reason``; a reason drops the cell and lists it as unreadable.
         follow_links: follow symlinks that lead outside a source folder (default: listed, not followed).
         max_depth: folders walked below a source at most.
+        progress: a bar of the cells found (and read, with ``verify``) on stderr.
     """
+    from tqdm.auto import tqdm
+
     base = Path(os.path.abspath(out)).parent
+    bar = tqdm(desc="manifest", unit="cell", disable=not progress)
     entries: List[Entry] = []
     unreadable: List[Dict[str, str]] = []
     for spec in sources:
         for item in scan(spec, exclude=[out, sidecar_path(out)], follow_links=follow_links,
                          max_depth=max_depth):
+            bar.update(1)
             if isinstance(item, Unreadable):
                 unreadable.append({"path": _rel(item.path, base), "reason": item.reason})
                 continue
@@ -257,6 +275,7 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
                     unreadable.append({"path": _rel(item.value if item.is_path else item.source, base), "reason": reason})
                     continue
             entries.append(item)
+    bar.close()
     entries = _merge_duplicates(entries)
     if not entries:
         raise DataError(f"nothing usable found in {list(sources)} ({len(unreadable)} unreadable file(s))",

@@ -90,9 +90,13 @@ def run_retrieval(args) -> int:
 
     qm, gm = args.query_modality, args.gallery_modality
     run = evaluate_retrieval(_inputs(args), qm, gm, match=args.match, split=args.split)
-    m = run.result.metrics
+    m, info = run.result.metrics, run.result.info
     print(f"{qm}_to_{gm}_R@1 {m[f'{qm}_to_{gm}_R@1']:.4f}  {gm}_to_{qm}_R@1 {m[f'{gm}_to_{qm}_R@1']:.4f}"
           f"; wrote {run.paths['results']} and {run.paths['report']}")
+    n_rows, n_distinct = info["n_gallery"], info.get("n_gallery_unique", {}).get(f"{qm}_to_{gm}", info["n_gallery"])
+    if n_distinct < n_rows:
+        print(f"  the {gm} gallery holds {n_distinct} distinct values in {n_rows} rows: each is ranked once "
+              f"(R@k and its chance count distinct {gm} values)")
     return 0
 
 

@@ -51,7 +51,7 @@ def run(args) -> int:
     from medfm.evaluation.embed import (check_usable, embed_manifest, load_model, open_manifest, report_skipped,
                                         require_modality, rows_for)
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.evaluation.index import VectorIndex, choose_index
+    from medfm.evaluation.index import VectorIndex, choose_index, sample_key
 
     if args.embeddings or args.kind in ("ivfpq", "ivf-ondisk"):
         return _run_streamed(args)
@@ -63,8 +63,9 @@ def run(args) -> int:
     require_modality(model, args.modality)
     df = open_manifest(args.manifest, split=args.split, require=cols)
 
+    column = column_map(args, args.model).get(args.modality) or args.modality
     emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress,
-                         column=column_map(args, args.model).get(args.modality), **data_options(args))
+                         column=column, **data_options(args))
     if emb.skipped:
         print(report_skipped(emb, args.modality), file=sys.stderr)
     if len(emb.ids) == 0 and not emb.skipped:
@@ -72,7 +73,11 @@ def run(args) -> int:
                         source=args.manifest, field=args.modality)
     check_usable(emb, args.modality, what="medfm index build", max_skip_fraction=args.max_skip_fraction,
                  source=args.manifest)
-    meta = rows_for(df, emb.ids)[cols] if cols else None
+    rows = rows_for(df, emb.ids)
+    meta = rows[cols] if cols else None
+    base = df.attrs.get("base_dir") or "."
+    keys = [sample_key(v, base) for v in rows[column]] if column in rows.columns else None
+    patients = list(rows["patient_id"]) if "patient_id" in rows.columns else None
     spec = choose_index(len(emb.emb), emb.emb.shape[1], kind=args.kind, flat_max=args.flat_max)
     for key, value, kind in (("nprobe", args.nprobe, "ivf"), ("efSearch", args.ef_search, "hnsw")):
         if value is not None:
@@ -81,7 +86,8 @@ def run(args) -> int:
                                  f"this one is {spec['kind']} (choose it with --kind {kind})")
             spec["params"][key] = int(value)
     index = VectorIndex.build(emb.emb, emb.ids, metadata=meta, model_fingerprint=fp,
-                              model_dir=str(args.model), modality=args.modality, spec=spec)
+                              model_dir=str(args.model), modality=args.modality, spec=spec,
+                              patients=patients, sample_keys=keys)
     index.info["manifest_sha256"] = df.attrs.get("sha256")
     index.info["n_skipped"] = len(emb.skipped)
     path = index.save(args.out)

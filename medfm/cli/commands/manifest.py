@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--salt-file", default=None,
                    help="hex salt of the identifier hashes, created on first use (default: OUT.salt; keep it "
                         "private and reuse it to pair manifests built separately)")
+    p.add_argument("--salt", default=None, metavar="TEXT",
+                   help="the salt as text (at least 16 characters) instead of a salt file: the same TEXT, sources "
+                        "and --seed give the same ids and split on every machine. A salt written down is public: "
+                        "use it for public data and examples, and a private --salt-file for patients")
     p.add_argument("--split", default=None, metavar="NAME=FRAC,...",
                    help="patient-grouped split, e.g. train=0.7,val=0.1,test=0.2 (the rest goes to train)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
@@ -36,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-depth", type=int, default=32, metavar="N",
                    help="folders walked below a source at most (default 32)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
     p.set_defaults(func=run)
 
 
@@ -57,17 +62,20 @@ def _verifier():
 
 def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.data.cohort import build_manifest, format_summary, load_or_create_salt, parse_fractions
+    from medfm.data.cohort import (build_manifest, format_summary, load_or_create_salt, parse_fractions,
+                                   salt_from_text)
     from medfm.data.confine import sidecar_path
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet"):
         raise UsageError(f"--out must end in .csv, .tsv, .jsonl or .parquet, not {out.suffix!r}")
     split = parse_fractions(args.split) if args.split else None
-    salt = load_or_create_salt(args.salt_file or str(out) + ".salt")
+    if args.salt is not None and args.salt_file is not None:
+        raise UsageError("give --salt TEXT or --salt-file FILE, not both")
+    salt = salt_from_text(args.salt) if args.salt is not None else load_or_create_salt(args.salt_file or str(out) + ".salt")
     res = build_manifest(args.sources, out, salt=salt, split=split, seed=args.seed,
                          verify=_verifier() if args.verify else None, follow_links=args.follow_links,
-                         max_depth=args.max_depth)
+                         max_depth=args.max_depth, progress=not args.no_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     sfx = out.suffix.lower()
     if sfx == ".parquet":

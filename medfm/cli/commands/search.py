@@ -22,6 +22,10 @@ def register(subparsers) -> None:
     p.add_argument("--text-modality", default="text")
     p.add_argument("--model", default=None, help="model directory (default: the one recorded in the index)")
     p.add_argument("-k", "--k", type=int, default=10)
+    p.add_argument("--include-self", action="store_true",
+                   help="keep the query's own sample and the other samples of its patient in the hits (by default "
+                        "a query file that is in the index is left out, with its patient: a model's neighbours, "
+                        "not the query itself)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -51,7 +55,7 @@ def _query_value(adapter, path: str):
 def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.embed import encode_values, load_model, require_modality
-    from medfm.evaluation.index import VectorIndex, model_fingerprint
+    from medfm.evaluation.index import VectorIndex, model_fingerprint, sample_key
 
     if args.k < 1:
         raise UsageError("-k must be at least 1")
@@ -70,12 +74,22 @@ def run(args) -> int:
         adapter = require_modality(model, modality)
         value, label = _query_value(adapter, args.query), args.query
     z = encode_values(model, modality, [value], source=label)
-    hits = index.search_records(z, args.k)[0]
+    own = {"sample": [], "patient": []}
+    if args.text is None and not args.include_self:
+        own = index.self_positions(sample_key(args.query, Path.cwd()))
+    hits = index.search_records(z, args.k, exclude=own["sample"] + own["patient"])[0]
+    excluded = {"sample": [str(index.metadata["id"].iloc[i]) for i in own["sample"]],
+                "n_same_patient": len(own["patient"])}
+    if own["sample"]:
+        print(f"left out the query's own sample ({', '.join(excluded['sample'])}) and "
+              f"{excluded['n_same_patient']} other sample(s) of its patient; --include-self keeps them",
+              file=sys.stderr)
     answered = {"kind": index.info.get("kind"), "params": index.info.get("params", {}),
                 "recall_at_build": index.info.get("recall")}
     if args.json:
         print(json.dumps({"query": label if args.text is None else args.text, "query_modality": modality,
-                          "index_modality": index.info.get("modality"), "index": answered, "results": hits}, indent=2))
+                          "index_modality": index.info.get("modality"), "index": answered, "excluded": excluded,
+                          "results": hits}, indent=2))
         return 0
     rec = answered["recall_at_build"]
     print(f"index: {answered['kind']} {answered['params'] or '(exact)'}"
