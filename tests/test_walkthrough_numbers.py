@@ -120,7 +120,8 @@ def test_search_leaves_out_the_query_sample_and_its_patient(tmp_path, monkeypatc
     x[2] = 0.9 * x[0] + 0.1 * np.eye(8)[5]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     keys = [k_manifest, sample_key("../data/seqs.tsv#R9", tmp_path / "cohort_dir"), None, None]
-    idx = VectorIndex.build(x, ["R1", "R1b", "R3", "R4"], patients=["p1", "p1", "p3", "p4"], sample_keys=keys)
+    idx = VectorIndex.build(x, ["R1", "R1b", "R3", "R4"], patients=["p1", "p1", "p3", "p4"], sample_keys=keys,
+                            model_fingerprint="f" * 64)
     idx.save(tmp_path / "idx")
     back = VectorIndex.load(tmp_path / "idx")
     assert back.info["metadata_columns"] == []  # hidden columns are not shown as metadata
