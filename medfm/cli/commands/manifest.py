@@ -64,7 +64,7 @@ def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.data.cohort import (build_manifest, format_summary, load_or_create_salt, parse_fractions,
                                    salt_from_text)
-    from medfm.data.confine import sidecar_path
+    from medfm.data.confine import sidecar_path  # deferred: as above
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet"):
