@@ -322,3 +322,23 @@ def test_ledger_groups_equal_causes_and_keeps_not_applicable_rows_apart():
     assert (ledger.n_rows, ledger.n_used, ledger.n_not_applicable, ledger.n_unusable) == (4, 2, 1, 2)
     assert ledger.skip_fraction == pytest.approx(2 / 3)
     assert ledger.problems(0.7) == [] and len(ledger.problems(0.5)) == 1
+
+
+def test_ledger_logs_a_few_samples_per_reason_and_counts_them_all(caplog):
+    """A cohort of NIfTI CTs gets one flag line, not one per sample; a broken column a handful of
+    skip lines plus one notice. Every sample is still counted."""
+    from medfm.data.skips import LOG_FIRST, SkipLedger
+
+    ledger = SkipLedger()
+    with caplog.at_level(logging.WARNING, logger="medfm.data"):
+        for i in range(40):
+            ledger.add_flag(f"S{i:03d}", "ct", "NIfTI records no modality: read as CT (Hounsfield units) unchecked")
+            ledger.add_error(f"S{i:03d}", "ecg", f"S{i:03d}.hea: WFDB header not found")
+    lines = [r.getMessage() for r in caplog.records]
+    flagged = [m for m in lines if m.startswith("flagged ct")]
+    skipped = [m for m in lines if m.startswith("skipping ecg")]
+    notices = [m for m in lines if m.startswith("further")]
+    assert len(flagged) == LOG_FIRST["flag"] == 1 and len(skipped) == LOG_FIRST["error"] == 5
+    assert len(notices) == 2 and len(lines) == 8
+    assert ledger.n_flagged == 40 and ledger.n_errors == 40
+    assert sum(r.samples for r in ledger.flags.values()) == 40 and sum(r.samples for r in ledger.reasons.values()) == 40

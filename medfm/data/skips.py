@@ -73,6 +73,11 @@ def reason_key(modality: str, message: str, sample_id: Any = None) -> str:
     return f"{modality}: {text[:200]}"
 
 
+#: samples logged in full per reason: a skip names each of the first few; a flag (the same note for
+#: every sample, e.g. "NIfTI records no modality") is said once. Every sample is still counted.
+LOG_FIRST = {"error": 5, "flag": 1}
+
+
 @dataclass
 class _Reason:
     modality: str
@@ -95,7 +100,8 @@ class SkipLedger:
 
     Fed with collated batches (:meth:`add_batch`, what :class:`~medfm.data.MultiModalCollate`
     returns), single dataset items (:meth:`add_item`) or explicit counts (:meth:`add_error`,
-    :meth:`add_rows`). ``warn=True`` logs every new (sample, modality, message) once.
+    :meth:`add_rows`). ``warn=True`` logs a new (sample, modality, message) once, for the first
+    :data:`LOG_FIRST` samples of each reason; later samples of that reason are counted only.
     """
 
     n_rows: int = 0             #: rows read
@@ -122,9 +128,13 @@ class SkipLedger:
         if h not in self._seen:
             self._seen.add(h)
             r.samples += 1
-            if self.warn:
+            first = LOG_FIRST[what]
+            if self.warn and r.samples <= first:
                 log.warning("%s %s of sample %s: %s", "skipping" if what == "error" else "flagged", modality, sid,
                             message)
+            elif self.warn and r.samples == first + 1:
+                log.warning("further %s samples %s for the same reason are counted, not logged (the run's summary "
+                            "and metrics.jsonl have the counts)", modality, "skipped" if what == "error" else "flagged")
 
     def add_error(self, sample_id: Any, modality: str, message: str) -> None:
         """One unusable cell (counted; the row's fate is counted by :meth:`add_rows`)."""
