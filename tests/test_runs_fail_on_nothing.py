@@ -337,8 +337,18 @@ def test_ledger_logs_a_few_samples_per_reason_and_counts_them_all(caplog):
     lines = [r.getMessage() for r in caplog.records]
     flagged = [m for m in lines if m.startswith("flagged ct")]
     skipped = [m for m in lines if m.startswith("skipping ecg")]
-    notices = [m for m in lines if m.startswith("further")]
+    notices = [m for m in lines if m.startswith("more warnings like this are counted")]
+    tens = [m for m in lines if m.startswith("10 warnings like this so far")]
     assert len(flagged) == LOG_FIRST["flag"] == 1 and len(skipped) == LOG_FIRST["error"] == 5
-    assert len(notices) == 2 and len(lines) == 8
+    assert len(notices) == 1 and len(tens) == 1 and len(lines) == 8  # a flag's note: said once, then counted
     assert ledger.n_flagged == 40 and ledger.n_errors == 40
     assert sum(r.samples for r in ledger.flags.values()) == 40 and sum(r.samples for r in ledger.reasons.values()) == 40
+
+
+def test_reason_key_blanks_the_sample_id_as_a_word_only():
+    """A one-letter id must not blank that letter inside the message: equal notes group as one reason."""
+    from medfm.data.skips import reason_key
+
+    note = "NIfTI records no modality: read as CT (Hounsfield units) unchecked"
+    assert reason_key("ct", note, "a") == reason_key("ct", note, "c") == f"ct: {note}"
+    assert reason_key("ecg", "S1: S1.hea: WFDB header not found", "S1") == "ecg: ….hea: WFDB header not found"

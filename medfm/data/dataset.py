@@ -16,7 +16,7 @@ from ..errors import DataError, MedFMError
 from .cache import PreprocessCache
 from .confine import Confinement, confinement
 from .manifest import is_missing
-from ..log_summary import RepeatedWarnings, cause_of
+from .skips import SkipLedger
 from ..modality import file_reference
 
 log = logging.getLogger("medfm.data")
@@ -62,9 +62,10 @@ class ManifestDataset(Dataset):
             of absolute paths only and without recorded roots is not confined. The one rule is
             :mod:`medfm.data.confine`. Both the path and what it leads to (symlinks resolved) must be inside.
         confine: ``False`` turns the confinement off.
-        log_first: skips of one cause (``cause_of`` their reason) logged in full; further ones
-            are counted and logged at 10, 100, 1000, ... (:mod:`medfm.log_summary`), so a broken
-            cohort gives a readable log. Every skip is still counted and reported in the batch.
+        log_first: skips of one reason (:func:`~medfm.data.skips.reason_key`) logged in full; further
+            ones are counted and logged at 10, 100, 1000, ... (:mod:`medfm.log_summary`), so a broken
+            cohort gives a readable log; a flag's note is logged once. Every skip and flag is still
+            counted and reported in the batch.
         seed: base seed; the augmentation of sample ``i`` in epoch ``e`` uses ``(seed, e, i, modality)``,
             so results do not depend on worker scheduling and a resumed run sees the same views.
 
@@ -94,12 +95,12 @@ class ManifestDataset(Dataset):
         self._records = self.df.to_dict("records")
         #: the folders path cells must stay inside (``None``: not confined)
         self.root = self._confinement(root, confine, df.attrs.get("data_roots") if data_roots is None else data_roots)
-        self._flags_seen: set = set()  # (modality, text) of the flags already printed
-        #: skips, logged summarised per cause: the first ``log_first`` of each, then a count
-        self.warnings = RepeatedWarnings(log, first=log_first)
-        #: log each skipped cell once (``False`` when a training loop's SkipLedger logs instead)
+        #: logs each skipped or flagged cell once per process, summarised per reason
+        self._log = SkipLedger(log_first=log_first)
+        #: the summarised skip warnings (:class:`~medfm.log_summary.RepeatedWarnings`)
+        self.warnings = self._log.skip_warnings
+        #: ``False`` when a training loop's own :class:`SkipLedger` logs instead
         self.warn = True
-        self._warned: set = set()
 
     def _confinement(self, root: Optional[os.PathLike], confine: bool,
                      recorded: Optional[Sequence[os.PathLike]]) -> Optional[Confinement]:
@@ -156,27 +157,6 @@ class ManifestDataset(Dataset):
             return adapter.augment(item, rng) if self.train else item
         return adapter.load(value, train=self.train, rng=rng, sample_id=sid, row=row)
 
-    def _warn_skip(self, modality: str, sid: Any, error: Exception) -> None:
-        """Log a skipped cell the first time this process sees it (epochs repeat them), summarised per
-        cause (:attr:`warnings`); with :attr:`warn` off a :class:`~medfm.data.skips.SkipLedger` in the
-        main process logs instead."""
-        key = ("skipping", modality, str(sid), str(error))
-        if self.warn and key not in self._warned:
-            self._warned.add(key)
-            self.warnings.warning(("skipping", modality, cause_of(getattr(error, "reason", str(error)))),
-                                  "skipping %s of sample %s: %s", modality, sid, error)
-
-    def _log_flag(self, modality: str, sid: str, msg: str) -> None:
-        """A flag's text is printed the first time it comes (per worker); later ones go to DEBUG.
-
-        Every flag is still counted (``batch["flags"]``): a folder of NIfTI CTs says once that
-        NIfTI records no modality, not once per sample and epoch."""
-        if (modality, msg) in self._flags_seen:
-            log.debug("flagged %s of sample %s: %s", modality, sid, msg)
-            return
-        self._flags_seen.add((modality, msg))
-        log.warning("flagged %s of sample %s: %s (printed once; every flagged sample is counted)", modality, sid, msg)
-
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         row = self._records[index]
         sid = row["id"]
@@ -185,7 +165,8 @@ class ManifestDataset(Dataset):
             try:
                 item = self.load_modality(index, mod)
             except MedFMError as e:
-                self._warn_skip(mod, sid, e)
+                if self.warn:
+                    self._log.add_error(sid, mod, str(e))
                 errors.append((sid, mod, str(e)))
                 continue
             if item is not None:
@@ -193,7 +174,7 @@ class ManifestDataset(Dataset):
                     item = dict(item)
                     for msg in item.pop("flags") or ():
                         if self.warn:
-                            self._log_flag(mod, sid, str(msg))
+                            self._log.add_flag(sid, mod, str(msg))
                         flags.append((sid, mod, str(msg)))
                 inputs[mod] = item
         labels = {}

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..errors import UnusableDataError
+from ..log_summary import RepeatedWarnings
 
 log = logging.getLogger("medfm.data")
 
@@ -63,8 +64,8 @@ def reason_key(modality: str, message: str, sample_id: Any = None) -> str:
         sid = str(sample_id)
         if sid and text.startswith(sid + ": "):
             text = text[len(sid) + 2:]
-        if sid:
-            text = text.replace(sid, "…")
+        if sid:  # the id as a word of its own (an id "a" must not blank every letter a)
+            text = re.sub(rf"(?<![\w.-]){re.escape(sid)}(?![\w-])", "…", text)
     if text.startswith(f"{modality}: "):
         text = text[len(modality) + 2:]
     text = _QUOTED.sub("'…'", text)
@@ -73,8 +74,9 @@ def reason_key(modality: str, message: str, sample_id: Any = None) -> str:
     return f"{modality}: {text[:200]}"
 
 
-#: samples logged in full per reason: a skip names each of the first few; a flag (the same note for
-#: every sample, e.g. "NIfTI records no modality") is said once. Every sample is still counted.
+#: samples logged in full per reason (:class:`~medfm.log_summary.RepeatedWarnings`): a skip names each of
+#: the first few; a flag (the same note for every sample, e.g. "NIfTI records no modality") is said once.
+#: Every sample is still counted.
 LOG_FIRST = {"error": 5, "flag": 1}
 
 
@@ -100,8 +102,9 @@ class SkipLedger:
 
     Fed with collated batches (:meth:`add_batch`, what :class:`~medfm.data.MultiModalCollate`
     returns), single dataset items (:meth:`add_item`) or explicit counts (:meth:`add_error`,
-    :meth:`add_rows`). ``warn=True`` logs a new (sample, modality, message) once, for the first
-    :data:`LOG_FIRST` samples of each reason; later samples of that reason are counted only.
+    :meth:`add_rows`). ``warn=True`` logs a new (sample, modality, message) once, summarised per
+    reason by :attr:`skip_warnings` / :attr:`flag_warnings` (the first ``log_first`` samples of a
+    skip reason in full, the first :data:`LOG_FIRST` ``["flag"]`` of a flag, then counts).
     """
 
     n_rows: int = 0             #: rows read
@@ -115,7 +118,13 @@ class SkipLedger:
     flags: Dict[str, _Reason] = field(default_factory=dict)
     objectives: Dict[str, float] = field(default_factory=dict)   #: objective count key → sum over steps
     warn: bool = True
+    log_first: int = LOG_FIRST["error"]
     _seen: Set[int] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        #: the summarised logs of skips and of flags, keyed by :func:`reason_key`
+        self.skip_warnings = RepeatedWarnings(log, first=self.log_first)
+        self.flag_warnings = RepeatedWarnings(log, first=LOG_FIRST["flag"], notices=False)
 
     # ---------------------------------------------------------------- feeding
     def _note(self, table: Dict[str, _Reason], sid: str, modality: str, message: str, what: str) -> None:
@@ -128,13 +137,10 @@ class SkipLedger:
         if h not in self._seen:
             self._seen.add(h)
             r.samples += 1
-            first = LOG_FIRST[what]
-            if self.warn and r.samples <= first:
-                log.warning("%s %s of sample %s: %s", "skipping" if what == "error" else "flagged", modality, sid,
-                            message)
-            elif self.warn and r.samples == first + 1:
-                log.warning("further %s samples %s for the same reason are counted, not logged (the run's summary "
-                            "and metrics.jsonl have the counts)", modality, "skipped" if what == "error" else "flagged")
+            if self.warn:
+                warnings = self.skip_warnings if what == "error" else self.flag_warnings
+                warnings.warning(key, "%s %s of sample %s: %s", "skipping" if what == "error" else "flagged",
+                                 modality, sid, message)
 
     def add_error(self, sample_id: Any, modality: str, message: str) -> None:
         """One unusable cell (counted; the row's fate is counted by :meth:`add_rows`)."""
