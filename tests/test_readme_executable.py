@@ -239,7 +239,9 @@ def test_doc_block(block: Block, layout, capsys, monkeypatch, one_thread):
         monkeypatch.chdir(cwd)
         exec(compile(block.text, block.name, "exec"), {"__name__": "__docs__"})
         return
-    for command in shell_commands(block.text):
+    commands = shell_commands(block.text)
+    assert commands, f"{block.name}: a command block with no command"
+    for command in commands:  # each exits 0 (run_command asserts it); a run that learned nothing exits 1
         run_command(command, cwd, capsys)
 
 
