@@ -1,4 +1,4 @@
-"""Classification metrics, cluster-bootstrap confidence intervals and the DeLong test.
+"""Classification and regression metrics, cluster-bootstrap confidence intervals and the DeLong test.
 
 Every metric is defined as in scikit-learn (the hot ones are recomputed in numpy and tested
 against it, since the bootstrap calls them thousands of times); this module arranges the inputs,
@@ -8,6 +8,7 @@ DeLong covariance (Sun & Xu, 2014) for comparing two AUROCs on the same samples.
 Shapes:
     multi-class: ``y_true (N,)`` int class indices, ``scores (N, C)`` probabilities.
     multi-label: ``y_true (N, C)`` in {0, 1, -1 = missing}, ``scores (N, C)``.
+    regression: ``y_true (N,)`` and ``y_pred (N,)`` floats (:func:`regression_metrics`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, mean_absolute_error, mean_squared_error, r2_score
 
 MetricFn = Callable[[np.ndarray, np.ndarray], Dict[str, float]]
 
@@ -124,6 +125,22 @@ def multilabel_metrics(y_true: np.ndarray, scores: np.ndarray,
     out["macro_auroc"] = _nan_mean(aucs)
     out["macro_auprc"] = _nan_mean(aps)
     out["macro_f1"] = _nan_mean(f1s)
+    return out
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, float]:
+    """MAE, RMSE, R² (scikit-learn) and Pearson r (scipy) of ``(N,)`` targets and predictions.
+
+    R² is NaN for constant targets, Pearson r also for constant predictions.
+    """
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    out = {"mae": float(mean_absolute_error(y_true, y_pred)),
+           "rmse": float(math.sqrt(mean_squared_error(y_true, y_pred))), "r2": float("nan"),
+           "pearson_r": float("nan")}
+    if len(y_true) > 1 and np.ptp(y_true) > 0:
+        out["r2"] = float(r2_score(y_true, y_pred))
+        if np.ptp(y_pred) > 0:
+            out["pearson_r"] = float(stats.pearsonr(y_true, y_pred)[0])
     return out
 
 

@@ -4,7 +4,8 @@ Registries live here: modality adapters, token embedders, towers,
 objectives and weight-file formats, plus named model configurations. Modality adapters are found only
 through :data:`MODALITIES`; the engine imports ``medfm.modalities`` (and any
 ``medfm.modalities`` entry point of third-party packages) the first time a
-modality is looked up, so that ``medfm/`` never imports a modality by name.
+modality is looked up, so that ``medfm/`` never imports a modality by name. Objectives
+are found the same way (``medfm.objectives`` and the ``medfm.objectives`` entry points).
 
 Built-in entries are *declared* (:meth:`Registry.declare`): name, the module that registers it,
 and what ``medfm info`` lists (a modality's input kind and suffixes, a format's description).
@@ -99,20 +100,26 @@ class Registry:
         return sorted(self._items.items())
 
 
-def _load_modalities() -> None:
-    from importlib import metadata  # the plug-in scan (~0.1 s of imports) only when a modality is looked up
+def _load_entry_points(group: str) -> None:
+    """Import every installed plug-in of entry-point ``group`` (its module registers what it adds)."""
+    from importlib import metadata  # the plug-in scan (~0.1 s of imports) only when an entry is looked up
 
-    importlib.import_module("medfm.modalities")
     try:
-        eps = metadata.entry_points(group="medfm.modalities")
+        eps = metadata.entry_points(group=group)
     except TypeError:  # pragma: no cover - python < 3.10
-        eps = metadata.entry_points().get("medfm.modalities", [])
+        eps = metadata.entry_points().get(group, [])
     for ep in eps:
         ep.load()
 
 
+def _load_modalities() -> None:
+    importlib.import_module("medfm.modalities")
+    _load_entry_points("medfm.modalities")
+
+
 def _load_objectives() -> None:
     importlib.import_module("medfm.objectives")  # declares the built-in objectives
+    _load_entry_points("medfm.objectives")  # plug-ins: an objective may own parameters (medfm.train.task)
 
 
 def _load_modules() -> None:

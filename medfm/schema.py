@@ -19,6 +19,7 @@ default and doc, which ``medfm info --config-schema`` prints.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -70,7 +71,7 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], path: str) -> None:
         raise ConfigError(f"{path}: must be <= {meta['max']}, got {_show(value)}")
 
 
-def _coerce(value: Any, tp: Any, path: str, extra_keys: Any = None) -> Any:
+def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
@@ -89,7 +90,7 @@ def _coerce(value: Any, tp: Any, path: str, extra_keys: Any = None) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {_show(value)}")
-        return validate(tp, value, path, extra_keys=extra_keys)
+        return validate(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected true or false, got {_show(value)}")
@@ -136,29 +137,20 @@ def _coerce(value: Any, tp: Any, path: str, extra_keys: Any = None) -> Any:
     raise TypeError(f"schema type {tp!r} at {path} is not supported")
 
 
-def validate(schema: Type[T], data: Mapping[str, Any], path: str = "", *,
-             extra_keys: Optional[Mapping[str, Any]] = None) -> T:
+def validate(schema: Type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Check ``data`` against dataclass ``schema``; return the instance (defaults filled in).
 
-    Args:
-        extra_keys: keys tolerated without a type (a mapping of section → keys, as
-            ``{"": {...}, "train": {...}}``), for settings added elsewhere before they have
-            a schema entry. Anything else not in the schema is an unknown key.
+    A key the schema does not declare is an unknown key (the message lists the known ones).
     """
     hints = typing.get_type_hints(schema)
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    tolerated = set((extra_keys or {}).get(path, ()))
     values: Dict[str, Any] = {}
-    extras: Dict[str, Any] = {}
     for key, value in data.items():
         sub = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            if key in tolerated:
-                extras[key] = value
-                continue
             raise ConfigError(f"{sub}: unknown key; known: {', '.join(sorted(fields))}")
         f = fields[key]
-        coerced = _coerce(value, hints[key], sub, extra_keys)
+        coerced = _coerce(value, hints[key], sub)
         _check_bounds(coerced, f.metadata, sub)
         values[key] = coerced
     missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
@@ -167,8 +159,6 @@ def validate(schema: Type[T], data: Mapping[str, Any], path: str = "", *,
         sub = f"{path}.{missing[0]}" if path else missing[0]
         raise ConfigError(f"{sub}: required")
     obj = schema(**values)
-    if extras:
-        object.__setattr__(obj, "_extra", extras)
     check = getattr(obj, "check", None)
     if callable(check):
         check(path)
@@ -183,11 +173,9 @@ def defaults(schema: type, drop: Sequence[str] = ("name", "description")) -> Dic
 
 
 def to_dict(obj: Any) -> Any:
-    """A validated schema instance back to plain containers (with tolerated extra keys)."""
+    """A validated schema instance back to plain containers (what a checkpoint records)."""
     if dataclasses.is_dataclass(obj):
-        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        out.update(getattr(obj, "_extra", {}))
-        return out
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, list):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -288,3 +276,52 @@ def warn_moved(where: str, new_place: str, key: Optional[Hashable] = None) -> No
         return
     _WARNED.add(key)
     warnings.warn(f"{where} is deprecated; {new_place}", FutureWarning, stacklevel=3)
+
+
+def apply_moves(config: Mapping[str, Any], moves: Mapping[str, str]) -> Dict[str, Any]:
+    """``config`` with settings of an earlier release moved to their keys of this one, each with a
+    :class:`FutureWarning` that names the new key (old configs keep working for one release).
+
+    Args:
+        config: a config as read (YAML, ``--set`` applied); not modified.
+        moves: ``{"old.dotted.key": "new.dotted.key"}``.
+
+    Raises:
+        ConfigError: both the old and the new key are set.
+    """
+    out = copy.deepcopy(dict(config)) if _moved_any(config, moves) else dict(config)
+    for old, new in moves.items():
+        *old_parents, old_leaf = old.split(".")
+        holder = _section(out, old_parents)
+        if holder is None or old_leaf not in holder:
+            continue
+        value = holder.pop(old_leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = out
+        for part in new_parents:
+            nxt = target.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{'.'.join(new_parents)}: expected a mapping, got {_show(nxt)}")
+            target = nxt
+        if new_leaf in target:
+            raise ConfigError(f"{old} and {new} are both set: {old} is the key of an earlier release; keep {new}")
+        target[new_leaf] = value
+        warn_moved(old, f"write {new} instead (the old key works for one more release)")
+    return out
+
+
+def _section(config: Any, parts: Sequence[str]) -> Optional[Dict[str, Any]]:
+    for part in parts:
+        if not isinstance(config, Mapping) or not isinstance(config.get(part), Mapping):
+            return None
+        config = config[part]
+    return config if isinstance(config, dict) else None
+
+
+def _moved_any(config: Mapping[str, Any], moves: Mapping[str, str]) -> bool:
+    for old in moves:
+        *parents, leaf = old.split(".")
+        holder = _section(config, parents)
+        if holder is not None and leaf in holder:
+            return True
+    return False

@@ -248,8 +248,10 @@ def step_finetune(out_dir: Path, manifest: Path, s: DemoSettings, seed: int, pro
            "task": {"kind": "multiclass", "label_column": "label"}, "method": "lora",
            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "fusion": "mean",
            "data": {"manifest": str(manifest), "batch_size": 32, "split_column": "split", "seed": seed},
-           "optim": {"lr": 2e-3, "head_lr": 5e-3, "epochs": s.finetune_epochs, "patience": 3, "monitor": "auroc"},
-           "eval": {"n_boot": s.n_boot, "seed": seed}, "seed": seed, "progress": progress, "device": "cpu"}
+           "optim": {"lr": 2e-3, "head_lr": 5e-3},
+           "train": {"epochs": s.finetune_epochs, "patience": 3, "monitor": "auroc", "seed": seed,
+                     "progress": progress, "device": "cpu"},
+           "eval": {"n_boot": s.n_boot, "seed": seed}}
     res = finetune(cfg, out_dir / "finetune")
     test, ci = res.get("test", {}), res.get("test_ci", {})
     pred_path = out_dir / "finetune" / "test_predictions.csv"

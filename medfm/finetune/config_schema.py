@@ -1,21 +1,28 @@
 """The typed schema of a fine-tuning config (``medfm finetune CONFIG``), on :mod:`medfm.schema`.
 
-Checked by :func:`medfm.finetune.finetuner.resolve_config` before the base model or any data is
-read; messages carry the key path (``optim.lr: expected a number, got 'abc'``). Cross-field
-rules (a monitor that fits the task kind) stay in ``resolve_config``.
+Validated once, at the CLI/API edge, by :func:`parse_finetune_config` before the base model or any
+data is read; messages carry the key path (``optim.lr: expected a number, got 'abc'``), and
+:class:`medfm.finetune.FineTuner` receives the typed :class:`FinetuneConfig`. ``data``, ``optim``
+and ``train`` are the sections shared with pretraining (:mod:`medfm.train.sections`): fine-tuning
+adds its splits to ``data``, ``head_lr`` to ``optim`` and epochs with early stopping to ``train``,
+and keeps its own defaults (fp32, AdamW betas 0.9/0.999, no warm-up).
+
+Keys of the previous release (top-level ``device``, ``seed``, ``progress``, ``tensorboard`` and
+``columns``; ``optim.epochs``, ``optim.patience``, ``optim.monitor``, ``optim.min_delta``) are
+moved to their new place with a warning naming it (:data:`FINETUNE_MOVES`).
 
 Relative paths (``base``, ``data.manifest``, ``data.root``, ``data.cache_dir``) resolve against the
-folder of the config file
-(the working directory for a config given in Python without ``config_dir``): the one rule of
-:mod:`medfm.paths`, shared with pretraining.
+folder of the config file (the working directory for a config given in Python without
+``config_dir``): the one rule of :mod:`medfm.paths`, shared with pretraining.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Mapping, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
-from ..schema import to_dict, validate
-from ..train.run_config import LimitsConfig, confine_paths_field, limits_field, root_field
+from ..errors import ConfigError
+from ..schema import apply_moves, validate
+from ..train.sections import DataConfig, LoopConfig, OptimConfig
 
 _FRACTION = {"min": 0, "max": 0.99}
 
@@ -72,62 +79,61 @@ class HeadSection:
 
 
 @dataclass
-class FinetuneData:
-    """The cohort and its patient-grouped splits.
+class FinetuneData(DataConfig):
+    """The shared ``data`` section and fine-tuning's patient-grouped splits.
 
     Attributes:
-        manifest: the cohort manifest (CSV, TSV, JSONL or Parquet).
-        batch_size: samples per step.
-        num_workers: data-loading processes.
         split_column: the column naming each row's split; absent: a deterministic split by patient.
         val_fraction: share of training patients held out for validation when no rows are marked val.
         test_fraction: share of patients held out for testing when the manifest has no split column.
         seed: key of the patient hash that makes the splits.
-        cache_dir: where preprocessed samples are cached (``null``: no cache).
-        max_skip_fraction: the run fails (exit 1, no model card) when a larger share of the training rows that hold
-            one of its modalities had a cell it could not use (:mod:`medfm.data.skips`).
     """
 
-    manifest: Optional[str] = None
-    batch_size: int = field(default=16, metadata={"min": 1})
-    num_workers: int = field(default=0, metadata={"min": 0})
     split_column: Optional[str] = "split"
     val_fraction: float = field(default=0.15, metadata=_FRACTION)
     test_fraction: float = field(default=0.15, metadata=_FRACTION)
     seed: int = 0
-    cache_dir: Optional[str] = None
-    root: Optional[str] = root_field()
-    confine_paths: bool = confine_paths_field()
-    limits: LimitsConfig = limits_field()
-    max_skip_fraction: float = field(default=0.5, metadata={"min": 0, "max": 1})
 
 
 @dataclass
-class FinetuneOptim:
-    """AdamW, early stopping and the schedule.
+class FinetuneOptim(OptimConfig):
+    """The shared ``optim`` section with fine-tuning's defaults and the head's own learning rate.
 
     Attributes:
-        lr: learning rate of the adapters (and of the encoder with ``method: full``).
         head_lr: the head's learning rate (``null``: ``lr``).
-        weight_decay: decoupled weight decay (never on norms, biases or embeddings).
+    """
+
+    weight_decay: float = field(default=0.01, metadata={"min": 0})
+    betas: Tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    head_lr: Optional[float] = field(default=None, metadata={"min": 0})
+
+
+#: monitor name → (metric key, higher is better)
+MONITORS = {"auroc": ("macro_auroc", True), "auprc": ("macro_auprc", True), "accuracy": ("accuracy", True),
+            "f1": ("macro_f1", True), "mae": ("mae", False), "rmse": ("rmse", False), "r2": ("r2", True),
+            "loss": ("loss", False)}
+_REGRESSION_MONITORS = {"mae", "rmse", "r2"}
+
+
+@dataclass
+class FinetuneTrain(LoopConfig):
+    """The shared ``train`` section with fine-tuning's defaults, and epochs with early stopping.
+
+    Attributes:
         epochs: the most epochs.
         patience: epochs without improvement of the monitor before stopping (0: never stop early).
         monitor: the validation metric that picks the best epoch (``auroc``, ``auprc``, ``accuracy``,
             ``f1``, ``mae``, ``rmse``, ``r2``, ``loss``; default: ``auroc``, or ``mae`` for regression).
         min_delta: the least change of the monitor that counts as an improvement.
-        warmup_steps: linear warm-up steps before the cosine decay.
-        grad_clip: global gradient-norm clip (``null``: none).
     """
 
-    lr: float = field(default=1e-3, metadata={"min": 0})
-    head_lr: Optional[float] = field(default=None, metadata={"min": 0})
-    weight_decay: float = field(default=0.01, metadata={"min": 0})
+    precision: Literal["auto", "bf16", "fp32", "32"] = "fp32"
+    tensorboard: bool = False
     epochs: int = field(default=20, metadata={"min": 1})
     patience: int = field(default=5, metadata={"min": 0})
-    monitor: Optional[str] = None
+    monitor: Optional[Literal["auroc", "auprc", "accuracy", "f1", "mae", "rmse", "r2", "loss"]] = None
     min_delta: float = field(default=0.0, metadata={"min": 0})
-    warmup_steps: int = field(default=0, metadata={"min": 0})
-    grad_clip: Optional[float] = field(default=1.0, metadata={"min": 0})
 
 
 @dataclass
@@ -151,20 +157,16 @@ class FinetuneConfig:
         base: the base checkpoint folder, or a model config (preset or YAML) started from ``init``.
         init: ``{modality: init spec}``: tower weights imported into the base (``medfm info`` lists formats).
         modalities: towers to fine-tune and fuse (default: every base modality with a manifest column).
-        columns: ``{modality: column}`` where a modality's cells are not in a column of its name.
         task: what the head predicts.
         method: ``lora`` (adapters), ``full`` (every weight) or ``linear`` (a frozen encoder).
         lora: the adapters of ``method: lora``.
         fusion: how several modalities' embeddings are combined: ``concat`` or ``mean``.
         head: the task head.
-        data: the cohort and its splits.
-        optim: the optimizer and early stopping.
+        data: the cohort, how it is read, and its splits.
+        optim: the optimizer and its schedule.
+        train: device, seed, precision, epochs and early stopping.
         eval: the test-split evaluation.
         merge: also write a merged model (adapters folded in) to ``OUT/merged``.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        seed: seed of the head, the adapters and the data order.
-        progress: show a progress bar.
-        tensorboard: also write the history as TensorBoard scalars to ``OUT/tb``.
         name: a label for the run.
         description: free text.
     """
@@ -172,7 +174,6 @@ class FinetuneConfig:
     base: Optional[str] = None
     init: Dict[str, Any] = field(default_factory=dict)
     modalities: Optional[List[str]] = None
-    columns: Dict[str, str] = field(default_factory=dict)
     task: TaskConfig = field(default_factory=TaskConfig)
     method: Literal["lora", "full", "linear"] = "lora"
     lora: LoraSection = field(default_factory=LoraSection)
@@ -180,16 +181,39 @@ class FinetuneConfig:
     head: HeadSection = field(default_factory=HeadSection)
     data: FinetuneData = field(default_factory=FinetuneData)
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+    train: FinetuneTrain = field(default_factory=FinetuneTrain)
     eval: FinetuneEval = field(default_factory=FinetuneEval)
     merge: bool = False
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True
-    tensorboard: bool = False
     name: Optional[str] = None
     description: Optional[str] = None
 
+    def check(self, path: str) -> None:
+        if not self.base:
+            raise ConfigError("base is required: the directory of a pretrained medfm checkpoint")
+        if not self.data.manifest:
+            raise ConfigError("data.manifest is required (a CSV/TSV/JSONL/Parquet cohort manifest)")
+        regression = self.task.kind == "regression"
+        if self.train.monitor is None:
+            self.train.monitor = "mae" if regression else "auroc"
+        if regression != (self.train.monitor in _REGRESSION_MONITORS) and self.train.monitor != "loss":
+            raise ConfigError(f"train.monitor {self.train.monitor!r} does not fit a {self.task.kind} task")
 
-def validate_finetune_config(cfg: Mapping[str, Any], tolerated: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Validate a merged fine-tuning config; return it as plain containers with numbers converted."""
-    return to_dict(validate(FinetuneConfig, cfg, extra_keys=tolerated))
+
+#: keys of the previous release → their place now (each warns once, naming the new key)
+FINETUNE_MOVES = {"device": "train.device", "seed": "train.seed", "progress": "train.progress",
+                  "tensorboard": "train.tensorboard", "columns": "data.columns", "optim.epochs": "train.epochs",
+                  "optim.patience": "train.patience", "optim.monitor": "train.monitor",
+                  "optim.min_delta": "train.min_delta"}
+
+
+def parse_finetune_config(config: Mapping[str, Any]) -> FinetuneConfig:
+    """A fine-tuning config as read (YAML, ``--set`` applied) → the typed :class:`FinetuneConfig`.
+
+    Keys of the previous release move to their new place with a :class:`FutureWarning` naming it.
+
+    Raises:
+        ConfigError: the first problem, with its key path.
+    """
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a fine-tuning config must be a mapping, got {type(config).__name__}")
+    return validate(FinetuneConfig, apply_moves(config, FINETUNE_MOVES))

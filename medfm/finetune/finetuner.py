@@ -13,20 +13,23 @@ The output directory then holds a fine-tuned checkpoint (a
 ``metrics.json`` (the returned dict), ``history.jsonl`` (one line per epoch) and
 ``test_predictions.csv``.
 
-The optimisation step (optimiser groups, precision, clipping, skip counting, logging) is the
-training core shared with pretraining (:mod:`medfm.train.loop`); this module keeps what is
-particular to fine-tuning: the model (base + adapters + head), the task loss, epochs with
-validation and early stopping on the best epoch, the test evaluation and what is saved.
+The config is validated once, at the edge (:func:`~medfm.finetune.config_schema.parse_finetune_config`),
+and :class:`FineTuner` reads the typed :class:`~medfm.finetune.config_schema.FinetuneConfig`. The
+optimisation step (AdamW groups and betas, precision, accumulation, clipping, skip counting,
+logging) is the training core shared with pretraining, built from the shared sections
+(:meth:`medfm.train.loop.TrainCore.from_config`); reading is confined to the data roots and
+bounded by ``data.limits`` as in pretraining. This module keeps what is particular to
+fine-tuning: the model (base + adapters + head: :mod:`.build`), the task loss, epochs with
+validation and early stopping on the best epoch (:mod:`.scoring`), the test evaluation and what
+is saved.
 """
 from __future__ import annotations
 
-import os
-
-import dataclasses
 import logging
 import math
+import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -34,213 +37,64 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..card import write_model_card
-from ..data import ManifestDataset, MultiModalCollate, move_batch, read_manifest
+from ..data import ManifestDataset, MultiModalCollate, read_manifest
 from ..data.columns import recorded_columns
-from ..data.manifest import is_missing
 from ..data.splits import make_splits
-from ..errors import ConfigError
-from ..io import deep_merge, portable_paths, write_json
+from ..io import portable_paths, write_json
 from ..limits import limits
-from ..metrics import cluster_bootstrap, metrics_with_ci
-from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
-from ..models.multimodal import CONFIG_NAME
-from ..models.init import apply_init, model_config_with_init, summary_lines, write_init_report
-from ..train.run_guard import RunLock, RunStopped, StopSignals, stopped_message
-from ..modality import fit_on_cohort
-from ..registry import get_modality
-from ..schema import defaults as schema_defaults
-from ..train.loop import MetricsLog, TrainCore, build_optimizer, progress
+from ..metrics import regression_metrics
+from ..models import MultiModalModel
+from ..models.init import summary_lines, write_init_report
 from ..paths import config_path, optional_config_path
-from ..train.schedule import cosine_with_warmup
-from . import config_schema as cs
-from .layout import finetune_meta
+from ..schema import defaults as schema_defaults, to_dict
+from ..train.loop import MetricsLog, TrainCore, progress
+from ..train.run_guard import RunLock, RunStopped, StopSignals, stopped_message
+from . import build
+from .config_schema import MONITORS, FinetuneConfig, parse_finetune_config
 from .heads import TaskHead, TaskSpec, task_loss
-from .lora import PRETRAINING_ONLY, apply_lora, count_parameters, freeze, shared_with
+from .layout import finetune_meta
+from .lora import count_parameters
 from .model import FineTunedModel
+from .scoring import EarlyStopping, labelled, predict_loader, predict_scores, task_metrics
 
 log = logging.getLogger("medfm.finetune")
 
 METHODS = ("lora", "full", "linear")
 
 #: the fine-tune config's defaults: the field defaults of :class:`medfm.finetune.config_schema.FinetuneConfig`
-DEFAULT_CONFIG: Dict[str, Any] = schema_defaults(cs.FinetuneConfig)
+DEFAULT_CONFIG: Dict[str, Any] = schema_defaults(FinetuneConfig)
 
-#: monitor name → (metric key, higher is better)
-MONITORS = {"auroc": ("macro_auroc", True), "auprc": ("macro_auprc", True), "accuracy": ("accuracy", True),
-            "f1": ("macro_f1", True), "mae": ("mae", False), "rmse": ("rmse", False), "r2": ("r2", True),
-            "loss": ("loss", False)}
-
-
-def _typed(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Types and ranges from :mod:`medfm.finetune.config_schema` (key path in the message); keys
-    of DEFAULT_CONFIG the schema does not list yet, and the task's extra keys, pass untyped."""
-    sections = {"": cs.FinetuneConfig, "task": cs.TaskConfig, "lora": cs.LoraSection, "head": cs.HeadSection,
-                "data": cs.FinetuneData, "optim": cs.FinetuneOptim, "eval": cs.FinetuneEval}
-    tolerated = {}
-    for sec, schema in sections.items():
-        have = set(cfg if not sec else (cfg.get(sec) or {}))
-        tolerated[sec] = have - {f.name for f in dataclasses.fields(schema)}
-        if sec not in ("", "task"):
-            tolerated[sec] &= set(DEFAULT_CONFIG.get(sec) or ())
-    tolerated[""] &= set(DEFAULT_CONFIG)
-    return cs.validate_finetune_config(cfg, tolerated)
+__all__ = ["FineTuner", "finetune", "resolve_config", "DEFAULT_CONFIG", "MONITORS", "METHODS", "EarlyStopping",
+           "labelled", "task_metrics", "predict_scores", "predict_loader", "regression_metrics"]
 
 
 def resolve_config(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """Merge ``config`` over :data:`DEFAULT_CONFIG` and check names and values."""
-    unknown = sorted(set(config) - set(DEFAULT_CONFIG) - {"name", "description"})
-    if unknown:
-        raise ConfigError(f"unknown fine-tuning config key(s) {unknown}; known: {sorted(DEFAULT_CONFIG)}")
-    cfg = deep_merge(DEFAULT_CONFIG, config)
-    for section in ("lora", "data", "optim", "eval", "head"):
-        extra = sorted(set(cfg[section]) - set(DEFAULT_CONFIG[section]))
-        if extra:
-            raise ConfigError(f"{section}: unknown option(s) {extra}; known: {sorted(DEFAULT_CONFIG[section])}")
-    cfg = _typed(cfg)
-    if not cfg["base"]:
-        raise ConfigError("base is required: the directory of a pretrained medfm checkpoint")
-    if not cfg["data"]["manifest"]:
-        raise ConfigError("data.manifest is required (a CSV/TSV/JSONL/Parquet cohort manifest)")
-    if cfg["method"] not in METHODS:
-        raise ConfigError(f"method must be one of {METHODS}, got {cfg['method']!r}")
-    kind = cfg["task"].get("kind")
-    mon = cfg["optim"]["monitor"] or ("mae" if kind == "regression" else "auroc")
-    if mon not in MONITORS:
-        raise ConfigError(f"optim.monitor must be one of {sorted(MONITORS)}, got {mon!r}")
-    regression_only = {"mae", "rmse", "r2"}
-    if (kind == "regression") != (mon in regression_only) and mon != "loss":
-        raise ConfigError(f"optim.monitor {mon!r} does not fit a {kind} task")
-    cfg["optim"]["monitor"] = mon
-    return cfg
+    """A fine-tuning config validated (:func:`~medfm.finetune.config_schema.parse_finetune_config`), defaults
+    filled in and the monitor chosen, as plain containers (what ``finetune_config.json`` records)."""
+    return to_dict(parse_finetune_config(config))
 
 
-# ------------------------------------------------------------------- metrics
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, float]:
-    """MAE, RMSE, R² (scikit-learn) and Pearson r of ``(N,)`` targets and predictions.
-
-    (``medfm.metrics`` has classification metrics only; regression lives here.)
-    """
-    from scipy.stats import pearsonr  # deferred: scipy and scikit-learn are slow to import
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
-    out = {"mae": float(mean_absolute_error(y_true, y_pred)),
-           "rmse": float(math.sqrt(mean_squared_error(y_true, y_pred))), "r2": float("nan"),
-           "pearson_r": float("nan")}
-    if len(y_true) > 1 and np.ptp(y_true) > 0:
-        out["r2"] = float(r2_score(y_true, y_pred))
-        if np.ptp(y_pred) > 0:
-            out["pearson_r"] = float(pearsonr(y_true, y_pred)[0])
-    return out
-
-
-def labelled(task: TaskSpec, y: np.ndarray) -> np.ndarray:
-    """Boolean ``(N,)``: rows with a usable label."""
-    if task.kind == "multiclass":
-        return y >= 0
-    if task.kind == "multilabel":
-        return (y >= 0).any(1)
-    return ~np.isnan(y)
-
-
-def task_metrics(task: TaskSpec, y: np.ndarray, scores: np.ndarray, groups=None, n_boot: int = 0,
-                 seed: int = 0) -> Tuple[Dict[str, float], Dict[str, Tuple[float, float]]]:
-    """Point metrics and patient-level bootstrap CIs (``n_boot`` > 0) on labelled rows.
-
-    Classification metrics come from :mod:`medfm.metrics`.
-    """
-    keep = labelled(task, y)
-    y, scores = y[keep], scores[keep]
-    groups = None if groups is None else np.asarray(groups)[keep]
-    if len(y) == 0:
-        return {}, {}
-    if task.kind == "regression":
-        point = regression_metrics(y, scores)
-        ci = cluster_bootstrap(regression_metrics, y, scores, groups, n_boot=n_boot, seed=seed) if n_boot else {}
-        return point, ci
-    return metrics_with_ci(y, scores, groups, task.classes, n_boot=n_boot, seed=seed)
-
-
-# ---------------------------------------------------------------- prediction
-def predict_scores(model: FineTunedModel, batch: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(logits (B, n_outputs), scores)`` of a collated batch: :meth:`FineTunedModel.predict`."""
-    return model.predict(batch)
-
-
-@torch.no_grad()
-def predict_loader(model, loader, device) -> Dict[str, Any]:
-    """Run the head over a loader → ``{"index": (N,), "id", "patient_id", "logits": (N, K), "scores"}``."""
-    model.eval()
-    idx, ids, pids, logits, scores, skipped = [], [], [], [], [], 0
-    for batch in loader:
-        skipped += batch["n_skipped"]
-        if not batch["id"]:
-            continue
-        batch = move_batch(batch, device)
-        lg, sc = predict_scores(model, batch)
-        idx.append(batch["index"].cpu())
-        ids += batch["id"]
-        pids += batch["patient_id"]
-        logits.append(lg.float().cpu())
-        scores.append(sc.float().cpu())
-    k = model.task_head.n_outputs
-    return {"index": torch.cat(idx).numpy() if idx else np.zeros(0, int), "id": ids, "patient_id": pids,
-            "logits": torch.cat(logits) if logits else torch.zeros(0, k),
-            "scores": torch.cat(scores).numpy() if scores else np.zeros((0, k)), "n_skipped": skipped}
-
-
-# ------------------------------------------------------------ early stopping
-class EarlyStopping:
-    """Best-epoch tracking: an epoch improves when its score beats the best by more than
-    ``min_delta`` (a NaN score never improves); the first epoch is kept as best in any case.
-    :attr:`should_stop` once ``patience`` (> 0) epochs in a row did not improve.
-
-    Args:
-        higher: whether a higher score is better.
-        min_delta: the least change that counts as an improvement.
-        patience: epochs without improvement before stopping (0 = never stop).
-    """
-
-    def __init__(self, higher: bool, min_delta: float = 0.0, patience: int = 0):
-        self.higher, self.min_delta, self.patience = higher, float(min_delta), int(patience)
-        self.best_score, self.best_state, self.best_epoch, self.best_val = None, None, 0, {}
-        self.bad, self.should_stop = 0, False
-
-    def update(self, score: float, epoch: int, state: Callable[[], Any], val: Mapping[str, Any]) -> bool:
-        """Record an epoch's ``score``; ``state()`` is called (a copy of the weights) when it is
-        the best so far. Returns whether it improved."""
-        improved = score == score and (self.best_score is None or (
-            score > self.best_score + self.min_delta if self.higher else score < self.best_score - self.min_delta))
-        if improved or self.best_state is None:
-            self.best_score, self.best_state, self.best_epoch, self.best_val = score, state(), epoch, val
-            self.bad = 0 if improved else self.bad + 1
-        else:
-            self.bad += 1
-        self.should_stop = self.patience > 0 and self.bad >= self.patience
-        return improved
-
-
-# -------------------------------------------------------------------- runner
 class FineTuner:
     """One fine-tuning run; see :func:`finetune` for the configuration.
 
     Args:
-        config: fine-tuning config (merged over :data:`DEFAULT_CONFIG`).
+        cfg: the typed config (:func:`~medfm.finetune.config_schema.parse_finetune_config`), or a mapping
+            that is validated here (the Python API's edge).
         out_dir: output directory.
-        model: an already loaded base model (``config["base"]`` is still recorded as its source).
-        config_dir: the config file's folder: relative ``base`` / ``data.manifest`` paths resolve
-            against it (:mod:`medfm.paths`; the working directory when ``None``).
+        model: an already loaded base model (``base`` is still recorded as its source).
+        config_dir: the config file's folder: relative ``base`` / ``data.manifest`` / ``data.root`` /
+            ``data.cache_dir`` resolve against it (:mod:`medfm.paths`; the working directory when ``None``).
 
     After construction :attr:`model` is the :class:`FineTunedModel` being trained.
     """
 
-    def __init__(self, config: Mapping[str, Any], out_dir, model=None, config_dir=None):
-        self.cfg = resolve_config(config)
+    def __init__(self, cfg: Union[FinetuneConfig, Mapping[str, Any]], out_dir, model=None, config_dir=None):
+        self.cfg: FinetuneConfig = cfg if isinstance(cfg, FinetuneConfig) else parse_finetune_config(cfg)
         self.out = Path(out_dir)
         self.config_dir = config_dir
         self._lock = RunLock(self.out).acquire()  # the run owns OUT (released by fit, or when building fails)
         try:
-            self._setup(model, config_dir)
+            self._setup(model)
         except BaseException:
             self.close()
             raise
@@ -249,86 +103,45 @@ class FineTuner:
         """Release ``OUT``'s run lock (done by :meth:`fit`; for a fine-tuner that is not fitted)."""
         self._lock.release()
 
-    def _setup(self, model, config_dir) -> None:
-        cfg = self.cfg
-        torch.manual_seed(int(cfg["seed"]))
-        np.random.seed(int(cfg["seed"]))
-        dcfg = cfg["data"]
-        self.df = read_manifest(config_path(dcfg["manifest"], config_dir, "data.manifest"))
-        self.base = config_path(cfg["base"], config_dir, "base") if not isinstance(cfg["base"], Mapping) else None
+    def _setup(self, model) -> None:
+        cfg, config_dir = self.cfg, self.config_dir
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.df = read_manifest(config_path(cfg.data.manifest, config_dir, "data.manifest"))
+        # `base` by the one path rule (medfm.paths): beside the config file, or as typed on the command line
+        self.base = config_path(cfg.base, config_dir, "base")
         # the column mapping the base checkpoint recorded (read before an --init base is re-saved to OUT/base)
-        self._recorded_columns = recorded_columns(self.base) if self.base is not None else {}
+        recorded = recorded_columns(self.base)
         if model is None:
-            model = self._base_model(cfg, config_dir)
-        if isinstance(model, FineTunedModel):  # a fine-tuned base: its encoder, without its head
-            model = model.encoder
-        encoder: MultiModalModel = model
-        self.columns = self._columns(encoder.modalities)
-        mods = cfg["modalities"] or [m for m in encoder.modalities if self.columns[m] in self.df.columns]
-        if not cfg["modalities"]:
-            for m in encoder.modalities:
-                if m not in mods:
-                    log.warning("modality %r of the base has no column %r in the manifest: not fine-tuned "
-                                "(map it with columns: {%s: COLUMN} or --column %s=COLUMN)",
-                                m, self.columns[m], m, m)
-        for m in mods:
-            if m not in encoder.modalities:
-                raise ConfigError(f"modality {m!r} is not in the base model; it has {encoder.modalities}")
-            if self.columns[m] not in self.df.columns:
-                raise ConfigError(f"the manifest has no column {self.columns[m]!r} for modality {m!r}")
-        if not mods:
-            raise ConfigError("no modality of the base model has a column in the manifest")
-        self.modalities = list(mods)
-        self.splits = make_splits(self.df, dcfg["split_column"], float(dcfg["val_fraction"]),
-                                  float(dcfg["test_fraction"]), int(dcfg["seed"]))
-        self.task = TaskSpec.from_config(cfg["task"]).fit(self.splits["train"])
+            model = self._base_model()
+        encoder: MultiModalModel = model.encoder if isinstance(model, FineTunedModel) else model
+        self.columns = build.column_map(cfg.data.columns, recorded, encoder.modalities)
+        self.modalities = build.chosen_modalities(cfg.modalities, encoder, self.columns, self.df)
+        dcfg = cfg.data
+        self.splits = make_splits(self.df, dcfg.split_column, dcfg.val_fraction, dcfg.test_fraction, dcfg.seed)
+        self.task = TaskSpec.from_config(cfg.task).fit(self.splits["train"])
         self.targets = {s: self.task.encode(d) for s, d in self.splits.items()}
         self._weights_cpu = self.task.loss_weights(self.targets["train"])
-        self.device = self._device(cfg["device"])
-        self._setup_method(encoder)
-        head = TaskHead(self.modalities, encoder.embed_dim, self.task.n_outputs, cfg["fusion"], **cfg["head"])
-        meta = finetune_meta(self.base, self.out, cfg["method"], self.modalities, self.task, head,
-                             fusion=cfg["fusion"], manifest_sha256=self.df.attrs.get("sha256"),
+        self.device = self._device(cfg.train.device)
+        build.setup_method(encoder, cfg.method, self.modalities, cfg.lora)
+        head = TaskHead(self.modalities, encoder.embed_dim, self.task.n_outputs, cfg.fusion, hidden=cfg.head.hidden,
+                        dropout=cfg.head.dropout)
+        meta = finetune_meta(self.base, self.out, cfg.method, self.modalities, self.task, head,
+                             fusion=cfg.fusion, manifest_sha256=self.df.attrs.get("sha256"),
                              columns=dict(self.columns))
         self.model = FineTunedModel(encoder, head, self.task, meta)
         self.model.to(self.device)
         self.n_trainable, self.n_total = count_parameters(self.model)
 
     # ---------------------------------------------------------- building
-    def _columns(self, modalities) -> Dict[str, str]:
-        """``{modality: column}``: the config's ``columns`` over the mapping the base checkpoint
-        recorded (:mod:`medfm.data.columns`), else the modality's name."""
-        mapping = {**self._recorded_columns, **(self.cfg["columns"] or {})}
-        return {m: mapping.get(m, m) for m in modalities}
-
-    def _base_model(self, cfg: Mapping[str, Any], config_dir) -> MultiModalModel:
-        """The base checkpoint, or — with ``init`` or a model config as ``base`` — a model built and
-        initialised from imported weights, saved to ``OUT/base`` (the fine-tuned checkpoint refers to it)."""
-        inits = dict(cfg.get("init") or {})
-        is_ckpt = self.base is not None and (self.base / CONFIG_NAME).is_file()
-        if is_ckpt and not inits:
-            return MultiModalModel.from_pretrained(self.base)
-        if is_ckpt:
-            model = MultiModalModel.from_pretrained(self.base)
-            if isinstance(model, FineTunedModel):
-                model = model.encoder
-            apply_init(model, inits, base_dir=config_dir)
-        else:
-
-            base_cfg = cfg["base"] if isinstance(cfg["base"], Mapping) or self.base is None or not self.base.is_file() \
-                else str(self.base)
-            mcfg = resolve_model_config(model_config_with_init(base_cfg, inits, config_dir))
-            adapters = {}
-            for name, options in (mcfg.get("modalities") or {}).items():  # tokenizers learnt on the training rows
-                adapter = get_modality(name, **(options or {}))
-                column = (cfg["columns"] or {}).get(name, name)
-                if column in self.df.columns:
-                    present = [(adapter.source_from_row(r, column), r.get("patient_id"))
-                               for r in self.df.to_dict("records")]
-                    present = [(v, p) for v, p in present if not is_missing(v)]
-                    fit_on_cohort(adapter, [v for v, _ in present], [p for _, p in present])
-                adapters[name] = adapter
-            model = create_model(mcfg, adapters=adapters)
+    def _base_model(self) -> MultiModalModel:
+        """The base (:func:`.build.base_model`); one built or initialised here is saved to ``OUT/base``
+        (the fine-tuned checkpoint refers to it)."""
+        model = build.base_model(self.cfg, self.base, self.df, self.config_dir)
+        if build.is_checkpoint(self.base) and not self.cfg.init:
+            return model
         for line in summary_lines(model.init_reports):
             log.info(line)
         self.base = self.out / "base"
@@ -342,47 +155,29 @@ class FineTuner:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(name)
 
-    def _setup_method(self, model: MultiModalModel) -> None:
-        """Make the base ready for ``method``: LoRA layers injected, or the right tensors trainable."""
-        method = self.cfg["method"]
-        others = shared_with(model, self.modalities)
-        if method != "linear" and others:
-            log.warning("the towers of %s share weights with %s: fine-tuning changes those too",
-                        self.modalities, others)
-        if method == "lora":
-            lc = self.cfg["lora"]
-            apply_lora(model, self.modalities, r=lc["r"], alpha=lc["alpha"], dropout=lc["dropout"], dora=lc["dora"],
-                       target_modules=lc["target_modules"])
-        else:
-            freeze(model)
-            if method == "full":  # the towers (less their pretraining-only decoders/MLM heads) + projections
-                for m in self.modalities:
-                    for n, p in model.tower(m).named_parameters():
-                        p.requires_grad_(not PRETRAINING_ONLY.fullmatch(n))
-                    for p in model.projections[m].parameters():
-                        p.requires_grad_(True)
-
     def _loader(self, split: str, train: bool) -> DataLoader:
-        dcfg = self.cfg["data"]
+        """The split's rows, read like pretraining's: confined to ``data.root`` / the manifest's data roots
+        (``data.confine_paths``), cached under ``data.cache_dir``."""
+        dcfg = self.cfg.data
         adapters = {m: self.model.adapters[m] for m in self.modalities}
         ds = ManifestDataset(self.splits[split], adapters, train=train, columns=self.columns,
                              base_dir=self.df.attrs.get("base_dir"), data_roots=self.df.attrs.get("data_roots"),
-                             cache_dir=optional_config_path(dcfg["cache_dir"], self.config_dir, "data.cache_dir"),
-                             seed=int(dcfg["seed"]), root=optional_config_path(dcfg["root"], self.config_dir,
-                                                                               "data.root"),
-                             confine=bool(dcfg["confine_paths"]))
+                             cache_dir=optional_config_path(dcfg.cache_dir, self.config_dir, "data.cache_dir"),
+                             seed=dcfg.seed, root=optional_config_path(dcfg.root, self.config_dir, "data.root"),
+                             confine=dcfg.confine_paths)
         ds.warn = not train  # training rows: the core's SkipLedger warns once per sample, however many epochs
-        return DataLoader(ds, batch_size=int(dcfg["batch_size"]), shuffle=train,
-                          num_workers=int(dcfg["num_workers"] or 0), collate_fn=MultiModalCollate(adapters),
-                          generator=torch.Generator().manual_seed(int(self.cfg["seed"])))
+        return DataLoader(ds, batch_size=dcfg.batch_size, shuffle=train, num_workers=dcfg.num_workers,
+                          collate_fn=MultiModalCollate(adapters),
+                          generator=torch.Generator().manual_seed(self.cfg.train.seed))
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW with the core's weight-decay policy; the head's groups take ``optim.head_lr``."""
-        oc = self.cfg["optim"]
-        lr = float(oc["lr"])
-        head_lr = float(oc["head_lr"]) if oc["head_lr"] is not None else lr
-        return build_optimizer(self.model, lr, float(oc["weight_decay"]), betas=(0.9, 0.999),  # torch's default
-                               key=lambda name, p: name.startswith("task_head."), lr_of={True: head_lr})
+    def _core(self, n_batches: int) -> TrainCore:
+        """The training core from the shared sections: AdamW (the head's groups take ``optim.head_lr``),
+        warm-up + cosine over the run's optimizer steps, ``train.precision`` and ``train.accumulation``."""
+        oc, tc = self.cfg.optim, self.cfg.train
+        head_lr = oc.head_lr if oc.head_lr is not None else oc.lr
+        steps = max(1, tc.epochs * math.ceil(n_batches / tc.accumulation))
+        return TrainCore.from_config(self.model, tc, oc, device=self.device, total_steps=steps,
+                                     key=lambda name, p: name.startswith("task_head."), lr_of={True: head_lr})
 
     def _trainable_state(self) -> Dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -397,9 +192,8 @@ class FineTuner:
     def _evaluate(self, split: str, loader, n_boot: int = 0) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
         pred = predict_loader(self.model, loader, self.device)
         y = self.targets[split][pred["index"]] if len(pred["index"]) else self.targets[split][:0]
-        ecfg = self.cfg["eval"]
         point, ci = task_metrics(self.task, y, pred["scores"], pred["patient_id"], n_boot=n_boot,
-                                 seed=int(ecfg["seed"]))
+                                 seed=self.cfg.eval.seed)
         if len(y):
             t = torch.as_tensor(y)
             point["loss"] = float(task_loss(self.task, pred["logits"], t, self._weights_cpu))
@@ -407,14 +201,25 @@ class FineTuner:
         return point, ci, {**pred, "y": y}
 
     def _train_epoch(self, core: TrainCore, loader: DataLoader, loss_of) -> float:
-        """One pass over the training split, one core step per batch; the mean batch loss."""
+        """One pass over the training split, one core step per ``train.accumulation`` batches (the last step
+        of the epoch takes what is left); the mean step loss."""
         self.model.train()
         tot, nb = 0.0, 0
-        for batch in loader:
-            if not batch["id"]:  # every sample of the batch was unreadable (counted)
-                core.skips.add_batch(batch)
-                continue
-            res = core.step(lambda b=batch: b, loss_of)
+        batches = iter(loader)
+
+        def next_batch():
+            for batch in batches:
+                if batch["id"]:
+                    return batch
+                core.skips.add_batch(batch)  # every sample of the batch was unreadable (counted)
+            return None
+
+        while True:
+            first = next_batch()
+            if first is None:
+                break
+            pending = [first]
+            res = core.step(lambda: pending.pop() if pending else next_batch(), loss_of)
             tot, nb = tot + res.logs["loss"], nb + 1
             self._n_steps = getattr(self, "_n_steps", 0) + 1
             stop = getattr(self, "_stop", None)
@@ -431,7 +236,7 @@ class FineTuner:
         SIGTERM/SIGINT stop it at the next step boundary with :class:`RunStopped`.
         """
         try:
-            with StopSignals() as stop, limits(**(self.cfg["data"]["limits"] or {})):
+            with StopSignals() as stop, limits(**self.cfg.data.limits.as_kwargs()):
                 self._stop, self._n_steps = stop, 0
                 return self._fit()
         finally:
@@ -439,19 +244,16 @@ class FineTuner:
             self.close()
 
     def _fit(self) -> Dict[str, Any]:
-        cfg, oc = self.cfg, self.cfg["optim"]
+        cfg, tc = self.cfg, self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "finetune_config.json", portable_paths(cfg, self.out))  # paths relative to OUT
+        # the typed config as recorded; paths relative to OUT
+        write_json(self.out / "finetune_config.json", portable_paths(to_dict(cfg), self.out))
         train_loader = self._loader("train", True)
         val_loader = self._loader("val", False) if len(self.splits["val"]) else None
         weights = None if self._weights_cpu is None else self._weights_cpu.to(self.device)
-        optimizer = self._optimizer()
-        epochs = int(oc["epochs"])
-        sched = cosine_with_warmup(optimizer, int(oc["warmup_steps"]), max(1, epochs * len(train_loader)))
-        core = TrainCore(self.model, optimizer, sched, device=self.device, precision="fp32",
-                         grad_clip=float(oc["grad_clip"] or 0))
-        key, higher = MONITORS[oc["monitor"]]
-        stop = EarlyStopping(higher, float(oc["min_delta"]), int(oc["patience"]) if val_loader is not None else 0)
+        core = self._core(len(train_loader))
+        key, higher = MONITORS[tc.monitor]
+        stop = EarlyStopping(higher, tc.min_delta, tc.patience if val_loader is not None else 0)
         history: List[Dict[str, Any]] = []
         y_train = torch.as_tensor(self.targets["train"])
 
@@ -459,11 +261,11 @@ class FineTuner:
             logits, _ = model.predict(batch)
             return {"loss": task_loss(self.task, logits, y_train[batch["index"].cpu()].to(self.device), weights)}
 
-        bar = progress(epochs, f"finetune ({cfg['method']})", bool(cfg["progress"]))
+        bar = progress(tc.epochs, f"finetune ({cfg.method})", tc.progress)
         history_log = MetricsLog(self.out / "history.jsonl", mode="w", prefix="finetune",
-                                 tensorboard=self.out / "tb" if cfg["tensorboard"] else None)
+                                 tensorboard=self.out / "tb" if tc.tensorboard else None)
         try:
-            for epoch in range(1, epochs + 1):
+            for epoch in range(1, tc.epochs + 1):
                 train_loader.dataset.set_epoch(epoch)
                 rec: Dict[str, Any] = {"epoch": epoch, "train_loss": self._train_epoch(core, train_loader, loss_of)}
                 if val_loader is not None:
@@ -476,7 +278,7 @@ class FineTuner:
                 rec["monitor"] = score
                 history.append(rec)
                 history_log.write(rec, step=epoch)
-                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{oc["monitor"]: f"{score:.4f}"})
+                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{tc.monitor: f"{score:.4f}"})
                 bar.update(1)
                 if stop.should_stop:
                     break
@@ -485,10 +287,10 @@ class FineTuner:
             history_log.close()
         # a run that learned from nothing fails here: no checkpoint, metrics.json or card (medfm.data.skips)
         core.skips.check(what=f"this fine-tuning run ({len(history)} epochs)", knob="--set data.max_skip_fraction=F",
-                         max_skip_fraction=cfg["data"]["max_skip_fraction"], source=self.df.attrs.get("source"))
+                         max_skip_fraction=cfg.data.max_skip_fraction, source=self.df.attrs.get("source"))
         self._load_trainable(stop.best_state)
         result: Dict[str, Any] = {
-            "out": str(self.out), "method": cfg["method"], "modalities": self.modalities, "task": self.task.kind,
+            "out": str(self.out), "method": cfg.method, "modalities": self.modalities, "task": self.task.kind,
             "label_column": self.task.label_column, "classes": self.task.classes, "monitor": key,
             "best_epoch": stop.best_epoch, "epochs_run": len(history), "stopped_early": stop.should_stop,
             "n_trainable": self.n_trainable, "n_total": self.n_total,
@@ -503,7 +305,7 @@ class FineTuner:
         ``metrics.json`` and the model card; returns ``result`` completed."""
         cfg = self.cfg
         if len(self.splits["test"]):
-            test, ci, pred = self._evaluate("test", self._loader("test", False), n_boot=int(cfg["eval"]["n_boot"]))
+            test, ci, pred = self._evaluate("test", self._loader("test", False), n_boot=cfg.eval.n_boot)
             n_skipped += pred["n_skipped"]
             result["test"], result["test_ci"] = test, {k: list(v) for k, v in ci.items()}
             self._write_predictions(pred)
@@ -513,7 +315,7 @@ class FineTuner:
         if getattr(self.model.encoder, "init_sources", None):
             result["init_sources"] = self.model.encoder.init_sources
         self.model.save_pretrained(self.out)
-        if cfg["merge"]:
+        if cfg.merge:
             result["merged"] = str(self.model.save_merged(self.out / "merged"))
         # on disk, paths are relative to the run folder (metrics.json travels with the checkpoint)
         write_json(self.out / "metrics.json", {**result, "out": ".", **(
@@ -536,11 +338,13 @@ class FineTuner:
         df.to_csv(self.out / "test_predictions.csv", index=False)
 
 
-def finetune(config: Mapping[str, Any], out_dir, *, model=None, config_dir=None) -> Dict[str, Any]:
+def finetune(config: Union[FinetuneConfig, Mapping[str, Any]], out_dir, *, model=None,
+             config_dir=None) -> Dict[str, Any]:
     """Fine-tune a pretrained medfm model on a cohort and evaluate it; the stable Python API.
 
     Args:
-        config: fine-tuning config; every key has a default (:data:`DEFAULT_CONFIG`) except
+        config: fine-tuning config (typed, or a mapping validated here); every key has a default
+            (:data:`DEFAULT_CONFIG`, ``medfm info --config-schema finetune``) except
             ``base`` (pretrained checkpoint directory) and ``data.manifest`` (``task.label_column``
             defaults to ``"label"``)::
 
@@ -550,9 +354,12 @@ def finetune(config: Mapping[str, Any], out_dir, *, model=None, config_dir=None)
                  "method": "lora"|"full"|"linear",
                  "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "dora": False, "target_modules": None},
                  "fusion": "concat"|"mean", "head": {"hidden": 0, "dropout": 0.0},
-                 "data": {"manifest": PATH, "batch_size": 16, "split_column": "split",
-                          "val_fraction": 0.15, "test_fraction": 0.15, "seed": 0},
-                 "optim": {"lr": 1e-3, "weight_decay": 0.01, "epochs": 20, "patience": 5,
+                 "data": {"manifest": PATH, "columns": {}, "batch_size": 16, "split_column": "split",
+                          "val_fraction": 0.15, "test_fraction": 0.15, "seed": 0, "root": None,
+                          "confine_paths": True, "limits": {...}},
+                 "optim": {"lr": 1e-3, "head_lr": None, "weight_decay": 0.01, "betas": [0.9, 0.999]},
+                 "train": {"device": "auto", "seed": 0, "precision": "fp32", "accumulation": 1,
+                           "epochs": 20, "patience": 5,
                            "monitor": "auroc"|"auprc"|"accuracy"|"mae"|"rmse"|"r2"|"loss"},
                  "eval": {"n_boot": 1000}, "merge": False}
         out_dir: where the fine-tuned checkpoint and reports go.

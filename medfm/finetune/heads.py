@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -61,7 +61,10 @@ class TaskSpec:
             raise ConfigError("task.label_column is required")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "TaskSpec":
+    def from_config(cls, cfg: Any) -> "TaskSpec":
+        """From the config's ``task`` section: a :class:`~medfm.finetune.config_schema.TaskConfig` or a mapping."""
+        if is_dataclass(cfg):
+            cfg = asdict(cfg)
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(cfg) - known)
         if unknown:

@@ -28,7 +28,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,8 @@ from ..data.skips import SkipLedger
 from ..errors import ConfigError
 from .resume_checkpoint import BY_NAME, load_optimizer_state_by_name, set_rng_state
 from .distributed import DistInfo
-from .schedule import build_optimizer
+from .schedule import build_optimizer, cosine_with_warmup
+from .sections import LoopConfig, OptimConfig
 
 log = logging.getLogger("medfm.train")
 
@@ -112,13 +113,16 @@ class TrainCore:
         unsharded: parameters whose gradients are averaged over ranks by hand (FSDP).
         world_size: number of ranks.
         after_step: called after every optimiser step (e.g. clamp the logit scale).
+        state_params: ``() -> {name: parameter}``, the names the optimiser state is saved and
+            restored by (default: ``model.named_parameters()``).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, *, device: torch.device,
                  precision: str = "fp32", accumulation: int = 1, grad_clip: float = 0.0,
                  wrapped: Optional[nn.Module] = None, clip_params: Optional[Iterable[nn.Parameter]] = None,
                  unsharded: Sequence[nn.Parameter] = (), world_size: int = 1,
-                 after_step: Optional[Callable[[], None]] = None):
+                 after_step: Optional[Callable[[], None]] = None,
+                 state_params: Optional[Callable[[], Mapping[str, nn.Parameter]]] = None):
         if precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {precision!r}")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -129,7 +133,28 @@ class TrainCore:
                             else [p for g in optimizer.param_groups for p in g["params"]])
         self.unsharded, self.world_size = list(unsharded), int(world_size)
         self.after_step = after_step
+        self.state_params = state_params or (lambda: dict(model.named_parameters()))
         self.skips = SkipLedger()
+
+    @classmethod
+    def from_config(cls, model: nn.Module, loop: LoopConfig, optim: OptimConfig, *, device: torch.device,
+                    total_steps: int, budget_s: Optional[float] = None, elapsed: Optional[Callable[[], float]] = None,
+                    key: Optional[Callable[[str, nn.Parameter], Hashable]] = None,
+                    lr_of: Optional[Dict[Hashable, float]] = None, **kwargs: Any) -> "TrainCore":
+        """The core of a run from its shared config sections (:mod:`medfm.train.sections`).
+
+        ``optim`` gives the AdamW optimiser (:func:`build_optimizer`: lr, weight decay, betas; ``key`` /
+        ``lr_of`` tag groups with their own learning rate), its schedule
+        (:func:`~medfm.train.schedule.cosine_with_warmup` over ``total_steps`` optimiser steps or the time
+        budget ``budget_s``: warm-up, ``min_lr_ratio``) and the clipping; ``loop`` the precision and the
+        accumulation. ``kwargs`` go to the constructor (``wrapped``, ``clip_params``, ``unsharded``,
+        ``world_size``, ``after_step``, ``state_params``).
+        """
+        optimizer = build_optimizer(model, optim.lr, optim.weight_decay, optim.betas, key=key, lr_of=lr_of)
+        scheduler = cosine_with_warmup(optimizer, optim.warmup_steps, total_steps, optim.min_lr_ratio,
+                                       budget_s=budget_s, elapsed=elapsed)
+        return cls(model, optimizer, scheduler, device=device, precision=loop.precision,
+                   accumulation=loop.accumulation, grad_clip=optim.grad_clip or 0.0, **kwargs)
 
     def step(self, next_batch: Callable[[], Mapping[str, Any]],
              compute: Callable[[nn.Module, Mapping[str, Any]], Mapping[str, Any]]) -> StepResult:
@@ -137,13 +162,20 @@ class TrainCore:
 
         Args:
             next_batch: returns the next collated batch (on the CPU; its skips are counted
-                and it is moved to :attr:`device` here).
+                and it is moved to :attr:`device` here), or ``None`` at the end of the data: the step
+                then uses the micro-batches it has (gradients scaled as for a full step; not under DDP).
             compute: ``(wrapped model, batch) -> {"loss": scalar tensor, ...}``; run under
                 autocast; other numeric entries are averaged into :attr:`StepResult.logs`.
         """
-        accum, res = self.accumulation, StepResult()
+        accum, res, n_micro = self.accumulation, StepResult(), 0
         for micro in range(accum):
             batch = next_batch()
+            if batch is None:
+                if micro == 0 or isinstance(self.wrapped, DDP):
+                    raise ValueError("TrainCore.step: no batch for this step" if micro == 0 else
+                                     "TrainCore.step: a short accumulation is not supported under DDP")
+                break
+            n_micro += 1
             self.skips.add_batch(batch)
             batch = move_batch(batch, self.device)
             res.n_samples += len(batch["id"])
@@ -158,6 +190,13 @@ class TrainCore:
                 val = float(v.detach()) if isinstance(v, torch.Tensor) else v
                 if isinstance(val, (int, float)):
                     res.logs[k] = res.logs.get(k, 0.0) + float(val) / accum
+        if n_micro < accum:  # the data ended inside the step: the mean over the micro-batches it had
+            scale = accum / n_micro
+            res.logs = {k: v * scale for k, v in res.logs.items()}
+            for g in self.optimizer.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
         for p in self.unsharded:
             if p.grad is not None:
                 p.grad.div_(self.world_size)
@@ -180,7 +219,7 @@ class TrainCore:
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
                                      options=StateDictOptions(full_state_dict=True, strict=False))
         elif state["optimizer"].get("format") == BY_NAME:
-            load_optimizer_state_by_name(self.model, self.optimizer, state["optimizer"], source=source)
+            load_optimizer_state_by_name(self.state_params(), self.optimizer, state["optimizer"], source=source)
         else:  # checkpoints of earlier medfm versions stored the state by position
             log.warning("%s: optimizer state stored by position (older medfm); restoring it by position", source)
             self.optimizer.load_state_dict(state["optimizer"])

@@ -6,6 +6,7 @@ Layout of ``OUT/checkpoints/step_000123/``::
     trainer_state.pt     optimizer, scheduler, step, data position, RNG states of every rank
                          (tensors and plain containers only: loaded with ``weights_only=True``)
     run_config.json      the training config
+    objectives.safetensors  the objectives' tensors, when they hold any (:mod:`medfm.train.task`)
 
 ``OUT/checkpoints/latest`` holds the name of the newest complete checkpoint.
 
@@ -22,7 +23,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -67,8 +68,13 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer_state: Dict[str, Any], scheduler, position: Dict[str, int],
-                    rng_states: List[Dict[str, Any]], run_config: Dict[str, Any], keep: int = 2) -> Path:
-    """Write ``root/step_{step}`` atomically, point ``latest`` at it, prune older ones."""
+                    rng_states: List[Dict[str, Any]], run_config: Dict[str, Any], keep: int = 2,
+                    extra: Optional[Callable[[Path], None]] = None) -> Path:
+    """Write ``root/step_{step}`` atomically, point ``latest`` at it, prune older ones.
+
+    ``extra(folder)`` writes more files into the checkpoint before it is complete (the objectives'
+    tensors: :meth:`medfm.train.task.PretrainTask.save_objectives`).
+    """
     root = Path(root)
     name = f"step_{step:08d}"
     with atomic_directory(root / name) as tmp:
@@ -76,6 +82,8 @@ def save_checkpoint(root: Path, step: int, model, optimizer_state: Dict[str, Any
         torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "step": int(step), "position": dict(position), "rng": rng_states}, tmp / STATE_NAME)
         write_json(tmp / "run_config.json", run_config)
+        if extra is not None:
+            extra(tmp)
     atomic_write_text(root / LATEST, name + "\n")
     existing = sorted(p for p in root.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d{8}", p.name))
     for old in existing[:-keep] if keep > 0 else []:
@@ -142,12 +150,20 @@ def load_trainer_state(ckpt: Path) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read training state: {e}") from e
 
 
-def optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+def _named(model: Union[torch.nn.Module, Mapping[str, torch.nn.Parameter]]) -> Dict[str, torch.nn.Parameter]:
+    return dict(model.items()) if isinstance(model, Mapping) else dict(model.named_parameters())
+
+
+def optimizer_state_by_name(model: Union[torch.nn.Module, Mapping[str, torch.nn.Parameter]],
+                            optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
     """``optimizer.state_dict()`` with parameter names instead of positions.
+
+    ``model``: a module (its ``named_parameters``) or ``{name: parameter}`` (the names to store,
+    e.g. :meth:`medfm.train.task.PretrainTask.state_parameters`).
 
     Returns ``{"format": BY_NAME, "state": {name: {...}}, "param_groups": [{..., "params": [name]}]}``.
     """
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in _named(model).items()}
     sd = optimizer.state_dict()
     index_to_name: Dict[int, str] = {}
     groups = []
@@ -159,7 +175,8 @@ def optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.Optim
             "param_groups": groups}
 
 
-def load_optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: Dict[str, Any],
+def load_optimizer_state_by_name(model: Union[torch.nn.Module, Mapping[str, torch.nn.Parameter]],
+                                 optimizer: torch.optim.Optimizer, saved: Dict[str, Any],
                                  *, source: Any = "checkpoint") -> None:
     """Load a state written by :func:`optimizer_state_by_name` whatever the parameter order.
 
@@ -169,7 +186,7 @@ def load_optimizer_state_by_name(model: torch.nn.Module, optimizer: torch.optim.
             names the first difference. A parameter that sits in another group (a changed
             weight-decay rule) keeps its moments and takes the current group, with a warning.
     """
-    params = dict(model.named_parameters())
+    params = _named(model)
     names = {id(p): n for n, p in params.items()}
     live = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
     saved_groups = [list(g["params"]) for g in saved["param_groups"]]

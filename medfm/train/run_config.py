@@ -1,18 +1,18 @@
 """The typed schema of a pretraining run config (``medfm pretrain CONFIG``).
 
-Validated up front — before the manifest or any data file is read — by
-:func:`validate_run_config`, with the key path in every message
-(``optim.lr: expected a number, got 'abc'``). Sections and keys::
+Validated once, at the CLI/API edge — before the manifest or any data file is read — by
+:func:`parse_run_config`, with the key path in every message
+(``optim.lr: expected a number, got 'abc'``); :class:`medfm.train.Trainer` receives the typed
+:class:`RunConfig`. ``data``, ``optim`` and ``train`` are the sections shared with fine-tuning
+(:mod:`medfm.train.sections`); pretraining adds to ``data`` (split, label_columns, shards,
+shuffle_buffer) and ``train`` (max_steps, checkpoints, resume, strategy, time budget). Sections::
 
     model:       a preset name, a YAML/JSON path, or a mapping (checked by create_model)
-    data:        manifest, split, columns, label_columns, batch_size, num_workers, cache_dir,
-                 root, confine_paths, limits {max_file_mb, max_elements, max_sample_mb,
-                 max_text_mb, max_header_mb}, shards, shuffle_buffer, max_skip_fraction
+    data:        DataConfig + split, label_columns, shards, shuffle_buffer
     objectives:  a list of {name, weight, ...objective options}
-    optim:       lr, weight_decay, betas, warmup_steps, min_lr_ratio, grad_clip
-    train:       max_steps, accumulation, precision, checkpoint_every, keep_checkpoints,
-                 log_every, seed, grad_checkpointing, strategy, device, tensorboard,
-                 progress, resume, force_resume, init_from, max_minutes, num_threads
+    optim:       OptimConfig (lr, weight_decay, betas, warmup_steps, min_lr_ratio, grad_clip)
+    train:       LoopConfig + max_steps, checkpoint_every, keep_checkpoints, log_every,
+                 grad_checkpointing, strategy, resume, force_resume, init_from, max_minutes
     requires:    accelerator (any | gpu), cpu_variant, note
 
 Relative paths (``data.manifest``, ``data.root``) resolve against the folder of the config
@@ -21,11 +21,17 @@ rule of :mod:`medfm.paths`.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 
 from ..errors import ConfigError
 from ..schema import to_dict, validate
+from .sections import DataConfig, LimitsConfig, LoopConfig, OptimConfig
+
+__all__ = ["RunConfig", "PretrainData", "PretrainTrain", "RequiresConfig", "ObjectiveConfig", "LimitsConfig",
+           "DataConfig", "OptimConfig", "LoopConfig", "parse_run_config", "validate_run_config", "check_accelerator"]
 
 
 def _min(v, **more):
@@ -33,71 +39,22 @@ def _min(v, **more):
 
 
 @dataclass
-class LimitsConfig:
-    """See :mod:`medfm.limits`; ``None`` keeps the default (or the environment's value).
-
-    Attributes:
-        max_file_mb: bytes on disk of one input, in MiB.
-        max_elements: the product of the dimensions a file's header declares.
-        max_sample_mb: memory of one decoded sample as float32, in MiB.
-    """
-
-    max_file_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
-    max_elements: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
-    max_sample_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
-    max_text_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
-    max_header_mb: Optional[float] = field(default=None, metadata={"min_exclusive": 0})
-
-
-def root_field() -> Any:
-    """``data.root``, shared by the pretraining and fine-tuning schemas."""
-    return field(default=None, metadata={"doc": "the one folder path cells must stay inside (default: the manifest's "
-                                                "folder and the data roots `medfm manifest` recorded in its sidecar; "
-                                                "medfm.data.confine)"})
-
-
-def confine_paths_field() -> Any:
-    """``data.confine_paths``, shared by the pretraining and fine-tuning schemas."""
-    return field(default=True, metadata={"doc": "refuse (as counted skips) manifest paths that leave the data roots"})
-
-
-def limits_field() -> Any:
-    """``data.limits``, shared by the pretraining and fine-tuning schemas."""
-    return field(default_factory=LimitsConfig, metadata={"doc": "input-size limits checked before decoding "
-                                                                "(medfm.limits)"})
-
-
-@dataclass
-class DataConfig:
-    """Where the samples come from and how they are batched.
+class PretrainData(DataConfig):
+    """The shared ``data`` section and what pretraining adds: the split it trains on, labels for label-aware
+    objectives, and streamed shards.
 
     Attributes:
         manifest: the cohort manifest (CSV, TSV, JSONL or Parquet); required unless ``shards`` is given.
         split: rows of this split train (``null``: every row); used when the manifest has a ``split`` column.
-        columns: ``{modality: column}`` where a modality's cells are not in a column of its name.
         label_columns: label columns passed to label-aware objectives.
-        batch_size: samples per step and rank.
-        num_workers: data-loading processes per rank.
-        cache_dir: where preprocessed samples are cached (``null``: no cache).
         shards: a folder or URL pattern written by ``medfm shard``, streamed instead of the manifest.
         shuffle_buffer: samples held for shuffling when streaming shards.
-        max_skip_fraction: the run fails (exit 1, no model) when a larger share of the rows that hold one of
-            its modalities had a cell it could not use; rows holding none of them do not count (:mod:`medfm.data.skips`).
     """
 
-    manifest: Optional[str] = None
     split: Optional[str] = "train"
-    columns: Dict[str, str] = field(default_factory=dict)
     label_columns: List[str] = field(default_factory=list)
-    batch_size: int = field(default=16, metadata=_min(1))
-    num_workers: int = field(default=0, metadata=_min(0))
-    cache_dir: Optional[str] = None
-    root: Optional[str] = root_field()
-    confine_paths: bool = confine_paths_field()
-    limits: LimitsConfig = limits_field()
     shards: Optional[str] = None
     shuffle_buffer: int = field(default=1000, metadata=_min(1))
-    max_skip_fraction: float = field(default=0.5, metadata={"min": 0, "max": 1})
 
     def check(self, path: str) -> None:
         if not self.manifest and not self.shards:
@@ -114,48 +71,16 @@ class ObjectiveConfig:
 
 
 @dataclass
-class OptimConfig:
-    """AdamW and its schedule (linear warm-up, cosine decay; fitted to ``train.max_minutes`` when given).
-
-    Attributes:
-        lr: peak learning rate.
-        weight_decay: decoupled weight decay (never on norms, biases, embeddings or the logit scale).
-        betas: AdamW betas.
-        warmup_steps: linear warm-up steps.
-        min_lr_ratio: the learning rate at the end of the cosine, as a fraction of ``lr``.
-        grad_clip: global gradient-norm clip (``null``: none).
-    """
-
-    lr: float = field(default=1e-3, metadata=_min(0))
-    weight_decay: float = field(default=0.05, metadata=_min(0))
-    betas: Tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = field(default=10, metadata=_min(0))
-    min_lr_ratio: float = field(default=0.0, metadata={"min": 0, "max": 1})
-    grad_clip: Optional[float] = field(default=1.0, metadata=_min(0))
-
-    def check(self, path: str) -> None:
-        for i, b in enumerate(self.betas):
-            if not 0 <= b < 1:
-                raise ConfigError(f"optim.betas[{i}]: must be in [0, 1), got {b!r}")
-
-
-@dataclass
-class TrainConfig:
-    """How long and where the run trains, and what it writes.
+class PretrainTrain(LoopConfig):
+    """The shared ``train`` section and what pretraining adds: how long, checkpoints, resume, sharding.
 
     Attributes:
         max_steps: optimizer steps.
-        accumulation: micro-batches per optimizer step.
-        precision: ``auto`` (bf16 on a bf16-capable GPU, else fp32), ``bf16`` or ``fp32``.
         checkpoint_every: steps between resumable checkpoints (0 or ``null``: only the final model).
         keep_checkpoints: how many resumable checkpoints are kept.
         log_every: steps between lines of ``metrics.jsonl``.
-        seed: seed of the weights, the data order and the augmentations.
         grad_checkpointing: recompute trunk activations in the backward pass (less memory).
         strategy: ``ddp`` or ``fsdp`` under ``torchrun``.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        tensorboard: also write TensorBoard scalars to ``OUT/tb``.
-        progress: show a progress bar.
         resume: continue from the newest intact checkpoint in ``OUT/checkpoints``.
         force_resume: resume even when the batch size, seed, accumulation, objectives or manifest
             differ from the checkpoint's (they change the data order or the objective; refused otherwise).
@@ -164,29 +89,18 @@ class TrainConfig:
             final save; time before a resume included. ``medfm pretrain`` counts from the start of its process
             (:mod:`medfm.clock`), the Python ``Trainer`` from its construction. A step that would end past the budget (less the time a
             final save takes) is not started; warm-up and decay are fitted to it.
-        num_threads: torch intra-op CPU threads for the run (``null``: torch's default, one per core the
-            process may use, or ``OMP_NUM_THREADS``). The shipped ``*_cpu`` recipes and ``medfm demo``
-            pin 1: their tiny models spend each step in many small ops, where a second thread adds
-            fork/join cost and waits for a core another process holds.
     """
 
     max_steps: int = field(default=100, metadata=_min(1))
-    accumulation: int = field(default=1, metadata=_min(1))
-    precision: Literal["auto", "bf16", "fp32", "32"] = "auto"
     checkpoint_every: Optional[int] = field(default=50, metadata=_min(0))
     keep_checkpoints: int = field(default=2, metadata=_min(1))
     log_every: int = field(default=1, metadata=_min(1))
-    seed: int = 0
     grad_checkpointing: bool = False
     strategy: Literal["ddp", "fsdp"] = "ddp"
-    device: str = "auto"
-    tensorboard: bool = True
-    progress: bool = True
     resume: bool = True
     force_resume: bool = False
     init_from: Optional[str] = None
     max_minutes: Optional[float] = field(default=None, metadata=_min(0))
-    num_threads: Optional[int] = field(default=None, metadata=_min(1))
 
 
 @dataclass
@@ -206,7 +120,7 @@ class RequiresConfig:
     note: Optional[str] = None
 
 
-def check_accelerator(requires: Mapping[str, Any], device: str, *, cuda: bool, allow_slow: bool = False,
+def check_accelerator(requires: RequiresConfig, device: str, *, cuda: bool, allow_slow: bool = False,
                       recipe: Optional[str] = None) -> None:
     """Refuse to start a GPU-sized recipe (``requires.accelerator: gpu``) where no GPU is visible.
 
@@ -215,12 +129,11 @@ def check_accelerator(requires: Mapping[str, Any], device: str, *, cuda: bool, a
     Raises:
         ConfigError: naming the recipe, its ``note`` and its ``cpu_variant``.
     """
-    req = requires or {}
-    if req.get("accelerator", "any") != "gpu" or cuda or allow_slow or str(device) == "cpu":
+    if requires.accelerator != "gpu" or cuda or allow_slow or device == "cpu":
         return
     name = recipe or "this recipe"
-    why = f" ({req['note']})" if req.get("note") else ""
-    variant = (f"use {req['cpu_variant']}, the same recipe sized for a CPU" if req.get("cpu_variant")
+    why = f" ({requires.note})" if requires.note else ""
+    variant = (f"use {requires.cpu_variant}, the same recipe sized for a CPU" if requires.cpu_variant
                else "no CPU variant ships: lower data.batch_size and the model size")
     raise ConfigError(f"{name} is sized for a GPU{why} and this machine has no CUDA device: {variant}; "
                       "to run it here anyway pass --allow-slow (or --set train.device=cpu)")
@@ -235,17 +148,17 @@ class RunConfig:
         data: where the samples come from.
         objectives: loss terms ``{name, weight, ...options}``, summed with their weights.
         optim: the optimizer and its schedule.
-        train: steps, precision, checkpoints and logging.
+        train: how long it trains, checkpoints and resume.
         requires: the hardware a recipe is sized for (a GPU recipe refuses a CPU-only machine).
         name: a label for the run.
         description: free text.
     """
 
     model: Union[str, Dict[str, Any]] = field(default_factory=lambda: {"name": "medfm-tiny"})
-    data: DataConfig = field(default_factory=DataConfig)
+    data: PretrainData = field(default_factory=PretrainData)
     objectives: List[Dict[str, Any]] = field(default_factory=lambda: [{"name": "clip", "weight": 1.0}])
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: PretrainTrain = field(default_factory=PretrainTrain)
     requires: RequiresConfig = field(default_factory=RequiresConfig)
     name: Optional[str] = None
     description: Optional[str] = None
@@ -262,14 +175,25 @@ class RunConfig:
             obj.update({"name": typed.name, **({"weight": typed.weight} if "weight" in obj else {})})
 
 
-def validate_run_config(run: Mapping[str, Any], tolerated: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Validate a merged run config; return it as plain containers with numbers converted.
+def parse_run_config(config: Mapping[str, Any]) -> RunConfig:
+    """A run config as read (YAML, ``--set`` applied) → the typed :class:`RunConfig` (defaults filled in).
 
-    ``tolerated``: keys accepted without a type, per section (``{"train": {...}}``): settings
-    another part of the code base added to ``DEFAULT_RUN`` before the schema knew them.
+    The one validation of a pretraining config, at the CLI/API edge, before the manifest or any data
+    file is read.
 
     Raises:
         ConfigError: the first problem, with its key path.
     """
-    obj = validate(RunConfig, run, extra_keys=tolerated)
-    return to_dict(obj)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a run config must be a mapping, got {type(config).__name__}")
+    known = [f.name for f in dataclasses.fields(RunConfig)]
+    unknown = sorted(set(config) - set(known), key=str)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown config section; known: {', '.join(sorted(known))}")
+    # objectives are edited in place by RunConfig.check (names and weights typed): work on a copy
+    return validate(RunConfig, copy.deepcopy(dict(config)))
+
+
+def validate_run_config(run: Mapping[str, Any]) -> Dict[str, Any]:
+    """:func:`parse_run_config` as plain containers (what a checkpoint's ``run_config.json`` records)."""
+    return to_dict(parse_run_config(run))

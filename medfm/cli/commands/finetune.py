@@ -9,23 +9,31 @@ from ..common import add_column_args, add_config_args, add_init_args, column_map
 
 
 def run(args) -> int:
-    from ...finetune import finetune  # deferred: keeps `medfm --help` from importing the training/evaluation stack
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
+    from ...finetune import finetune
+    from ...finetune.config_schema import FINETUNE_MOVES, parse_finetune_config
+    from ...schema import apply_moves
 
     config, config_dir = load_run_config(args)
+    config = apply_moves(config, FINETUNE_MOVES)  # keys of the previous release (each warns, naming the new key)
     inits = init_overrides(args)
     if inits:
         config["init"] = {**(config.get("init") or {}), **inits}
+    data = config.setdefault("data", {})
     if args.manifest is not None:
-        config.setdefault("data", {})["manifest"] = command_line_path(args.manifest)
+        data["manifest"] = command_line_path(args.manifest)
     if args.base is not None:
         config["base"] = command_line_path(args.base, may_be_name=True)
     if args.merge:
         config["merge"] = True
     if args.no_progress:
-        config["progress"] = False
-    # --column flags over the config's columns; the fine-tuner adds the base checkpoint's recorded mapping below both
-    config["columns"] = {**(config.get("columns") or {}), **column_map(args)}
-    result = finetune(config, Path(args.out), config_dir=config_dir)
+        config.setdefault("train", {})["progress"] = False
+    # --column flags over data.columns; the fine-tuner adds the base checkpoint's recorded mapping below both
+    # (the base resolved by the one path rule of medfm.paths, beside the config file)
+    if isinstance(data, dict):
+        data["columns"] = {**(data.get("columns") or {}), **column_map(args)}
+    cfg = parse_finetune_config(config)  # validated once, here; the fine-tuner receives the typed config
+    result = finetune(cfg, Path(args.out), config_dir=config_dir)
     summary = {k: result[k] for k in ("out", "method", "task", "monitor", "best_epoch", "epochs_run",
                                       "n_trainable", "n_total") if k in result}
     key = result["monitor"] if result["monitor"] != "loss" else ("mae" if result["task"] == "regression"

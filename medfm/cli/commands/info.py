@@ -2,9 +2,11 @@
 prints the typed config schemas (field, type, default, doc) — the reference of every config key."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import json
+import typing
 from typing import Any, Dict, List
 
 from ...registry import MODALITIES, MODELS, OBJECTIVES, WEIGHT_FORMATS
@@ -14,6 +16,8 @@ from medfm.models.presets import preset_description
 
 #: the schemas ``--config-schema`` prints: kind → (module, dataclass, what reads it)
 SCHEMAS = {
+    "shared": ("medfm.train.sections", "SHARED_SECTIONS", "the data, optim and train sections of run and finetune "
+                                                          "configs; each config adds its own fields"),
     "run": ("medfm.train.run_config", "RunConfig", "medfm pretrain CONFIG"),
     "finetune": ("medfm.finetune.config_schema", "FinetuneConfig", "medfm finetune CONFIG"),
     "model": ("medfm.models.config", "ModelConfig", "a run config's model:, configs/models/*.yaml, create_model"),
@@ -74,11 +78,46 @@ def objective_rows() -> List[Dict[str, Any]]:
 
 
 def schema_rows(kind: str) -> List[Dict[str, Any]]:
-    """The rows of one schema (see :func:`medfm.schema.describe`)."""
+    """The rows of one schema (see :func:`medfm.schema.describe`). ``shared``: the sections the run and
+    fine-tune configs share, once; in ``run`` and ``finetune`` a shared section lists only what that config
+    adds to it, and a shared field whose default differs there (``shared_default``)."""
     if kind == "objectives":
         return objective_rows()
+    if kind == "shared":
+        from ...train.sections import SHARED_SECTIONS  # deferred: keeps `medfm info` from importing the training stack
+
+        rows: List[Dict[str, Any]] = []
+        for key, section in SHARED_SECTIONS.items():
+            rows.append({"field": key, "type": "section", "default": None,
+                         "doc": f"{section.__name__}: " + (section.__doc__ or "").strip().splitlines()[0]})
+            rows.extend(describe(section, key))
+        return rows
     module, cls, _ = SCHEMAS[kind]
-    return describe(getattr(importlib.import_module(module), cls))
+    schema = getattr(importlib.import_module(module), cls)
+    return _without_shared_fields(schema, describe(schema))
+
+
+def _without_shared_fields(schema: Any, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    from ...train.sections import shared_section_of  # deferred: keeps `medfm info` from importing the training stack
+
+    drop: Dict[str, Dict[str, Any]] = {}  # section key -> {shared field: its shared default}
+    for f in dataclasses.fields(schema):
+        shared = shared_section_of(f.type if isinstance(f.type, type) else typing.get_type_hints(schema)[f.name])
+        if shared is not None:
+            drop[f.name] = {r["field"]: r["default"] for r in describe(shared)}
+    out = []
+    for r in rows:
+        key, _, rest = r["field"].partition(".")
+        if key in drop and not rest:
+            shared = shared_section_of(typing.get_type_hints(schema)[key])
+            out.append({**r, "doc": f"the shared {shared.__name__} (shared sections) and: {r['doc']}"})
+        elif key in drop and rest.split(".")[0] in {n.split(".")[0] for n in drop[key]}:
+            if rest in drop[key] and r["default"] != drop[key][rest]:  # a shared field with this config's default
+                out.append({**r, "shared_default": drop[key][rest], "doc": f"shared field; default here "
+                            f"{_cell(r['default'])} (shared {_cell(drop[key][rest])})"})
+        else:
+            out.append(r)
+    return out
 
 
 def _cell(value: Any) -> str:
@@ -86,6 +125,8 @@ def _cell(value: Any) -> str:
 
 
 def print_schemas(kinds: List[str], as_json: bool) -> None:
+    if any(k in ("run", "finetune") for k in kinds) and "shared" not in kinds:
+        kinds = ["shared", *kinds]  # each shared section once, before the configs that use it
     if as_json:
         print(json.dumps({k: schema_rows(k) for k in kinds}, indent=2, default=str))
         return
@@ -129,7 +170,7 @@ def run(args) -> int:
     print("configs:")
     for c in info["configs"]:
         print(f"  {c}")
-    print("config keys, types and defaults: medfm info --config-schema [run|finetune|model|objectives]")
+    print("config keys, types and defaults: medfm info --config-schema [shared|run|finetune|model|objectives]")
     return 0
 
 

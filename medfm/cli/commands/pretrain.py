@@ -9,8 +9,10 @@ from ..common import add_column_args, add_config_args, add_init_args, column_map
 
 
 def run(args) -> int:
-    from ...train import Trainer  # deferred: keeps `medfm --help` from importing the training/evaluation stack
+    # deferred: keeps `medfm --help` from importing the training/evaluation stack
+    from ...train import Trainer
     from ...train.distributed import cleanup
+    from ...train.run_config import parse_run_config
 
     config, config_dir = load_run_config(args)
     inits = init_overrides(args)
@@ -29,11 +31,11 @@ def run(args) -> int:
     if args.no_progress:
         config.setdefault("train", {})["progress"] = False
     if args.columns:
-
         config.setdefault("data", {}).setdefault("columns", {}).update(column_map(args))
+    cfg = parse_run_config(config)  # validated once, here; the trainer receives the typed config
     try:
         # train.max_minutes bounds the whole command: its clock starts with the process
-        trainer = Trainer(config, Path(args.out), config_dir=config_dir, started_at=getattr(args, "started_at", None),
+        trainer = Trainer(cfg, Path(args.out), config_dir=config_dir, started_at=getattr(args, "started_at", None),
                           allow_slow=args.allow_slow)
         last = trainer.fit()
         if trainer.dist.is_main:

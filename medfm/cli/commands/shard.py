@@ -51,7 +51,7 @@ def _config(args) -> Tuple[Any, Dict[str, Any], Optional[Path]]:
     # deferred: keeps `medfm --help` from importing the training stack
     from medfm.configs import config_path as shipped_config
     from medfm.schema import to_dict, validate
-    from medfm.train.run_config import DataConfig
+    from medfm.train.run_config import PretrainData as DataConfig  # the data section of a run config
 
     data = to_dict(DataConfig(manifest=args.manifest))
     if args.config is None:
