@@ -86,7 +86,8 @@ def test_one_core_drives_pretraining_and_finetuning(tmp_path, monkeypatch):
                        "train": {"max_steps": 3, "checkpoint_every": 0, "tensorboard": False, "progress": False}},
                       tmp_path / "pre")
     trainer.fit()
-    assert calls == ["MultiModalModel"] * 3
+    # pretraining steps the task module: the model and its objectives (objectives may own parameters)
+    assert calls == ["PretrainTask"] * 3 and trainer.core.model.model is trainer.model
     r = finetune({"base": str(tmp_path / "pre"), "data": {"manifest": str(manifest), "split_column": None,
                                                           "batch_size": 16},
                   "optim": {"epochs": 1}, "eval": {"n_boot": 0}, "progress": False, "tensorboard": True},
