@@ -259,8 +259,8 @@ def test_info_config_schema_shows_each_shared_section_once(capsys):
     for once in ("optim.lr", "data.root", "data.limits.max_file_mb", "data.columns", "train.device",
                  "train.accumulation", "data.batch_size"):
         assert fields.count(once) == 1, once
-    run = out[out.index("run config ("):out.index("finetune config (")]
-    ft = out[out.index("finetune config ("):out.index("model config (")]
+    run = out[out.index("\nrun config ("):out.index("\nfinetune config (")]
+    ft = out[out.index("\nfinetune config ("):out.index("\nmodel config (")]
     for section in ("DataConfig", "OptimConfig", "LoopConfig"):
         assert f"the shared {section}" in run and f"the shared {section}" in ft
     assert "train.max_steps" in run and "train.epochs" in ft and "train.epochs" not in run

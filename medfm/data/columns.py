@@ -3,7 +3,9 @@
 A modality's cells live in the manifest column named after it unless a mapping says
 otherwise. The mapping is, in order of precedence:
 
-1. ``--column MODALITY=COLUMN`` given on the command line (repeatable);
+1. ``--column MODALITY=COLUMN`` given on the command line (repeatable), over a run or
+   fine-tune config's ``data.columns`` (the one config key of the mapping; a fine-tune
+   config's top-level ``columns`` of the previous release moves there with a warning);
 2. the mapping recorded in the checkpoint the command loads (``config.json`` →
    ``"data_columns"``, written by pretraining and fine-tuning; older checkpoints: the
    ``data.columns`` of the ``run_config.json`` beside it, or ``finetune.columns``);

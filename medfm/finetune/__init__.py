@@ -9,8 +9,10 @@ Public API::
     model.save_pretrained("copy"); model.save_merged("merged")
 
 Modules: :mod:`.lora` (presets, apply/merge), :mod:`.heads` (TaskSpec, TaskHead, fusion,
-losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.finetuner` (the run: what a
-fine-tuning step and epoch compute, on the core :mod:`medfm.train.loop`),
+losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.config_schema` (the typed
+config), :mod:`.finetuner` (the run: what a fine-tuning step and epoch compute, on the core
+:mod:`medfm.train.loop`; :mod:`.build` the base and method, :mod:`.scoring` predictions, metrics
+and early stopping),
 :mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.layout` (the directory layout).
 Names are imported on first use (:mod:`medfm.lazy`).
 """
@@ -23,12 +25,15 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".lora": ["PRESETS", "apply_lora", "count_parameters", "find_target_modules", "freeze", "lora_state_dict",
               "merge_lora", "load_lora_state_dict"],
     "medfm.data.splits": ["assign_patients", "check_no_leakage", "make_splits"],
-    ".finetuner": ["DEFAULT_CONFIG", "FineTuner", "finetune", "predict_loader", "predict_scores",
-                   "regression_metrics"],
+    ".finetuner": ["FineTuner", "finetune"],
+    ".config_schema": ["FinetuneConfig", "parse_finetune_config"],
+    ".scoring": ["EarlyStopping", "predict_loader", "predict_scores", "task_metrics"],
+    "medfm.metrics": ["regression_metrics"],
 })
 
 __all__ = [
-    "finetune", "FineTuner", "DEFAULT_CONFIG", "predict_scores", "predict_loader", "regression_metrics",
+    "finetune", "FineTuner", "FinetuneConfig", "parse_finetune_config", "EarlyStopping", "task_metrics",
+    "predict_scores", "predict_loader", "regression_metrics",
     "FineTunedModel", "load_finetuned", "export_merged", "weight_files",
     "TaskHead", "TaskSpec", "fuse", "task_loss",
     "PRESETS", "apply_lora", "find_target_modules", "freeze", "merge_lora", "lora_state_dict", "load_lora_state_dict",

@@ -46,7 +46,7 @@ from ..metrics import regression_metrics
 from ..models import MultiModalModel
 from ..models.init import summary_lines, write_init_report
 from ..paths import config_path, optional_config_path
-from ..schema import defaults as schema_defaults, to_dict
+from ..schema import to_dict
 from ..train.loop import MetricsLog, TrainCore, progress
 from ..train.run_guard import RunLock, RunStopped, StopSignals, stopped_message
 from . import build
@@ -59,12 +59,7 @@ from .scoring import EarlyStopping, labelled, predict_loader, predict_scores, ta
 
 log = logging.getLogger("medfm.finetune")
 
-METHODS = ("lora", "full", "linear")
-
-#: the fine-tune config's defaults: the field defaults of :class:`medfm.finetune.config_schema.FinetuneConfig`
-DEFAULT_CONFIG: Dict[str, Any] = schema_defaults(FinetuneConfig)
-
-__all__ = ["FineTuner", "finetune", "resolve_config", "DEFAULT_CONFIG", "MONITORS", "METHODS", "EarlyStopping",
+__all__ = ["FineTuner", "finetune", "resolve_config", "MONITORS", "EarlyStopping",
            "labelled", "task_metrics", "predict_scores", "predict_loader", "regression_metrics"]
 
 
@@ -344,7 +339,7 @@ def finetune(config: Union[FinetuneConfig, Mapping[str, Any]], out_dir, *, model
 
     Args:
         config: fine-tuning config (typed, or a mapping validated here); every key has a default
-            (:data:`DEFAULT_CONFIG`, ``medfm info --config-schema finetune``) except
+            (:class:`~medfm.finetune.config_schema.FinetuneConfig`, ``medfm info --config-schema finetune``) except
             ``base`` (pretrained checkpoint directory) and ``data.manifest`` (``task.label_column``
             defaults to ``"label"``)::
 

@@ -33,7 +33,7 @@ from ..models import MultiModalModel
 from ..models.init import write_init_report
 from ..objectives import build_objective
 from ..paths import config_path, optional_config_path
-from ..schema import defaults as schema_defaults, to_dict
+from ..schema import to_dict
 from . import pretrain_build as build
 from .distributed import DistInfo, all_reduce_sum, gather_objects, init_distributed
 from .loop import MetricsLog, TrainCore, progress, wrap_model
@@ -44,10 +44,6 @@ from .run_guard import RunLock, RunStopped, StopSignals, stopped_message
 from .task import PretrainTask
 
 log = logging.getLogger("medfm.train")
-
-#: the run config's defaults: the field defaults of :class:`medfm.train.run_config.RunConfig`
-DEFAULT_RUN: Dict[str, Any] = schema_defaults(RunConfig)
-
 
 def resolve_run_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     """A run config validated (:func:`medfm.train.run_config.parse_run_config`: types, ranges, unknown
