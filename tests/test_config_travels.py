@@ -271,3 +271,50 @@ def test_info_config_schema_shows_each_shared_section_once(capsys):
     assert list(data) == ["shared", "finetune"]
     assert {r["field"] for r in data["shared"]} >= {"data.root", "optim.lr", "train.seed"}
     assert "data.root" not in {r["field"] for r in data["finetune"]}
+
+
+def test_a_base_modality_without_a_column_is_named_not_dropped_silently(cohort, tmp_path, caplog):
+    """``modalities:`` unset: every base modality with a column is fine-tuned; one without is named in a
+    warning that says how to map it, and ``data.columns`` maps it."""
+    df = pd.read_csv(cohort["manifest"], dtype=str, keep_default_na=False).rename(columns={"toyb": "signal_b"})
+    df.to_csv(tmp_path / "renamed.csv", index=False)
+    cfg = _ft(cohort, modalities=None, data={"manifest": str(tmp_path / "renamed.csv")})
+    with caplog.at_level("WARNING", logger="medfm.finetune"):
+        ft = FineTuner(cfg, tmp_path / "one")
+    ft.close()
+    assert ft.modalities == ["toy"]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "'toyb'" in said and "'signal_b'" not in said and "data.columns: {toyb: COLUMN}" in said
+    both = FineTuner(_ft(cohort, modalities=None, data={"manifest": str(tmp_path / "renamed.csv"),
+                                                        "columns": {"toyb": "signal_b"}}), tmp_path / "two")
+    both.close()
+    assert both.modalities == ["toy", "toyb"] and both.columns == {"toy": "toy", "toyb": "signal_b"}
+
+
+def test_a_step_cut_short_by_the_end_of_the_data_is_the_mean_of_what_it_had():
+    """With accumulation 3 and two batches left, the step's gradient is their mean (not 2/3 of it): the same
+    update as accumulation 2 over those batches; the reported loss is their mean too."""
+    from medfm.train.loop import TrainCore
+
+    torch.manual_seed(0)
+    xs = [torch.randn(4, 3) for _ in range(2)]
+
+    def run(accumulation):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(3, 1)
+        core = TrainCore.from_config(model, LoopConfig(precision="fp32", accumulation=accumulation),
+                                     OptimConfig(lr=0.1, weight_decay=0.0, warmup_steps=0, grad_clip=1e9),
+                                     device=torch.device("cpu"), total_steps=1)
+        batches = iter([{"id": ["a"] * 4, "x": x} for x in xs])
+        res = core.step(lambda: next(batches, None), lambda m, b: {"loss": (m(b["x"]) ** 2).mean()})
+        return res.logs["loss"], res.grad_norm, [p.detach().clone() for p in model.parameters()]
+
+    loss3, norm3, short = run(3)
+    loss2, norm2, full = run(2)
+    assert loss3 == pytest.approx(loss2, rel=1e-6) and norm3 == pytest.approx(norm2, rel=1e-6)  # not 2/3 of it
+    for a, b in zip(short, full):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="no batch"):
+        run_empty = TrainCore.from_config(torch.nn.Linear(3, 1), LoopConfig(), OptimConfig(),
+                                          device=torch.device("cpu"), total_steps=1)
+        run_empty.step(lambda: None, lambda m, b: {"loss": m(b["x"]).sum()})
