@@ -14,7 +14,7 @@ code base or from a plug-in's ``medfm.objectives`` entry point (:mod:`medfm.regi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -57,7 +57,7 @@ class PretrainTask(nn.Module):
         out.update({OBJECTIVE_PREFIX + n: p for n, p in self.objective.named_parameters()})
         return out
 
-    def save_objectives(self, directory: Path, state: Mapping[str, torch.Tensor] = None) -> None:
+    def save_objectives(self, directory: Path, state: Optional[Mapping[str, torch.Tensor]] = None) -> None:
         """Write the objectives' tensors to ``directory/objectives.safetensors`` (nothing when they hold none).
 
         ``state``: a full state to write instead of this module's (FSDP: gathered on rank 0).
