@@ -310,6 +310,22 @@ def apply_moves(config: Mapping[str, Any], moves: Mapping[str, str]) -> Dict[str
     return out
 
 
+def move_override_keys(overrides: Sequence[str], moves: Mapping[str, str]) -> List[str]:
+    """``--set KEY=VALUE`` items whose key (or a key below it) moved, rewritten to the new key, each with the
+    warning of :func:`apply_moves`: ``optim.epochs=3`` → ``train.epochs=3``, ``columns.ecg=x`` → ``data.columns.ecg=x``."""
+    out = []
+    for item in overrides or ():
+        key, sep, value = str(item).partition("=")
+        k = key.strip()
+        for old, new in moves.items():
+            if sep and (k == old or k.startswith(old + ".")):
+                warn_moved(old, f"write {new} instead (the old key works for one more release)")
+                item = f"{new}{k[len(old):]}={value}"
+                break
+        out.append(item)
+    return out
+
+
 def _section(config: Any, parts: Sequence[str]) -> Optional[Dict[str, Any]]:
     for part in parts:
         if not isinstance(config, Mapping) or not isinstance(config.get(part), Mapping):

@@ -109,12 +109,16 @@ def test_a_config_with_old_keys_warns_naming_the_new_key_and_still_runs(cohort, 
         parse_finetune_config({**new, "optim": {"epochs": 3}})
 
 
-def test_cli_set_of_an_old_key_warns_and_applies(cohort, tmp_path, capsys, fresh_warnings):
+def test_cli_set_of_an_old_key_warns_and_overrides_the_new_key_of_the_file(cohort, tmp_path, capsys, fresh_warnings):
+    """``--set optim.epochs=1`` on a recipe that writes ``train.epochs`` (a shipped recipe, an old habit)."""
     (tmp_path / "ft.yaml").write_text(json.dumps(_ft(cohort, train={"epochs": 3})))
-    with pytest.warns(FutureWarning, match="optim.min_delta is deprecated; write train.min_delta instead"):
-        rc = main(["finetune", str(tmp_path / "ft.yaml"), "--out", str(tmp_path / "o"), "--set", "optim.min_delta=0.5"])
+    with pytest.warns(FutureWarning, match="optim.epochs is deprecated; write train.epochs instead"):
+        rc = main(["finetune", str(tmp_path / "ft.yaml"), "--out", str(tmp_path / "o"), "--set", "optim.epochs=1",
+                   "--set", "columns.toy=toy"])
     assert rc == 0
-    assert json.loads((tmp_path / "o" / "finetune_config.json").read_text())["train"]["min_delta"] == 0.5
+    recorded = json.loads((tmp_path / "o" / "finetune_config.json").read_text())
+    assert recorded["train"]["epochs"] == 1 and recorded["data"]["columns"] == {"toy": "toy"}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs_run"] == 1
 
 
 # ------------------------------------------------------------- fine-tuning has the loop options

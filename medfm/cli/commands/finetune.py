@@ -1,10 +1,12 @@
 """``medfm finetune CONFIG --out DIR [--merge] [--set k=v]``: LoRA / full / linear fine-tuning on a cohort."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from ...paths import command_line_path
+from ...io import apply_overrides
+from ...paths import command_line_overrides, command_line_path
 from ..common import add_column_args, add_config_args, add_init_args, column_map, init_overrides, load_run_config
 
 
@@ -12,10 +14,13 @@ def run(args) -> int:
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from ...finetune import finetune
     from ...finetune.config_schema import FINETUNE_MOVES, parse_finetune_config
-    from ...schema import apply_moves
+    from ...schema import apply_moves, move_override_keys
 
-    config, config_dir = load_run_config(args)
-    config = apply_moves(config, FINETUNE_MOVES)  # keys of the previous release (each warns, naming the new key)
+    # keys of the previous release move to their new place (each warns, naming the new key): in the file first,
+    # then in the --set items, so a --set of either spelling overrides the file's value
+    config, config_dir = load_run_config(argparse.Namespace(**{**vars(args), "overrides": []}))
+    config = apply_overrides(apply_moves(config, FINETUNE_MOVES),
+                             command_line_overrides(move_override_keys(args.overrides, FINETUNE_MOVES)))
     inits = init_overrides(args)
     if inits:
         config["init"] = {**(config.get("init") or {}), **inits}
