@@ -46,10 +46,10 @@ from medfm.modality import ModalityAdapter, Record, check_format
 from medfm.registry import register_modality
 
 from . import signal as sig
-from .ecg_files import (MAX_WFDB_SIGNALS, _sidecar, check_wfdb_header, read_array, read_dicom_waveform,  # noqa: F401
-                        read_muse_xml, read_wfdb, wfdb_header_lines)
-from .ecg_leads import (_ALIASES, _UNIT_TO_MV, _UNKNOWN_UNITS, FLAT_MV, LEAD_INDEX, LEADS, canonicalize,  # noqa: F401
-                        derive_limb_leads, normalize_lead_name, unit_factor)
+from .ecg_files import (MAX_WFDB_SIGNALS, check_wfdb_header, read_array, read_dicom_waveform,  # noqa: F401
+                        read_muse_xml, read_sidecar, read_wfdb, wfdb_header_lines)
+from .ecg_leads import (FLAT_MV, LEAD_ALIASES, LEAD_INDEX, LEADS, UNIT_TO_MV, UNKNOWN_UNITS,  # noqa: F401
+                        canonicalize, derive_limb_leads, normalize_lead_name, unit_factor)
 
 
 @register_modality("ecg")
@@ -113,7 +113,7 @@ class ECGAdapter(ModalityAdapter):
             return read_muse_xml(p)
         check_format(p, self.name, self.suffixes)
         arr, info = read_array(p)
-        info.update({k: v for k, v in _sidecar(p).items() if k in ("fs", "leads", "units")})
+        info.update({k: v for k, v in read_sidecar(p).items() if k in ("fs", "leads", "units")})
         if row is not None:
             fs_cell = row.get(self.options["fs_column"])
             if fs_cell is not None and not (isinstance(fs_cell, float) and math.isnan(fs_cell)) and str(fs_cell).strip():
@@ -225,8 +225,8 @@ class ECGAdapter(ModalityAdapter):
                          "punctuation ignored; MLII = II, C1..C6 = V1..V6); other channels and repeats are ignored; "
                          "absent leads are zeros and lead_mask is False there",
                  "aliases": {"rule": "lower case, '(...)' removed, leading 'lead'/'ecg' removed, spaces and _:. "
-                                     "removed; then this table", "table": dict(_ALIASES)},
-                 "units": {"to": "mV", "factors": dict(_UNIT_TO_MV), "assumed_mV": sorted(_UNKNOWN_UNITS)}},
+                                     "removed; then this table", "table": dict(LEAD_ALIASES)},
+                 "units": {"to": "mV", "factors": dict(UNIT_TO_MV), "assumed_mV": sorted(UNKNOWN_UNITS)}},
                 {"op": "derive_limb_leads", "enabled": bool(o["derive_limb_leads"]),
                  "rule": "II = I + III when only I and III exist; then the missing ones of III = II - I, "
                          "aVR = -(I + II) / 2, aVL = I - II / 2, aVF = II - I / 2 (flagged in derived_mask)"},

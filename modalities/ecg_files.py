@@ -169,7 +169,8 @@ def read_muse_xml(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], D
     return np.stack([r[:n] for r in rows]), fs, names, units, {}
 
 
-def _sidecar(path: Path) -> Dict[str, Any]:
+def read_sidecar(path: Path) -> Dict[str, Any]:
+    """The JSON sidecar ``<stem>.json`` of an array file (``fs``, ``leads``, ``units``), ``{}`` when there is none."""
     side = path.with_suffix(".json")
     if side.exists():
         try:

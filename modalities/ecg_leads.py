@@ -19,7 +19,7 @@ LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}
 FLAT_MV = 1e-3
 
 #: normalised spelling (lower case, no spaces/punctuation, "lead" dropped) → canonical lead
-_ALIASES: Dict[str, str] = {
+LEAD_ALIASES: Dict[str, str] = {
     **{name.lower(): name for name in LEADS},
     "mli": "I", "mlii": "II", "mliii": "III", "di": "I", "dii": "II", "diii": "III",
     "leadi": "I", "leadii": "II", "leadiii": "III", "1": "I", "2": "II", "3": "III",
@@ -27,9 +27,9 @@ _ALIASES: Dict[str, str] = {
     **{f"c{i}": f"V{i}" for i in range(1, 7)},
 }
 #: units → factor to millivolts
-_UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3,
+UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3,
                "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3, "volt": 1e3, "volts": 1e3, "nv": 1e-6}
-_UNKNOWN_UNITS = {"", "nu", "none", "adu"}
+UNKNOWN_UNITS = {"", "nu", "none", "adu"}
 
 
 def normalize_lead_name(name: Any) -> Optional[str]:
@@ -40,15 +40,15 @@ def normalize_lead_name(name: Any) -> Optional[str]:
     s = re.sub(r"\(.*?\)", "", str(name)).strip().lower()
     s = re.sub(r"^(lead|ecg)[\s_:-]*", "", s)
     s = re.sub(r"[\s_:.]", "", s)
-    return _ALIASES.get(s)
+    return LEAD_ALIASES.get(s)
 
 
 def unit_factor(units: Any, *, source: Any = None, lead: Optional[str] = None) -> Tuple[float, bool]:
     """``(factor to mV, assumed)``; unknown-but-empty units are assumed mV (``assumed=True``)."""
     u = str(units or "").strip().lower()
-    if u in _UNIT_TO_MV:
-        return _UNIT_TO_MV[u], False
-    if u in _UNKNOWN_UNITS:
+    if u in UNIT_TO_MV:
+        return UNIT_TO_MV[u], False
+    if u in UNKNOWN_UNITS:
         return 1.0, True
     raise DataError(f"unsupported signal units {units!r} (expected mV, uV or V)", source=source, field=lead or "units")
 
