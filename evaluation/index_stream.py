@@ -33,7 +33,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from faiss.contrib.ivf_tools import add_preassigned
+from faiss.contrib.ondisk import merge_ondisk
 from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from medfm.errors import ConfigError, DataError
 
@@ -138,8 +144,6 @@ def exact_topk(queries: np.ndarray, x: np.ndarray, k: int, block: int = 65_536) 
     """Exact inner-product top-``k`` of ``queries (q, D)`` among the rows of ``x (m, D)``: ``(D, I)`` of shape
     ``(q, min(k, m))``, best first. torch GEMM in row blocks (faiss's ``knn`` runs its own BLAS, several
     times slower on small CPUs); memory ``q × block`` floats."""
-    import torch
-
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     k = min(int(k), len(x))
     best_d = torch.full((len(q), k), -float("inf"))
@@ -156,8 +160,6 @@ def exact_topk(queries: np.ndarray, x: np.ndarray, k: int, block: int = 65_536) 
 def assign_lists(centroids: np.ndarray, x: np.ndarray, block: int = 65_536) -> np.ndarray:
     """Coarse assignment ``(m,)`` int64: the inverted list (max inner product with ``centroids (nlist, D)``)
     of each row of ``x (m, D)``, as faiss's flat IP quantizer gives it, computed with torch GEMM."""
-    import torch
-
     c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
     out = np.empty(len(x), np.int64)
     for s in range(0, len(x), block):
@@ -198,11 +200,6 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
     Returns the ``index.json`` content, with ``recall`` = {"k", "at": {"nprobe"}, "recall_at_k",
     "n_queries"} measured against exact search at build time.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from faiss.contrib.ivf_tools import add_preassigned
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     gal = Gallery(gallery_files(patterns))
     if not gal.meta.get("model_fingerprint"):
@@ -262,8 +259,6 @@ def build_streaming(patterns: Sequence[str], out: Any, *, kind: str = "ivfpq", n
     writer.close()
     heap.finalize()
     if kind == "ivf-ondisk":
-        from faiss.contrib.ondisk import merge_ondisk
-
         ivfdata = d / "index.ivfdata"
         if ivfdata.exists():
             ivfdata.unlink()

@@ -167,7 +167,7 @@ class ModalityAdapter:
     # ---------------------------------------------------------------- batching
     def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Batch preprocessed items. Default: stack tensors, list everything else."""
-        import torch  # deferred: heavy optional import; this module stays light for `medfm --help`
+        import torch  # deferred: torch takes seconds to import and `medfm --help` imports this module
 
         out: Dict[str, Any] = {}
         for key in items[0]:
@@ -241,8 +241,9 @@ def fit_on_cohort(adapter: ModalityAdapter, values: Sequence[Any], patient_ids: 
 
 def check_finite(item: Mapping[str, Any], modality: str, source: Any) -> None:
     """Raise :class:`DataError` when a float tensor of ``item`` holds NaN or inf."""
-    import numpy as np  # deferred: heavy optional import; this module stays light for `medfm --help`
-    import torch  # deferred: heavy optional import (as above)
+    # deferred: `medfm --help` imports this module, and neither numpy nor torch (seconds) is needed there
+    import numpy as np
+    import torch
 
     for key, val in item.items():
         # numpy: torch's multi-threaded reduction is slow inside busy DataLoader workers

@@ -25,10 +25,11 @@ from medfm.errors import ConfigError, DataError
 from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
+from . import augment, geometry, intensity
 from . import imaging as im
 from . import dicom as dcm
 from .dicom import is_dicom_file
-from medfm.limits import check_declared_shape
+from .tower_config import vit_tower
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: NIfTI records no modality: an MR or PET volume would be windowed as HU without a word
@@ -41,31 +42,15 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def read_nifti(path: Path) -> im.Volume:
-    """NIfTI through MONAI's ``LoadImage`` with its ``NibabelReader`` → :class:`imaging.Volume`."""
-    import nibabel as nib
-    from monai.transforms import LoadImage
+def _volume_ops():
+    """:mod:`medfm.modalities.volume_ops` (MONAI), imported with the first CT volume."""
+    from . import volume_ops  # deferred: MONAI takes seconds to import; manifest/inspect import this adapter for reads_folder
+    return volume_ops
 
-    try:  # the header alone first: a declared size over the limits fails before any allocation
-        header_img = nib.load(str(path))
-        shape, stated = header_img.header.get_data_shape(), np.asarray(header_img.affine, dtype=np.float64)
-    except Exception as e:
-        raise DataError(f"unreadable NIfTI header: {type(e).__name__}: {e}", source=str(path)) from e
-    check_declared_shape(shape, source=path, what="NIfTI volume")
-    # the header's own affine: MONAI silently replaces a NaN one with the identity
-    im.check_geometry(im.Volume(np.zeros((1, 1, 1), np.float32), (1.0, 1.0, 1.0), stated, {}), source=path,
-                      spacing=False)
-    try:
-        mt = LoadImage(reader="NibabelReader", image_only=True)(str(path))
-    except Exception as e:  # nibabel/MONAI raise many types for damaged files
-        raise DataError(f"unreadable NIfTI: {type(e).__name__}: {e}", source=str(path)) from e
-    arr = np.asarray(mt.as_tensor() if hasattr(mt, "as_tensor") else mt, dtype=np.float32)
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    im.check_array(arr, 3, source=path, what="NIfTI volume")
-    aff = np.asarray(mt.affine, dtype=np.float64)
-    sp = np.sqrt((aff[:3, :3] ** 2).sum(0))
-    return im.Volume(np.ascontiguousarray(arr.transpose(2, 1, 0)), (float(sp[2]), float(sp[1]), float(sp[0])), aff, {})
+
+def read_nifti(path: Path) -> im.Volume:
+    """NIfTI → :class:`~medfm.modalities.imaging.Volume` (:func:`medfm.modalities.volume_ops.read_nifti`)."""
+    return _volume_ops().read_nifti(path)
 
 
 @register_modality("ct")
@@ -76,7 +61,7 @@ class CTAdapter(ModalityAdapter):
     several), ``spacing_column`` (manifest column with ``"d,h,w"`` mm spacing for
     .npy/.npz), ``npz_key``, ``orient`` (reorient to RAS), ``target_spacing`` (mm along
     D, H, W or None), ``size`` (D, H, W), ``windows`` (names from
-    :data:`imaging.HU_WINDOWS` or ``[center, width]``), ``normalize``, ``flip_dims``
+    :data:`~medfm.modalities.intensity.HU_WINDOWS` or ``[center, width]``), ``normalize``, ``flip_dims``
     (train-time flips over D/H/W = 0/1/2), ``jitter``, ``spacing_tolerance``,
     ``patch_size``, ``pool``. Masking: MAE at 0.75 unless the masked objective sets ``mask_ratio``.
     """
@@ -106,7 +91,7 @@ class CTAdapter(ModalityAdapter):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self._windows = im.resolve_windows(self.options["windows"])
+        self._windows = intensity.resolve_windows(self.options["windows"])
         if len(self.options["size"]) != 3 or len(self.options["patch_size"]) != 3:
             raise ConfigError("ct: size and patch_size need 3 values (D, H, W)")
 
@@ -134,7 +119,7 @@ class CTAdapter(ModalityAdapter):
         im.check_array(vol.data, 3, source=path, what="CT volume")
         im.check_geometry(vol, source=path)
         if fmt != "array" and self.options["orient"]:
-            vol = im.to_ras_spacing(vol, None, orient=True)
+            vol = _volume_ops().to_ras_spacing(vol, None, orient=True)
         meta = {"format": fmt, "spacing": tuple(vol.spacing), "shape": tuple(vol.data.shape),
                 "affine": vol.affine.tolist(), **vol.meta}
         return Record(vol.data, meta)
@@ -158,14 +143,14 @@ class CTAdapter(ModalityAdapter):
         vol = im.Volume(np.asarray(record.data, dtype=np.float32), tuple(record.meta["spacing"]),
                         np.asarray(record.meta.get("affine", np.diag(list(record.meta["spacing"])[::-1] + [1.0]))), {})
         if o["target_spacing"] is not None:
-            vol = im.to_ras_spacing(vol, o["target_spacing"], orient=False)
+            vol = _volume_ops().to_ras_spacing(vol, o["target_spacing"], orient=False)
         x = torch.from_numpy(vol.data)
-        x = im.crop_or_pad(x, o["size"], pad_value=-1024.0, rng=rng if train else None)
+        x = geometry.crop_or_pad(x, o["size"], pad_value=-1024.0, rng=rng if train else None)
         if self._windows:
-            x = im.hu_windows(x, self._windows)
-            x = im.normalize(x, o["normalize"])
+            x = _volume_ops().hu_windows(x, self._windows)
+            x = intensity.normalize(x, o["normalize"])
         else:
-            x = im.normalize(x[None], o["normalize"] if o["normalize"] != "none" else "zscore")
+            x = intensity.normalize(x[None], o["normalize"] if o["normalize"] != "none" else "zscore")
         item = {"x": x.float().contiguous(), "spacing": tuple(float(s) for s in vol.spacing)}
         return self.augment(item, rng) if train else item
 
@@ -175,9 +160,9 @@ class CTAdapter(ModalityAdapter):
         (The random crop is part of ``preprocess(train=True)``; a cached eval item is centre-cropped.)
         """
         o = self.options
-        x = im.random_flip(item["x"], [1 + d for d in o["flip_dims"]], rng)
+        x = augment.random_flip(item["x"], [1 + d for d in o["flip_dims"]], rng)
         if o["jitter"]:
-            x = im.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
+            x = augment.intensity_jitter(x, rng, scale=o["jitter"], shift=o["jitter"])
         return {**item, "x": x.contiguous()}
 
     # ----------------------------------------------------------------- model
@@ -185,4 +170,4 @@ class CTAdapter(ModalityAdapter):
         o = self.options
         emb = {"type": "patch3d", "in_chans": max(1, len(self._windows)), "input_size": list(o["size"]),
                "patch_size": list(o["patch_size"])}
-        return im.vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])
+        return vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])

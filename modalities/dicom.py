@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, get_decoder
 
 from medfm.errors import DataError
 from medfm.limits import check_declared_shape
 
 from .facts import adapter_facts
-
 from .imaging import Volume
 
 #: DICOM objects that hold no image or waveform to read (or a derived one): what each is
@@ -66,8 +68,6 @@ def modality_tag(ds: Any) -> str:
 def header_modality(path: Any) -> Optional[str]:
     """The Modality value of a DICOM file (header only), ``""`` when absent, ``None`` when the
     file is not a readable DICOM file (its reader then says why)."""
-    import pydicom  # deferred: pydicom is needed only for DICOM files
-
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Modality"])
     except Exception:  # pydicom raises many types for damaged files; the reader reports them
@@ -129,8 +129,6 @@ def decoder_hint(transfer_syntax: Any) -> str:
     ``""`` when pydicom has no decoder for it at all or every plug-in is installed.
     """
     try:
-        from pydicom.pixels import get_decoder  # deferred: pydicom is needed only for DICOM files
-
         missing = get_decoder(transfer_syntax).missing_dependencies
     except Exception:  # no decoder for the UID, or an older pydicom
         return ""
@@ -152,8 +150,6 @@ def codec_error(ds: Any, path: os.PathLike, exc: BaseException) -> DataError:
     name = getattr(ts, "name", str(ts))
     hint = decoder_hint(ts) if ts is not None else ""
     try:
-        from pydicom.pixels import get_decoder  # deferred: pydicom is needed only for DICOM files
-
         installed = ts is not None and get_decoder(ts).is_available
     except Exception:  # no decoder for the UID at all
         installed = False
@@ -175,9 +171,6 @@ SAFE_DICOM_FIELDS = (
 # ---------------------------------------------------------------------- DICOM
 def read_dicom(path: os.PathLike, *, stop_before_pixels: bool = False):
     """``pydicom.dcmread`` with failures turned into :class:`DataError` naming ``path``."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as e:
@@ -193,8 +186,6 @@ def dicom_pixels(ds, path: os.PathLike, *, modality_lut: bool = True) -> np.ndar
     A missing pixel decoder (JPEG without pylibjpeg/gdcm: the error names the packages),
     truncated pixel data or no pixel data at all become a :class:`DataError` naming ``path``.
     """
-    from pydicom.pixels import apply_modality_lut
-
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DataError("DICOM has no pixel data", source=str(path), field="PixelData")
     check_dicom_pixel_header(ds, path)

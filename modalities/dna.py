@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from Bio import SeqIO
 
 from medfm.errors import ConfigError, DataError
 from medfm.limits import check_text_size, within_text_limit
@@ -71,8 +72,6 @@ def _open_text(path: Path, what: str):
 
 def read_fasta(path: os.PathLike, *, clean: bool = True) -> List[Tuple[str, str]]:
     """All records of a FASTA file (``.gz`` too) as ``[(record_id, sequence)]``, cleaned when ``clean``."""
-    from Bio import SeqIO
-
     p = require_file(path, what="FASTA file")
     out = []
     try:

@@ -1,4 +1,8 @@
-"""12-lead ECG (``ecg``): readers, canonical 12-lead form, filtering, 1-D patch tower.
+"""12-lead ECG (``ecg``): the adapter (reading, canonical 12-lead form, filtering, 1-D patch tower).
+
+The readers are in :mod:`medfm.modalities.ecg_files`, the lead names, units and canonical form in
+:mod:`medfm.modalities.ecg_leads`, the filters in :mod:`medfm.modalities.signal`; their names stay
+importable from here.
 
 Readers (by suffix):
 
@@ -29,321 +33,23 @@ Output: ``{"x": float32 (12, fs*duration), "lead_mask": bool (12,), "derived_mas
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 
 from medfm.errors import ConfigError, DataError
-from medfm.modality import ModalityAdapter, Record, check_format, require_file
+from medfm.modality import ModalityAdapter, Record, check_format
 from medfm.registry import register_modality
 
 from . import signal as sig
-from medfm.limits import check_declared_shape
-from medfm.input_files import check_regular, open_bounded, read_text
-from .dicom import check_dicom_modality, read_dicom
-from .imaging import npy_declared_shape, npz_member_shape
-
-LEADS: Tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}
-#: a lead whose peak-to-peak range is below this (mV) carries no signal (flat line, electrode off)
-FLAT_MV = 1e-3
-#: signals one WFDB record may declare; more is refused before wfdb parses the header (wfdb spends
-#: about 1.5 ms per signal line, so 100 000 declared signals would pin a core for minutes)
-MAX_WFDB_SIGNALS = 256
-
-#: normalised spelling (lower case, no spaces/punctuation, "lead" dropped) → canonical lead
-_ALIASES: Dict[str, str] = {
-    **{name.lower(): name for name in LEADS},
-    "mli": "I", "mlii": "II", "mliii": "III", "di": "I", "dii": "II", "diii": "III",
-    "leadi": "I", "leadii": "II", "leadiii": "III", "1": "I", "2": "II", "3": "III",
-    "avr": "aVR", "avl": "aVL", "avf": "aVF", "-avr": "aVR",
-    **{f"c{i}": f"V{i}" for i in range(1, 7)},
-}
-#: units → factor to millivolts
-_UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3,
-               "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3, "volt": 1e3, "volts": 1e3, "nv": 1e-6}
-_UNKNOWN_UNITS = {"", "nu", "none", "adu"}
-
-
-def normalize_lead_name(name: Any) -> Optional[str]:
-    """``"MLII"`` → ``"II"``, ``"Lead I (Einthoven)"`` → ``"I"``, ``"v1 "`` → ``"V1"``, ``"AVR"`` → ``"aVR"``.
-
-    Returns ``None`` for a name that is not one of the 12 standard leads.
-    """
-    s = re.sub(r"\(.*?\)", "", str(name)).strip().lower()
-    s = re.sub(r"^(lead|ecg)[\s_:-]*", "", s)
-    s = re.sub(r"[\s_:.]", "", s)
-    return _ALIASES.get(s)
-
-
-def unit_factor(units: Any, *, source: Any = None, lead: Optional[str] = None) -> Tuple[float, bool]:
-    """``(factor to mV, assumed)``; unknown-but-empty units are assumed mV (``assumed=True``)."""
-    u = str(units or "").strip().lower()
-    if u in _UNIT_TO_MV:
-        return _UNIT_TO_MV[u], False
-    if u in _UNKNOWN_UNITS:
-        return 1.0, True
-    raise DataError(f"unsupported signal units {units!r} (expected mV, uV or V)", source=source, field=lead or "units")
-
-
-def canonicalize(signal: np.ndarray, names: Sequence[Any], units: Sequence[Any], *, source: Any = None,
-                 derive: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict[str, Any]]:
-    """Raw channels → the 12 standard leads in millivolts.
-
-    Args:
-        signal: ``(C, T)`` physical values; names, units: ``C`` channel names and units.
-    Returns:
-        ``(x (12, T) float64 mV, lead_mask (12,) bool, derived_mask (12,) bool, meta)``; ``meta`` lists
-        the ``ignored_channels`` and whether units were ``units_assumed``.
-    Raises:
-        DataError: no standard lead, a lead that is all NaN, unknown units.
-    """
-    signal = np.asarray(signal, dtype=np.float64)
-    if signal.ndim != 2:
-        raise DataError(f"signal must be 2-D (channels, time), got shape {signal.shape}", source=source, field="signal")
-    C, T = signal.shape
-    x = np.zeros((12, T))
-    mask = np.zeros(12, bool)
-    ignored, assumed = [], False
-    for c in range(C):
-        lead = normalize_lead_name(names[c])
-        if lead is None or mask[LEAD_INDEX[lead]]:
-            ignored.append(str(names[c]))
-            continue
-        factor, a = unit_factor(units[c] if c < len(units) else None, source=source, lead=lead)
-        assumed |= a
-        row = signal[c] * factor
-        if np.isnan(row).all():
-            raise DataError("lead is all NaN", source=source, field=lead)
-        x[LEAD_INDEX[lead]] = row
-        mask[LEAD_INDEX[lead]] = True
-    if not mask.any():
-        raise DataError(f"no standard ECG lead among channels {[str(n) for n in names]}", source=source, field="leads")
-    derived = derive_limb_leads(x, mask) if derive else np.zeros(12, bool)
-    return x, mask | derived, derived, {"ignored_channels": ignored, "units_assumed": assumed}
-
-
-def derive_limb_leads(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Fill missing limb leads in place from I and II (Einthoven/Goldberger); returns the derived mask.
-
-    II = I + III when only I and III exist; then III = II − I, aVR = −(I + II)/2,
-    aVL = I − II/2, aVF = II − I/2.
-    """
-    i1, i2, i3 = LEAD_INDEX["I"], LEAD_INDEX["II"], LEAD_INDEX["III"]
-    derived = np.zeros(12, bool)
-    if mask[i1] and mask[i3] and not mask[i2]:
-        x[i2] = x[i1] + x[i3]
-        derived[i2] = True
-    have = mask | derived
-    if not (have[i1] and have[i2]):
-        return derived
-    I, II = x[i1], x[i2]
-    for name, val in (("III", lambda: II - I), ("aVR", lambda: -(I + II) / 2),
-                      ("aVL", lambda: I - II / 2), ("aVF", lambda: II - I / 2)):
-        j = LEAD_INDEX[name]
-        if not have[j]:
-            x[j] = val()
-            derived[j] = True
-    return derived
-
-
-# ----------------------------------------------------------------------- readers
-def wfdb_header_lines(hea: Path) -> List[List[str]]:
-    """The non-comment lines of a WFDB header, split in fields: read with the ``max_header_mb``
-    cap (a regular file only) before any library parses it."""
-    text = read_text(hea, limit="max_header_mb", what="WFDB header", errors="replace")
-    return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def check_wfdb_header(hea: Path) -> Tuple[bool, List[str], Optional[float]]:
-    """Cheap parse of a WFDB header before ``wfdb.rdheader``/``rdrecord``: ``(multi_segment, files
-    it needs, fs or None)``, with the declared counts checked.
-
-    The record line is ``name[/n_seg] n_sig [fs[/counter][(base)] [sig_len ...]]``; then one line
-    per signal (its file name first) or per segment (``seg_name seg_len``, ``~`` = gap). Refused
-    (:class:`DataError`): a header over ``max_header_mb``, more than :data:`MAX_WFDB_SIGNALS`
-    signals, signals × samples over ``max_elements``/``max_sample_mb``, a bad sampling rate.
-    """
-    lines = wfdb_header_lines(hea)
-    if not lines:
-        raise DataError("empty WFDB header", source=str(hea), field="header")
-    head = lines[0]
-    fs = None
-    if len(head) > 2:
-        try:
-            fs = float(re.split(r"[/(]", head[2])[0])
-        except ValueError:
-            raise DataError(f"bad sampling rate {head[2]!r}", source=str(hea), field="sampling_rate") from None
-    try:
-        n_sig = int(head[1]) if len(head) > 1 else 0
-        sig_len = int(head[3]) if len(head) > 3 else 0
-        n_seg = int(head[0].split("/")[1]) if "/" in head[0] else None
-    except ValueError:
-        raise DataError(f"malformed record line {' '.join(head)[:200]!r}", source=str(hea), field="header") from None
-    if n_sig > MAX_WFDB_SIGNALS:
-        raise DataError(f"header declares {n_sig:,} signals, more than an ECG record holds (at most "
-                        f"{MAX_WFDB_SIGNALS})", source=str(hea), field="header")
-    check_declared_shape((n_sig, sig_len), source=hea, what="WFDB record")
-    if n_seg is not None:
-        segs = [ln[0] for ln in lines[1:1 + n_seg] if ln[0] != "~"]
-        return True, sorted({s + ".hea" for s in segs}), fs
-    return False, sorted({ln[0] for ln in lines[1:1 + n_sig] if ln and ln[0] != "-"}), fs
-
-
-def read_wfdb(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
-    """A WFDB record (``.hea`` path, or the record path without suffix, or its signal file).
-
-    Returns ``(signal (C, T) physical, fs, names, units, meta)``. Multi-segment records are
-    merged (``m2s``); gaps between segments are NaN.
-    """
-    import wfdb
-
-    p = Path(str(path))
-    base = p.with_suffix("") if p.suffix.lower() in (".hea", ".dat", ".mat") else p
-    hea = base.with_suffix(".hea")
-    if not hea.exists() and not hea.is_symlink():  # the error names the file the user gave
-        raise DataError("WFDB header not found" + (f" ({hea.name} beside the signal file)" if hea != p else ""),
-                        source=str(p))
-    hea = require_file(hea, what="WFDB header")
-    multi, needed, fs = check_wfdb_header(hea)
-    for f in needed:
-        what = "segment header" if multi else "signal file"
-        try:
-            check_regular(hea.parent / f, what=f"{what} {f} listed in the header")
-        except DataError as e:
-            msg = f"{what} {f} listed in the header is missing" if "not found" in e.reason else e.reason
-            raise DataError(msg, source=str(hea), field="signal file") from None
-        if multi:
-            check_wfdb_header(hea.parent / f)
-    if fs is not None and fs <= 0:
-        raise DataError(f"sampling rate is {fs}", source=str(hea), field="sampling_rate")
-    rec = wfdb.rdrecord(str(base), physical=True, m2s=True)
-    if rec.p_signal is None or rec.p_signal.size == 0:
-        raise DataError("record has no samples", source=str(hea), field="signal")
-    return (rec.p_signal.T.astype(np.float64), float(rec.fs), list(rec.sig_name), list(rec.units or []),
-            {"comments": list(rec.comments or [])})
-
-
-def read_dicom_waveform(path: Any, *, adapter: Any = None) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
-    """A DICOM waveform: the multiplex group with the most channels (then the longest).
-
-    Values come from ``ds.waveform_array(i)`` (sensitivity, correction and baseline applied);
-    lead names from ``ChannelSourceSequence`` code meanings, units from
-    ``ChannelSensitivityUnitsSequence``. No header field that identifies the patient is read.
-    With ``adapter``, the Modality value is checked against the adapter's first
-    (:func:`medfm.modalities.dicom.check_dicom_modality`); ``meta["flags"]`` holds the flag of an
-    object without one.
-    """
-    p = require_file(path, what="DICOM file")
-    ds = read_dicom(p)
-    flags = check_dicom_modality(ds, adapter, p) if adapter is not None else []
-    groups = ds.get("WaveformSequence")
-    if not groups:
-        raise DataError("DICOM file has no WaveformSequence (not a waveform object)", source=str(p), field="WaveformSequence")
-    best = max(range(len(groups)), key=lambda i: (int(groups[i].NumberOfWaveformChannels),
-                                                   int(groups[i].NumberOfWaveformSamples) / max(float(groups[i].SamplingFrequency), 1e-9)))
-    g = groups[best]
-    check_declared_shape((int(g.NumberOfWaveformChannels), int(g.NumberOfWaveformSamples)), source=p,
-                         what="DICOM waveform")  # before pydicom decodes it
-    fs = float(g.SamplingFrequency)
-    if fs <= 0:
-        raise DataError(f"sampling rate is {fs}", source=str(p), field="SamplingFrequency")
-    arr = np.asarray(ds.waveform_array(best), dtype=np.float64).T  # (C, T)
-    names, units = [], []
-    for ch in g.ChannelDefinitionSequence:
-        src = ch.get("ChannelSourceSequence")
-        names.append(str(src[0].CodeMeaning) if src else str(ch.get("ChannelLabel", "")))
-        us = ch.get("ChannelSensitivityUnitsSequence")
-        units.append(str(us[0].CodeValue) if us else "")
-    return arr, fs, names, units, {"multiplex_group": best, **({"flags": flags} if flags else {})}
-
-
-def read_muse_xml(path: Any) -> Tuple[np.ndarray, float, List[str], List[str], Dict[str, Any]]:
-    """A GE MUSE XML export: the ``Rhythm`` waveform (else the first one).
-
-    Each ``LeadData`` holds ``LeadID``, base64 little-endian int16 ``WaveFormData``,
-    ``LeadAmplitudeUnitsPerBit`` and ``LeadAmplitudeUnits``; the rate is ``SampleBase``.
-    Patient demographics in the file are not read.
-    """
-    import base64
-    import xml.etree.ElementTree as ET
-
-    p = require_file(path, what="MUSE XML file")
-    try:
-        root = ET.parse(p).getroot()
-    except ET.ParseError as e:
-        raise DataError(f"not well-formed XML: {e}", source=str(p)) from e
-    waves = root.findall(".//Waveform")
-    if not waves:
-        raise DataError("no <Waveform> element (not a GE MUSE export)", source=str(p), field="Waveform")
-    wave = next((w for w in waves if (w.findtext("WaveformType") or "").strip().lower() == "rhythm"), waves[0])
-    try:
-        fs = float(wave.findtext("SampleBase") or 0)
-    except ValueError:
-        fs = 0.0
-    names, rows, units = [], [], []
-    for lead in wave.findall("LeadData"):
-        raw = np.frombuffer(base64.b64decode(lead.findtext("WaveFormData") or ""), dtype="<i2").astype(np.float64)
-        rows.append(raw * float(lead.findtext("LeadAmplitudeUnitsPerBit") or 1.0))
-        names.append((lead.findtext("LeadID") or "").strip())
-        units.append({"microvolts": "uV", "millivolts": "mV"}.get(
-            (lead.findtext("LeadAmplitudeUnits") or "").strip().lower(), "uV"))
-    if not rows:
-        raise DataError("waveform has no <LeadData>", source=str(p), field="LeadData")
-    n = min(len(r) for r in rows)
-    return np.stack([r[:n] for r in rows]), fs, names, units, {}
-
-
-def _sidecar(path: Path) -> Dict[str, Any]:
-    side = path.with_suffix(".json")
-    if side.exists():
-        try:
-            return json.loads(read_text(side, limit="max_header_mb", what="JSON sidecar"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"bad JSON sidecar: {e}", source=str(side)) from e
-    return {}
-
-
-def read_array(path: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """``.npy`` / ``.npz`` / ``.csv`` → ``(signal (C, T) or (T, C), info)``; ``info`` may hold fs/leads/units."""
-    p = require_file(path, what="ECG file")
-    suffix = p.suffix.lower()
-    info: Dict[str, Any] = {}
-    if suffix == ".npy":
-
-        try:
-            shape = npy_declared_shape(p)
-        except (OSError, ValueError, EOFError) as e:
-            raise DataError(f"unreadable .npy header: {e}", source=str(p)) from e
-        check_declared_shape(shape, source=p, what=".npy array")
-        arr = np.load(p, allow_pickle=False)
-    elif suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            key = next((k for k in ("signal", "ecg", "x", "data") if k in z.files), z.files[0] if z.files else None)
-            if key is None:
-                raise DataError("empty .npz", source=str(p), field="signal")
-            check_declared_shape(npz_member_shape(z, key), source=p, what=f".npz array {key!r}")
-            arr = z[key]
-            for k in ("fs", "leads", "units"):
-                if k in z.files:
-                    info[k] = z[k].tolist()
-    elif suffix == ".csv":
-        import pandas as pd
-
-        with open_bounded(p, what="ECG table") as fh:
-            df = pd.read_csv(fh)
-        df = df[[c for c in df.columns if str(c).strip().lower() not in ("time", "t", "sec", "ms", "sample", "index")]]
-        arr = df.to_numpy(dtype=np.float64).T
-        info["leads"] = [str(c) for c in df.columns]
-        info["_channels_first"] = True
-    else:
-        raise DataError(f"unsupported ECG file type {suffix!r}", source=str(p))
-    return np.asarray(arr, dtype=np.float64), info
+from .ecg_files import (MAX_WFDB_SIGNALS, check_wfdb_header, read_array, read_dicom_waveform,  # noqa: F401
+                        read_muse_xml, read_sidecar, read_wfdb, wfdb_header_lines)
+from .ecg_leads import (FLAT_MV, LEAD_ALIASES, LEAD_INDEX, LEADS, UNIT_TO_MV, UNKNOWN_UNITS,  # noqa: F401
+                        canonicalize, derive_limb_leads, normalize_lead_name, unit_factor)
 
 
 @register_modality("ecg")
@@ -407,7 +113,7 @@ class ECGAdapter(ModalityAdapter):
             return read_muse_xml(p)
         check_format(p, self.name, self.suffixes)
         arr, info = read_array(p)
-        info.update({k: v for k, v in _sidecar(p).items() if k in ("fs", "leads", "units")})
+        info.update({k: v for k, v in read_sidecar(p).items() if k in ("fs", "leads", "units")})
         if row is not None:
             fs_cell = row.get(self.options["fs_column"])
             if fs_cell is not None and not (isinstance(fs_cell, float) and math.isnan(fs_cell)) and str(fs_cell).strip():
@@ -519,8 +225,8 @@ class ECGAdapter(ModalityAdapter):
                          "punctuation ignored; MLII = II, C1..C6 = V1..V6); other channels and repeats are ignored; "
                          "absent leads are zeros and lead_mask is False there",
                  "aliases": {"rule": "lower case, '(...)' removed, leading 'lead'/'ecg' removed, spaces and _:. "
-                                     "removed; then this table", "table": dict(_ALIASES)},
-                 "units": {"to": "mV", "factors": dict(_UNIT_TO_MV), "assumed_mV": sorted(_UNKNOWN_UNITS)}},
+                                     "removed; then this table", "table": dict(LEAD_ALIASES)},
+                 "units": {"to": "mV", "factors": dict(UNIT_TO_MV), "assumed_mV": sorted(UNKNOWN_UNITS)}},
                 {"op": "derive_limb_leads", "enabled": bool(o["derive_limb_leads"]),
                  "rule": "II = I + III when only I and III exist; then the missing ones of III = II - I, "
                          "aVR = -(I + II) / 2, aVL = I - II / 2, aVF = II - I / 2 (flagged in derived_mask)"},

@@ -1,44 +1,54 @@
-"""Shared 2D/3D imaging mechanics for the ``ct``, ``xray``, ``oct`` and ``fundus`` adapters.
+"""Imaging files for the ``ct``, ``xray``, ``oct`` and ``fundus`` adapters: PNG/JPEG/TIFF
+(:func:`read_image_file`), B-scan folders, ``.npy``/``.npz`` without pickle, the :class:`Volume`
+they and the DICOM readers (:mod:`medfm.modalities.dicom`) return, and the checks on what they
+read (shape headers, geometry, spacing cells, finite values).
 
-One job per section, so that no adapter copies another:
+The other imaging mechanics have one module per job (torch and MONAI stay out of this one):
 
-* Files: PNG/JPEG/TIFF (:func:`read_image_file`), B-scan folders, ``.npy``/``.npz``
-  without pickle, the :class:`Volume` they and the DICOM readers
-  (:mod:`medfm.modalities.dicom`) return, geometry checks.
-* Intensity: HU windows as channels (:func:`hu_windows`), per-volume
-  normalisation (:func:`normalize`), optional CLAHE (:func:`clahe`).
-* Geometry: 2D resize keeping aspect + pad to a square (:func:`resize_pad_square`),
-  frame resampling for volumes (:func:`resample_volume`), crop/pad
-  (:func:`crop_or_pad`).
-* Augmentation with an explicit ``numpy.random.Generator``: flips and intensity
-  jitter (:func:`random_flip`, :func:`intensity_jitter`).
+* :mod:`medfm.modalities.intensity`: named HU windows, :func:`normalize`, optional CLAHE;
+* :mod:`medfm.modalities.geometry`: resize + pad to a square, frame resampling, crop/pad;
+* :mod:`medfm.modalities.volume_ops`: what MONAI does for CT (NIfTI, RAS + spacing, HU windows);
+* :mod:`medfm.modalities.augment`: flips and intensity jitter from an explicit generator;
+* :mod:`medfm.modalities.tower_config`: the ViT tower config the imaging adapters ask for.
+
+Their names stay importable from here (``imaging.normalize``), resolved on first use.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
-from medfm.errors import ConfigError, DataError
-from medfm.limits import check_declared_shape
+from medfm.errors import DataError
 from medfm.input_files import check_regular, open_regular
+from medfm.limits import check_declared_shape
 
-
-#: Named HU windows as (center, width).
-HU_WINDOWS: Dict[str, Tuple[float, float]] = {
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "soft_tissue": (40.0, 400.0),
-    "abdomen": (60.0, 400.0),
-    "bone": (400.0, 1800.0),
-    "brain": (40.0, 80.0),
+#: names that moved to a module of their own (``name -> module``), still importable from here
+_MOVED: Dict[str, str] = {
+    **dict.fromkeys(("HU_WINDOWS", "resolve_windows", "normalize", "clahe"), "intensity"),
+    **dict.fromkeys(("resize_2d", "resize_pad_square", "resample_volume", "crop_or_pad"), "geometry"),
+    **dict.fromkeys(("hu_windows", "to_ras_spacing"), "volume_ops"),
+    **dict.fromkeys(("random_flip", "intensity_jitter", "flip_and_jitter"), "augment"),
+    "vit_tower": "tower_config",
 }
+
+
+def __getattr__(name: str) -> Any:
+    """A moved name (PEP 562), from its module on first use: ``import imaging`` loads neither torch nor MONAI."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"medfm.modalities.{_MOVED[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
@@ -68,8 +78,6 @@ def read_image_file(path: os.PathLike, *, color: bool = False) -> np.ndarray:
 
     8- and 16-bit (``I;16``) images keep their native integer values.
     """
-    from PIL import Image, UnidentifiedImageError
-
     check_regular(path, what="image")
     bomb_limit = Image.MAX_IMAGE_PIXELS
     try:
@@ -101,9 +109,6 @@ def check_png_data(path: os.PathLike) -> None:
     missing rows with zeros; here the IDAT stream is inflated (streamed, never held whole)
     and its length compared with what IHDR (size, bit depth, colour type, interlacing) needs.
     """
-    import struct
-    import zlib
-
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
     with open_regular(path) as fh:
         if fh.read(8) != b"\x89PNG\r\n\x1a\n":
@@ -262,194 +267,6 @@ def check_array(arr: np.ndarray, ndim: int, *, source: Any, what: str) -> np.nda
     return arr
 
 
-# ----------------------------------------------------------------- intensity
-def resolve_windows(windows: Sequence[Any]) -> List[Tuple[float, float]]:
-    """Names (``"lung"``) or ``[center, width]`` pairs → list of (center, width)."""
-    out = []
-    for w in windows:
-        if isinstance(w, str):
-            if w not in HU_WINDOWS:
-                raise ConfigError(f"unknown HU window {w!r}; known: {sorted(HU_WINDOWS)}")
-            out.append(HU_WINDOWS[w])
-        else:
-            c, wd = (float(v) for v in w)
-            if wd <= 0:
-                raise ConfigError(f"HU window width must be > 0, got {w!r}")
-            out.append((c, wd))
-    return out
-
-
-def hu_windows(vol: torch.Tensor, windows: Sequence[Tuple[float, float]]) -> torch.Tensor:
-    """``(D, H, W)`` HU → ``(C, D, H, W)`` in [0, 1], one channel per (center, width) window."""
-    from monai.transforms import ScaleIntensityRange
-
-    chans = [ScaleIntensityRange(a_min=c - w / 2, a_max=c + w / 2, b_min=0.0, b_max=1.0, clip=True)(vol)
-             for c, w in windows]
-    return torch.stack([torch.as_tensor(c).as_subclass(torch.Tensor) for c in chans]).float()
-
-
-def normalize(x: torch.Tensor, mode: str, *, mean: Optional[Sequence[float]] = None,
-              std: Optional[Sequence[float]] = None, eps: float = 1e-6) -> torch.Tensor:
-    """Per-sample intensity normalisation of ``(C, ...)``.
-
-    ``"minmax"`` → [0, 1] over the whole sample; ``"zscore"`` → zero mean, unit std
-    per channel; ``"meanstd"`` → ``(x - mean[c]) / std[c]`` with given constants;
-    ``"none"`` → unchanged.
-    """
-    if mode == "none":
-        return x
-    if mode == "minmax":
-        lo, hi = x.min(), x.max()
-        return (x - lo) / (hi - lo).clamp_min(eps)
-    if mode == "zscore":
-        dims = tuple(range(1, x.ndim))
-        return (x - x.mean(dim=dims, keepdim=True)) / x.std(dim=dims, keepdim=True).clamp_min(eps)
-    if mode == "meanstd":
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        m = torch.as_tensor(mean, dtype=x.dtype).view(shape)
-        s = torch.as_tensor(std, dtype=x.dtype).view(shape)
-        return (x - m) / s
-    raise ConfigError(f"unknown normalisation {mode!r}; use minmax, zscore, meanstd or none")
-
-
-def clahe(img: np.ndarray, *, clip_limit: float = 0.01, tile: int = 8) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation of a [0, 1] image ``(H, W)`` or ``(H, W, 3)``.
-
-    Uses scikit-image's ``equalize_adapthist`` or OpenCV's CLAHE, whichever is
-    installed (both come with the ``medfm[oct-vendor]`` extra); otherwise a
-    :class:`ConfigError` says what to install.
-    """
-    try:
-        from skimage.exposure import equalize_adapthist
-
-        kernel = (max(1, img.shape[0] // tile), max(1, img.shape[1] // tile))
-        return equalize_adapthist(np.clip(img, 0, 1), kernel_size=kernel, clip_limit=clip_limit).astype(np.float32)
-    except ImportError:
-        pass
-    try:
-        import cv2
-    except ImportError:
-        raise ConfigError("clahe=True needs scikit-image or opencv-python (pip install scikit-image)") from None
-    u16 = (np.clip(img, 0, 1) * 65535).astype(np.uint16)
-    op = cv2.createCLAHE(clipLimit=max(1.0, clip_limit * 100), tileGridSize=(tile, tile))
-    if u16.ndim == 3:
-        out = np.stack([op.apply(u16[..., c]) for c in range(u16.shape[-1])], -1)
-    else:
-        out = op.apply(u16)
-    return out.astype(np.float32) / 65535.0
-
-
-# ------------------------------------------------------------------ geometry
-def resize_2d(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``(C, H, W)`` → ``(C, size[0], size[1])``, bilinear with antialiasing."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x[None].float(), size=tuple(int(s) for s in size), mode="bilinear",
-                         align_corners=False, antialias=True)[0]
-
-
-def resize_pad_square(x: torch.Tensor, size: int, *, pad_value: float = 0.0) -> torch.Tensor:
-    """Aspect-preserving resize so the long side is ``size``, then centre padding to square.
-
-    ``(C, H, W)`` → ``(C, size, size)``.
-    """
-    h, w = x.shape[-2:]
-    s = size / max(h, w)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    x = resize_2d(x, (nh, nw))
-    ph, pw = size - nh, size - nw
-    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=pad_value)
-
-
-def resample_volume(vol: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``(C, F, H, W)`` → ``(C, *size)``: 2D antialiased resize of each frame, then
-    linear interpolation along the frame (slow) axis; frame order is preserved."""
-    c, f, h, w = vol.shape
-    nf, nh, nw = (int(s) for s in size)
-    if (h, w) != (nh, nw):
-        vol = F.interpolate(vol.reshape(c * f, 1, h, w).float(), size=(nh, nw), mode="bilinear",
-                            align_corners=False, antialias=True).reshape(c, f, nh, nw)
-    if f != nf:
-        vol = F.interpolate(vol[None].float(), size=(nf, nh, nw), mode="trilinear", align_corners=False)[0]
-    return vol
-
-
-def crop_or_pad(x: torch.Tensor, size: Sequence[int], *, pad_value: float = 0.0,
-                rng: Optional[np.random.Generator] = None) -> torch.Tensor:
-    """Crop/pad the trailing ``len(size)`` dims of ``x`` to ``size``.
-
-    Padding is centred. Cropping is centred, or at a random offset drawn from
-    ``rng`` (train-time random crop).
-    """
-    nd = len(size)
-    pads: List[int] = []
-    for dim, target in zip(range(x.ndim - nd, x.ndim), size):
-        n = x.shape[dim]
-        if n > target:
-            start = int(rng.integers(0, n - target + 1)) if rng is not None else (n - target) // 2
-            x = x.narrow(dim, start, int(target))
-    for dim, target in zip(reversed(range(x.ndim - nd, x.ndim)), reversed(list(size))):
-        d = max(0, int(target) - x.shape[dim])
-        pads += [d // 2, d - d // 2]
-    if any(pads):
-        x = F.pad(x, pads, value=pad_value)
-    return x
-
-
-def to_ras_spacing(vol: Volume, target_spacing: Optional[Sequence[float]], *, orient: bool = True) -> Volume:
-    """Reorient to RAS and resample to ``target_spacing`` (mm, along D, H, W) with MONAI.
-
-    The tensor axes after this are ``(D, H, W)`` = (S, A, R) index directions, i.e. a
-    RAS-oriented ``(X, Y, Z)`` MONAI array transposed to ``(Z, Y, X)``.
-    """
-    from monai.data import MetaTensor
-    from monai.transforms import Orientation, Spacing
-
-    mt = MetaTensor(torch.from_numpy(np.ascontiguousarray(vol.data.transpose(2, 1, 0)))[None], affine=torch.as_tensor(vol.affine))
-    if orient:
-        mt = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(mt)
-    if target_spacing is not None:
-        tz, ty, tx = (float(s) for s in target_spacing)
-        mt = Spacing(pixdim=(tx, ty, tz), mode="bilinear", padding_mode="border", dtype=np.float32)(mt)
-    aff = np.asarray(mt.affine, dtype=np.float64)
-    sp = np.sqrt((aff[:3, :3] ** 2).sum(0))  # (x, y, z)
-    data = mt.as_tensor()[0].numpy().transpose(2, 1, 0)
-    return Volume(np.ascontiguousarray(data, dtype=np.float32), (float(sp[2]), float(sp[1]), float(sp[0])), aff, vol.meta)
-
-
-# -------------------------------------------------------------- augmentation
-def random_flip(x: torch.Tensor, dims: Sequence[int], rng: np.random.Generator, p: float = 0.5) -> torch.Tensor:
-    """Flip each of ``dims`` independently with probability ``p``."""
-    flip = [d for d in dims if rng.random() < p]
-    return torch.flip(x, flip) if flip else x
-
-
-def intensity_jitter(x: torch.Tensor, rng: np.random.Generator, *, scale: float = 0.1, shift: float = 0.1) -> torch.Tensor:
-    """``x * (1 + u1) + u2`` with ``u1 ~ U(-scale, scale)``, ``u2 ~ U(-shift, shift)``."""
-    a = 1.0 + float(rng.uniform(-scale, scale))
-    b = float(rng.uniform(-shift, shift))
-    return x * a + b
-
-
-def vit_tower(embedder: Dict[str, Any], *, mask_ratio: float, pool: str = "mean",
-              norm_pix_loss: bool = False) -> Dict[str, Any]:
-    """The engine's ViT tower config with an MAE target."""
-    return {"type": "vit", "embedder": embedder, "pool": pool,
-            "masked": {"kind": "mae", "mask_ratio": float(mask_ratio), "norm_pix_loss": bool(norm_pix_loss)}}
-
-
 def sample_source(path: Any, sample_id: Optional[str]) -> str:
     """What errors name: the manifest id when given (never a DICOM header value), else the path."""
     return f"{sample_id} ({path})" if sample_id is not None else str(path)
-
-
-def flip_and_jitter(item: Dict[str, Any], rng: np.random.Generator, *, width_dim: int, hflip: float,
-                    jitter: float) -> Dict[str, Any]:
-    """Train-time view of a preprocessed image or volume: left-right flip with probability
-    ``hflip`` along ``width_dim`` of ``item["x"]``, then intensity jitter of size ``jitter``."""
-    x = item["x"]
-    if hflip:
-        x = random_flip(x, [width_dim], rng, p=hflip)
-    if jitter:
-        x = intensity_jitter(x, rng, scale=jitter, shift=jitter)
-    return {**item, "x": x.contiguous()}

@@ -23,6 +23,7 @@ from medfm.modality import check_format, file_reference
 from medfm.registry import get_modality
 
 from .choose import choose_modality
+from .ecg_leads import LEADS
 
 
 def guess_modality(path: Any, modalities: Optional[Dict[str, Any]] = None) -> str:
@@ -83,8 +84,6 @@ def inspect_file(path: Any, adapter: Any) -> Dict[str, Any]:
         info["notes"] = [str(f) for f in record.meta["flags"]]
     for key in ("lead_mask", "derived_mask"):
         if key in record.meta and hasattr(adapter, "options"):
-            from .ecg import LEADS  # deferred: the ECG adapter (scipy) only for an ECG's lead masks
-
             mask = np.asarray(record.meta[key], dtype=bool)
             meta["leads_found" if key == "lead_mask" else "leads_derived"] = [LEADS[i] for i in np.flatnonzero(mask)]
             meta.pop(key, None)
@@ -123,18 +122,17 @@ def n_patch_tokens(adapter: Any) -> Optional[int]:
 
 def render_preview(result: Dict[str, Any], out: Any) -> Path:
     """Draw the preview PNG of :func:`inspect_file`'s result (layout chosen by the tensor's shape)."""
-    import matplotlib  # deferred: matplotlib is only needed for --preview
+    from matplotlib.figure import Figure  # deferred: matplotlib is slow to import and only the preview draws (no pyplot)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    fig = Figure()
     info, item, record = result["info"], result["item"], result["record"]
     title = f"{info['modality']}: {Path(info['source'].partition('#')[0]).name}"
     x = None if item is None else item["x"]
     if x is not None and x.is_floating_point() and x.ndim == 4:  # (C, D, H, W)
         v = x[0].numpy()
         raw = np.asarray(record.data, dtype=np.float32)
-        fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+        fig.set_size_inches(13, 3.6)
+        axes = fig.subplots(1, 4)
         d, h, w = (s // 2 for s in v.shape)
         panels = [(v[d], "axial / B-scan (mid)"), (v[:, h], "coronal (mid)"), (v[:, :, w], "sagittal (mid)"),
                   (raw[raw.shape[0] // 2], f"native mid-slice [{raw.min():.0f}, {raw.max():.0f}]")]
@@ -143,7 +141,8 @@ def render_preview(result: Dict[str, Any], out: Any) -> Path:
             ax.set_title(name, fontsize=8)
             ax.axis("off")
     elif x is not None and x.is_floating_point() and x.ndim == 3:  # (C, H, W)
-        fig, ax = plt.subplots(figsize=(4.5, 4.8))
+        fig.set_size_inches(4.5, 4.8)
+        ax = fig.subplots()
         img = x.numpy()
         img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
         img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
@@ -151,12 +150,11 @@ def render_preview(result: Dict[str, Any], out: Any) -> Path:
         ax.set_title("after VOI LUT / windowing / resize", fontsize=8)
         ax.axis("off")
     elif x is not None and x.is_floating_point() and x.ndim == 2:  # (leads, T)
-        from .ecg import LEADS  # deferred: the ECG adapter (scipy) only for a signal's preview
-
         sig = x.numpy()
         derived = set(info["meta"].get("leads_derived") or [])
         present = set(info["meta"].get("leads_found") or LEADS)
-        fig, axes = plt.subplots(sig.shape[0], 1, figsize=(10, 1.0 * sig.shape[0]), sharex=True)
+        fig.set_size_inches(10, 1.0 * sig.shape[0])
+        axes = fig.subplots(sig.shape[0], 1, sharex=True)
         fs = float(getattr(record, "meta", {}).get("fs") or 0) or None
         for i, ax in enumerate(np.atleast_1d(axes)):
             name = LEADS[i] if i < len(LEADS) else str(i)
@@ -167,7 +165,8 @@ def render_preview(result: Dict[str, Any], out: Any) -> Path:
             ax.tick_params(labelsize=6)
         np.atleast_1d(axes)[-1].set_xlabel("sample (after resampling)" + (f"; native fs {fs:g} Hz" if fs else ""))
     else:  # tokens or text
-        fig, ax = plt.subplots(figsize=(8, 2.8))
+        fig.set_size_inches(8, 2.8)
+        ax = fig.subplots()
         ax.axis("off")
         t = info.get("tensor", {})
         lines = [f"characters read: {info['read'].get('length')}", f"tokens: {t.get('tokens', t.get('note'))}"]
@@ -181,5 +180,4 @@ def render_preview(result: Dict[str, Any], out: Any) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(out), dpi=100)
-    plt.close(fig)
     return out

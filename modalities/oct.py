@@ -17,9 +17,11 @@ min–max normalises, then ``normalize`` → ``{"x": (1, F, H, W)}``.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -28,7 +30,10 @@ from medfm.limits import check_declared_shape
 from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
+from . import geometry, intensity
 from . import imaging as im
+from .augment import flip_and_jitter
+from .tower_config import vit_tower
 from . import dicom as dcm
 from .dicom import check_dicom_modality
 
@@ -37,8 +42,6 @@ VENDOR_SUFFIXES = (".vol", ".e2e", ".fds", ".fda", ".img")
 
 
 def _vendor_import(module: str, path: Path):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -87,8 +90,6 @@ def read_nifti_oct(path: Path) -> Tuple[np.ndarray, Dict[str, Any]]:
     A 2D file (or a 3D one with a single slice) is one B-scan, ``F = 1``. ``meta["spacing_mm"]``
     is ``(z, y, x)`` voxel size from the header.
     """
-    import nibabel as nib
-
     try:
         img = nib.load(str(path))
         shape = img.header.get_data_shape()
@@ -212,19 +213,19 @@ class OCTAdapter(ModalityAdapter):
         if train and rng is None:
             rng = np.random.default_rng()
         x = torch.from_numpy(np.ascontiguousarray(record.data, dtype=np.float32))[None]
-        x = im.normalize(x, "minmax")
-        x = im.resample_volume(x, (int(o["frames"]), *o["size"]))
-        x = im.normalize(x, o["normalize"], mean=o["mean"], std=o["std"])
+        x = intensity.normalize(x, "minmax")
+        x = geometry.resample_volume(x, (int(o["frames"]), *o["size"]))
+        x = intensity.normalize(x, o["normalize"], mean=o["mean"], std=o["std"])
         item = {"x": x.float().contiguous()}
         return self.augment(item, rng) if train else item
 
     def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
         """Random left-right flip of the B-scans and intensity jitter of a ``(1, F, H, W)`` volume."""
-        return im.flip_and_jitter(item, rng, width_dim=3, hflip=self.options["hflip"],
+        return flip_and_jitter(item, rng, width_dim=3, hflip=self.options["hflip"],
                                   jitter=self.options["jitter"])
 
     def tower_config(self) -> Dict[str, Any]:
         o = self.options
         emb = {"type": "patch3d", "in_chans": 1, "input_size": [int(o["frames"]), *map(int, o["size"])],
                "patch_size": list(o["patch_size"])}
-        return im.vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])
+        return vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])

@@ -21,7 +21,10 @@ import logging
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional
 
+import nibabel as nib
 import pandas as pd
+import pydicom
+import wfdb
 
 from medfm.data.cohort import Entry, ScanContext, Unreadable, register_source
 from medfm.data.manifest import is_missing
@@ -38,7 +41,7 @@ from .choose import choose_modality
 from .dicom import adapter_for_tag, modality_tag, tag_reason
 from medfm.errors import MedFMError
 from .dna import read_fasta
-from .ecg import check_wfdb_header
+from .ecg_files import check_wfdb_header
 
 log = logging.getLogger("medfm.manifest")
 
@@ -99,8 +102,6 @@ class DicomScanner(Scanner):
         yield from self.scan_files([path], ctx, single=True)
 
     def scan_files(self, files: List[Path], ctx: ScanContext, single: bool = False) -> Iterator:
-        import pydicom
-
         series: Dict[str, List] = {}
         for p in files:
             try:
@@ -168,8 +169,6 @@ class WfdbScanner(Scanner):
 
 def wfdb_header_columns(hea: Path) -> Dict[str, str]:
     """``{"dx": "code|code", "age": ..., "sex": ...}`` from a WFDB header's comments (CinC 2020/2021 style)."""
-    import wfdb
-
     check_wfdb_header(hea)  # bounded and counted before wfdb parses it
     h = wfdb.rdheader(str(hea.with_suffix("")))
     out: Dict[str, str] = {}
@@ -367,10 +366,8 @@ class NiftiScanner(Scanner):
         return matching_suffix(path, (".nii", ".nii.gz")) is not None
 
     def scan_file(self, path: Path, ctx: ScanContext) -> Iterator:
-        import nibabel as nib
-
         try:
-            shape = nib.load(str(path)).shape
+            nib.load(str(path)).shape  # the header parses
         except Exception as e:
             yield Unreadable(str(path), f"unreadable NIfTI header: {type(e).__name__}")
             return

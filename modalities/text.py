@@ -30,6 +30,7 @@ import hashlib
 import math
 import os
 import re
+import shutil
 import unicodedata
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -102,6 +103,15 @@ def taxonomy_text(row: Mapping[str, Any], ranks: Sequence[str] = DEFAULT_RANKS) 
     return " ".join(str(row[r]).strip() for r in ranks if r in row and not _rank_unassigned(row[r]))
 
 
+def _open_clip_tokenizer():
+    """``open_clip.tokenizer`` (the ``open_clip`` tokenizer option), or :class:`ConfigError` naming the package."""
+    try:
+        from open_clip import tokenizer  # deferred: optional package (open_clip_torch), seconds to import
+    except ImportError as e:
+        raise ConfigError("text: tokenizer 'open_clip' needs the open_clip_torch package") from e
+    return tokenizer
+
+
 @register_modality("text")
 class TextAdapter(ModalityAdapter):
     """Reports and taxonomy strings.
@@ -144,16 +154,12 @@ class TextAdapter(ModalityAdapter):
         if self.options["tokenizer"] == "open_clip":
             if self.options["model_dir"]:
                 raise ConfigError("text: tokenizer 'open_clip' and model_dir exclude each other")
-            try:
-                from open_clip.tokenizer import SimpleTokenizer
-            except ImportError as e:
-                raise ConfigError("text: tokenizer 'open_clip' needs the open_clip_torch package") from e
-            self._clip = SimpleTokenizer()
+            self._clip = _open_clip_tokenizer().SimpleTokenizer()
         if self.options["model_dir"]:
             self._load_hf_tokenizer(self.options["model_dir"])
 
     def _load_hf_tokenizer(self, model_dir: Any) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # deferred: transformers takes seconds to import; only with model_dir
 
         try:
             self._hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
@@ -308,11 +314,8 @@ class TextAdapter(ModalityAdapter):
         if self._hf_tokenizer is not None:
             self._hf_tokenizer.save_pretrained(str(directory))
         elif self._clip is not None:  # the BPE merges file, for a deployment without medfm
-            import shutil
-
-            from open_clip.tokenizer import default_bpe
-
-            shutil.copyfile(default_bpe(), os.path.join(str(directory), os.path.basename(default_bpe())))
+            bpe = _open_clip_tokenizer().default_bpe()
+            shutil.copyfile(bpe, os.path.join(str(directory), os.path.basename(bpe)))
         else:
             meta = self.config()
             if self.vocabulary_rule is not None:

@@ -12,12 +12,16 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
+from pydicom.pixels import apply_voi_lut, convert_color_space
 
 from medfm.errors import ConfigError
 from medfm.modality import ModalityAdapter, Record, check_format, require_file
 from medfm.registry import register_modality
 
+from . import geometry, intensity
 from . import imaging as im
+from .augment import flip_and_jitter
+from .tower_config import vit_tower
 from . import dicom as dcm
 from .dicom import check_dicom_modality
 
@@ -31,8 +35,6 @@ def read_dicom_2d(path: Path, *, color: bool, adapter: Any = None) -> Record:
     inversion were applied, whitelisted non-identifying fields. With ``adapter``, the Modality
     value is checked against the adapter's first (:func:`medfm.modalities.dicom.check_dicom_modality`).
     """
-    from pydicom.pixels import apply_voi_lut
-
     ds = dcm.read_dicom(path)
     flags = check_dicom_modality(ds, adapter, path) if adapter is not None else []
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -51,8 +53,6 @@ def read_dicom_2d(path: Path, *, color: bool, adapter: Any = None) -> Record:
         if color:
             arr = np.repeat(arr[..., None], 3, axis=-1)
     else:
-        from pydicom.pixels import convert_color_space
-
         if photometric.startswith("YBR") and ds.get("SamplesPerPixel", 1) == 3:
             arr = convert_color_space(arr, photometric, "RGB").astype(np.float32)
         if arr.ndim == 4:
@@ -136,11 +136,11 @@ class Image2DAdapter(ModalityAdapter):
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / max(hi - lo, 1e-6)
         if o["clahe"]:
-            arr = im.clahe(arr, clip_limit=o["clahe_clip"])
+            arr = intensity.clahe(arr, clip_limit=o["clahe_clip"])
         x = torch.from_numpy(np.ascontiguousarray(arr))
         x = x.permute(2, 0, 1) if x.ndim == 3 else x[None]
-        x = im.resize_pad_square(x, int(o["size"]), pad_value=0.0)
-        x = im.normalize(x, o["normalize"], mean=o["mean"], std=o["std"])
+        x = geometry.resize_pad_square(x, int(o["size"]), pad_value=0.0)
+        x = intensity.normalize(x, o["normalize"], mean=o["mean"], std=o["std"])
         item = {"x": x.float().contiguous()}
         return self.augment(item, rng) if train else item
 
@@ -195,7 +195,7 @@ class Image2DAdapter(ModalityAdapter):
 
     def augment(self, item: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
         """Random horizontal flip and intensity jitter of a preprocessed ``(C, S, S)`` image."""
-        return im.flip_and_jitter(item, rng, width_dim=2, hflip=self.options["hflip"],
+        return flip_and_jitter(item, rng, width_dim=2, hflip=self.options["hflip"],
                                   jitter=self.options["jitter"])
 
     # ----------------------------------------------------------------- model
@@ -204,7 +204,7 @@ class Image2DAdapter(ModalityAdapter):
         ps = o["patch_size"]
         emb = {"type": "patch2d", "in_chans": int(o["channels"]), "input_size": [int(o["size"])] * 2,
                "patch_size": list(ps) if isinstance(ps, (list, tuple)) else [int(ps)] * 2}
-        return im.vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])
+        return vit_tower(emb, mask_ratio=self.mask_ratio, pool=o["pool"])
 
 
 @register_modality("xray")

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medfm.data import ManifestDataset, MultiModalCollate, PreprocessCache, read_manifest, select_split
+from medfm.data import (ManifestDataset, MultiModalCollate, PreprocessCache, manifest_loader, read_manifest,
+                        select_split)
 from medfm.errors import DataError
 from medfm.registry import get_modality
 from toy_cohort import write_toy_manifest
@@ -61,6 +62,32 @@ def test_dataset_skips_and_counts_unreadable_samples(tmp_path, caplog):
     assert batch["inputs"]["toyb"]["x"].shape == (int(present.sum()), 3, 32)
     assert batch["inputs"]["toy"]["x"].shape == (10, 2, 32)
     assert batch["labels"]["label"].tolist() == [int(df.set_index("id").loc[s, "label"][-1]) for s in batch["id"]]
+
+
+def test_a_sample_with_nothing_readable_is_a_skipped_record_not_none(tmp_path):
+    # what the ManifestDataset docstring promises: {"skipped": True, "id", "errors", "flags"}
+    df = read_manifest(write_toy_manifest(tmp_path / "m.csv", n=12, corrupt=("s003",)))
+    item = ManifestDataset(df, adapters())[3]
+    assert item is not None and item["skipped"] is True and item["id"] == "s003"
+    assert set(item) == {"skipped", "id", "errors", "flags"} and {e[1] for e in item["errors"]} == {"toy", "toyb"}
+
+
+def test_manifest_loader_batches_as_a_hand_built_loader_and_keeps_the_global_rng(tmp_path):
+    df = read_manifest(write_toy_manifest(tmp_path / "m.csv", n=12, corrupt=("s003",)))
+    ds = ManifestDataset(df, adapters())
+    hand = list(torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=MultiModalCollate(ds.adapters)))
+    built = list(manifest_loader(ds, batch_size=5))
+    assert [b["id"] for b in built] == [b["id"] for b in hand] and [b["n_skipped"] for b in built] == [1, 0, 0]
+    assert all(torch.equal(a["inputs"]["toy"]["x"], b["inputs"]["toy"]["x"]) for a, b in zip(built, hand))
+    # shuffled with its own seeded generator: the same order for the same seed, and the global RNG untouched
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    orders = [[i for b in manifest_loader(ds, batch_size=4, shuffle=True, seed=s) for i in b["id"]] for s in (7, 7, 8)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert orders[0] == orders[1] != orders[2] and sorted(orders[0]) == sorted(i for b in hand for i in b["id"])
+    # a subset of adapters collates only those modalities
+    only_toy = next(iter(manifest_loader(ds, batch_size=12, adapters={"toy": ds.adapters["toy"]})))
+    assert set(only_toy["inputs"]) == {"toy"}
 
 
 def test_train_augmentation_depends_on_epoch_and_index_only(tmp_path):

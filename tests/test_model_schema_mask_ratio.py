@@ -80,6 +80,19 @@ def test_bad_ratios_are_errors_with_their_path(model):
         masked_counts(model, typo)
 
 
+def test_a_ratio_typo_is_found_through_nested_wrappers(model):
+    # compile(DDP(model)): ``._orig_mod`` outside ``.module``; the one unwrap_model finds the model inside both
+    class Wrapper(torch.nn.Module):
+        def __init__(self, attr, inner):
+            super().__init__()
+            setattr(self, attr, inner)
+
+    wrapped = Wrapper("_orig_mod", Wrapper("module", model))
+    typo = MaskedObjective(mask_ratio={"ocd": 0.5})
+    with pytest.raises(ConfigError, match=r"masked\.mask_ratio\.ocd: the model has no 'ocd' modality"):
+        typo._check_model(wrapped)
+
+
 def test_adapter_option_is_deprecated_and_mapped(one_thread):
     with pytest.warns(FutureWarning, match=r"modalities\.oct\.mask_ratio is deprecated; mask_ratio belongs to the "
                                            r"masked objective: objectives: \[\{name: masked, mask_ratio: \{oct: 0\.5\}"):

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import List, Optional
 
 from .. import __version__
@@ -46,17 +49,12 @@ _POSITIVE_INT_OPTIONS = ("batch_size", "max_steps", "k", "knn_k", "few_shot_seed
 
 def check_common_args(args: argparse.Namespace) -> None:
     """Usage errors argparse cannot see: ``--batch-size 0``, an ``--out`` that cannot be created."""
-    import os
-    from pathlib import Path
-
     for name in _POSITIVE_INT_OPTIONS:
         val = getattr(args, name, None)
         if isinstance(val, int) and not isinstance(val, bool) and val < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {val}")
     out = getattr(args, "out", None)
     if isinstance(out, str) and out:
-        import tempfile
-
         p = Path(out).expanduser().absolute()
         probe = p
         while not probe.exists() and probe != probe.parent:

@@ -6,9 +6,9 @@ from medfm.lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     ".cache": ["PreprocessCache", "content_hash"],
-    ".dataset": ["ManifestDataset", "MultiModalCollate", "build_label_vocab", "move_batch"],
+    ".dataset": ["ManifestDataset", "MultiModalCollate", "build_label_vocab", "manifest_loader", "move_batch"],
     ".manifest": ["read_manifest", "select_split", "validate_manifest"],
 })
 
 __all__ = ["read_manifest", "select_split", "validate_manifest", "ManifestDataset", "MultiModalCollate",
-           "build_label_vocab", "move_batch", "PreprocessCache", "content_hash"]
+           "build_label_vocab", "manifest_loader", "move_batch", "PreprocessCache", "content_hash"]

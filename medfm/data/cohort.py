@@ -19,12 +19,14 @@ import hmac
 import logging
 import os
 import re
+import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ..errors import DataError, UsageError
 from ..input_files import inside, not_a_file
@@ -117,8 +119,6 @@ def load_or_create_salt(path: os.PathLike) -> bytes:
     The same salt gives the same ``patient_id`` for the same patient across manifests
     (pairing of cohorts built separately); another salt gives unrelated ids.
     """
-    import secrets
-
     p = Path(path)
     if p.is_file():
         text = p.read_text().strip()
@@ -256,8 +256,6 @@ def build_manifest(sources: Sequence[str], out: os.PathLike, *, salt: bytes,
         max_depth: folders walked below a source at most.
         progress: a bar of the cells found (and read, with ``verify``) on stderr.
     """
-    from tqdm.auto import tqdm
-
     base = Path(os.path.abspath(out)).parent
     bar = tqdm(desc="manifest", unit="cell", disable=not progress)
     entries: List[Entry] = []

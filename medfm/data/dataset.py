@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError, MedFMError
 from .cache import PreprocessCache
@@ -70,9 +70,10 @@ class ManifestDataset(Dataset):
             so results do not depend on worker scheduling and a resumed run sees the same views.
 
     An item is ``{"id", "patient_id", "index", "inputs": {mod: {...}}, "labels": {col: int},
-    "errors": [(id, modality, reason)]}``, or ``None`` when no modality could be read
-    (the collate counts it as skipped). A modality that fails is logged and dropped
-    from that sample; the run goes on.
+    "errors": [(id, modality, reason)], "flags": [(id, modality, note)]}``. A sample of which no
+    modality could be read (or that holds none) is ``{"skipped": True, "id", "errors", "flags"}``:
+    the collate counts it as skipped (unusable when ``errors`` is not empty, else not applicable).
+    A modality that fails is logged and dropped from that sample; the run goes on.
     """
 
     def __init__(self, df: pd.DataFrame, adapters: Mapping[str, Any], *, train: bool = False,
@@ -157,7 +158,7 @@ class ManifestDataset(Dataset):
             return adapter.augment(item, rng) if self.train else item
         return adapter.load(value, train=self.train, rng=rng, sample_id=sid, row=row)
 
-    def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
+    def __getitem__(self, index: int) -> Dict[str, Any]:
         row = self._records[index]
         sid = row["id"]
         inputs, errors, flags = {}, [], []
@@ -241,6 +242,24 @@ class MultiModalCollate:
             for col in kept[0]["labels"]:
                 batch["labels"][col] = torch.tensor([it["labels"][col] for it in kept], dtype=torch.long)
         return batch
+
+
+def manifest_loader(dataset: ManifestDataset, *, batch_size: int, seed: Optional[int] = None, shuffle: bool = False,
+                    sampler: Optional[Sampler] = None, num_workers: int = 0, drop_last: bool = False,
+                    pin_memory: bool = False, prefetch_factor: Optional[int] = None,
+                    adapters: Optional[Mapping[str, Any]] = None) -> DataLoader:
+    """The DataLoader over a :class:`ManifestDataset` (pretraining, fine-tuning and embedding build theirs here).
+
+    Batches are collated by :class:`MultiModalCollate` of ``adapters`` (default: the dataset's).
+    With ``seed`` the loader draws from its own ``torch.Generator`` (shuffling, worker seeds), so
+    creating and iterating it leaves the global RNG alone (MAE masks draw from it and a resume
+    restores it); without, torch's default (the global RNG) is kept.
+    """
+    return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, sampler=sampler,
+                      num_workers=int(num_workers or 0), collate_fn=MultiModalCollate(adapters or dataset.adapters),
+                      drop_last=drop_last, pin_memory=pin_memory,
+                      prefetch_factor=prefetch_factor if num_workers else None,
+                      generator=None if seed is None else torch.Generator().manual_seed(int(seed)))
 
 
 def move_batch(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:

@@ -47,9 +47,13 @@ import fsspec
 import numpy as np
 import pandas as pd
 import torch
+from braceexpand import braceexpand
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from webdataset import TarWriter
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from ..errors import ConfigError, DataError, MedFMError
 from .dataset import ManifestDataset, augmentation_rng
@@ -148,8 +152,6 @@ def open_index(spec: str) -> ShardIndex:
     if info.get("format") != FORMAT:
         raise DataError("not a medfm shard index (format tag missing)", source=fs.unstrip_protocol(path))
     if pattern:
-        from braceexpand import braceexpand
-
         wanted = {posixpath.basename(p) for p in braceexpand(posixpath.basename(spec))}
         known = {s["name"] for s in info["shards"] if s.get("name")}
         unknown = sorted(wanted - known)
@@ -162,8 +164,6 @@ def open_index(spec: str) -> ShardIndex:
 def iter_shard(index: ShardIndex, name: str, *, select: Optional[Callable[[str], bool]] = None
                ) -> Iterator[Dict[str, Any]]:
     """Raw samples of one shard: ``{"__key__", "json": bytes, "<mod>.safetensors": bytes, ...}``."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
     url = index.url(name)
     try:
         with fsspec.open(url, "rb") as fh:
@@ -272,8 +272,6 @@ def check_adapters(index: ShardIndex, adapters: Mapping[str, Any]) -> None:
 # ------------------------------------------------------------------ writing
 class _ShardWriter:
     def __init__(self, fs, root: str, number: int):
-        from webdataset import TarWriter
-
         self.fs, self.root, self.number = fs, root, number
         self.name = f"shard-{number:06d}.tar"
         self.tmp = posixpath.join(root, self.name + ".tmp")
@@ -332,8 +330,6 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
     Resumes after the last committed shard when ``out`` holds a matching ``plan.json``.
     Returns the :class:`ShardIndex` of the finished set.
     """
-    from tqdm.auto import tqdm
-
     fs, root = _fs(out)
     fs.makedirs(root, exist_ok=True)
     columns = {m: (columns or {}).get(m, m) for m in adapters}

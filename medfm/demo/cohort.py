@@ -35,8 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+import wfdb
+from nibabel.testing import data_path
+from PIL import Image
+from pydicom.data import get_testdata_file
+from tqdm.auto import tqdm
 
 from medfm.errors import ConfigError
 
@@ -285,8 +291,6 @@ def make_report(cls: int, present: Sequence[str], rng: np.random.Generator) -> s
 # ------------------------------------------------------------------ writers
 def write_nifti(path: Path, vol_dhw: np.ndarray, spacing: Tuple[float, float, float] = (2.5, 1.5, 1.5)) -> None:
     """``(D, H, W)`` HU → NIfTI (X, Y, Z) = (W, H, D) with an RAS diagonal affine (nibabel)."""
-    import nibabel as nib
-
     sd, sh, sw = spacing
     img = nib.Nifti1Image(np.ascontiguousarray(vol_dhw.transpose(2, 1, 0)).astype(np.int16),
                           np.diag([sw, sh, sd, 1.0]))
@@ -295,8 +299,6 @@ def write_nifti(path: Path, vol_dhw: np.ndarray, spacing: Tuple[float, float, fl
 
 
 def write_png(path: Path, img: np.ndarray) -> None:
-    from PIL import Image
-
     Image.fromarray(img).save(str(path))
 
 
@@ -309,8 +311,6 @@ def write_bscans(folder: Path, vol: np.ndarray) -> None:
 
 def write_wfdb(folder: Path, name: str, sig_tc: np.ndarray) -> None:
     """``(T, 12)`` mV → WFDB record ``folder/name.hea`` + ``.dat`` (format 16) via ``wfdb.wrsamp``."""
-    import wfdb
-
     folder.mkdir(parents=True, exist_ok=True)
     wfdb.wrsamp(name, fs=ECG_FS, units=["mV"] * 12, sig_name=list(LEADS), p_signal=sig_tc,
                 fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
@@ -352,8 +352,6 @@ def generate_cohort(out_dir: Any, spec: Optional[CohortSpec] = None, *, progress
     Returns:
         the manifest with one row per sample; relative paths (against ``out_dir``).
     """
-    from tqdm.auto import tqdm
-
     spec = spec or CohortSpec()
     out = Path(out_dir)
     for sub in ("ct", "oct", "xray", "ecg"):
@@ -407,9 +405,6 @@ def copy_real_files(out_dir: Any) -> pd.DataFrame:
     ``CT_small.dcm`` (CT slice) and ``anatomical.nii`` (an MR volume, read by the CT NIfTI
     reader) in ``ct``, ``waveform_ecg.dcm`` (a 12-lead ECG at 1 kHz) in ``ecg``.
     """
-    from nibabel.testing import data_path
-    from pydicom.data import get_testdata_file
-
     out = Path(out_dir)
     real = out / "real"
     real.mkdir(parents=True, exist_ok=True)

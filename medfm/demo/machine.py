@@ -6,14 +6,14 @@ import platform
 import time
 from typing import Any, Dict, Optional
 
+import torch
+
 
 def gemm_gflops(n: int = 512, *, threads: Optional[int] = None, min_seconds: float = 0.3) -> float:
     """Measured fp32 matrix-multiply rate in GFLOP/s (``2 n³`` per ``(n, n) @ (n, n)``), best of 3 rounds.
 
     ``threads``: torch intra-op threads for the measurement (restored afterwards); ``None`` = current.
     """
-    import torch
-
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -38,8 +38,6 @@ def gemm_gflops(n: int = 512, *, threads: Optional[int] = None, min_seconds: flo
 
 def machine_info() -> Dict[str, Any]:
     """``{"cpu_count", "torch_threads", "gemm_gflops_all", "gemm_gflops_1", "processor"}``."""
-    import torch
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(torch.get_num_threads(), cores)  # all cores, whatever the caller set
     return {"cpu_count": cores, "torch_threads": threads, "gemm_gflops_all": round(gemm_gflops(threads=threads), 1),

@@ -108,12 +108,11 @@ class HFTower(nn.Module):
 
     @staticmethod
     def _build(cfg: Mapping[str, Any]) -> nn.Module:
-        from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+        # deferred: transformers takes seconds to import; the registry imports this module to list its towers
+        from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
         arch = cfg.get("hf_arch")
         if arch:  # a checkpoint's own record of the architecture: no model_dir needed any more
-            from transformers import AutoConfig
-
             hf_cfg = AutoConfig.for_model(arch["model_type"], **{k: v for k, v in arch["config"].items()
                                                                   if k != "model_type"})
             try:

@@ -29,6 +29,7 @@ remembers each source's file name and sha256 (``model.init_sources``), which
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -303,8 +304,6 @@ def summary_lines(reports: Mapping[str, Mapping[str, Any]]) -> List[str]:
 
 def init_fingerprint(base: str, sources: Mapping[str, Any]) -> str:
     """A model fingerprint that also covers the imported sources (their sha256)."""
-    import hashlib
-
     h = hashlib.sha256(base.encode())
     h.update(json.dumps({m: s["sha256"] for m, s in sorted(sources.items())}, sort_keys=True).encode())
     return h.hexdigest()

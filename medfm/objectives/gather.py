@@ -23,6 +23,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather
 
 __all__ = [
     "world_info",
@@ -81,8 +82,6 @@ def gather_features(
     """
     if not is_distributed():
         return z, present
-    from torch.distributed.nn.functional import all_gather
-
     with warnings.catch_warnings():  # deprecated in favour of a private API; still the public one
         warnings.simplefilter("ignore", FutureWarning)
         z_all = torch.cat(all_gather(z.contiguous()), 0)

@@ -14,6 +14,7 @@ from torch import nn
 from medfm.errors import ConfigError
 from medfm.registry import register_objective
 
+from .composite import unwrap_model
 from .contrastive import mean_over_modalities
 
 __all__ = ["MaskedObjective", "parse_mask_ratio"]
@@ -91,10 +92,7 @@ class MaskedObjective(nn.Module):
     def _check_model(self, model: nn.Module) -> None:
         """A per-modality key the model has no tower for is a typo: an error, once."""
         self._checked = True
-        core = model
-        for attr in ("module", "_orig_mod"):
-            core = getattr(core, attr, core)
-        names = getattr(core, "modalities", None)
+        names = getattr(unwrap_model(model), "modalities", None)
         if isinstance(names, (list, tuple)) and names:
             stray = sorted(set(self.ratios) - set(names) - {"default"})
             if stray:

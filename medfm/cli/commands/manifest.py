@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from medfm.data.confine import sidecar_path
 from medfm.errors import MedFMError, UsageError
 from medfm.registry import get_modality
 from medfm.io import atomic_write_text, write_json
@@ -61,10 +62,9 @@ def _verifier():
 
 
 def run(args) -> int:
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
+    # deferred: keeps `medfm --help` from importing pandas (and the source scanners)
     from medfm.data.cohort import (build_manifest, format_summary, load_or_create_salt, parse_fractions,
                                    salt_from_text)
-    from medfm.data.confine import sidecar_path  # deferred: as above
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet"):

@@ -5,9 +5,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from medfm.configs import config_path as shipped_config
 from medfm.errors import ConfigError, DataError
 from medfm.io import load_config_file
+from medfm.limits import limits
+from medfm.paths import optional_config_path
 from medfm.registry import get_modality, list_modalities
+from medfm.schema import to_dict, validate
+from medfm.train.run_config import PretrainData as DataConfig  # the data section of a run config
 
 
 def register(subparsers) -> None:
@@ -48,11 +53,6 @@ def _config(args) -> Tuple[Any, Dict[str, Any], Optional[Path]]:
     by name: the working directory). A model config or preset gives the model; no ``--config``
     gives neither (the modalities then come from the manifest's columns).
     """
-    # deferred: keeps `medfm --help` from importing the training stack
-    from medfm.configs import config_path as shipped_config
-    from medfm.schema import to_dict, validate
-    from medfm.train.run_config import PretrainData as DataConfig  # the data section of a run config
-
     data = to_dict(DataConfig(manifest=args.manifest))
     if args.config is None:
         return None, data, None
@@ -105,11 +105,9 @@ def _adapters(args, df, model_cfg, columns, config_dir) -> Dict[str, Any]:
 
 
 def run(args) -> int:
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
+    # deferred: keeps `medfm --help` from importing pandas and torch
     from medfm.data import read_manifest, select_split
     from medfm.data.shards import write_shards
-    from medfm.limits import limits
-    from medfm.paths import optional_config_path
 
     model_cfg, data, config_dir = _config(args)
     columns = dict(data.get("columns") or {})
