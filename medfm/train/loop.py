@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, Mapping, Optional, S
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from tqdm.auto import tqdm
 
 from ..data import move_batch
@@ -214,8 +215,6 @@ class TrainCore:
         """Optimiser, schedule and this rank's RNG from a training checkpoint's state
         (:func:`medfm.train.resume_checkpoint.load_trainer_state`); ``source`` names it in messages."""
         if self.unsharded:  # FSDP: the saved state is the full (unsharded) one
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
                                      options=StateDictOptions(full_state_dict=True, strict=False))
         elif state["optimizer"].get("format") == BY_NAME:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import pandas as pd
-import torch
 
 from ..data import ManifestDataset
 from ..data.manifest import is_missing
+from ..data.shard_stream import ShardStream
+from ..data.shards import check_adapters
 from ..modality import fit_on_cohort
 from ..models import MultiModalModel, create_model, resolve_config
 from ..paths import config_path, optional_config_path
@@ -87,17 +88,8 @@ def manifest_dataset(cfg: RunConfig, df: pd.DataFrame, adapters, config_dir: Opt
 
 def shard_stream(cfg: RunConfig, shards, adapters, rank: int, world_size: int):
     """The streamed shards of ``data.shards`` (``medfm shard`` output; the shards hold the samples)."""
-    from ..data.shard_stream import ShardStream  # deferred: fsspec, only for streamed shards
-    from ..data.shards import check_adapters  # deferred: fsspec, only for streamed shards
-
     check_adapters(shards, adapters)
     dcfg = cfg.data
     return ShardStream(shards, adapters, batch_size=dcfg.batch_size, seed=cfg.train.seed,
                        shuffle_buffer=dcfg.shuffle_buffer, label_columns=dcfg.label_columns, rank=rank,
                        world_size=world_size, num_workers=dcfg.num_workers)
-
-
-def loader_generator(seed: int, epoch: int) -> torch.Generator:
-    """The data loader's own generator: creating a loader must not consume the global RNG (MAE masks use
-    it; resume restores it exactly)."""
-    return torch.Generator().manual_seed(seed + epoch)

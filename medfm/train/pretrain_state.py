@@ -11,6 +11,8 @@ import logging
 import time
 from typing import Any, Dict, Optional
 
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
 from ..errors import CheckpointError
 from ..io import atomic_write_text, portable_paths
 from ..models import MultiModalModel
@@ -114,9 +116,6 @@ class RunState:
         if not getattr(self, "_unsharded", None):
             return (self.model, self.task.objective.state_dict(),
                     optimizer_state_by_name(self.task.state_parameters(), self.optimizer))
-        # deferred: torch.distributed.checkpoint is only needed under FSDP
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         task_sd, optim_sd = get_state_dict(self.task, self.optimizer, options=opts)
         if not self.dist.is_main:

@@ -21,11 +21,13 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from ..card import write_model_card
-from ..data import MultiModalCollate, read_manifest, select_split
+from ..data import read_manifest, select_split
+from ..data.dataset import manifest_loader
 from ..data.skips import SkipLedger
+from ..data.shard_stream import shard_loader
+from ..data.shards import fit_frame, open_index
 from ..errors import ConfigError, UnusableDataError
 from ..io import write_json
 from ..limits import limits
@@ -89,8 +91,6 @@ class Trainer(RunState):
         self.model_config = build.run_model_config(self.cfg, self.config_dir)  # checked before any data is read
         self.shards = None
         if dcfg.shards:  # streaming from `medfm shard` output (medfm.data.shard_stream)
-            from ..data.shards import fit_frame, open_index  # deferred: fsspec, only for streamed shards
-
             self.shards = open_index(optional_config_path(dcfg.shards, self.config_dir, "data.shards"))
         manifest = (config_path(dcfg.manifest, self.config_dir, "data.manifest") if dcfg.manifest
                     else Path(self.shards.url("index.json")))
@@ -179,17 +179,14 @@ class Trainer(RunState):
     def _loader(self) -> Iterator[Dict[str, Any]]:
         bs, nw = self.cfg.data.batch_size, self.cfg.data.num_workers
         if self.shards is not None:
-            from ..data.shard_stream import shard_loader  # deferred: fsspec, only for streamed shards
-
             self.dataset.set_epoch(self.epoch, start=self.micro_in_epoch)
             return iter(shard_loader(self.dataset, pin_memory=self.dist.device.type == "cuda"))
         self.sampler.set_epoch(self.epoch, start=self.micro_in_epoch * bs)
         self.dataset.set_epoch(self.epoch)
-        loader = DataLoader(self.dataset, batch_size=bs, sampler=self.sampler,
-                            collate_fn=MultiModalCollate(self.model.adapters), num_workers=nw,
-                            drop_last=len(self.sampler) >= bs, pin_memory=self.dist.device.type == "cuda",
-                            persistent_workers=False, prefetch_factor=4 if nw else None,
-                            generator=build.loader_generator(self.cfg.train.seed, self.epoch))
+        loader = manifest_loader(self.dataset, batch_size=bs, sampler=self.sampler, num_workers=nw,
+                                 adapters=self.model.adapters, drop_last=len(self.sampler) >= bs,
+                                 pin_memory=self.dist.device.type == "cuda", prefetch_factor=4,
+                                 seed=self.cfg.train.seed + self.epoch)  # the loader's own generator (global RNG untouched)
         return iter(loader)
 
     def _check_learned(self) -> None:
