@@ -11,7 +11,7 @@ Readers (by suffix):
 - GE MUSE XML (``.xml`` with ``<RestingECG>``): the ``Rhythm`` waveform's base64 int16 lead data;
   MUSE stores I, II, V1–V6 and the other limb leads are derived.
 
-HL7 aECG XML is not read (convert it to WFDB first).
+- HL7 aECG XML (``<AnnotatedECG xmlns="urn:hl7-org:v3">``): the rhythm series (:mod:`.ecg_hl7`).
 
 Canonical form after :meth:`ECGAdapter.read`: ``(12, T)`` float64 in millivolts at the
 native rate, leads in the order of :data:`LEADS` whatever the names in the file; absent
@@ -46,6 +46,7 @@ from . import signal as sig
 from medfm.limits import check_declared_shape
 from medfm.input_files import check_regular, open_bounded, read_text
 from .dicom import check_dicom_modality, read_dicom
+from .ecg_hl7 import is_hl7_aecg, read_hl7_aecg
 from .imaging import npy_declared_shape, npz_member_shape
 
 LEADS: Tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -404,7 +405,7 @@ class ECGAdapter(ModalityAdapter):
         if suffix in (".dcm", ".dicom") or (not suffix and p.is_file()):
             return read_dicom_waveform(p, adapter=self)
         if suffix == ".xml":
-            return read_muse_xml(p)
+            return read_hl7_aecg(p) if is_hl7_aecg(p) else read_muse_xml(p)
         check_format(p, self.name, self.suffixes)
         arr, info = read_array(p)
         info.update({k: v for k, v in _sidecar(p).items() if k in ("fs", "leads", "units")})
