@@ -88,6 +88,8 @@ class TabularAdapter(ModalityAdapter):
     input_kind = "value"
     suffixes = ()
     suffix_priority = 80  # reads no file: chosen for no suffix
+    #: the cell is built from the row's feature columns: the manifest needs no ``tabular`` column
+    reads_row = True
     defaults: Dict[str, Any] = {
         "features": [],
         "exclude": [],
@@ -260,7 +262,8 @@ class TabularAdapter(ModalityAdapter):
             x[f, 1:1 + len(ids)] = ids
         if not mask.any():
             raise DataError("every tabular feature is missing", source=sample_id, field="tabular")
-        return Record(x, {"mask": mask, "n_present": int(mask.sum()), "n_unknown_values": unknown})
+        return Record(x, {"mask": mask, "n_present": int(mask.sum()), "n_unknown_values": unknown,
+                          "columns": self.columns, "kinds": self.kinds, "ranges": self.ranges})
 
     def preprocess(self, record: Record, *, train: bool = False, rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
         """→ ``{"x": (F, 1 + K) float32, "mask": (F,) int64}`` (1 = measured)."""

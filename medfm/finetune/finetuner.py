@@ -264,7 +264,9 @@ class FineTuner:
             model = model.encoder
         encoder: MultiModalModel = model
         self.columns = self._columns(encoder.modalities)
-        mods = cfg["modalities"] or [m for m in encoder.modalities if self.columns[m] in self.df.columns]
+        # a table modality (tabular) reads feature columns of the row, not a column of its own
+        has_cells = lambda m: self.columns[m] in self.df.columns or getattr(encoder.adapters.get(m), "reads_row", False)
+        mods = cfg["modalities"] or [m for m in encoder.modalities if has_cells(m)]
         if not cfg["modalities"]:
             for m in encoder.modalities:
                 if m not in mods:
@@ -274,7 +276,7 @@ class FineTuner:
         for m in mods:
             if m not in encoder.modalities:
                 raise ConfigError(f"modality {m!r} is not in the base model; it has {encoder.modalities}")
-            if self.columns[m] not in self.df.columns:
+            if not has_cells(m):
                 raise ConfigError(f"the manifest has no column {self.columns[m]!r} for modality {m!r}")
         if not mods:
             raise ConfigError("no modality of the base model has a column in the manifest")
@@ -282,6 +284,9 @@ class FineTuner:
         self.splits = make_splits(self.df, dcfg["split_column"], float(dcfg["val_fraction"]),
                                   float(dcfg["test_fraction"]), int(dcfg["seed"]))
         self.task = TaskSpec.from_config(cfg["task"]).fit(self.splits["train"])
+        for m in self.modalities:  # the task's label is never a feature of a table modality
+            if getattr(encoder.adapters.get(m), "is_feature", lambda c: False)(self.task.label_column):
+                raise ConfigError(f"task.label_column {self.task.label_column!r} is a feature of modality {m!r}")
         self.targets = {s: self.task.encode(d) for s, d in self.splits.items()}
         self._weights_cpu = self.task.loss_weights(self.targets["train"])
         self.device = self._device(cfg["device"])
