@@ -115,3 +115,16 @@ def test_muse_xml_still_goes_to_the_muse_reader(tmp_path):
     (tmp_path / "m.xml").write_text("<RestingECG><Waveform></Waveform></RestingECG>")
     with pytest.raises(DataError, match="LeadData"):
         E.ECGAdapter().read(tmp_path / "m.xml")
+
+
+def test_info_lists_each_new_format_with_its_reader_and_gaps(capsys):
+    import json
+
+    from medfm.cli import main
+
+    assert main(["info", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["format_readers"]
+    by_format = {r["format"].split(" ")[0] + " " + r["format"].split(" ")[1]: r for r in rows}
+    for fmt in ("Topcon .fda/.fds", "Heidelberg .e2e", "HL7 aECG", "DICOM folder"):
+        assert fmt in by_format and by_format[fmt]["reader"] and by_format[fmt]["not_supported"], fmt
+    assert "tabular" in {r["modality"] for r in rows}
