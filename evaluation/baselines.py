@@ -41,6 +41,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from medfm.errors import ConfigError, UsageError
 
+from .tabular_baseline import TabularFeatureEncoder
 from .vectors import l2_normalize
 
 __all__ = [
@@ -272,13 +273,7 @@ BASELINES: Dict[str, Callable[[], BaselineEncoder]] = {
 }
 
 
-def _tabular() -> BaselineEncoder:
-    from .tabular_baseline import TabularFeatureEncoder  # deferred: its module imports this one
-
-    return TabularFeatureEncoder()
-
-
-BASELINES["tabular"] = _tabular
+BASELINES["tabular"] = TabularFeatureEncoder
 
 
 def get_baseline(name: str) -> BaselineEncoder:

@@ -17,8 +17,6 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from .baselines import BaselineEncoder
-
 __all__ = ["TabularFeatureEncoder", "tabular_design", "gradient_boosted_scores"]
 
 
@@ -55,12 +53,22 @@ def tabular_design(records: Sequence[Any], *, nan_missing: bool = False) -> "tup
     return np.concatenate(blocks, axis=1), names
 
 
-class TabularFeatureEncoder(BaselineEncoder):
-    """Standardised numeric values, one-hot categories, multi-hot codes and missing indicators."""
+class TabularFeatureEncoder:
+    """Standardised numeric values, one-hot categories, multi-hot codes and missing indicators.
+
+    The :class:`~medfm.evaluation.baselines.BaselineEncoder` interface (kept apart from that module,
+    which lists this encoder). The statistics are the fitted ``tabular`` adapter's (training split).
+    """
 
     name = "tabular"
     modality = "tabular"
     metric = "euclidean"
+
+    def fit(self, values: Sequence[Any]) -> "TabularFeatureEncoder":
+        return self
+
+    def fit_transform(self, values: Sequence[Any]) -> np.ndarray:
+        return self.fit(values).transform(values)
 
     def transform(self, values: Sequence[Any]) -> np.ndarray:
         X, self._names = tabular_design(list(values))
@@ -68,7 +76,7 @@ class TabularFeatureEncoder(BaselineEncoder):
 
     def describe(self) -> Dict[str, Any]:
         names = getattr(self, "_names", None)
-        return {**super().describe(), "dim": None if names is None else len(names),
+        return {"name": self.name, "modality": self.modality, "metric": self.metric, "dim": None if names is None else len(names),
                 "features": "numeric (train-split standardised) + one-hot categories + multi-hot codes + "
                             "a missing indicator per column"}
 
