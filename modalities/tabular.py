@@ -111,8 +111,6 @@ class TabularAdapter(ModalityAdapter):
         o = self.options
         if isinstance(o["features"], str):
             o["features"] = [o["features"]]
-        if not o["features"]:
-            raise ConfigError("tabular: give the feature columns (option features: names or patterns)")
         for key in ("exclude", "categorical", "codes"):
             if isinstance(o[key], str):
                 o[key] = [o[key]]
@@ -182,12 +180,14 @@ class TabularAdapter(ModalityAdapter):
         ``values``: the ``{column: value}`` cells of :meth:`source_from_row`; ``patient_ids[i]``
         the patient of ``values[i]`` (without ids each row is its own patient).
         """
+        o = self.options
+        if not o["features"]:
+            raise ConfigError("tabular: give the feature columns (option features: names or patterns)")
         rows = [v for v in values if isinstance(v, Mapping)]
         if not rows:
             raise DataError("tabular: no training row has a feature value", field="features")
         pids = list(patient_ids) if patient_ids is not None else [None] * len(rows)
         pids = [p if p is not None else f"row{i}" for i, p in enumerate(pids)]
-        o = self.options
         columns = sorted({c for r in rows for c in r if self.is_feature(c)})
         if not columns:
             raise ConfigError(f"tabular: no column matches features {o['features']}")
