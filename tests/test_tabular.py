@@ -188,3 +188,20 @@ def test_real_cinc_headers_age_sex_and_an_ecg_tabular_run(tmp_path):
     tab = model.adapters["tabular"]
     assert tab.stats["age"][0] == pytest.approx(ages.mean()) and tab.stats["age"][1] == pytest.approx(ages.std())
     assert set(tab.vocab["sex"]) == {"Female", "Male"}
+
+
+def test_features_from_a_joined_table(tmp_path):
+    table = tmp_path / "labs.csv"
+    pd.DataFrame({"patient_id": ["p1", "p2", "p3"], "crp": ["3.5", "", "10"], "smoker": ["yes", "no", "yes"]}
+                 ).to_csv(table, index=False)
+    a = get_modality("tabular", features=["crp", "smoker"], table=str(table), min_patients=1)
+    rows = [{"id": "a", "patient_id": "p1"}, {"id": "b", "patient_id": "p2"}, {"id": "c", "patient_id": "p3"},
+            {"id": "d", "patient_id": "p9"}]
+    cells = [a.source_from_row(r, "tabular") for r in rows]
+    assert cells[0] == {"crp": "3.5", "smoker": "yes"} and cells[3] is None  # p9 is not in the table
+    a.fit(cells[:3], ["p1", "p2", "p3"])
+    assert a.stats["crp"][0] == pytest.approx(6.75) and a.read(cells[1]).meta["mask"].tolist() == [0, 1]
+    pd.DataFrame({"patient_id": ["p1", "p1"], "crp": ["1", "2"]}).to_csv(tmp_path / "dup.csv", index=False)
+    b = get_modality("tabular", features=["crp"], table=str(tmp_path / "dup.csv"))
+    with pytest.raises(DataError, match="dup.csv.*repeated|repeated.*dup.csv"):
+        b.source_from_row(rows[0], "tabular")
