@@ -12,8 +12,8 @@ import medfm
 from medfm.cli import main
 from medfm.data import read_manifest
 from medfm.errors import DataError
-from modalities.dicom_series import split_series_reference
-from modalities.inspect import inspect_source
+from medfm.modalities.dicom_series import split_series_reference
+from medfm.modalities.inspect import inspect_source
 
 from conftest import shared_data
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medfm.errors import DataError
-from modalities import ecg as E
+from medfm.modalities import ecg as E
 
 ECG_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ecg" / "cinc2021_12lead"
 MDC = {"I": "I", "II": "II", "III": "III", "aVR": "AVR", "aVL": "AVL", "aVF": "AVF",

@@ -17,7 +17,7 @@ import medfm
 from medfm.cli import main
 from medfm.errors import ConfigError, DataError
 from medfm.registry import get_modality
-from modalities.tabular import check_label_not_feature
+from medfm.modalities.tabular import check_label_not_feature
 
 from conftest import shared_data
 

@@ -11,7 +11,7 @@ import torch
 import medfm
 from medfm.cli import main
 from medfm.registry import get_modality
-from evaluation.tabular_baseline import gradient_boosted_scores, tabular_design
+from medfm.evaluation.tabular_baseline import gradient_boosted_scores, tabular_design
 
 torch.set_num_threads(1)
 
@@ -92,3 +92,24 @@ def test_probe_with_tabular_baseline_and_label_feature_refused(tmp_path, capsys)
                "--out", str(tmp_path / "eval2"), "--modality", "tabular", "--label-column", "grp",
                "--n-boot", "0", "--no-progress"])
     assert rc == 2 and "'grp' is a feature" in capsys.readouterr().err
+
+
+def test_finetune_on_table_features_and_label_feature_refused(tmp_path, capsys):
+    import yaml
+
+    df = _cohort()
+    a = _adapter(df)
+    torch.manual_seed(0)
+    medfm.create_model({"name": "medfm-tiny", "modalities": {"tabular": a.config()}},
+                       adapters={"tabular": a}).save_pretrained(tmp_path / "m")
+    df.to_csv(tmp_path / "c.csv", index=False)  # no 'tabular' column: the modality reads the feature columns
+    cfg = {"base": str(tmp_path / "m"), "modalities": ["tabular"], "task": {"kind": "multiclass", "label_column": "label"},
+           "method": "full", "data": {"manifest": str(tmp_path / "c.csv"), "batch_size": 32, "split_column": "split"},
+           "optim": {"lr": 3e-3, "epochs": 6, "patience": 20, "monitor": "auroc"}}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", str(tmp_path / "ft.yaml"), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["test_macro_auroc"] > 0.8  # the label is sign(lab_a): learnable from the features
+    (tmp_path / "leak.yaml").write_text(yaml.safe_dump({**cfg, "task": {"kind": "multiclass", "label_column": "lab_a"}}))
+    assert main(["finetune", str(tmp_path / "leak.yaml"), "--out", str(tmp_path / "out2")]) == 2
+    assert "'lab_a' is a feature" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_fda_reads_jpeg2000_bscan_under_numpy2():
 
 def test_compat_layer_touches_only_the_topcon_modules():
     pytest.importorskip("oct_converter")
-    from modalities.vendor_oct import topcon_readers
+    from medfm.modalities.vendor_oct import topcon_readers
 
     topcon_readers(DEVICE / "fds_minimized.fds")
     import oct_converter.readers.fds as fds
