@@ -12,7 +12,7 @@ untouched, and none of the reader's parsing is copied. A release that stops call
 
 **Heidelberg ``.E2E`` (eyepy).** eyepy's high-level reader indexes an E2E through its directory
 chunks (``MDbDir``) and raises ``No Series in the E2E file can be parsed`` when they are absent or
-hold no complete series. :func:`read_e2e` then walks the data containers themselves (``MDbData``,
+hold no complete series. :func:`read_e2e` reads through that index when it works; otherwise it walks the data containers themselves (``MDbData``,
 60-byte header + item) and parses each with eyepy's own container format
 (``eyepy.io.he.e2e_format.datacontainer_format``): B-scans (``float16u`` decoded by eyepy), the
 NIR localizer (fundus) and laterality. A container whose declared item runs past the end of the
@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from medfm.errors import DataError
+from medfm.input_files import read_bytes
 
 E2E_BSCAN, E2E_LOCALIZER = 35652097, 33620481  # Type1073741824.type values (eyepy's names)
 _E2E_MAGIC = b"MDbData"
@@ -87,7 +88,7 @@ def e2e_containers(path: Path) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any
     Series and slice ids are the file's; patient containers (type 9) are skipped, not decoded.
     """
     fmt = _e2e_format(path)
-    data = path.read_bytes()
+    data = read_bytes(path, limit="max_file_mb", what="E2E file")
     if not data.startswith(b"CMDb"):
         raise DataError("not a Heidelberg E2E file (no CMDb version header)", source=str(path))
     parsed: List[Dict[str, Any]] = []
@@ -129,19 +130,41 @@ def _e2e_kind(kind: int, data: bytes, pos: int) -> str:
     return {E2E_BSCAN: "bscan", E2E_LOCALIZER: "localizer"}.get(image_type, f"image {image_type}")
 
 
+def _eyepy_indexed(path: Path, want: str):
+    """eyepy's own reader (series index of the directory chunks), or ``None`` when it finds no series."""
+    try:
+        import eyepy  # deferred: optional extra medfm[oct-vendor]
+    except ImportError as e:
+        raise DataError("reading .e2e files needs the optional extra medfm[oct-vendor] "
+                        f"(missing module {e.name!r})", source=str(path)) from e
+    try:
+        vol = eyepy.import_heyex_e2e(str(path))
+    except ValueError as e:
+        if "No Series" in str(e):
+            return None  # no usable directory: walk the containers
+        raise
+    if want == "volume":
+        return np.asarray(vol.data, dtype=np.float32), {"format": "heidelberg-e2e", "reader": "eyepy series index"}
+    return np.asarray(vol.localizer.data, dtype=np.float32), {"format": "heidelberg-e2e-slo",
+                                                               "reader": "eyepy series index"}
+
+
 def read_e2e(path: Path, *, want: str = "volume") -> Tuple[np.ndarray, Dict[str, Any]]:
     """Heidelberg E2E → ``((F, H, W) float32 B-scans, meta)`` or, ``want="localizer"``, ``((H, W), meta)``.
 
     The first series with B-scans is read (its slices in slice-id order); ``meta`` names the
     series read, every series present, the laterality and the containers left unreadable.
     """
+    indexed = _eyepy_indexed(path, want)
+    if indexed is not None:
+        return indexed
     parsed, unreadable = e2e_containers(path)
     series = sorted({e["series"] for e in parsed} | {u["series"] for u in unreadable})
     lat = next((str(e["item"].laterality) for e in parsed if e["type"] == _E2E_LATERALITY_TYPE), None)
     images = [e for e in parsed if e["type"] == _E2E_IMAGE_TYPE]
     wanted = E2E_BSCAN if want == "volume" else E2E_LOCALIZER
     hits = [e for e in images if int(e["item"].type) == wanted]
-    meta: Dict[str, Any] = {"series_present": series, "unreadable": unreadable,
+    meta: Dict[str, Any] = {"series_present": series, "unreadable": unreadable, "reader": "eyepy container parser",
                             "format": "heidelberg-e2e" if want == "volume" else "heidelberg-e2e-slo"}
     if lat is not None:
         meta["laterality"] = {"76": "L", "82": "R"}.get(lat, lat).replace("LateralityEnum.", "")
