@@ -21,6 +21,7 @@ bytes missing; patient containers (type 9) are never decoded.
 """
 from __future__ import annotations
 
+import importlib
 import types
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -57,8 +58,6 @@ _NUMPY_COMPAT = _NumpyBinaryFromstring()
 
 def topcon_readers(path: Path):
     """``oct_converter.readers`` with the Topcon modules' ``np`` set to the compatibility namespace."""
-    import importlib
-
     try:
         readers = importlib.import_module("oct_converter.readers")
         for name in ("fda", "fds"):
