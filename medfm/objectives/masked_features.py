@@ -33,8 +33,9 @@ class MaskedFeatureObjective(nn.Module):
         modalities: the modalities to train (default: every modality of the batch whose tower
             has ``masked_feature_loss``); naming one whose tower has none is a :class:`ConfigError`.
         mask_ratio: share of a sample's measured features masked (``None``: the tower's, TIP's 0.3).
-        numeric_weight / categorical_weight: weights of the value regression and the category/code
-            classification inside a tower's loss.
+        numeric_weight: weight of the regression of masked numeric values inside a tower's loss.
+        categorical_weight: weight of the classification of masked categories and codes.
+
     Returns ``{"loss", "<mod>": float, "n_terms": float}``.
     """
 
