@@ -19,6 +19,9 @@ name                      modality   features
 ``ecg-features``          ``ecg``    heart rate and RR SD from R peaks (``scipy.signal.find_peaks``),
                                      a QRS-width proxy, number of beats, per-lead mean / SD /
                                      peak-to-peak / skewness / kurtosis after a 0.5–40 Hz band-pass
+``tabular``               ``tabular`` the tabular tower's features as a design matrix: standardised
+                                     numbers, one-hot categories, multi-hot codes, a missing
+                                     indicator per column (:mod:`.tabular_baseline`)
 ========================  =========  ==========================================================
 
 The functions behind them (:func:`kmer_frequencies`, :func:`ecg_features`,
@@ -38,6 +41,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from medfm.errors import ConfigError, UsageError
 
+from .tabular_baseline import TabularFeatureEncoder
 from .vectors import l2_normalize
 
 __all__ = [
@@ -269,6 +273,9 @@ BASELINES: Dict[str, Callable[[], BaselineEncoder]] = {
 }
 
 
+BASELINES["tabular"] = TabularFeatureEncoder
+
+
 def get_baseline(name: str) -> BaselineEncoder:
     """A baseline encoder by name: ``kmer`` (= ``kmer6``), ``kmer<k>``, ``tfidf``, ``ecg-features``."""
     m = re.fullmatch(r"kmer(\d)", str(name))
@@ -306,7 +313,7 @@ def _check_modality(enc: BaselineEncoder, adapter: Any, role: str) -> None:
     if adapter.name != enc.modality:
         raise UsageError(f"--baseline {enc.name} encodes {enc.modality!r} data, but the {role} modality is "
                          f"{adapter.name!r}; choose a baseline of that modality "
-                         f"(kmer: dna, tfidf: text, ecg-features: ecg)")
+                         f"(kmer: dna, tfidf: text, ecg-features: ecg, tabular: tabular)")
 
 
 def standardize(X: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:

@@ -161,7 +161,7 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
 
     adapter = require_modality(model, modality)
     col = column or modality
-    if col not in df.columns:
+    if col not in df.columns and not getattr(adapter, "reads_row", False):  # tabular: the row's feature columns
         raise DataError(f"manifest has no column {col!r} for modality {modality!r}",
                         source=df.attrs.get("source", "manifest"), field=col)
     adapters = {modality: adapter}

@@ -161,6 +161,9 @@ def evaluate_probe(inp: RunInputs, modality: str, *, label_column: Optional[str]
     binary_cols = list(label_columns)
     model, fp = load_model(inp.model, init=inp.init)
     require_modality(model, modality)
+    for label in [label_column] if label_column else binary_cols:  # a table modality never reads its label
+        if getattr(model.adapters.get(modality), "is_feature", lambda c: False)(label):
+            raise UsageError(f"the label column {label!r} is a feature of the {modality!r} modality")
     df = open_manifest(inp.manifest, require=[label_column] if label_column else binary_cols)
     multilabel = bool(binary_cols) or is_multilabel_column(df[label_column])
     if binary_cols:

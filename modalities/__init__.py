@@ -11,7 +11,7 @@ facts: suffixes, DICOM Modality values, suffix priority, folders) and add its li
 ``tests/test_startup.py`` checks every declaration against the registered class. Third-party
 adapters register through the ``medfm.modalities`` entry-point group and are their class.
 """
-from medfm.registry import EMBEDDERS, MODALITIES, SOURCES, WEIGHT_FORMATS
+from medfm.registry import EMBEDDERS, MODALITIES, SOURCES, TOWERS, WEIGHT_FORMATS
 
 _IMAGE = (".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", "")
 _FASTA = (".fasta", ".fa", ".fna", ".fas")
@@ -25,6 +25,7 @@ ADAPTERS = {
     "ecg": ("ecg", "path", (".hea", ".dat", ".mat", ".dcm", ".xml", ".npy", ".npz", ".csv"), "12-lead ECG adapter."),
     "fundus": ("fundus", "path", _IMAGE + (".vol", ".e2e", ".fds", ".fda"),
                "Retinal en-face images. Extra option ``vol_image``: ``\"slo\"`` reads the SLO of vendor files."),
+    "tabular": ("tabular", "value", (), "Clinical table features: numeric (standardised), categorical and multi-valued codes, with a missing mask."),
     "oct": ("oct", "path", (".dcm", ".npy", ".npz", ".nii", ".nii.gz", "", ".vol", ".e2e", ".fds", ".fda", ".img"),
             "3D retinal OCT volumes."),
     "text": ("text", "value", (".txt",), "Reports and taxonomy strings."),
@@ -35,7 +36,7 @@ ADAPTERS = {
 #: ``dicom_modalities`` and ``suffix_priority``): what ``inspect``/``manifest`` choose by (:mod:`.facts`)
 CHOICE_FACTS = {
     "ct": (("CT",), 10), "oct": (("OPT", "OCT"), 20), "ecg": (("ECG", "HD"), 30),
-    "xray": (("CR", "DX", "DR", "RG"), 40), "dna": ((), 50), "text": ((), 60), "fundus": (("OP", "XC"), 70),
+    "xray": (("CR", "DX", "DR", "RG"), 40), "dna": ((), 50), "text": ((), 60), "fundus": (("OP", "XC"), 70), "tabular": ((), 80),
 }
 
 #: name -> description of each weight-file format (:mod:`.weight_formats`)
@@ -63,3 +64,4 @@ for _name, _description in WEIGHT_FORMAT_DESCRIPTIONS.items():
 for _name in SCANNERS:
     SOURCES.declare(_name, f"{__name__}.sources")
 EMBEDDERS.declare("kmer_tokens", f"{__name__}.dna")
+TOWERS.declare("tabular", f"{__name__}.tabular_tower")

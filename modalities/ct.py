@@ -28,6 +28,7 @@ from medfm.registry import register_modality
 from . import augment, geometry, intensity
 from . import imaging as im
 from . import dicom as dcm
+from .dicom_series import split_series_reference
 from .dicom import is_dicom_file
 from .tower_config import vit_tower
 
@@ -104,10 +105,11 @@ class CTAdapter(ModalityAdapter):
     # ------------------------------------------------------------------ read
     def read(self, source: Any, *, sample_id: Optional[str] = None, row: Optional[Mapping[str, Any]] = None) -> Record:
         """Path → ``Record(data=(D, H, W) HU float32, meta)``."""
+        source, series_uid = split_series_reference(source)  # FOLDER#UID: one series of the folder
         path = require_file(source, what="CT input")
         sfx = check_format(path, self.name, self.suffixes)
         if path.is_dir():
-            vol, fmt = dcm.read_dicom_series(path, series_uid=self.options["series_uid"],
+            vol, fmt = dcm.read_dicom_series(path, series_uid=series_uid or self.options["series_uid"],
                                             spacing_tolerance=self.options["spacing_tolerance"], adapter=self), "dicom-series"
         elif sfx in NIFTI_SUFFIXES:
             vol, fmt = read_nifti(path), "nifti"

@@ -15,7 +15,7 @@ Readers (by suffix):
 - GE MUSE XML (``.xml`` with ``<RestingECG>``): the ``Rhythm`` waveform's base64 int16 lead data;
   MUSE stores I, II, V1–V6 and the other limb leads are derived.
 
-HL7 aECG XML is not read (convert it to WFDB first).
+- HL7 aECG XML (``<AnnotatedECG xmlns="urn:hl7-org:v3">``): the rhythm series (:mod:`.ecg_hl7`).
 
 Canonical form after :meth:`ECGAdapter.read`: ``(12, T)`` float64 in millivolts at the
 native rate, leads in the order of :data:`LEADS` whatever the names in the file; absent
@@ -50,6 +50,7 @@ from .ecg_files import (MAX_WFDB_SIGNALS, check_wfdb_header, read_array, read_di
                         read_muse_xml, read_sidecar, read_wfdb, wfdb_header_lines)
 from .ecg_leads import (FLAT_MV, LEAD_ALIASES, LEAD_INDEX, LEADS, UNIT_TO_MV, UNKNOWN_UNITS,  # noqa: F401
                         canonicalize, derive_limb_leads, normalize_lead_name, unit_factor)
+from .ecg_hl7 import is_hl7_aecg, read_hl7_aecg
 
 
 @register_modality("ecg")
@@ -110,7 +111,7 @@ class ECGAdapter(ModalityAdapter):
         if suffix in (".dcm", ".dicom") or (not suffix and p.is_file()):
             return read_dicom_waveform(p, adapter=self)
         if suffix == ".xml":
-            return read_muse_xml(p)
+            return read_hl7_aecg(p) if is_hl7_aecg(p) else read_muse_xml(p)
         check_format(p, self.name, self.suffixes)
         arr, info = read_array(p)
         info.update({k: v for k, v in read_sidecar(p).items() if k in ("fs", "leads", "units")})

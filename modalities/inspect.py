@@ -23,6 +23,7 @@ from medfm.modality import check_format, file_reference
 from medfm.registry import get_modality
 
 from .choose import choose_modality
+from .dicom_series import split_series_reference
 from .ecg_leads import LEADS
 
 
@@ -37,10 +38,10 @@ def inspect_source(path: Any, modality: Optional[str] = None, adapters: Optional
     named ``modality``, else the one :func:`guess_modality` chooses among ``adapters`` (instances;
     default: the registry's adapters with their default options)."""
     if adapters is None:
-        name = modality or guess_modality(path)
+        name = modality or guess_modality(split_series_reference(path)[0])
         adapter = get_modality(name)
     else:
-        name = modality or guess_modality(path, adapters)
+        name = modality or guess_modality(split_series_reference(path)[0], adapters)
         if name not in adapters:
             raise UsageError(f"the model has no {name!r} modality; it has {', '.join(sorted(adapters))}")
         adapter = adapters[name]
@@ -64,7 +65,7 @@ def inspect_file(path: Any, adapter: Any) -> Dict[str, Any]:
     arrays to draw. ``notes`` are the reader's flags (a NIfTI read as CT, a DICOM without Modality)."""
     src = str(path)
     if adapter.input_kind == "path":
-        check_format(src, adapter.name, adapter.suffixes)
+        check_format(split_series_reference(src)[0], adapter.name, adapter.suffixes)  # FOLDER#UID: a series
     elif file_reference(src, adapter.suffixes) is None:
         raise DataError(f"not a {adapter.name} file reference; supported: {' '.join(adapter.suffixes)} "
                         "(FILE or FILE#RECORD_ID)", source=src)

@@ -36,6 +36,7 @@ from .augment import flip_and_jitter
 from .tower_config import vit_tower
 from . import dicom as dcm
 from .dicom import check_dicom_modality
+from .vendor_oct import read_e2e, topcon_readers
 
 VENDOR_EXTRA = "medfm[oct-vendor]"
 VENDOR_SUFFIXES = (".vol", ".e2e", ".fds", ".fda", ".img")
@@ -70,10 +71,9 @@ def read_vendor_oct(path: Path) -> Tuple[np.ndarray, Dict[str, Any]]:
             return vol, {"scale_mm": (float(pf.distance), float(pf.scale_y), float(pf.scale_x)),
                          "scan_pattern": int(pf.scan_pattern)}
         return _vendor_call(path, f)
-    if sfx == ".e2e":
-        ep = _vendor_import("eyepy", path)
-        return _vendor_call(path, lambda: (np.asarray(ep.import_heyex_e2e(str(path)).data, dtype=np.float32), {}))
-    readers = _vendor_import("oct_converter.readers", path)
+    if sfx == ".e2e":  # eyepy's container parser (its series index needs directory chunks)
+        return _vendor_call(path, lambda: read_e2e(path))
+    readers = topcon_readers(path)  # numpy-2 layer around oct-converter's fromstring (vendor_oct)
     cls = {".fds": "FDS", ".fda": "FDA", ".img": "IMG"}[sfx]
 
     def g():
@@ -124,10 +124,8 @@ def read_vendor_enface(path: Path) -> Tuple[np.ndarray, Dict[str, Any]]:
                 "pixel_spacing": (float(pf.scale_y_slo), float(pf.scale_x_slo))}
         return _vendor_call(path, f)
     if sfx == ".e2e":
-        ep = _vendor_import("eyepy", path)
-        return _vendor_call(path, lambda: (np.asarray(ep.import_heyex_e2e(str(path)).localizer.data, dtype=np.float32),
-                                           {"format": "heidelberg-e2e-slo"}))
-    readers = _vendor_import("oct_converter.readers", path)
+        return _vendor_call(path, lambda: read_e2e(path, want="localizer"))
+    readers = topcon_readers(path)
     cls = {".fds": "FDS", ".fda": "FDA"}.get(sfx)
     if cls is None:
         raise DataError(f"no en-face image reader for {sfx} files", source=str(path))

@@ -39,6 +39,7 @@ from .fundus import VENDOR_SUFFIXES as FUNDUS_VENDOR
 from .text import taxonomy_text
 from .choose import choose_modality
 from .dicom import adapter_for_tag, modality_tag, tag_reason
+from .dicom_series import SERIES_FOLDER_MODALITIES, is_uid, series_reference
 from medfm.errors import MedFMError
 from .dna import read_fasta
 from .ecg_files import check_wfdb_header
@@ -127,6 +128,8 @@ class DicomScanner(Scanner):
                 value = str(p0)
             elif len(series) == 1 and not single:
                 value = str(p0.parent)  # the folder is the series
+            elif column in SERIES_FOLDER_MODALITIES and is_uid(uid):
+                value = series_reference(p0.parent, uid)  # one series of a multi-series folder
             else:
                 for p, _ in members:
                     yield Unreadable(str(p), f"{len(series)} DICOM series share the folder {p0.parent.name!r}; "

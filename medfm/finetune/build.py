@@ -73,10 +73,13 @@ def chosen_modalities(wanted: Optional[Sequence[str]], encoder: MultiModalModel,
     Raises:
         ConfigError: a wanted modality the base lacks or the manifest has no column for, or none at all.
     """
+    def has_cells(m: str) -> bool:  # a table modality (tabular) reads feature columns of the row, not a column of its own
+        return columns[m] in df.columns or getattr(encoder.adapters.get(m), "reads_row", False)
+
     if wanted:
         mods = list(wanted)
     else:
-        mods = [m for m in encoder.modalities if columns[m] in df.columns]
+        mods = [m for m in encoder.modalities if has_cells(m)]
         for m in encoder.modalities:
             if m not in mods:
                 log.warning("modality %r of the base has no column %r in the manifest: not fine-tuned "
@@ -84,7 +87,7 @@ def chosen_modalities(wanted: Optional[Sequence[str]], encoder: MultiModalModel,
     for m in mods:
         if m not in encoder.modalities:
             raise ConfigError(f"modality {m!r} is not in the base model; it has {encoder.modalities}")
-        if columns[m] not in df.columns:
+        if not has_cells(m):
             raise ConfigError(f"the manifest has no column {columns[m]!r} for modality {m!r}")
     if not mods:
         raise ConfigError("no modality of the base model has a column in the manifest")

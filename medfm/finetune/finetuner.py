@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..card import write_model_card
+from ..errors import ConfigError
 from ..data import ManifestDataset, MultiModalCollate, read_manifest
 from ..data.columns import recorded_columns
 from ..data.splits import make_splits
@@ -117,6 +118,9 @@ class FineTuner:
         dcfg = cfg.data
         self.splits = make_splits(self.df, dcfg.split_column, dcfg.val_fraction, dcfg.test_fraction, dcfg.seed)
         self.task = TaskSpec.from_config(cfg.task).fit(self.splits["train"])
+        for m in self.modalities:  # the task's label is never a feature of a table modality
+            if getattr(encoder.adapters.get(m), "is_feature", lambda c: False)(self.task.label_column):
+                raise ConfigError(f"task.label_column {self.task.label_column!r} is a feature of modality {m!r}")
         self.targets = {s: self.task.encode(d) for s, d in self.splits.items()}
         self._weights_cpu = self.task.loss_weights(self.targets["train"])
         self.device = self._device(cfg.train.device)

@@ -22,7 +22,8 @@ def _common(p) -> None:
     add_skip_args(p)
     p.add_argument("--baseline", default=None, metavar="NAME",
                    help="also score a classical baseline on the same samples: kmer (kmer<k>) for dna, tfidf for "
-                        "text, ecg-features for ecg; its metrics go beside the model's as baseline/NAME/...")
+                        "text, ecg-features for ecg, tabular for tabular; its metrics go beside the model's as "
+                        "baseline/NAME/...")
 
 
 def register(subparsers) -> None:

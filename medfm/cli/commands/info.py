@@ -53,9 +53,12 @@ def collect() -> dict:
         models.append({"name": name, "description": preset_description(name),
                        "extends": None if extends == name else extends,
                        "file": str(path.relative_to(CONFIG_DIR)) if path is not None else None})
+    from medfm.modalities.format_notes import FORMAT_READERS  # deferred: plain data, read only by info
+
+    readers = [dict(zip(("modality", "format", "reader", "not_supported"), r)) for r in FORMAT_READERS]
     return {"modalities": [m["name"] for m in modalities], "modality_details": modalities,
             "objectives": OBJECTIVES.names(), "models": MODELS.names(), "model_details": models,
-            "configs": configs, "weight_formats": formats}
+            "configs": configs, "weight_formats": formats, "format_readers": readers}
 
 
 def objective_rows() -> List[Dict[str, Any]]:
@@ -158,6 +161,9 @@ def run(args) -> int:
     for m in info["modality_details"]:
         suffixes = " ".join(m["suffixes"]) or "(inline values)"
         print(f"  {m['name']:<8} {m['input']:<6} {suffixes}")
+    print("vendor and clinical formats (reader; not supported):")
+    for r in info["format_readers"]:
+        print(f"  {r['modality']:<10} {r['format']}: {r['reader']}; not: {r['not_supported']}")
     print("objectives: " + ", ".join(info["objectives"]))
     print("models (presets: configs/models/<name>.yaml; a preset's `name:` is the one it extends):")
     width = max((len(m["name"]) for m in info["model_details"]), default=0)
