@@ -72,6 +72,8 @@ def default_preset(tower: nn.Module) -> str:
 def _patterns(tower: nn.Module, target_modules: TargetSpec) -> Tuple[List[str], str]:
     """Regexes for one tower and a label for messages."""
     if target_modules is None or target_modules == "auto":
+        if getattr(tower, "lora_targets", None):  # a library tower names its family's (medfm.models.lora_targets)
+            return list(tower.lora_targets), f"{type(tower).__name__} family preset"
         name = default_preset(tower)
         return list(PRESETS[name]), name
     if isinstance(target_modules, str):
