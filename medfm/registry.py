@@ -122,6 +122,7 @@ def _load_modules() -> None:
 
 def _load_models() -> None:
     importlib.import_module("medfm.models.presets")  # registers configs/models/*.yaml (no torch)
+    importlib.import_module("medfm.modalities.family_specs")  # registers the family presets (no torch)
 
 
 def _load_checkpoint_kinds() -> None:

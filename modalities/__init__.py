@@ -60,6 +60,28 @@ for _name, (_module, _kind, _suffixes, _summary) in ADAPTERS.items():
                        dicom_modalities=_dicom, suffix_priority=_priority)
 for _name, _description in WEIGHT_FORMAT_DESCRIPTIONS.items():
     WEIGHT_FORMATS.declare(_name, f"{__name__}.weight_formats", description=_description)
+#: adapters that apply a model family's input spec (:mod:`.family_specs`); never chosen by suffix over the above:
+#: name -> (module, input kind, suffixes, first docstring line, DICOM Modality values, suffix priority)
+SPEC_ADAPTERS = {
+    "image": ("spec_image", "path", _IMAGE, "2D images under a model family's input spec (see the module docstring).",
+              ("CR", "DX", "DR", "RG", "OP", "XC"), 90),
+    "volume": ("spec_volume", "path", (".dcm", ".nii", ".nii.gz", ".npy", ".npz", ""),
+               "CT volumes under a 3D family's input spec (see the module docstring).", ("CT",), 90),
+    "text_spec": ("spec_text", "value", (".txt",), "Reports and prompts under a family's tokenizer (see the module "
+                  "docstring).", (), 90),
+}
+for _name, (_module, _kind, _suffixes, _summary, _dicom, _priority) in SPEC_ADAPTERS.items():
+    MODALITIES.declare(_name, f"{__name__}.{_module}", input_kind=_kind, suffixes=_suffixes, summary=_summary,
+                       dicom_modalities=_dicom, suffix_priority=_priority)
+#: weight formats of the published families (:mod:`.family_formats`, :mod:`.family_formats_cnn`)
+FAMILY_WEIGHT_FORMATS = {
+    "open_clip_hf": ("family_formats", "open_clip folder with a timm image tower and a Hugging Face text tower "
+                                       "(BiomedCLIP): open_clip_config.json + weights + tokenizer"),
+    "hf_two_tower": ("family_formats", "transformers CLIPModel / SiglipModel folder: each half into its tower, "
+                                       "projections, logit scale"),
+}
+for _name, (_module, _description) in FAMILY_WEIGHT_FORMATS.items():
+    WEIGHT_FORMATS.declare(_name, f"{__name__}.{_module}", description=_description)
 for _name in SCANNERS:
     SOURCES.declare(_name, f"{__name__}.sources")
 EMBEDDERS.declare("kmer_tokens", f"{__name__}.dna")

@@ -10,6 +10,7 @@ Tower config::
      "pool": "pooler" | "cls" | "mean",  # pooler_output (CLIP: post-LN CLS / EOS token; SigLIP: its
                                          # attention-pool / last-token head), first token, masked mean
      "use_mask": true,              # pass the attention mask (SigLIP's text tower was trained without one)
+     "pooling_layer": true,         # false: a BERT-like without its pooler (pool cls/mean)
      "head": null | {"type": "mlp", "hidden": H}}
 
 Weights are read by transformers' own ``from_pretrained(model_dir, local_files_only=True)`` (the
@@ -47,8 +48,12 @@ def _half_class(model_type: str):
             "siglip_vision_model": SiglipVisionModel, "siglip_text_model": SiglipTextModel}[model_type]
 
 
-def build_hf_encoder(model_dir: Optional[str], part: Optional[str], hf_arch: Optional[Dict[str, Any]]):
-    """The transformers module of the tower (weights from ``model_dir`` when given)."""
+def build_hf_encoder(model_dir: Optional[str], part: Optional[str], hf_arch: Optional[Dict[str, Any]],
+                     pooling_layer: bool = True):
+    """The transformers module of the tower (weights from ``model_dir`` when given).
+
+    ``pooling_layer=False`` builds a BERT-like without its pooler (open_clip's HF text tower does so
+    when it pools the first token itself)."""
     from transformers import AutoConfig, AutoModel  # deferred: heavy library
 
     if model_dir:
@@ -71,6 +76,8 @@ def build_hf_encoder(model_dir: Optional[str], part: Optional[str], hf_arch: Opt
                                                         if k != "model_type"})
     if cfg.model_type in {v for v in HALVES.values()}:
         return _half_class(cfg.model_type)(cfg)
+    if not pooling_layer:
+        return AutoModel.from_config(cfg, add_pooling_layer=False)
     return AutoModel.from_config(cfg)
 
 
@@ -82,15 +89,15 @@ class HFEncoderTower(LibraryTower):
 
     def __init__(self, model_dir: Optional[str] = None, part: Optional[str] = None,
                  hf_arch: Optional[Dict[str, Any]] = None, pool: str = "pooler", use_mask: bool = True,
-                 head: Optional[Dict[str, Any]] = None, **unused: Any):
+                 head: Optional[Dict[str, Any]] = None, pooling_layer: bool = True, **unused: Any):
         super().__init__()
         if unused:
             raise ConfigError(f"hf_encoder tower: unknown option(s) {sorted(unused)}")
         if pool not in ("pooler", "cls", "mean"):
             raise ConfigError(f"hf_encoder tower: pool must be pooler, cls or mean, got {pool!r}")
         self.config = {"model_dir": model_dir, "part": part, "hf_arch": copy.deepcopy(hf_arch), "pool": pool,
-                       "use_mask": bool(use_mask), "head": copy.deepcopy(head)}
-        self.model = build_hf_encoder(model_dir, part, hf_arch)
+                       "use_mask": bool(use_mask), "head": copy.deepcopy(head), "pooling_layer": bool(pooling_layer)}
+        self.model = build_hf_encoder(model_dir, part, hf_arch, bool(pooling_layer))
         self.model_type = self.model.config.model_type
         self.backbone_name = f"transformers {type(self.model).__name__}"
         self.pool_kind = pool
