@@ -92,7 +92,8 @@ class OpenCLIPHFFormat(WeightFormat):
                 d = int(arch["hidden_size"])
                 tower["head"] = {"type": "mlp", "hidden": (d + int(mc["embed_dim"])) // 2}
             out["tower"] = tower
-            out["modality"] = {"tokenizer_dir": str(spec.path), "max_length": int(t.get("context_length", 77))}
+            out["modality"] = {"tokenizer_dir": str(spec.path),
+                               "weights_spec": {"max_length": int(t.get("context_length", 77))}}
             return out
         if v.get("timm_proj", "linear") != "linear" or v.get("timm_proj_bias", False):
             raise ConfigError(f"{spec.path}: only a bias-free linear image projection is supported "
@@ -110,7 +111,7 @@ class OpenCLIPHFFormat(WeightFormat):
             mod["interpolation"] = str(pre["interpolation"])
         if pre.get("resize_mode", "shortest") != "shortest":
             mod["resize"] = "square" if pre["resize_mode"] == "squash" else pre["resize_mode"]
-        out["modality"] = {k: v for k, v in mod.items() if k not in options}  # what the user set wins
+        out["modality"] = {"weights_spec": mod}  # what the files state; the user's options apply over it
         return out
 
     def load(self, model, modality, spec) -> KeyReport:
@@ -163,8 +164,8 @@ class HFTwoTowerFormat(WeightFormat):
         out["tower"] = {"type": "hf_encoder", "model_dir": str(spec.path), "part": "text" if text else "vision",
                         "pool": "pooler", "use_mask": not (text and kind == "siglip")}
         if text:
-            out["modality"] = {"tokenizer_dir": str(spec.path),
-                               "max_length": int(part_cfg.get("max_position_embeddings", 77 if kind == "clip" else 64))}
+            n = int(part_cfg.get("max_position_embeddings", 77 if kind == "clip" else 64))
+            out["modality"] = {"tokenizer_dir": str(spec.path), "weights_spec": {"max_length": n}}
             return out
         pre_file = spec.path / "preprocessor_config.json"
         pre = json_file(pre_file) if pre_file.is_file() else {}
@@ -182,7 +183,7 @@ class HFTwoTowerFormat(WeightFormat):
         for key, name in (("image_mean", "mean"), ("image_std", "std")):
             if pre.get(key) is not None:
                 mod[name] = [float(x) for x in pre[key]]
-        out["modality"] = {k: v for k, v in mod.items() if k not in options}  # what the user set wins
+        out["modality"] = {"weights_spec": mod}  # what the files state; the user's options apply over it
         return out
 
     def load(self, model, modality, spec) -> KeyReport:

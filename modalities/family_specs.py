@@ -26,12 +26,20 @@ _OC_TRANSFORM = "open_clip/transform.py image_transform (open_clip_torch 3.x): R
                 "CenterCrop, RGB, ToTensor, Normalize"
 _BIOMEDCLIP_CARD = "huggingface.co/microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (model card and " \
                    "open_clip_config.json)"
+_HF_BACKEND = "transformers 5 image_processing_backends.TorchvisionBackend: uint8 torchvision resize with " \
+              "antialias, centre crop int((h - c) / 2), fused rescale + normalize"
 _CLIP_PROC = "transformers CLIPImageProcessor defaults and openai/clip-vit-base-patch32 preprocessor_config.json"
 _SIGLIP_PROC = "transformers SiglipImageProcessor defaults and google/siglip-base-patch16-224 preprocessor_config.json"
 _XRV = "torchxrayvision 1.5 (xrv.utils.normalize, xrv.datasets.XRayCenterCrop, XRayResizer; models.DenseNet.features2)"
 _MERLIN = "merlin-vlm merlin/data/monai_transforms.py ImageTransforms (Merlin, Blankemeier et al. 2024)"
 _HUBERT_ECG = "HuBERT-ECG paper (Coppola et al., medRxiv 10.1101/2024.11.14.24317328, Methods: pre-processing) " \
               "and huggingface.co/Edoardo-BS/hubert-ecg-base model card"
+
+
+def _hf_tower(model_type: str) -> Dict[str, Any]:
+    return {"type": "hf_encoder", "hf_arch": {"model_type": model_type, "config": {}}, "pool": "pooler"}
+
+
 LEADS_12 = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
 FAMILIES: Dict[str, Dict[str, Any]] = {
@@ -42,11 +50,15 @@ FAMILIES: Dict[str, Dict[str, Any]] = {
                    "+ the tokenizer files (vocab.txt, tokenizer_config.json)",
         "format": "open_clip_hf",
         "modalities": {
-            "image": {"adapter": "image", "spec": {
+            "image": {"adapter": "image", "tower": {"type": "timm", "model_name": "vit_base_patch16_224", "pool": None},
+                      "spec": {
                 "channels": 3, "colour": "rgb", "resize": "shortest_edge", "size": 224, "crop": 224,
                 "crop_rule": "round", "interpolation": "bicubic", "backend": "pil", "scale": "unit",
                 "mean": OPENAI_MEAN, "std": OPENAI_STD}},
-            "text": {"adapter": "text_spec", "spec": {"max_length": 256, "padding": "max_length",
+            "text": {"adapter": "text_spec", "tower": {"type": "hf_encoder", "hf_arch": {"model_type": "bert", "config": {}},
+                                                       "pool": "cls", "pooling_layer": False,
+                                                       "head": {"type": "mlp", "hidden": 640}},
+                     "spec": {"max_length": 256, "padding": "max_length",
                                                       "truncation": True, "mask": "input_ids != pad_token_id"}},
         },
         "cite": {"image.mean": _BIOMEDCLIP_CARD + " preprocess_cfg", "image.std": _BIOMEDCLIP_CARD + " preprocess_cfg",
@@ -67,15 +79,15 @@ FAMILIES: Dict[str, Dict[str, Any]] = {
                    "preprocessor_config.json",
         "format": "hf_two_tower",
         "modalities": {
-            "image": {"adapter": "image", "spec": {
+            "image": {"adapter": "image", "tower": _hf_tower("clip_vision_model"), "spec": {
                 "channels": 3, "colour": "rgb", "resize": "shortest_edge", "size": 224, "crop": 224,
-                "crop_rule": "floor", "interpolation": "bicubic", "backend": "pil", "scale": "unit",
+                "crop_rule": "floor", "interpolation": "bicubic", "backend": "torchvision", "scale": "unit",
                 "mean": OPENAI_MEAN, "std": OPENAI_STD}},
-            "text": {"adapter": "text_spec", "spec": {"max_length": 77, "padding": "max_length", "truncation": True,
+            "text": {"adapter": "text_spec", "tower": _hf_tower("clip_text_model"), "spec": {"max_length": 77, "padding": "max_length", "truncation": True,
                                                       "mask": "tokenizer attention_mask"}},
         },
         "cite": {"image": _CLIP_PROC + " (shortest_edge 224, crop 224, resample 3 = bicubic, OpenAI mean/std)",
-                 "image.crop_rule": "transformers image_transforms.center_crop: top = (h - c) // 2",
+                 "image.backend": _HF_BACKEND, "image.crop_rule": _HF_BACKEND,
                  "text.max_length": "CLIPTextConfig.max_position_embeddings 77",
                  "architecture": "transformers CLIPModel: visual_projection(vision pooler_output), "
                                  "text_projection(text pooler_output), logit_scale"},
@@ -89,14 +101,16 @@ FAMILIES: Dict[str, Dict[str, Any]] = {
                    "preprocessor_config.json",
         "format": "hf_two_tower",
         "modalities": {
-            "image": {"adapter": "image", "spec": {
+            "image": {"adapter": "image", "tower": _hf_tower("siglip_vision_model"), "spec": {
                 "channels": 3, "colour": "rgb", "resize": "square", "size": 224, "crop": None, "crop_rule": "floor",
-                "interpolation": "bicubic", "backend": "pil", "scale": "unit", "mean": [0.5, 0.5, 0.5],
+                "interpolation": "bicubic", "backend": "torchvision", "scale": "unit", "mean": [0.5, 0.5, 0.5],
                 "std": [0.5, 0.5, 0.5]}},
-            "text": {"adapter": "text_spec", "spec": {"max_length": 64, "padding": "max_length", "truncation": True,
+            "text": {"adapter": "text_spec", "tower": {**_hf_tower("siglip_text_model"), "use_mask": False},
+                     "spec": {"max_length": 64, "padding": "max_length", "truncation": True,
                                                       "mask": "none (SigLIP's text tower is run without a mask)"}},
         },
         "cite": {"image": _SIGLIP_PROC + " (size 224x224, no crop, resample 3 = bicubic, mean/std 0.5)",
+                 "image.backend": _HF_BACKEND,
                  "text.padding": "google/siglip-base-patch16-224 model card: padding='max_length' as in training",
                  "text.max_length": "SiglipTextConfig.max_position_embeddings 64",
                  "architecture": "transformers SiglipModel: image_embeds = vision pooler_output (attention-pool "
@@ -112,7 +126,8 @@ FAMILIES: Dict[str, Dict[str, Any]] = {
                    "cache file is a pickled module, which medfm does not unpickle)",
         "format": "xrv",
         "modalities": {
-            "xray": {"adapter": "image", "spec": {
+            "xray": {"adapter": "image", "tower": {"type": "timm", "model_name": "densenet121",
+                                                   "model_kwargs": {"in_chans": 1}, "pool": "avg"}, "spec": {
                 "channels": 1, "colour": "mean_of_rgb", "resize": "xrv", "size": 224, "crop": 224,
                 "crop_rule": "xrv", "interpolation": "skimage_order1_antialias", "backend": "skimage",
                 "scale": "xrv", "mean": None, "std": None}},
@@ -131,7 +146,8 @@ FAMILIES: Dict[str, Dict[str, Any]] = {
                    "(.safetensors, or .pt/.pth read with weights_only=True)",
         "format": "monai_net",
         "modalities": {
-            "ct": {"adapter": "volume", "spec": {
+            "ct": {"adapter": "volume", "tower": {"type": "monai", "net": "resnet18",
+                                                  "net_kwargs": {"n_input_channels": 1}}, "spec": {
                 "orientation": "RAS", "spacing": [1.5, 1.5, 3.0], "interpolation": "bilinear",
                 "window": [-1000.0, 1000.0], "range": [0.0, 1.0], "clip": True, "size": [224, 224, 160],
                 "crop_pad": "SpatialPad then CenterSpatialCrop (symmetric)"}},
@@ -147,7 +163,8 @@ FAMILIES: Dict[str, Dict[str, Any]] = {
         "weights": "a transformers folder: config.json (model_type hubert) + model.safetensors",
         "format": "hf_encoder_dir",
         "modalities": {
-            "ecg": {"adapter": "ecg_spec", "spec": {
+            "ecg": {"adapter": "ecg_spec", "tower": {"type": "hf_encoder", "hf_arch": {"model_type": "hubert", "config": {}},
+                                                     "pool": "mean"}, "spec": {
                 "fs": 100.0, "duration_s": 5.0, "leads": LEADS_12, "band_hz": [0.05, 47.0],
                 "scaling": "minmax_per_lead_to_[-1,1]", "layout": "leads concatenated: (12 * fs * duration,)"}},
         },
@@ -173,11 +190,30 @@ def family_spec(name: str, modality: str) -> Dict[str, Any]:
     raise ConfigError(f"family {name!r} has no {modality!r} input (it has: {', '.join(fam['modalities'])})")
 
 
+def family_tower(name: str, modality: str) -> Dict[str, Any]:
+    """The tower config family ``name`` proposes for ``modality`` (its weight format fixes the rest)."""
+    fam = family(name)
+    for key, entry in fam["modalities"].items():
+        if key == modality or entry["adapter"] == modality:
+            return dict(entry["tower"])
+    raise ConfigError(f"family {name!r} has no {modality!r} input (it has: {', '.join(fam['modalities'])})")
+
+
+def reference_spec(name: Optional[str], modality: str, weights_spec: Optional[Dict[str, Any]] = None
+                   ) -> Dict[str, Any]:
+    """What the weights expect: the family's spec, overlaid by what the user's files state (``weights_spec``:
+    a folder's ``preprocessor_config.json`` / ``open_clip_config.json`` values, set by the weight format)."""
+    spec = family_spec(name, modality) if name else {}
+    spec.update(weights_spec or {})
+    return spec
+
+
 def departures(name: Optional[str], modality: str, options: Dict[str, Any]) -> List[str]:
-    """``"field=value (family name: spec value)"`` for each option that differs from the family's spec."""
+    """``"field=value (family name: spec value)"`` for each option that differs from what the weights expect
+    (:func:`reference_spec` with ``options["weights_spec"]``)."""
     if not name:
         return []
-    spec = family_spec(name, modality)
+    spec = reference_spec(name, modality, options.get("weights_spec"))
     out = []
     for key, want in spec.items():
         have = options.get(key, want)

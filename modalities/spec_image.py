@@ -9,8 +9,9 @@ in ``init_report.json`` and refused with ``strict: true``):
 centre crop to ``crop``) | ``square`` (``size × size``) | ``xrv`` (a square centre crop of the long
 side, then ``size × size``), ``crop_rule`` ``round`` (torchvision: ``int(round((h - c) / 2))``) |
 ``floor`` (transformers: ``(h - c) // 2``) | ``xrv`` (``h // 2 - c // 2``), ``interpolation``,
-``backend`` ``pil`` (Pillow resize of the 8-bit image, as torchvision and transformers' slow
-processors do) | ``skimage`` (``skimage.transform.resize`` on floats, as torchxrayvision),
+``backend`` ``pil`` (Pillow resize of the 8-bit image, as open_clip's torchvision transforms do
+on a PIL image) | ``torchvision`` (``torchvision.transforms.v2.functional.resize`` of the uint8
+tensor with antialias, as transformers 5's image processors do) | ``skimage`` (``skimage.transform.resize`` on floats, as torchxrayvision),
 ``scale`` ``unit`` (x / 255) | ``xrv`` ((2 x / 255 - 1) · 1024), ``mean`` / ``std`` (``None``: none).
 
 ``preprocess`` → ``{"x": (channels, S, S) float32}``. Reading is the ``xray`` adapter's (Pillow for
@@ -28,7 +29,7 @@ from medfm.errors import ConfigError
 from medfm.modality import Record
 from medfm.registry import register_modality
 
-from .family_specs import OPENAI_MEAN, OPENAI_STD, departures, family, family_spec
+from .family_specs import OPENAI_MEAN, OPENAI_STD, departures, family, family_tower, reference_spec
 from .xray import Image2DAdapter
 
 _SPEC_DEFAULTS: Dict[str, Any] = {
@@ -60,17 +61,16 @@ class SpecImageAdapter(Image2DAdapter):
 
     name = "image"
     suffix_priority = 90  # never chosen by suffix over xray / fundus
-    defaults: Dict[str, Any] = {**Image2DAdapter.defaults, **_SPEC_DEFAULTS, "family": None, "strict": False,
+    defaults: Dict[str, Any] = {**Image2DAdapter.defaults, **_SPEC_DEFAULTS, "family": None, "weights_spec": None, "strict": False,
                                 "hflip": 0.0, "jitter": 0.0}
 
     def __init__(self, **options: Any):
         fam = options.get("family")
         if fam:
-            spec = family_spec(fam, self.name)
-            options = {**spec, **options}
+            options = {**reference_spec(fam, self.name, options.get("weights_spec")), **options}
         super().__init__(**options)
         o = self.options
-        for key, allowed in (("resize", ("shortest_edge", "square", "xrv")), ("backend", ("pil", "skimage")),
+        for key, allowed in (("resize", ("shortest_edge", "square", "xrv")), ("backend", ("pil", "torchvision", "skimage")),
                              ("scale", ("unit", "xrv")), ("colour", ("rgb", "luma", "mean_of_rgb")),
                              ("crop_rule", ("round", "floor", "xrv"))):
             if o[key] not in allowed:
@@ -117,6 +117,29 @@ class SpecImageAdapter(Image2DAdapter):
             out = out[top:top + int(crop), left:left + int(crop)]
         return out
 
+    def _torchvision(self, img: np.ndarray) -> torch.Tensor:
+        """transformers' TorchvisionBackend order: uint8 resize (antialias), centre crop; ``(C, S, S)`` float 0..255."""
+        import torchvision.transforms.v2.functional as tvF  # deferred: only for this backend
+
+        o = self.options
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+        h, w = t.shape[-2:]
+        size = int(o["size"])
+        if o["resize"] == "shortest_edge":
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(size * long / short)
+            new = (new_long, size) if w <= h else (size, new_long)
+        else:
+            new = (size, size)
+        mode = getattr(tvF.InterpolationMode, o["interpolation"].upper())
+        t = tvF.resize(t, list(new), interpolation=mode, antialias=True)
+        crop = o["crop"]
+        if crop and o["resize"] == "shortest_edge":
+            hh, ww = t.shape[-2:]
+            top, left = _crop_start(hh, int(crop), o["crop_rule"]), _crop_start(ww, int(crop), o["crop_rule"])
+            t = t[:, top:top + int(crop), left:left + int(crop)]
+        return t.float()
+
     def _skimage(self, img: np.ndarray) -> np.ndarray:
         """torchxrayvision's order: scale, colour, centre crop, ``skimage.transform.resize``."""
         import skimage.transform  # deferred: scikit-image is needed only for this backend
@@ -149,6 +172,11 @@ class SpecImageAdapter(Image2DAdapter):
             img = np.repeat(img[..., None], 3, axis=-1)
         if o["backend"] == "skimage":
             x = torch.from_numpy(np.ascontiguousarray(self._skimage(img)))
+        elif o["backend"] == "torchvision":
+            x = self._torchvision(img)
+            if o["colour"] == "mean_of_rgb":
+                x = x.mean(0, keepdim=True)
+            x = torch.from_numpy(self._scale(x.numpy()))
         else:
             arr = self._pil(img)
             if arr.ndim == 3 and o["colour"] == "mean_of_rgb":
@@ -180,12 +208,9 @@ class SpecImageAdapter(Image2DAdapter):
                           f"normalize: mean {o['mean']} std {o['std']}"]}
 
     def tower_config(self) -> Dict[str, Any]:
-        """A timm ViT-B/16 by default; the family's weight format sets the architecture its files fix."""
-        fam = self.options.get("family")
-        chans = int(self.options["channels"])
-        if fam == "xrv-densenet121":
-            return {"type": "timm", "model_name": "densenet121", "model_kwargs": {"in_chans": 1}, "pool": "avg"}
+        """The family's tower (its weight format sets what the files fix); without a family: a timm ViT-B/16."""
+        if self.options.get("family"):
+            return family_tower(self.options["family"], self.name)
         return {"type": "timm", "model_name": "vit_base_patch16_224",
-                "model_kwargs": {"in_chans": chans, "img_size": int(self.options["crop"] or self.options["size"])},
-                "pool": "token"}
+                "model_kwargs": {"in_chans": int(self.options["channels"])}, "pool": "token"}
 

@@ -22,7 +22,7 @@ from medfm.errors import ConfigError
 from medfm.modality import ModalityAdapter, Record
 from medfm.registry import register_modality
 
-from .family_specs import departures, family, family_spec
+from .family_specs import departures, family, family_tower, reference_spec
 from .text import TextAdapter, duplicate_key
 
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")
@@ -33,14 +33,14 @@ class SpecTextAdapter(TextAdapter):
     """Reports and prompts under a family's tokenizer (see the module docstring)."""
 
     name = "text_spec"
-    defaults: Dict[str, Any] = {"family": None, "tokenizer_dir": None, "max_length": 77, "padding": "max_length",
+    defaults: Dict[str, Any] = {"family": None, "weights_spec": None, "tokenizer_dir": None, "max_length": 77, "padding": "max_length",
                                 "truncation": True, "mask": "tokenizer attention_mask", "strict": False,
                                 "sections": None, "taxonomy_columns": None}
 
     def __init__(self, **options: Any):
         fam = options.get("family")
         if fam:
-            options = {**family_spec(fam, "text_spec"), **options}
+            options = {**reference_spec(fam, "text_spec", options.get("weights_spec")), **options}
         ModalityAdapter.__init__(self, **options)
         o = self.options
         if o["padding"] != "max_length":
@@ -94,7 +94,9 @@ class SpecTextAdapter(TextAdapter):
         """Nothing to learn: the family's tokenizer is fixed."""
 
     def tower_config(self) -> Dict[str, Any]:
-        """A BERT-base text tower by default; the family's weight format sets what its files fix."""
+        """The family's tower (its weight format sets what the files fix); without a family: a BERT-base."""
+        if self.options.get("family"):
+            return family_tower(self.options["family"], self.name)
         return {"type": "hf_encoder", "hf_arch": {"model_type": "bert", "config": {}}, "pool": "cls"}
 
     def inference_spec(self) -> Dict[str, Any]:

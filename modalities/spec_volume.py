@@ -25,7 +25,7 @@ from medfm.modality import Record
 from medfm.registry import register_modality
 
 from .ct import CTAdapter
-from .family_specs import departures, family, family_spec
+from .family_specs import departures, family, family_tower, reference_spec
 
 _SPEC_DEFAULTS: Dict[str, Any] = {
     "orientation": "RAS", "spacing": [1.5, 1.5, 3.0], "interpolation": "bilinear", "window": [-1000.0, 1000.0],
@@ -57,13 +57,13 @@ class SpecVolumeAdapter(CTAdapter):
 
     name = "volume"
     suffix_priority = 90  # never chosen by suffix over ct
-    defaults: Dict[str, Any] = {**CTAdapter.defaults, **_SPEC_DEFAULTS, "orient": False, "family": None,
+    defaults: Dict[str, Any] = {**CTAdapter.defaults, **_SPEC_DEFAULTS, "orient": False, "family": None, "weights_spec": None,
                                 "strict": False, "flip_dims": [], "jitter": 0.0}
 
     def __init__(self, **options: Any):
         fam = options.get("family")
         if fam:
-            options = {**family_spec(fam, self.name), **options}
+            options = {**reference_spec(fam, self.name, options.get("weights_spec")), **options}
         super().__init__(**options)
         if self.options["orient"]:
             raise ConfigError("volume: orient must stay false; the spec's orientation option orients the volume")
@@ -100,4 +100,7 @@ class SpecVolumeAdapter(CTAdapter):
                 "departures": list(self.departures), "sources": family(fam)["cite"] if fam else {}}
 
     def tower_config(self) -> Dict[str, Any]:
+        """The family's tower (its weight format sets what the files fix); without a family: a MONAI 3D ResNet-18."""
+        if self.options.get("family"):
+            return family_tower(self.options["family"], self.name)
         return {"type": "monai", "net": "resnet18", "net_kwargs": {"n_input_channels": 1}}
