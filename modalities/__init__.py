@@ -79,6 +79,10 @@ FAMILY_WEIGHT_FORMATS = {
                                        "(BiomedCLIP): open_clip_config.json + weights + tokenizer"),
     "hf_two_tower": ("family_formats", "transformers CLIPModel / SiglipModel folder: each half into its tower, "
                                        "projections, logit scale"),
+    "xrv": ("family_formats_cnn", "torchxrayvision DenseNet-121 state dict (features.* = timm densenet121, in_chans 1); "
+                                  "classifier reported"),
+    "monai_net": ("family_formats_cnn", "MONAI 3D ResNet state dict (monai.networks.nets.resnetXX, depth read off the "
+                                        "tensors); fc reported"),
 }
 for _name, (_module, _description) in FAMILY_WEIGHT_FORMATS.items():
     WEIGHT_FORMATS.declare(_name, f"{__name__}.{_module}", description=_description)

@@ -61,7 +61,8 @@ class SpecImageAdapter(Image2DAdapter):
 
     name = "image"
     suffix_priority = 90  # never chosen by suffix over xray / fundus
-    defaults: Dict[str, Any] = {**Image2DAdapter.defaults, **_SPEC_DEFAULTS, "family": None, "weights_spec": None, "strict": False,
+    defaults: Dict[str, Any] = {**Image2DAdapter.defaults, **_SPEC_DEFAULTS, "family": None, "weights_spec": None,
+                                "strict": False, "normalize": "none",
                                 "hflip": 0.0, "jitter": 0.0}
 
     def __init__(self, **options: Any):
@@ -145,7 +146,8 @@ class SpecImageAdapter(Image2DAdapter):
         import skimage.transform  # deferred: scikit-image is needed only for this backend
 
         o = self.options
-        arr = self._scale(img.astype(np.float32))
+        grey = img.ndim == 3 and bool((img[..., 0] == img[..., 1]).all() and (img[..., 0] == img[..., 2]).all())
+        arr = self._scale(img[..., 0] if grey else img)  # a grey file has one channel (no mean to take)
         if arr.ndim == 3 and o["colour"] == "mean_of_rgb":
             arr = arr.mean(2)
         arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
