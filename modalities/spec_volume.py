@@ -103,4 +103,4 @@ class SpecVolumeAdapter(CTAdapter):
         """The family's tower (its weight format sets what the files fix); without a family: a MONAI 3D ResNet-18."""
         if self.options.get("family"):
             return family_tower(self.options["family"], self.name)
-        return {"type": "monai", "net": "resnet18", "net_kwargs": {"n_input_channels": 1}}
+        return {"type": "monai", "net": "resnet18", "net_kwargs": {}}

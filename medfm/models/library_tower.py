@@ -11,6 +11,7 @@ MONAI). It adds what the engine needs around it:
   flattened to ``(B, H·W[·D], C)``);
 * ``lora_targets`` — the LoRA target-module regexes of the backbone's family
   (:mod:`medfm.models.lora_targets`), used when a fine-tune config says ``target_modules: auto``;
+* frozen normalisation layers keep their running statistics in training mode (:meth:`LibraryTower.train`);
 * ``objectives`` — what the tower supports. Masked pretraining (MAE/MLM) is medfm's own
   ``vit`` tower's: :meth:`LibraryTower.masked_loss` refuses it by name.
 """
@@ -53,6 +54,18 @@ class LibraryTower(nn.Module):
             f"masked pretraining is not supported by the {self.kind!r} tower ({self.backbone_name}): MAE/MLM "
             f"run on medfm's own 'vit' tower only; a {self.kind} tower trains with the contrastive objectives "
             f"({', '.join(self.objectives)}) or is fine-tuned (LoRA or full)")
+
+    def train(self, mode: bool = True) -> "LibraryTower":
+        """``nn.Module.train``, but a normalisation layer whose parameters are frozen keeps its running
+        statistics (eval mode): a frozen or LoRA-adapted CNN does not drift from the weights it loaded, whose
+        statistics an adapter-only save could not carry (open_clip's ``lock(freeze_bn_stats=True)``)."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase) and not any(
+                        p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
+        return self
 
     def pool(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``(B, N, C)`` → ``(B, C)``: the mean of the (real) tokens; towers pool their own way in ``forward``."""

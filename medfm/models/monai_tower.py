@@ -3,7 +3,7 @@
 Tower config::
 
     {"type": "monai", "net": "resnet18" | "resnet10" | ... | "segresnet",
-     "net_kwargs": {...},            # passed to monai.networks.nets.<net>
+     "net_kwargs": {...},            # passed to monai.networks.nets.<net> (ResNets: n_input_channels 1 unless given)
      "checkpoint_path": PATH | null, # a state dict (.safetensors, or .pt/.pth read with weights_only=True)
      "state_dict_prefix": "..." | null,
      "head": null | {"type": "mlp", "hidden": H}}
@@ -63,6 +63,7 @@ def create_monai_net(net: str, net_kwargs: Optional[Mapping[str, Any]] = None) -
     if net in RESNETS:
         kwargs["feed_forward"] = False
         kwargs.setdefault("spatial_dims", 3)
+        kwargs.setdefault("n_input_channels", 1)  # a CT volume (MONAI's own default is 3)
         return getattr(nets, net)(**kwargs)
     if net == "segresnet":
         return nets.SegResNet(**kwargs)
