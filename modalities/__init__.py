@@ -67,6 +67,8 @@ SPEC_ADAPTERS = {
               ("CR", "DX", "DR", "RG", "OP", "XC"), 90),
     "volume": ("spec_volume", "path", (".dcm", ".nii", ".nii.gz", ".npy", ".npz", ""),
                "CT volumes under a 3D family's input spec (see the module docstring).", ("CT",), 90),
+    "ecg_spec": ("spec_ecg", "path", (".hea", ".dat", ".mat", ".dcm", ".xml", ".npy", ".npz", ".csv"),
+                 "12-lead ECGs under an ECG family's input spec (see the module docstring).", ("ECG", "HD"), 90),
     "text_spec": ("spec_text", "value", (".txt",), "Reports and prompts under a family's tokenizer (see the module "
                   "docstring).", (), 90),
 }
@@ -79,6 +81,8 @@ FAMILY_WEIGHT_FORMATS = {
                                        "(BiomedCLIP): open_clip_config.json + weights + tokenizer"),
     "hf_two_tower": ("family_formats", "transformers CLIPModel / SiglipModel folder: each half into its tower, "
                                        "projections, logit scale"),
+    "hf_encoder_dir": ("family_formats", "transformers encoder folder (HuBERT / wav2vec2 / BERT-like) into an "
+                                         "hf_encoder tower; identity projection"),
     "xrv": ("family_formats_cnn", "torchxrayvision DenseNet-121 state dict (features.* = timm densenet121, in_chans 1); "
                                   "classifier reported"),
     "monai_net": ("family_formats_cnn", "MONAI 3D ResNet state dict (monai.networks.nets.resnetXX, depth read off the "

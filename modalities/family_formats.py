@@ -200,5 +200,29 @@ class HFTwoTowerFormat(WeightFormat):
         return report
 
 
-for _cls in (OpenCLIPHFFormat, HFTwoTowerFormat):
+class HFEncoderDirFormat(WeightFormat):
+    name = "hf_encoder_dir"
+    description = "transformers encoder folder (HuBERT / wav2vec2 / BERT-like) into an hf_encoder tower; identity projection"
+    sniff_order = 60
+
+    def weights_file(self, path: Path) -> Path:
+        return first_file(path, HF_WEIGHTS) if path.is_dir() else path
+
+    def configure(self, spec, adapter_cls, options, user_tower):
+        if not (spec.path / "config.json").is_file():
+            raise CheckpointError(f"{spec.path}: hf_encoder_dir reads a transformers folder (config.json inside)")
+        cfg = json_file(spec.path / "config.json")
+        return {"tower": {"type": "hf_encoder", "model_dir": str(spec.path)},
+                "model": {"embed_dim": int(cfg["hidden_size"])}}
+
+    def load(self, model, modality, spec) -> KeyReport:
+        report = KeyReport()
+        tower = model.tower(modality)
+        report.loaded.extend(f"{k} (transformers from_pretrained)" for k in tower.model.state_dict())
+        fill_projection(model, modality, None, report, "")
+        check_spec(model, modality, spec, report)
+        return report
+
+
+for _cls in (OpenCLIPHFFormat, HFTwoTowerFormat, HFEncoderDirFormat):
     register_weight_format(_cls.name)(_cls())

@@ -168,7 +168,10 @@ FAMILIES: Dict[str, Dict[str, Any]] = {
                 "fs": 100.0, "duration_s": 5.0, "leads": LEADS_12, "band_hz": [0.05, 47.0],
                 "scaling": "minmax_per_lead_to_[-1,1]", "layout": "leads concatenated: (12 * fs * duration,)"}},
         },
-        "cite": {"ecg": _HUBERT_ECG},
+        "cite": {"ecg": _HUBERT_ECG + ": 100 Hz, 5 s, band-pass 0.05-47 Hz, scaled to [-1, 1], 12 leads flattened "
+                 "into one sequence", "ecg.filter_order": "medfm's choice (4, zero-phase): the paper gives no order",
+                 "ecg.resampling": "medfm's choice (scipy.signal.resample_poly): the paper names no method",
+                 "architecture": "transformers HubertModel; embedding = mean of last_hidden_state"},
         "zero_shot": None,
     },
 }
