@@ -111,6 +111,11 @@ class SpecECGAdapter(ECGAdapter):
                           "sosfiltfilt, native rate", "resample_poly to fs", "scaling", "leads concatenated"],
                 "departures": list(self.departures), "sources": family(fam)["cite"] if fam else {}}
 
+    def example_input_shape(self) -> tuple:
+        """``(n_leads * fs * duration_s,)``: the tensor one ECG becomes (an export traces with it)."""
+        o = self.options
+        return (len(o["leads"]) * int(round(float(o["fs"]) * float(o["duration_s"]))),)
+
     def tower_config(self) -> Dict[str, Any]:
         """The family's tower; without a family: a transformers HuBERT encoder (base config), mean-pooled."""
         if o_f := self.options.get("family"):

@@ -60,6 +60,7 @@ class SpecImageAdapter(Image2DAdapter):
     """2D images under a model family's input spec (see the module docstring)."""
 
     name = "image"
+    dicom_modalities = ("CR", "DX", "DR", "RG", "OP", "XC")  # radiographs and en-face photographs
     suffix_priority = 90  # never chosen by suffix over xray / fundus
     defaults: Dict[str, Any] = {**Image2DAdapter.defaults, **_SPEC_DEFAULTS, "family": None, "weights_spec": None,
                                 "strict": False, "normalize": "none",
@@ -208,6 +209,12 @@ class SpecImageAdapter(Image2DAdapter):
                           f"resize: {o['resize']} to {o['size']} ({o['interpolation']}, {o['backend']})",
                           f"crop: {o['crop']} ({o['crop_rule']})", f"scale: {o['scale']}",
                           f"normalize: mean {o['mean']} std {o['std']}"]}
+
+    def example_input_shape(self) -> tuple:
+        """``(channels, S, S)``: the tensor one image becomes (an export traces with it)."""
+        side = int(self.options["crop"] or self.options["size"]) if self.options["resize"] == "shortest_edge" \
+            else int(self.options["size"])
+        return (int(self.options["channels"]), side, side)
 
     def tower_config(self) -> Dict[str, Any]:
         """The family's tower (its weight format sets what the files fix); without a family: a timm ViT-B/16."""

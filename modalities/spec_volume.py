@@ -99,6 +99,10 @@ class SpecVolumeAdapter(CTAdapter):
                           "CenterSpatialCrop(size)"],
                 "departures": list(self.departures), "sources": family(fam)["cite"] if fam else {}}
 
+    def example_input_shape(self) -> tuple:
+        """``(1, X, Y, Z)``: the tensor one volume becomes (an export traces with it)."""
+        return (1, *[int(v) for v in self.options["size"]])
+
     def tower_config(self) -> Dict[str, Any]:
         """The family's tower (its weight format sets what the files fix); without a family: a MONAI 3D ResNet-18."""
         if self.options.get("family"):

@@ -105,3 +105,30 @@ def test_a_timm_family_import_from_a_timm_file(tmp_path):
     w = model.tower("image").model.conv1.weight
     assert torch.allclose(w[:, 0], src.conv1.weight.sum(1), atol=1e-5)  # timm's adapt_input_conv
     assert "pretrained_file" not in str(model.config["towers"]["image"]["pretrained_file"] or "")
+
+
+@pytest.mark.parametrize("kind", ["timm", "monai"])
+def test_onnx_export_of_library_towers_matches_pytorch(tmp_path, kind):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from medfm.export import export_model
+
+    torch.manual_seed(0)
+    if kind == "timm":
+        cfg = TIMM_RESNET
+    else:
+        cfg = {"embed_dim": 8, "modalities": {"ct": {"adapter": "volume", "size": [32, 32, 16]}},
+               "towers": {"ct": {"type": "monai", "net": "resnet10"}}}
+    model = medfm.create_model(cfg).eval()
+    model.save_pretrained(tmp_path / "m")
+    export_model(tmp_path / "m", "onnx", tmp_path / "out")
+    mod = model.modalities[0]
+    shape = model.adapters[mod].example_input_shape()
+    x = torch.randn(3, *shape)
+    sess = onnxruntime.InferenceSession(str(tmp_path / "out" / f"{mod}.onnx"))
+    got = sess.run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        want = model.encode(mod, x).numpy()
+    assert abs(got - want).max() <= 1e-4
+    import json
+    spec = json.loads((tmp_path / "out" / "preprocessing.json").read_text())
+    assert "preprocessing" in json.dumps(spec)

@@ -107,6 +107,11 @@ class HFEncoderTower(LibraryTower):
         self.head, self.width = build_head(head, int(self.model.config.hidden_size), "hf_encoder tower")
         self.lora_targets = targets_for(self.model, ("clip", "bert", "hubert"))
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a text encoder takes (0 for a vision or signal encoder)."""
+        return int(getattr(self.model.config, "vocab_size", 0) or 0) if self.input_name == "input_ids" else 0
+
     def export_config(self) -> Dict[str, Any]:
         """The architecture instead of the folder (the weights are in the medfm checkpoint)."""
         cfg = copy.deepcopy(self.config)

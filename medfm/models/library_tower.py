@@ -46,6 +46,8 @@ class LibraryTower(nn.Module):
     #: tower type name (the registry key), for messages
     kind = "library"
     objectives = LIBRARY_OBJECTIVES
+    #: ``forward`` is the pooled feature (an export calls it instead of ``pool(forward_features)``)
+    pools_in_forward = True
 
     def masked_loss(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
                     mask_ratio: Optional[float] = None) -> Dict[str, Any]:
