@@ -33,6 +33,7 @@ class SpecTextAdapter(TextAdapter):
     """Reports and prompts under a family's tokenizer (see the module docstring)."""
 
     name = "text_spec"
+    suffix_priority = 90  # never chosen by suffix over text
     defaults: Dict[str, Any] = {"family": None, "weights_spec": None, "tokenizer_dir": None, "max_length": 77, "padding": "max_length",
                                 "truncation": True, "mask": "tokenizer attention_mask", "strict": False,
                                 "sections": None, "taxonomy_columns": None}

@@ -77,6 +77,13 @@ def test_import_report_and_departures(pair, tmp_path):
                                                 "text": {"init": {"path": str(folder)}}}}
     loose = medfm.create_model(cfg)
     assert any("size=256" in n for n in loose.init_reports["image"]["notes"])
+    from medfm.card import render_model_card
+    from medfm.models.init import write_init_report
+
+    loose.save_pretrained(tmp_path / "loose")
+    write_init_report(tmp_path / "loose", loose)
+    card = render_model_card(tmp_path / "loose")
+    assert "departure from the biomedclip input spec: size=256" in card
     cfg["modalities"]["image"]["init"]["strict"] = True
     with pytest.raises(medfm.errors.CheckpointError, match="size=256"):
         medfm.create_model(cfg)
