@@ -102,3 +102,33 @@ def test_save_load_and_preprocessing_spec_round_trip(pair, tmp_path):
         assert torch.allclose(back.encode("text", b["x"], b["mask"]), model.encode("text", b["x"], b["mask"]), atol=1e-6)
     spec = back.adapters["image"].inference_spec()
     assert spec["family"] == "biomedclip" and spec["spec"]["interpolation"] == "bicubic" and spec["sources"]
+
+
+def test_contrastive_step_trains_both_towers_and_freezing_holds(pair, tmp_path):
+    from medfm.registry import OBJECTIVES
+
+    model = medfm.load_pretrained(_saved(pair[4], tmp_path))
+    img = model.adapters["image"]
+    x = torch.stack([img.load(str(RETINA))["x"], img.load(str(RETINA))["x"].flip(-1)])
+    t = model.adapters["text"].tokenize(PROMPTS[:2])
+    batch = {"id": ["a", "b"], "patient_id": ["p", "q"],
+             "present": {"image": torch.tensor([True, True]), "text": torch.tensor([True, True])},
+             "inputs": {"image": {"x": x}, "text": t}, "n_skipped": 0}
+    for p in model.towers["image"].parameters():  # a frozen image tower, as a locked-image recipe does
+        p.requires_grad_(False)
+    frozen = {n: v.clone() for n, v in model.towers["image"].state_dict().items()}
+    text_before = {n: v.clone() for n, v in model.towers["text"].state_dict().items()}
+    model.set_grad_checkpointing(True)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    out = model(batch, OBJECTIVES.get("clip")())
+    out["loss"].backward()
+    opt.step()
+    assert torch.isfinite(out["loss"])
+    assert all(torch.equal(v, frozen[n]) for n, v in model.towers["image"].state_dict().items())
+    assert any(not torch.equal(v, text_before[n]) for n, v in model.towers["text"].state_dict().items())
+
+
+def _saved(model, tmp_path):
+    model.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
