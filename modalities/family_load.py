@@ -1,6 +1,7 @@
 """Shared mechanics of the family weight formats: filling a module, a projection, the report, the spec check."""
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Mapping
 
 import torch
@@ -77,8 +78,6 @@ def first_file(folder, names) -> Any:
 
 
 def json_file(path) -> Dict[str, Any]:
-    import json
-
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)

@@ -21,6 +21,7 @@ from fractions import Fraction
 from typing import Any, Dict, Optional
 
 import numpy as np
+import scipy.signal as sps
 import torch
 
 from medfm.errors import ConfigError
@@ -39,8 +40,6 @@ _SPEC_DEFAULTS: Dict[str, Any] = {
 
 def spec_signal(x: np.ndarray, fs_in: float, o: Dict[str, Any]) -> np.ndarray:
     """``(n_leads, T)`` mV at ``fs_in`` → the spec's 1-D ``(n_leads * fs * duration_s,)`` float32."""
-    import scipy.signal as sps  # deferred: SciPy, heavy
-
     n_in = int(round(fs_in * float(o["duration_s"])))
     x = x[:, :n_in]
     if x.shape[1] < n_in:

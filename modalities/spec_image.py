@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+from PIL import Image
 
 from medfm.errors import ConfigError
 from medfm.modality import Record
@@ -91,8 +92,6 @@ class SpecImageAdapter(Image2DAdapter):
 
     # ------------------------------------------------------------------ preprocess
     def _pil(self, img: np.ndarray) -> np.ndarray:
-        from PIL import Image  # deferred: Pillow is needed only for this backend
-
         o = self.options
         pil = Image.fromarray(img)
         if o["colour"] == "luma":

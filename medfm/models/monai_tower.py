@@ -20,6 +20,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..errors import CheckpointError, ConfigError
 from ..registry import register_tower
@@ -36,8 +37,6 @@ def read_state_dict(path: Path, prefix: Optional[str] = None) -> Dict[str, torch
         raise CheckpointError(f"{path}: checkpoint is not there")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # deferred: only when a file is read
-
             sd: Any = load_file(str(path))
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
