@@ -132,3 +132,14 @@ def test_onnx_export_of_library_towers_matches_pytorch(tmp_path, kind):
     import json
     spec = json.loads((tmp_path / "out" / "preprocessing.json").read_text())
     assert "preprocessing" in json.dumps(spec)
+
+
+def test_a_family_lora_preset_can_be_named():
+    from medfm.finetune import find_target_modules
+
+    model = medfm.create_model(TIMM_RESNET)
+    names = find_target_modules(model, ["image"], "resnet")
+    assert names and all(".layer" in n and ".conv" in n for n in names)
+    assert names == find_target_modules(model, ["image"], None)  # auto picks the same family
+    with pytest.raises(ConfigError, match="matches no layer"):
+        find_target_modules(model, ["image"], "clip")
