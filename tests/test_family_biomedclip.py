@@ -132,3 +132,21 @@ def test_contrastive_step_trains_both_towers_and_freezing_holds(pair, tmp_path):
 def _saved(model, tmp_path):
     model.save_pretrained(tmp_path / "base")
     return tmp_path / "base"
+
+
+def test_the_published_bin_file_is_read_with_weights_only(pair, tmp_path):
+    """BiomedCLIP's hub folder holds open_clip_pytorch_model.bin: read with torch.load(weights_only=True)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin"
+    shutil.copytree(pair[0], folder)
+    torch.save(load_file(str(folder / "open_clip_model.safetensors")), str(folder / "open_clip_pytorch_model.bin"))
+    (folder / "open_clip_model.safetensors").unlink()
+    model = medfm.create_model({"name": "biomedclip", "modalities": {"image": {"init": str(folder)},
+                                                                     "text": {"init": str(folder)}}}).eval()
+    assert model.init_sources["image"]["file"] == "open_clip_pytorch_model.bin"
+    x = model.adapters["image"].load(str(RETINA))["x"][None]
+    with torch.no_grad():
+        assert torch.equal(model.encode("image", x), pair[4].encode("image", x))
