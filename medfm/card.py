@@ -212,6 +212,12 @@ def render_model_card(directory: os.PathLike) -> str:
             lines.append(f"| {m} | {s.get('name')} ({s.get('file')}) | {s.get('format')} | `{s.get('sha256')}` |")
     else:
         lines.append("- none: every tower was initialised at random before training")
+    init_report = _load(d / "init_report.json") or {}  # a family preset's preprocessing and any departure from it
+    spec_notes = [(m, n) for m, r in init_report.items() if isinstance(r, dict) for n in r.get("notes") or []
+                  if n.startswith(("departure from", "preprocessing: the"))]
+    if spec_notes:
+        lines += ["", "Preprocessing bound to the source weights (`init_report.json`):", ""]
+        lines += [f"- {m}: {n}" for m, n in spec_notes]
     lines += ["", "## Evaluation results", ""]
     if metrics:
         lines += [f"Fine-tuning test split (`metrics.json`, monitor {metrics.get('monitor')}):", "",

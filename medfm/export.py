@@ -51,7 +51,10 @@ class TowerEncoder(nn.Module):
         self.projection = model.projections[modality]
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        pooled = self.tower.pool(self.tower.forward_features(x, mask), mask)
+        if getattr(self.tower, "pools_in_forward", False):  # a library tower pools (and heads) its own way
+            pooled = self.tower(x, mask)
+        else:
+            pooled = self.tower.pool(self.tower.forward_features(x, mask), mask)
         return F.normalize(self.projection(pooled), dim=-1)
 
 
@@ -63,6 +66,10 @@ def example_inputs(model: nn.Module, modality: str, batch: int = 2) -> Tuple[Dic
         shape = (batch, emb.in_chans, *emb.input_size)
         return {"x": torch.randn(*shape)}, {"x": {"shape": [-1, *shape[1:]], "dtype": "float32"}}
     adapter = model.adapters.get(modality)
+    stated = getattr(adapter, "example_input_shape", None)  # an adapter that states its tensor (family specs)
+    if stated is not None:
+        shape = (batch, *stated())
+        return {"x": torch.randn(*shape)}, {"x": {"shape": [-1, *shape[1:]], "dtype": "float32"}}
     length = int(getattr(emb, "max_len", 0) or 0) or int((adapter.options.get("max_length") if adapter else 0) or 32)
     length = min(length, 16)
     vocab = int(getattr(tower, "vocab_size", 0) or getattr(emb, "vocab_size", 100))

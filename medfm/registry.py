@@ -129,6 +129,7 @@ def _load_modules() -> None:
 
 def _load_models() -> None:
     importlib.import_module("medfm.models.presets")  # registers configs/models/*.yaml (no torch)
+    importlib.import_module("medfm.modalities.family_specs")  # registers the family presets (no torch)
 
 
 def _load_checkpoint_kinds() -> None:
@@ -138,6 +139,9 @@ def _load_checkpoint_kinds() -> None:
 MODALITIES = Registry("modality", loader=_load_modalities)
 EMBEDDERS = Registry("token embedder", loader=_load_modules)
 TOWERS = Registry("tower", loader=_load_modules)
+#: towers whose backbone a library builds (timm, transformers, MONAI): imported when first used
+for _tower, _module in (("timm", "timm_tower"), ("hf_encoder", "hf_encoder_tower"), ("monai", "monai_tower")):
+    TOWERS.declare(_tower, f"medfm.models.{_module}", summary=f"{_tower} backbone (medfm.models.{_module})")
 OBJECTIVES = Registry("objective", loader=_load_objectives)
 MODELS = Registry("model config", loader=_load_models)
 #: file layouts a tower's weights can be imported from (``model.modalities.<m>.init.format``);

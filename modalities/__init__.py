@@ -61,6 +61,36 @@ for _name, (_module, _kind, _suffixes, _summary) in ADAPTERS.items():
                        dicom_modalities=_dicom, suffix_priority=_priority)
 for _name, _description in WEIGHT_FORMAT_DESCRIPTIONS.items():
     WEIGHT_FORMATS.declare(_name, f"{__name__}.weight_formats", description=_description)
+#: adapters that apply a model family's input spec (:mod:`.family_specs`); never chosen by suffix over the above:
+#: name -> (module, input kind, suffixes, first docstring line, DICOM Modality values, suffix priority)
+SPEC_ADAPTERS = {
+    "image": ("spec_image", "path", _IMAGE, "2D images under a model family's input spec (see the module docstring).",
+              ("CR", "DX", "DR", "RG", "OP", "XC"), 90),
+    "volume": ("spec_volume", "path", (".dcm", ".nii", ".nii.gz", ".npy", ".npz", ""),
+               "CT volumes under a 3D family's input spec (see the module docstring).", ("CT",), 90),
+    "ecg_spec": ("spec_ecg", "path", (".hea", ".dat", ".mat", ".dcm", ".xml", ".npy", ".npz", ".csv"),
+                 "12-lead ECGs under an ECG family's input spec (see the module docstring).", ("ECG", "HD"), 90),
+    "text_spec": ("spec_text", "value", (".txt",), "Reports and prompts under a family's tokenizer (see the module "
+                  "docstring).", (), 90),
+}
+for _name, (_module, _kind, _suffixes, _summary, _dicom, _priority) in SPEC_ADAPTERS.items():
+    MODALITIES.declare(_name, f"{__name__}.{_module}", input_kind=_kind, suffixes=_suffixes, summary=_summary,
+                       dicom_modalities=_dicom, suffix_priority=_priority)
+#: weight formats of the published families (:mod:`.family_formats`, :mod:`.family_formats_cnn`)
+FAMILY_WEIGHT_FORMATS = {
+    "open_clip_hf": ("family_formats", "open_clip folder with a timm image tower and a Hugging Face text tower "
+                                       "(BiomedCLIP): open_clip_config.json + weights + tokenizer"),
+    "hf_two_tower": ("family_formats", "transformers CLIPModel / SiglipModel folder: each half into its tower, "
+                                       "projections, logit scale"),
+    "hf_encoder_dir": ("family_formats", "transformers encoder folder (HuBERT / wav2vec2 / BERT-like) into an "
+                                         "hf_encoder tower; identity projection"),
+    "xrv": ("family_formats_cnn", "torchxrayvision DenseNet-121 state dict (features.* = timm densenet121, in_chans 1); "
+                                  "classifier reported"),
+    "monai_net": ("family_formats_cnn", "MONAI 3D ResNet state dict (monai.networks.nets.resnetXX, depth read off the "
+                                        "tensors); fc reported"),
+}
+for _name, (_module, _description) in FAMILY_WEIGHT_FORMATS.items():
+    WEIGHT_FORMATS.declare(_name, f"{__name__}.{_module}", description=_description)
 for _name in SCANNERS:
     SOURCES.declare(_name, f"{__name__}.sources")
 EMBEDDERS.declare("kmer_tokens", f"{__name__}.dna")

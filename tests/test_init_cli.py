@@ -196,4 +196,6 @@ def test_finetune_a_checkpoint_with_one_tower_replaced(setup, capsys, tmp_path):
 def test_info_lists_the_weight_formats(capsys):
     assert main(["info", "--json"]) == 0
     names = {f["name"] for f in json.loads(capsys.readouterr().out)["weight_formats"]}
-    assert names == {"timm", "mae", "retfound", "octcube", "monai", "open_clip", "hf", "barcodebert", "medfm"}
+    assert names == {"timm", "mae", "retfound", "octcube", "monai", "open_clip", "hf", "barcodebert", "medfm",
+                     # the published families' layouts (modalities/family_formats*.py)
+                     "open_clip_hf", "hf_two_tower", "hf_encoder_dir", "xrv", "monai_net"}

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..models.lora_targets import FAMILY_TARGETS
 from ..errors import CheckpointError
 
 _BLOCK = r"trunk\.blocks\.\d+\."
@@ -72,12 +73,17 @@ def default_preset(tower: nn.Module) -> str:
 def _patterns(tower: nn.Module, target_modules: TargetSpec) -> Tuple[List[str], str]:
     """Regexes for one tower and a label for messages."""
     if target_modules is None or target_modules == "auto":
+        if getattr(tower, "lora_targets", None):  # a library tower names its family's (medfm.models.lora_targets)
+            return list(tower.lora_targets), f"{type(tower).__name__} family preset"
         name = default_preset(tower)
         return list(PRESETS[name]), name
+    if isinstance(target_modules, str) and target_modules in FAMILY_TARGETS and target_modules not in PRESETS:
+        return list(FAMILY_TARGETS[target_modules]), target_modules  # a library tower family (lora_targets.py)
     if isinstance(target_modules, str):
         if target_modules not in PRESETS:
             raise ConfigError(f"lora.target_modules: unknown preset {target_modules!r}; presets: "
-                              f"{', '.join(PRESETS)} (or a list of module-name patterns)")
+                              f"{', '.join(PRESETS)}, library families {', '.join(FAMILY_TARGETS)} (or a list of "
+                                      "module-name patterns)")
         return list(PRESETS[target_modules]), target_modules
     pats = []
     for p in target_modules:
