@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 
+from medfm import checkpoint as ckpt
 from medfm.errors import CheckpointError, ConfigError
 from medfm.config_files import load_data_file
 from medfm.registry import register_weight_format
@@ -556,21 +557,15 @@ class MedFMFormat(WeightFormat):
     sniff_order = 1
 
     def weights_file(self, path):
-        if not (path / "model.safetensors").is_file():
-            raise CheckpointError(f"{path}: not a complete medfm checkpoint (no model.safetensors)")
-        return path / "model.safetensors"
+        if not (path / ckpt.WEIGHTS_NAME).is_file():
+            raise CheckpointError(f"{path}: not a complete medfm checkpoint (no {ckpt.WEIGHTS_NAME})")
+        return path / ckpt.WEIGHTS_NAME
 
     def sniff(self, path):
-        p = path / "config.json"
-        if not (path.is_dir() and p.is_file()):
-            return False
-        try:
-            return load_data_file(p, kind="json").get("format") == "medfm"
-        except (OSError, ValueError, AttributeError, ConfigError):
-            return False
+        return ckpt.is_medfm_config(path)
 
     def load(self, model, modality, spec):
-        source = type(model).from_pretrained(spec.path, finetune=False)  # a medfm checkpoint, the model's own class
+        source = type(model).from_pretrained(spec.path)  # the base layout of a medfm checkpoint, the model's class
         src_mod = spec.options.get("tower", modality)
         src_tower = source.tower(src_mod)
         tower = model.tower(modality)

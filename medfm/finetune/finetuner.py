@@ -43,7 +43,7 @@ from ..io import deep_merge, portable_paths, write_json
 from ..limits import limits
 from ..metrics import cluster_bootstrap, metrics_with_ci
 from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
-from ..models.multimodal import CONFIG_NAME
+from ..checkpoint import is_checkpoint
 from ..models.init import apply_init, model_config_with_init, summary_lines, write_init_report
 from ..train.run_guard import RunLock, RunStopped, StopSignals, stopped_message
 from ..modality import fit_on_cohort
@@ -56,7 +56,7 @@ from . import config_schema as cs
 from .layout import finetune_meta
 from .heads import TaskHead, TaskSpec, task_loss
 from .lora import PRETRAINING_ONLY, apply_lora, count_parameters, freeze, shared_with
-from .model import FineTunedModel
+from .model import FineTunedModel, load_encoder
 
 log = logging.getLogger("medfm.finetune")
 
@@ -305,13 +305,11 @@ class FineTuner:
         """The base checkpoint, or — with ``init`` or a model config as ``base`` — a model built and
         initialised from imported weights, saved to ``OUT/base`` (the fine-tuned checkpoint refers to it)."""
         inits = dict(cfg.get("init") or {})
-        is_ckpt = self.base is not None and (self.base / CONFIG_NAME).is_file()
+        is_ckpt = self.base is not None and is_checkpoint(self.base)
         if is_ckpt and not inits:
-            return MultiModalModel.from_pretrained(self.base)
+            return load_encoder(self.base)  # a fine-tuned base: its encoder, without its head
         if is_ckpt:
-            model = MultiModalModel.from_pretrained(self.base)
-            if isinstance(model, FineTunedModel):
-                model = model.encoder
+            model = load_encoder(self.base)
             apply_init(model, inits, base_dir=config_dir)
         else:
 
