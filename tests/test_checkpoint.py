@@ -16,7 +16,7 @@ from medfm import checkpoint as ckpt
 from medfm.cli import main
 from medfm.data import ManifestDataset, MultiModalCollate, read_manifest
 from medfm.errors import CheckpointError
-from medfm.finetune import FineTunedModel, TaskHead, TaskSpec, apply_lora, load_encoder
+from medfm.finetune import FineTunedModel, TaskHead, TaskSpec, apply_lora
 from medfm.finetune.layout import finetune_meta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,6 +57,8 @@ def test_the_kind_of_each_folder(folders):
 
 
 def test_load_pretrained_dispatches_by_kind(folders):
+    from medfm.finetune import load_encoder
+
     batch = folders["batch"]
     base = medfm.load_pretrained(folders["base"])
     ft = medfm.load_pretrained(folders["ft"])
