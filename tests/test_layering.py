@@ -34,7 +34,8 @@ APPS = ("medfm.cli", "medfm.demo", "medfm.__main__")
 #: what an adapter may import from the engine: the adapter contract and the shared mechanics it builds on
 MODALITY_CONTRACT = ("medfm.modality", "medfm.registry", "medfm.errors", "medfm.limits", "medfm.io",
                      "medfm.input_files", "medfm.config_files", "medfm.checkpoint",
-                     "medfm.layers", "medfm.models.embedders", "medfm.data.manifest", "medfm.data.cohort",
+                     "medfm.layers", "medfm.models.embedders", "medfm.models.state_dicts", "medfm.models.vit_weights",
+                     "medfm.data.manifest", "medfm.data.cohort",
                      "medfm.modalities")
 
 
