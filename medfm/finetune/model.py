@@ -1,7 +1,7 @@
 """``FineTunedModel``: a base :class:`~medfm.models.MultiModalModel` + peft adapters + a task head.
 
 The base model knows nothing of heads; this type owns them and its own checkpoint
-format (see :mod:`medfm.finetune.layout` for the file layout):
+format (the files: :mod:`medfm.checkpoint`; the ``finetune`` section: :mod:`medfm.finetune.layout`):
 
 - :meth:`FineTunedModel.save_pretrained` writes only what was trained (peft adapters,
   or the trained encoder tensors of method ``full``, and the head) next to a reference to
