@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medfm.errors import CheckpointError
+
 from .state_dicts import KeyReport, load_state_dict_file, strip_prefixes
 
 RENAMES: Sequence[Tuple[str, str]] = (
