@@ -33,7 +33,7 @@ from .index import model_fingerprint
 import medfm
 from medfm.models.init import apply_init, init_fingerprint, model_config_with_init
 from medfm.models import resolve_config
-from medfm.models.multimodal import CONFIG_NAME
+from medfm.checkpoint import is_checkpoint
 from medfm.data import ManifestDataset, MultiModalCollate, read_manifest, select_split
 from medfm.data.skips import ledger_of
 
@@ -79,7 +79,7 @@ def load_model(model_dir: Any, init: Optional[Dict[str, Any]] = None):
     """
 
     d = Path(str(model_dir))
-    if init and not (d / CONFIG_NAME).is_file():
+    if init and not is_checkpoint(d):
         import hashlib
 
         model = medfm.create_model(resolve_config(model_config_with_init(str(model_dir), init)))

@@ -35,8 +35,7 @@ import pandas as pd
 
 from medfm.errors import CheckpointError, ConfigError, DataError
 from medfm.io import hash_file
-from medfm.models.files import CONFIG_NAME, WEIGHTS_NAME
-from medfm.finetune.layout import weight_files
+from medfm.checkpoint import CONFIG_NAME, WEIGHTS_NAME, weight_files
 
 FORMAT_VERSION = 1
 FINGERPRINT_FILES = (CONFIG_NAME, WEIGHTS_NAME)

@@ -9,7 +9,10 @@ Public API::
     model.save_pretrained("ckpt"); model = medfm.load_pretrained("ckpt")
 
 The model names are imported on first use (:mod:`medfm.lazy`): ``import medfm`` imports no torch.
+``load_pretrained`` loads a checkpoint folder of any kind (:mod:`medfm.pretrained`; the folder's
+layout: :mod:`medfm.checkpoint`).
 """
+from . import plugins  # noqa: F401  (gives each registry its loader: built-in modules, entry points)
 from .errors import CheckpointError, ConfigError, DataError, MedFMError, UsageError
 from .lazy import lazy_exports
 from .registry import (MODALITIES, OBJECTIVES, MODELS, get_modality, list_modalities, register_embedder,
@@ -17,7 +20,8 @@ from .registry import (MODALITIES, OBJECTIVES, MODELS, get_modality, list_modali
 
 __version__ = "0.1.0"
 
-__getattr__, __dir__ = lazy_exports(__name__, {".models": ["MultiModalModel", "create_model", "load_pretrained"]})
+__getattr__, __dir__ = lazy_exports(__name__, {".models": ["MultiModalModel", "create_model"],
+                                               ".pretrained": ["load_pretrained"]})
 
 __all__ = [
     "MedFMError", "UsageError", "ConfigError", "DataError", "CheckpointError",

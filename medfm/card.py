@@ -24,10 +24,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from .checkpoint import read_config
 from .config_files import load_data_file
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .io import atomic_write_text
-from .models.files import CONFIG_NAME
 
 CARD_NAME = "README.md"
 
@@ -148,9 +148,7 @@ def _tower_line(name: str, tower: Dict[str, Any], trunk: Dict[str, Any]) -> str:
 def render_model_card(directory: os.PathLike) -> str:
     """The Markdown text of the card (see module docstring)."""
     d = Path(directory)
-    cfg = _load(d / CONFIG_NAME)
-    if not cfg or cfg.get("format") != "medfm":
-        raise CheckpointError(f"{d}: not a medfm checkpoint (no medfm config.json)")
+    cfg = read_config(d)  # CheckpointError naming the file when it is not a medfm checkpoint
     model = cfg.get("model", {})
     training = cfg.get("training") or {}
     sources = cfg.get("init_sources") or {}

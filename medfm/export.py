@@ -31,11 +31,10 @@ import torch.nn.functional as F
 
 from .card import render_model_card
 from .errors import UsageError
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, adapter_dir, weight_files
 from .finetune.model import FineTunedModel
-from .finetune.layout import weight_files
 from .io import atomic_write_text, hash_file, write_json
-from .models import load_pretrained
-from .models.files import CONFIG_NAME, WEIGHTS_NAME
+from .pretrained import load_pretrained
 
 log = logging.getLogger("medfm.export")
 
@@ -86,7 +85,7 @@ def _tokenizer_files(model: nn.Module, modality: str, out: Path) -> List[str]:
     adapter = model.adapters.get(modality)
     if adapter is None:
         return []
-    sub = out / "modalities" / modality
+    sub = adapter_dir(out, modality)
     sub.mkdir(parents=True, exist_ok=True)
     try:
         adapter.save_pretrained(sub)

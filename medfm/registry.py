@@ -2,10 +2,10 @@
 
 Registries live here: modality adapters, token embedders, towers,
 objectives and weight-file formats, plus named model configurations. Modality adapters are found only
-through :data:`MODALITIES`; the engine imports ``medfm.modalities`` (and any
-``medfm.modalities`` entry point of third-party packages) the first time a
-modality is looked up, so that ``medfm/`` never imports a modality by name. Objectives
-are found the same way (``medfm.objectives`` and the ``medfm.objectives`` entry points).
+through :data:`MODALITIES`. This module names no module that registers into it (every such
+module imports it: naming one here would be an import cycle): each registry's *loader* — which
+imports the built-in modules and the third-party entry points the first time the registry is
+used — is installed from above by :mod:`medfm.plugins` (``import medfm`` installs them).
 
 Built-in entries are *declared* (:meth:`Registry.declare`): name, the module that registers it,
 and what ``medfm info`` lists (a modality's input kind and suffixes, a format's description).
@@ -36,6 +36,10 @@ class Registry:
         self._declared: Dict[str, Tuple[str, Dict[str, Any]]] = {}
         self._loader = loader
         self._loaded = loader is None
+
+    def set_loader(self, loader: Callable[[], None]) -> None:
+        """Install what finds the entries (built-in modules, entry points), run once on first use."""
+        self._loader, self._loaded = loader, False
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
@@ -100,60 +104,17 @@ class Registry:
         return sorted(self._items.items())
 
 
-def _load_entry_points(group: str) -> None:
-    """Import every installed plug-in of entry-point ``group`` (its module registers what it adds)."""
-    from importlib import metadata  # the plug-in scan (~0.1 s of imports) only when an entry is looked up
-
-    try:
-        eps = metadata.entry_points(group=group)
-    except TypeError:  # pragma: no cover - python < 3.10
-        eps = metadata.entry_points().get(group, [])
-    for ep in eps:
-        ep.load()
-
-
-def _load_modalities() -> None:
-    importlib.import_module("medfm.modalities")
-    _load_entry_points("medfm.modalities")
-
-
-def _load_objectives() -> None:
-    importlib.import_module("medfm.objectives")  # declares the built-in objectives
-    _load_entry_points("medfm.objectives")  # plug-ins: an objective may own parameters (medfm.train.task)
-
-
-def _load_modules() -> None:
-    for name in ("embedders", "hf_tower", "vit_tower"):  # register "patch1d/2d/3d", "tokens", "vit", "hf"
-        importlib.import_module(f"medfm.models.{name}")
-
-
-def _load_models() -> None:
-    importlib.import_module("medfm.models.presets")  # registers configs/models/*.yaml (no torch)
-    importlib.import_module("medfm.modalities.family_specs")  # registers the family presets (no torch)
-
-
-def _load_checkpoint_kinds() -> None:
-    importlib.import_module("medfm.finetune.model")  # the built-in kind: a fine-tuned model
-
-
-MODALITIES = Registry("modality", loader=_load_modalities)
-EMBEDDERS = Registry("token embedder", loader=_load_modules)
-TOWERS = Registry("tower", loader=_load_modules)
-#: towers whose backbone a library builds (timm, transformers, MONAI): imported when first used
-for _tower, _module in (("timm", "timm_tower"), ("hf_encoder", "hf_encoder_tower"), ("monai", "monai_tower")):
-    TOWERS.declare(_tower, f"medfm.models.{_module}", summary=f"{_tower} backbone (medfm.models.{_module})")
-OBJECTIVES = Registry("objective", loader=_load_objectives)
-MODELS = Registry("model config", loader=_load_models)
+MODALITIES = Registry("modality")
+EMBEDDERS = Registry("token embedder")
+TOWERS = Registry("tower")
+OBJECTIVES = Registry("objective")
+MODELS = Registry("model config")
 #: file layouts a tower's weights can be imported from (``model.modalities.<m>.init.format``);
 #: the readers live with the modalities (``medfm.modalities.weight_formats``)
-WEIGHT_FORMATS = Registry("weight format", loader=_load_modalities)
-#: checkpoints built on a base model, keyed by the ``config.json`` section that marks them
-#: (``"finetune"``); ``MultiModalModel.from_pretrained`` hands such a directory to the loader,
-#: so the model layer never imports the layers above it
-CHECKPOINT_KINDS = Registry("checkpoint kind", loader=_load_checkpoint_kinds)
+WEIGHT_FORMATS = Registry("weight format")
 #: manifest scanners of ``medfm manifest`` (:mod:`medfm.data.cohort`): name → scanner class
 #: (``detect(path) -> bool``, ``scan(path, ctx) -> Iterator[Entry | Unreadable]``); built-ins in ``medfm.modalities``
-SOURCES = Registry("manifest source", loader=_load_modalities)
+SOURCES = Registry("manifest source")
 
 register_modality = MODALITIES.register
 register_embedder = EMBEDDERS.register
@@ -161,7 +122,6 @@ register_tower = TOWERS.register
 register_objective = OBJECTIVES.register
 register_model = MODELS.register
 register_weight_format = WEIGHT_FORMATS.register
-register_checkpoint_kind = CHECKPOINT_KINDS.register
 
 
 def get_modality(name: str, **options: Any):

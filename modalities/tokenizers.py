@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from medfm.checkpoint import tokenizer_files
 from medfm.errors import CheckpointError
 from medfm.config_files import load_data_file
 
@@ -169,17 +170,19 @@ def save_tokenizer(tok: Tokenizer, directory: os.PathLike, prefix: str, options:
     """Write ``<prefix>tokenizer.json`` and ``<prefix>tokenizer_config.json`` into ``directory``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tok.save(str(d / f"{prefix}tokenizer.json"))
-    (d / f"{prefix}tokenizer_config.json").write_text(json.dumps(options, indent=2, sort_keys=True))
+    tok_name, cfg_name = tokenizer_files(prefix)
+    tok.save(str(d / tok_name))
+    (d / cfg_name).write_text(json.dumps(options, indent=2, sort_keys=True))
 
 
 def load_tokenizer(directory: os.PathLike, prefix: str) -> Tuple[Tokenizer, Dict[str, Any]]:
     """Read what :func:`save_tokenizer` wrote; :class:`CheckpointError` when absent."""
     d = Path(directory)
-    path = d / f"{prefix}tokenizer.json"
+    tok_name, cfg_name = tokenizer_files(prefix)
+    path = d / tok_name
     if not path.is_file():
         raise CheckpointError(f"{path} not found (the checkpoint has no {prefix.rstrip('_') or 'saved'} tokenizer)")
-    cfg_path = d / f"{prefix}tokenizer_config.json"
+    cfg_path = d / cfg_name
     options = load_data_file(cfg_path, kind="json") if cfg_path.is_file() else {}
     return Tokenizer.from_file(str(path)), options
 

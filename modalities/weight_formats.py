@@ -7,7 +7,7 @@ Each format, registered in :data:`medfm.registry.WEIGHT_FORMATS`, knows
   architecture, as ``{"modality": adapter options, "tower": tower config, "model": {"embed_dim"}}``
   (the user's own ``towers.<m>`` settings win over the tower part);
 - ``load(model, modality, spec)``: the tensors into the tower (and its projection), returning
-  a :class:`~medfm.modalities.weights.KeyReport` of matched / adapted / missing / unexpected keys;
+  a :class:`~medfm.models.state_dicts.KeyReport` of matched / adapted / missing / unexpected keys;
 - ``weights_file(path)``: the file whose sha256 identifies the source.
 
 Formats and how they map onto the engine (``medfm info`` prints this table):
@@ -30,18 +30,18 @@ that needs code to load is refused with the reason.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 
+from medfm import checkpoint as ckpt
 from medfm.errors import CheckpointError, ConfigError
 from medfm.config_files import load_data_file
-from medfm.registry import register_weight_format
-
-from .weights import KeyReport, load_state_dict_file, load_vit_weights, strip_prefixes
-from medfm.registry import WEIGHT_FORMATS
+from medfm.models.state_dicts import KeyReport, load_matching, load_state_dict_file, strip_prefixes
+from medfm.models.vit_weights import (load_openclip_text, load_vit_weights, monai_to_timm, note_shared_trunk,
+                                      openclip_depth, openclip_visual_to_timm)
+from medfm.registry import WEIGHT_FORMATS, register_weight_format
 
 #: files a Hugging Face model folder keeps its weights in, in order of preference
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -64,7 +64,7 @@ def clear_cache() -> None:
 def state_keys(path: Path) -> List[str]:
     """Tensor names of a weights file (safetensors: from the header only)."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import safe_open  # deferred: only a safetensors header is read here
 
         try:
             with safe_open(str(path), "pt") as fh:
@@ -129,17 +129,8 @@ class ViTFamily(WeightFormat):
         if any(k.startswith("fc_norm.") for k in keys) and not any(k.startswith("norm.") for k in keys):
             report.notes.append("fc_norm (applied after mean pooling in the source) loaded as the trunk's final "
                                 "norm (applied before pooling): pooled features differ from the source model's")
-        _note_shared_trunk(model, modality, report)
+        note_shared_trunk(model, modality, report)
         return report
-
-
-def _note_shared_trunk(model, modality: str, report: KeyReport) -> None:
-    tower = model.tower(modality)
-    trunk = getattr(tower, "trunk", None)
-    others = [m for m in model.modalities if m != modality and getattr(model.tower(m), "trunk", None) is trunk]
-    if trunk is not None and others:
-        report.notes.append(f"the trunk is shared with {', '.join(others)}: those towers now use these weights too "
-                            "(set model.trunk.shared: false to keep them apart)")
 
 
 class TimmFormat(ViTFamily):
@@ -177,27 +168,6 @@ class OCTCubeFormat(ViTFamily):
 
 
 # ----------------------------------------------------------------------- MONAI
-_MONAI_RENAMES = (
-    (r"^patch_embedding\.patch_embeddings\.", "patch_embed.proj."),
-    (r"^patch_embedding\.position_embeddings$", "pos_embed"),
-    (r"^blocks\.(\d+)\.mlp\.linear1\.", r"blocks.\1.mlp.fc1."),
-    (r"^blocks\.(\d+)\.mlp\.linear2\.", r"blocks.\1.mlp.fc2."),
-    (r"^blocks\.(\d+)\.attn\.out_proj\.", r"blocks.\1.attn.proj."),
-    (r"^classification_head\.", "head."),
-)
-
-
-def monai_to_timm(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """MONAI ``ViT`` key names → timm ``VisionTransformer`` names (same tensors, same qkv layout)."""
-    out = {}
-    for k, v in sd.items():
-        k = strip_prefixes(k)
-        for pat, rep in _MONAI_RENAMES:
-            k = re.sub(pat, rep, k)
-        out[k] = v
-    return out
-
-
 class MONAIFormat(WeightFormat):
     name = "monai"
     description = "MONAI ViT state dict (.pt/.pth/.safetensors); LayerNorm eps 1e-5, qkv bias zero-filled"
@@ -220,16 +190,11 @@ class MONAIFormat(WeightFormat):
 
     def load(self, model, modality, spec):
         report = load_vit_weights(model, monai_to_timm(read_state(spec.path)), modality=modality, pos_prefix=0)
-        _note_shared_trunk(model, modality, report)
+        note_shared_trunk(model, modality, report)
         return report
 
 
 # ------------------------------------------------------------------- open_clip
-_OC_BLOCK = (
-    (r"\.ln_1\.", ".norm1."), (r"\.ln_2\.", ".norm2."), (r"\.attn\.in_proj_weight$", ".attn.qkv.weight"),
-    (r"\.attn\.in_proj_bias$", ".attn.qkv.bias"), (r"\.attn\.out_proj\.", ".attn.proj."),
-    (r"\.mlp\.c_fc\.", ".mlp.fc1."), (r"\.mlp\.c_proj\.", ".mlp.fc2."),
-)
 #: OpenAI CLIP's mean/std (open_clip's default image normalisation)
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -244,25 +209,6 @@ def _oc_state(path: Path) -> Dict[str, torch.Tensor]:
             k = k.split(".", 1)[1]
         out[k] = v
     return out
-
-
-def _blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
-    """``{prefix}transformer.resblocks.i.*`` → timm ``blocks.i.*``."""
-    out = {}
-    pre = prefix + "transformer.resblocks."
-    for k, v in sd.items():
-        if k.startswith(pre):
-            name = "blocks." + k[len(pre):]
-            for pat, rep in _OC_BLOCK:
-                name = re.sub(pat, rep, name)
-            out[name] = v
-    return out
-
-
-def _depth(sd, prefix) -> int:
-    pre = prefix + "transformer.resblocks."
-    idx = {int(k[len(pre):].split(".")[0]) for k in sd if k.startswith(pre)}
-    return max(idx) + 1 if idx else 0
 
 
 def _oc_part(spec, adapter_cls) -> str:
@@ -313,7 +259,7 @@ class OpenCLIPFormat(WeightFormat):
             w = sd["visual.conv1.weight"]
             width, patch = int(w.shape[0]), int(w.shape[-1])
             fc1 = sd["visual.transformer.resblocks.0.mlp.c_fc.weight"]
-            trunk = {"width": width, "depth": _depth(sd, "visual."), "heads": int(heads or max(1, width // 64)),
+            trunk = {"width": width, "depth": openclip_depth(sd, "visual."), "heads": int(heads or max(1, width // 64)),
                      "mlp_ratio": fc1.shape[0] / width, "norm_eps": 1e-5, "pre_norm": "visual.ln_pre.weight" in sd,
                      "act": spec.options.get("act", "gelu")}
             tower = {"pool": "cls", "trunk": trunk, "embedder": {"patch_size": patch}}
@@ -331,7 +277,7 @@ class OpenCLIPFormat(WeightFormat):
         vocab, width = sd["token_embedding.weight"].shape
         ctx = int(sd["positional_embedding"].shape[0])
         fc1 = sd["transformer.resblocks.0.mlp.c_fc.weight"]
-        trunk = {"width": int(width), "depth": _depth(sd, ""), "heads": int(heads or max(1, width // 64)),
+        trunk = {"width": int(width), "depth": openclip_depth(sd, ""), "heads": int(heads or max(1, width // 64)),
                  "mlp_ratio": fc1.shape[0] / width, "norm_eps": 1e-5, "causal": True,
                  "act": spec.options.get("act", "gelu")}
         tower = {"trunk": trunk, "pool": "last", "embedder": {"vocab_size": int(vocab), "max_len": ctx}}
@@ -350,60 +296,13 @@ class OpenCLIPFormat(WeightFormat):
                                   f"({type(tower).__name__}); build the model from a config so the format sets it")
         proj_w = None
         if part == "visual":
-            src = {"patch_embed.proj.weight": sd["visual.conv1.weight"],
-                   "cls_token": sd["visual.class_embedding"].reshape(1, 1, -1),
-                   "pos_embed": sd["visual.positional_embedding"][None]}
-            for a, b in (("visual.ln_pre.", "norm_pre."), ("visual.ln_post.", "norm.")):
-                for s in ("weight", "bias"):
-                    if a + s in sd:
-                        src[b + s] = sd[a + s]
-            src.update(_blocks(sd, "visual."))
+            src, other = openclip_visual_to_timm(sd)
             proj_w = sd.get("visual.proj")
             report = load_vit_weights(tower, src)
-            other = [k for k in sd if k.startswith("visual.") and not k.startswith(
-                ("visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre",
-                 "visual.ln_post", "visual.transformer.resblocks", "visual.proj"))]
             report.unexpected += other
             report.notes.append("the text tower's keys of this file were not used (import them into a text tower)")
         else:
-            emb = tower.embedder
-            if not hasattr(emb, "embed"):
-                raise CheckpointError(f"open_clip init: the {modality!r} tower has no token embedder")
-            src = {"embed": sd["token_embedding.weight"]}
-            report = KeyReport()
-            new: Dict[str, torch.Tensor] = {}
-            tgt = tower.state_dict()
-            tok, pos = sd["token_embedding.weight"], sd["positional_embedding"]
-            if tok.shape != tgt["embedder.embed.weight"].shape:
-                raise CheckpointError(
-                    f"{spec.path}: vocabulary of {tok.shape[0]} tokens × {tok.shape[1]}, but the {modality!r} "
-                    f"tower has {tuple(tgt['embedder.embed.weight'].shape)}; the tokenizer must match the checkpoint")
-            new["embedder.embed.weight"] = tok
-            if pos.shape[0] < tgt["embedder.pos_embed"].shape[1]:
-                raise CheckpointError(f"{spec.path}: context length {pos.shape[0]} is shorter than the tower's "
-                                      f"{tgt['embedder.pos_embed'].shape[1]}")
-            new["embedder.pos_embed"] = pos[None, :tgt["embedder.pos_embed"].shape[1]]
-            if pos.shape[0] != tgt["embedder.pos_embed"].shape[1]:
-                report.adapted.append(("embedder.pos_embed", f"context {pos.shape[0]} truncated to "
-                                                             f"{tgt['embedder.pos_embed'].shape[1]}"))
-            for name, v in _blocks(sd, "").items():
-                new["trunk." + name] = v
-            for s in ("weight", "bias"):
-                new["trunk.norm." + s] = sd["ln_final." + s]
-            bad = [(k, tuple(v.shape), tuple(tgt[k].shape)) for k, v in new.items() if k in tgt and v.shape != tgt[k].shape]
-            if bad:
-                report.mismatched += bad
-                new = {k: v for k, v in new.items() if k in tgt and v.shape == tgt[k].shape}
-            report.unexpected += [k for k in new if k not in tgt]
-            new = {k: v for k, v in new.items() if k in tgt}
-            for name, t in tgt.items():
-                if name not in new and re.match(r"^trunk\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc[12])\.bias$", name) \
-                        and name[:-4] + "weight" in new:
-                    new[name] = torch.zeros_like(t)
-                    report.adapted.append((name, "zeros (the source layer has no bias)"))
-            tower.load_state_dict(new, strict=False)
-            report.loaded = sorted(new)
-            report.missing = sorted(k for k in tgt if k not in new)
+            report = load_openclip_text(tower, sd, f"{spec.path}", modality)
             proj_w = sd.get("text_projection")
             with torch.no_grad():
                 for key in ("logit_scale", "logit_bias"):
@@ -556,40 +455,22 @@ class MedFMFormat(WeightFormat):
     sniff_order = 1
 
     def weights_file(self, path):
-        if not (path / "model.safetensors").is_file():
-            raise CheckpointError(f"{path}: not a complete medfm checkpoint (no model.safetensors)")
-        return path / "model.safetensors"
+        if not (path / ckpt.WEIGHTS_NAME).is_file():
+            raise CheckpointError(f"{path}: not a complete medfm checkpoint (no {ckpt.WEIGHTS_NAME})")
+        return path / ckpt.WEIGHTS_NAME
 
     def sniff(self, path):
-        p = path / "config.json"
-        if not (path.is_dir() and p.is_file()):
-            return False
-        try:
-            return load_data_file(p, kind="json").get("format") == "medfm"
-        except (OSError, ValueError, AttributeError, ConfigError):
-            return False
+        return ckpt.is_medfm_config(path)
 
     def load(self, model, modality, spec):
-        source = type(model).from_pretrained(spec.path, finetune=False)  # a medfm checkpoint, the model's own class
+        source = type(model).from_pretrained(spec.path)  # the base layout of a medfm checkpoint, the model's class
         src_mod = spec.options.get("tower", modality)
         src_tower = source.tower(src_mod)
         tower = model.tower(modality)
         if type(src_tower) is not type(tower):
             raise CheckpointError(f"{spec.path}: tower {src_mod!r} is a {type(src_tower).__name__}, "
                                   f"the {modality!r} tower a {type(tower).__name__}")
-        report = KeyReport()
-        tgt = tower.state_dict()
-        new = {}
-        for k, v in src_tower.state_dict().items():
-            if k not in tgt:
-                report.unexpected.append(k)
-            elif v.shape != tgt[k].shape:
-                report.mismatched.append((k, tuple(v.shape), tuple(tgt[k].shape)))
-            else:
-                new[k] = v
-        tower.load_state_dict(new, strict=False)
-        report.loaded = sorted(new)
-        report.missing = sorted(k for k in tgt if k not in new)
+        report = load_matching(tower, src_tower.state_dict())
         pw = source.projections[src_mod].weight
         if pw.shape == model.projections[modality].weight.shape:
             with torch.no_grad():
@@ -598,7 +479,7 @@ class MedFMFormat(WeightFormat):
         else:
             report.mismatched.append((f"projections.{modality}.weight", tuple(pw.shape),
                                       tuple(model.projections[modality].weight.shape)))
-        _note_shared_trunk(model, modality, report)
+        note_shared_trunk(model, modality, report)
         return report
 
 

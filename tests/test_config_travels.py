@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from toy_cohort import write_toy_manifest
 
 import medfm
-from medfm import registry, schema
+from medfm import plugins, registry, schema
 from medfm.cli import main
 from medfm.errors import CheckpointError, ConfigError
 from medfm.finetune import FineTuner, finetune
@@ -193,7 +193,7 @@ def predictor_plugin(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text("[medfm.objectives]\npredictor = medfm_predictor_plugin\n")
     monkeypatch.syspath_prepend(str(site))
     assert "predictor" not in registry.OBJECTIVES
-    registry._load_objectives()  # what the registry runs on first use: built-ins + entry points
+    plugins.load_objectives()  # what the registry runs on first use: built-ins + entry points
     try:
         yield
     finally:

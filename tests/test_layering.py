@@ -12,6 +12,11 @@ Layers, bottom to top (docs/DESIGN.md, "Layers and imports"):
 A function-level import of a medfm module is allowed only with a ``# deferred:`` comment that
 says why (a heavy optional dependency behind it); a cycle is an error whether or not a
 function-level import hides it.
+
+Imports *by name* are edges too, for the cycle check: literal ``import_module("...")`` strings,
+the modules a registry entry is declared in (``Registry.declare(name, "...")``) and the submodules
+of ``lazy_exports``. They are the plug-in points, so they may reach up a layer (the registries'
+loaders in :mod:`medfm.plugins` import the adapters) — but never into a cycle.
 """
 from __future__ import annotations
 
@@ -28,14 +33,15 @@ PACKAGES = {"medfm": ROOT / "medfm", "medfm.modalities": ROOT / "modalities",
 APPS = ("medfm.cli", "medfm.demo", "medfm.__main__")
 #: what an adapter may import from the engine: the adapter contract and the shared mechanics it builds on
 MODALITY_CONTRACT = ("medfm.modality", "medfm.registry", "medfm.errors", "medfm.limits", "medfm.io",
-                     "medfm.input_files", "medfm.config_files",
-                     "medfm.layers", "medfm.models.embedders", "medfm.data.manifest", "medfm.data.cohort",
+                     "medfm.input_files", "medfm.config_files", "medfm.checkpoint",
+                     "medfm.layers", "medfm.models.embedders", "medfm.models.state_dicts", "medfm.models.vit_weights",
+                     "medfm.data.manifest", "medfm.data.cohort",
                      "medfm.modalities")
 
 
-def _modules() -> Dict[str, Path]:
+def _modules(packages: Dict[str, Path] = PACKAGES) -> Dict[str, Path]:
     mods = {}
-    for pkg, folder in PACKAGES.items():
+    for pkg, folder in packages.items():
         for path in folder.rglob("*.py"):
             parts = list(path.relative_to(folder).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -47,7 +53,7 @@ def _modules() -> Dict[str, Path]:
 MODULES = _modules()
 
 
-def _targets(module: str, is_pkg: bool, node: ast.AST) -> List[str]:
+def _targets(module: str, is_pkg: bool, node: ast.AST, modules: Dict[str, Path] = MODULES) -> List[str]:
     """medfm modules an import statement binds (the most specific module each name resolves to)."""
     if isinstance(node, ast.Import):
         names = [a.name for a in node.names]
@@ -57,21 +63,29 @@ def _targets(module: str, is_pkg: bool, node: ast.AST) -> List[str]:
             parts = module.split(".") if is_pkg else module.split(".")[:-1]
             parts = parts[:len(parts) - (node.level - 1)]
             base = ".".join(parts + ([base] if base else []))
-        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+    return _known(names, modules)
+
+
+def _known(names, modules: Dict[str, Path]) -> List[str]:
+    """Each name as the most specific scanned module it is in (dropped when none)."""
     out = []
     for name in names:
-        while name and name not in MODULES:  # "medfm.models.factory.create_model" -> its module
+        while name and name not in modules:  # "medfm.models.factory.create_model" -> its module
             name = name.rpartition(".")[0]
         if name:
             out.append(name)
     return sorted(set(out))
 
 
-def _imports() -> Tuple[Dict[str, Set[str]], List[Tuple[str, int, str]]]:
-    """(module -> imported medfm modules, [(module, line, text) of function-level imports without a reason])."""
+def _imports(modules: Dict[str, Path] = MODULES) -> Tuple[Dict[str, Set[str]], Dict[str, Set[str]],
+                                                         List[Tuple[str, int, str]]]:
+    """(module -> imported medfm modules, module -> medfm modules it imports by name,
+    [(module, line, text) of function-level imports without a reason])."""
     graph: Dict[str, Set[str]] = defaultdict(set)
+    named: Dict[str, Set[str]] = defaultdict(set)
     unexplained = []
-    for module, path in MODULES.items():
+    for module, path in modules.items():
         source = path.read_text()
         lines = source.splitlines()
         tree = ast.parse(source)
@@ -81,17 +95,58 @@ def _imports() -> Tuple[Dict[str, Set[str]], List[Tuple[str, int, str]]]:
                                                                                   ast.AsyncFunctionDef)))
         type_checking = {id(n) for stmt in tree.body if isinstance(stmt, ast.If)
                          and "TYPE_CHECKING" in ast.unparse(stmt.test) for n in ast.walk(stmt)}
+        is_pkg = path.name == "__init__.py"
+        named[module].update(t for t in _known(_by_name(module, is_pkg, tree), modules) if t != module)
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in type_checking:
                 continue
-            targets = _targets(module, path.name == "__init__.py", node)
+            targets = _targets(module, is_pkg, node, modules)
             if not targets:
                 continue
             graph[module].update(t for t in targets if t != module)
             if id(node) not in top:
                 if not _says_why(lines, node.lineno - 1):
                     unexplained.append((module, node.lineno, lines[node.lineno - 1].strip()))
-    return graph, unexplained
+    return graph, named, unexplained
+
+
+def _literal(module: str, node: ast.AST) -> str:
+    """The string an expression always has: a constant, or ``__name__`` joined with constants
+    (``f"{__name__}.sources"``, ``__name__ + ".masked"``); ``""`` for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name) and node.id == "__name__":
+        return module
+    if isinstance(node, ast.FormattedValue):
+        return _literal(module, node.value)
+    if isinstance(node, ast.JoinedStr):
+        parts = [_literal(module, v) for v in node.values]
+        return "".join(parts) if all(parts) else ""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _literal(module, node.left), _literal(module, node.right)
+        return left + right if left and right else ""
+    return ""
+
+
+def _by_name(module: str, is_pkg: bool, tree: ast.AST) -> List[str]:
+    """Modules ``module`` imports by name: ``import_module("...")`` (with its ``package``),
+    ``<registry>.declare(name, "...")`` and the keys of ``lazy_exports(__name__, {...})``."""
+    package = module if is_pkg else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        names: List[ast.AST] = []
+        if func == "import_module" and node.args:
+            names = [node.args[0]]
+        elif func == "declare" and len(node.args) >= 2:
+            names = [node.args[1]]
+        elif func == "lazy_exports" and len(node.args) >= 2 and isinstance(node.args[1], ast.Dict):
+            names = [k for k in node.args[1].keys if k is not None]
+        for name in filter(None, (_literal(module, n) for n in names)):
+            found.append(package + name if name.startswith(".") else name)
+    return found
 
 
 def _says_why(lines: List[str], i: int) -> bool:
@@ -106,7 +161,7 @@ def _says_why(lines: List[str], i: int) -> bool:
     return False
 
 
-GRAPH, UNEXPLAINED = _imports()
+GRAPH, NAMED, UNEXPLAINED = _imports()
 
 
 def _within(module: str, *packages: str) -> bool:
@@ -149,7 +204,19 @@ def test_nothing_below_the_apps_imports_them():
     assert bad == []
 
 
-def _cycles() -> List[List[str]]:
+def _edges(*graphs: Dict[str, Set[str]]) -> Dict[str, Set[str]]:
+    out: Dict[str, Set[str]] = defaultdict(set)
+    for graph in graphs:
+        for m, ts in graph.items():
+            out[m] |= set(ts)
+    return out
+
+
+def _cycles(graph: Dict[str, Set[str]] = None, modules=None) -> List[List[str]]:
+    """Strongly connected components of more than one module (Tarjan); default: the product code's
+    import statements and imports by name together."""
+    graph = _edges(GRAPH, NAMED) if graph is None else graph
+    modules = MODULES if modules is None else modules
     index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
 
     def visit(v):
@@ -157,7 +224,7 @@ def _cycles() -> List[List[str]]:
         counter[0] += 1
         stack.append(v)
         on.add(v)
-        for w in sorted(GRAPH.get(v, ())):
+        for w in sorted(graph.get(v, ())):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -174,7 +241,7 @@ def _cycles() -> List[List[str]]:
             if len(comp) > 1:
                 found.append(sorted(comp))
 
-    for m in sorted(MODULES):
+    for m in sorted(modules):
         if m not in index:
             visit(m)
     return found
@@ -182,8 +249,22 @@ def _cycles() -> List[List[str]]:
 
 def test_no_import_cycles():
     # A package's __init__ re-exporting its submodules is not a cycle unless a submodule imports the
-    # package back; every such back-edge is a real cycle at import time.
+    # package back; every such back-edge is a real cycle at import time. Imports by name count.
     assert _cycles() == []
+
+
+def test_the_scan_reads_imports_by_name():
+    # guards the by-name reading: the registries' loaders and the declarations are seen
+    assert {"medfm.modalities", "medfm.objectives", "medfm.models.vit_tower", "medfm.models.presets"} <= \
+        NAMED["medfm.plugins"]
+    assert {"medfm.modalities.weight_formats", "medfm.modalities.sources"} <= NAMED["medfm.modalities"]
+    assert "medfm.objectives.masked" in NAMED["medfm.objectives"]  # __name__ + ".masked"
+    assert "medfm.models.factory" in NAMED["medfm.models"]  # lazy_exports
+
+
+def test_the_registry_names_no_module_that_registers_into_it():
+    # naming one would be a cycle (each imports medfm.registry): the loaders live in medfm.plugins
+    assert NAMED["medfm.registry"] == set() and GRAPH["medfm.registry"] <= {"medfm.errors"}
 
 
 def test_function_level_imports_of_medfm_say_why():
@@ -195,3 +276,30 @@ def test_cycle_detector_finds_a_planted_cycle(monkeypatch):
     monkeypatch.setitem(GRAPH, "medfm.errors", GRAPH["medfm.errors"] | {"medfm.io"})
     monkeypatch.setitem(GRAPH, "medfm.io", GRAPH["medfm.io"] | {"medfm.errors"})
     assert any({"medfm.errors", "medfm.io"} <= set(c) for c in _cycles())
+
+
+def _plant(root: Path, files: Dict[str, str]) -> Dict[str, Path]:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return _modules({"plant": root / "plant"})
+
+
+@pytest.mark.parametrize("how", ["import_module", "declare", "lazy_exports"])
+def test_a_cycle_through_an_import_by_name_is_found(tmp_path, how):
+    # a throw-away package whose only way back is by name: the import statements alone show no cycle
+    by_name = {"import_module": 'import importlib\n\ndef load():\n    importlib.import_module("plant.impl")\n',
+               "declare": 'from plant.reg import REG\nREG.declare("x", f"{__name__}.impl")\n',
+               "lazy_exports": 'from plant.lazy import lazy_exports\n'
+                               '__getattr__, __dir__ = lazy_exports(__name__, {".impl": ["X"]})\n'}[how]
+    where = "plant/__init__.py" if how != "import_module" else "plant/reg.py"
+    files = {"plant/__init__.py": "", "plant/reg.py": "REG = None\n", "plant/lazy.py": "",
+             "plant/impl.py": "from plant.reg import REG\nfrom plant import lazy\n"}
+    files[where] = by_name + ("REG = None\n" if where == "plant/reg.py" else "")
+    if how != "import_module":  # the package's submodule imports the package back
+        files["plant/impl.py"] += "import plant\n"
+    modules = _plant(tmp_path, files)
+    graph, named, _ = _imports(modules)
+    assert _cycles(graph, modules) == []
+    cycles = _cycles(_edges(graph, named), modules)
+    assert len(cycles) == 1 and "plant.impl" in cycles[0], cycles

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
 
-from medfm import registry  # noqa: E402
+from medfm import plugins, registry  # noqa: E402
 from medfm.cli import main  # noqa: E402
 from medfm.errors import DataError  # noqa: E402
 
@@ -49,7 +49,7 @@ def mr_plugin(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     registry.MODALITIES.names()  # the built-ins are loaded first, as in any process
     assert "mr" not in registry.MODALITIES
-    registry._load_modalities()  # what the registry runs on first use: built-ins + entry points
+    plugins.load_modalities()  # what the registry runs on first use: built-ins + entry points
     try:
         yield
     finally:

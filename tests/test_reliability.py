@@ -667,7 +667,7 @@ def test_no_traceback_in_any_cli_output():
 def test_pickled_torch_weights_are_refused_without_running_code(tmp_path, capsys):
     """Every torch.load of a weight file uses weights_only=True: a pickle that runs code is refused."""
     from medfm.errors import CheckpointError
-    from medfm.modalities.weights import load_state_dict_file
+    from medfm.models.state_dicts import load_state_dict_file
 
     for name in ("evil.pth", "evil.bin", "evil.pt"):
         p = raw(tmp_path, name, _pickle_bomb())

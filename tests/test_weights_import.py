@@ -12,7 +12,7 @@ import medfm.modalities.fundus  # noqa: F401
 import medfm.modalities.oct  # noqa: F401
 import medfm.modalities.xray  # noqa: F401
 from medfm.errors import CheckpointError
-from medfm.modalities.weights import load_state_dict_file, load_vit_weights
+from medfm.models.vit_weights import load_state_dict_file, load_vit_weights
 
 WIDTH, DEPTH, HEADS = 64, 2, 2
 

@@ -17,9 +17,8 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
-from ..config_files import load_data_file
-from ..errors import CheckpointError, ConfigError, UsageError
-from ..models.files import CONFIG_NAME
+from ..checkpoint import read_config, read_run_config
+from ..errors import UsageError
 
 CONFIG_KEY = "data_columns"
 
@@ -60,12 +59,12 @@ def recorded_columns(model_dir: Optional[os.PathLike]) -> Dict[str, str]:
     d = Path(str(model_dir))
     if not d.is_dir():
         return {}
-    cfg = _read_json(d / CONFIG_NAME, required=True)
+    cfg = read_config(d)
     cols = cfg.get(CONFIG_KEY)
     if not cols and isinstance(cfg.get("finetune"), Mapping):
         cols = cfg["finetune"].get("columns")
     if not cols:
-        cols = (_read_json(d / "run_config.json", required=False).get("data") or {}).get("columns")
+        cols = (read_run_config(d).get("data") or {}).get("columns")
     return {str(k): str(v) for k, v in (cols or {}).items() if v}
 
 
@@ -75,17 +74,3 @@ def resolve_columns(flags: Mapping[str, str], model_dir: Optional[os.PathLike] =
     out.update(flags or {})
     return out
 
-
-def _read_json(path: Path, *, required: bool) -> dict:
-    """The JSON object in ``path``; ``{}`` for a missing file that is not ``required``."""
-    if not path.is_file():
-        if required:
-            raise CheckpointError(f"{path.parent}: not a medfm checkpoint folder ({path.name} is missing)")
-        return {}
-    try:
-        data = load_data_file(path, kind="json")  # size and nesting bounded
-    except (OSError, ValueError, ConfigError) as e:
-        raise CheckpointError(f"{path}: unreadable: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return data

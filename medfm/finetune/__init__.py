@@ -13,14 +13,15 @@ losses), :mod:`medfm.data.splits` (patient-grouped splits), :mod:`.config_schema
 config), :mod:`.finetuner` (the run: what a fine-tuning step and epoch compute, on the core
 :mod:`medfm.train.loop`; :mod:`.build` the base and method, :mod:`.scoring` predictions, metrics
 and early stopping),
-:mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.layout` (the directory layout).
+:mod:`.model` (``FineTunedModel``: save/load/merge), :mod:`.layout` (the ``finetune`` section;
+the folder's files: :mod:`medfm.checkpoint`).
 Names are imported on first use (:mod:`medfm.lazy`).
 """
 from medfm.lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    ".layout": ["weight_files"],
-    ".model": ["FineTunedModel", "export_merged", "load_finetuned"],
+    "medfm.checkpoint": ["weight_files"],
+    ".model": ["FineTunedModel", "export_merged", "load_encoder", "load_finetuned"],
     ".heads": ["TaskHead", "TaskSpec", "fuse", "task_loss"],
     ".lora": ["PRESETS", "apply_lora", "count_parameters", "find_target_modules", "freeze", "lora_state_dict",
               "merge_lora", "load_lora_state_dict"],
@@ -34,7 +35,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 __all__ = [
     "finetune", "FineTuner", "FinetuneConfig", "parse_finetune_config", "EarlyStopping", "task_metrics",
     "predict_scores", "predict_loader", "regression_metrics",
-    "FineTunedModel", "load_finetuned", "export_merged", "weight_files",
+    "FineTunedModel", "load_encoder", "load_finetuned", "export_merged", "weight_files",
     "TaskHead", "TaskSpec", "fuse", "task_loss",
     "PRESETS", "apply_lora", "find_target_modules", "freeze", "merge_lora", "lora_state_dict", "load_lora_state_dict",
     "count_parameters",

@@ -12,23 +12,23 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from .. import checkpoint
 from ..data.manifest import is_missing
 from ..errors import ConfigError
 from ..modality import fit_on_cohort
 from ..models import MultiModalModel, create_model, resolve_config as resolve_model_config
 from ..models.init import apply_init, model_config_with_init
-from ..models.multimodal import CONFIG_NAME
 from ..registry import get_modality
 from .config_schema import FinetuneConfig, LoraSection
 from .lora import PRETRAINING_ONLY, apply_lora, freeze, shared_with
-from .model import FineTunedModel
+from .model import load_encoder
 
 log = logging.getLogger("medfm.finetune")
 
 
 def is_checkpoint(base: Optional[Path]) -> bool:
     """Whether ``base`` is a checkpoint folder (else a model config: a preset name or a YAML file)."""
-    return base is not None and (base / CONFIG_NAME).is_file()
+    return base is not None and checkpoint.is_checkpoint(base)
 
 
 def base_model(cfg: FinetuneConfig, base: Optional[Path], df: pd.DataFrame,
@@ -36,10 +36,8 @@ def base_model(cfg: FinetuneConfig, base: Optional[Path], df: pd.DataFrame,
     """The base checkpoint at ``base``, or — with ``init`` or a model config as ``base`` — a model built
     (tokenizers learnt on the cohort's rows) and initialised from imported weights."""
     if is_checkpoint(base):
-        model = MultiModalModel.from_pretrained(base)
+        model = load_encoder(base)  # a fine-tuned or merged base: its encoder, without its head
         if cfg.init:
-            if isinstance(model, FineTunedModel):
-                model = model.encoder
             apply_init(model, cfg.init, base_dir=config_dir)
         return model
     base_cfg = str(base) if base is not None and base.is_file() else cfg.base

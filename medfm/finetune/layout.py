@@ -1,56 +1,41 @@
-"""Fine-tuned checkpoints: only what was trained, next to a reference to the base checkpoint.
+"""The ``finetune`` section of a fine-tuned checkpoint: what it records and how it finds its base.
 
-Layout of a fine-tuned directory::
+The folder's files and kinds are :mod:`medfm.checkpoint`'s (``config.json`` with the base model
+config and this section; ``adapter_config.json`` + ``adapter_model.safetensors`` for method
+``lora``, ``finetuned.safetensors`` for ``full``, ``head.safetensors``; a merged export is a
+complete base layout whose section says ``"merged": true``). The section::
 
-    config.json                  {"format": "medfm", "model": <base model config>,
-                                  "finetune": {"base_name": ..., "base_relative": ..., "base_sha256": ...,
-                                               "method": "lora"|"full"|"linear", "modalities": [...],
-                                               "task": {...}, "head": {...}, "merged": false}}
-    adapter_config.json          peft LoraConfig            (method "lora")
-    adapter_model.safetensors    peft LoRA weights          (method "lora")
-    finetuned.safetensors        the trained encoder tensors (method "full")
-    head.safetensors             the task head
+    "finetune": {"base_name": ..., "base_relative": ..., "base_sha256": ...,
+                 "method": "lora"|"full"|"linear", "modalities": [...],
+                 "task": {...}, "head": {...}, "merged": false}
 
-A merged export (``export_merged``) is a complete model directory instead
-(``model.safetensors`` + ``modalities/`` as ``save_pretrained`` writes them) whose
-``config.json`` carries the same ``finetune`` section with ``"merged": true``.
-
-:class:`medfm.finetune.model.FineTunedModel` reads and writes these directories; this module
-holds only the layout (file names, the ``finetune`` section, finding and pinning the base).
-``MultiModalModel.from_pretrained`` hands any directory whose ``config.json`` has a
-``finetune`` key to ``FineTunedModel.from_pretrained`` (a registered checkpoint kind), so
-such a directory works with ``medfm embed``, ``zeroshot`` and ``evaluate``.
+:class:`medfm.finetune.model.FineTunedModel` reads and writes these folders;
+:func:`medfm.load_pretrained` hands a folder of kind ``finetuned`` or ``merged`` to it, so such a
+folder works with ``medfm embed``, ``zeroshot`` and ``evaluate``.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
+from .. import checkpoint as ckpt
 from ..errors import CheckpointError
-from ..io import hash_file, write_json
-from ..models.multimodal import (CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME as BASE_WEIGHTS,
-                                read_checkpoint_config)
 from .heads import TaskHead, TaskSpec
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-FULL_WEIGHTS = "finetuned.safetensors"
-HEAD_WEIGHTS = "head.safetensors"
 
 
 def base_sha256(base: os.PathLike) -> str:
     """sha256 (hex) of a base checkpoint's ``model.safetensors``: how a fine-tuned checkpoint pins it."""
-    return hash_file(Path(base) / BASE_WEIGHTS).hexdigest()
+    sha = ckpt.weights_sha256(base)
+    if sha is None:
+        raise CheckpointError(f"{base}: {ckpt.WEIGHTS_NAME} is missing")
+    return sha
 
 
 def write_config(directory: Path, encoder, meta: Dict[str, Any]) -> None:
     """``config.json`` of a fine-tuned directory: the base model config + the ``finetune`` section."""
-    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": encoder.config_with_adapters(),
-           "finetune": meta}
-    if getattr(encoder, "init_sources", None):  # the weight files the base started from
-        cfg["init_sources"] = encoder.init_sources
-    write_json(directory / CONFIG_NAME, cfg)
+    ckpt.write_config(directory, ckpt.new_config(encoder.config_with_adapters(), finetune=meta,
+                                                 init_sources=getattr(encoder, "init_sources", None) or None))
 
 
 def finetune_meta(base: os.PathLike, out_dir: os.PathLike, method: str, modalities, task: TaskSpec,
@@ -62,7 +47,7 @@ def finetune_meta(base: os.PathLike, out_dir: os.PathLike, method: str, modaliti
     """
     base = Path(base).resolve()
     return {"base": str(base), "base_name": base.name, "base_relative": os.path.relpath(base, Path(out_dir).resolve()),
-            "base_sha256": base_sha256(base) if (base / BASE_WEIGHTS).is_file() else None,
+            "base_sha256": ckpt.weights_sha256(base),
             "method": method, "modalities": list(modalities), "task": task.to_dict(), "head": head.config(),
             "merged": False, **extra}
 
@@ -86,17 +71,6 @@ def portable_meta(meta: Dict[str, Any], directory: os.PathLike) -> Dict[str, Any
     return out
 
 
-def weight_files(directory: os.PathLike) -> List[Path]:
-    """The weight files a (fine-tuned or merged) checkpoint directory holds, in a fixed order.
-
-    For fingerprints: ``config.json`` (which records the base's ``base_sha256``) plus
-    these files identify a fine-tuned model completely.
-    """
-    d = Path(directory)
-    names = (BASE_WEIGHTS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, FULL_WEIGHTS, HEAD_WEIGHTS)
-    return [d / n for n in names if (d / n).is_file()]
-
-
 def resolve_base(directory: Path, meta: Dict[str, Any]) -> Path:
     """The base checkpoint of a fine-tuned directory: its relative path first, then the absolute one
     (``base``, recorded by medfm versions that wrote it)."""
@@ -106,7 +80,7 @@ def resolve_base(directory: Path, meta: Dict[str, Any]) -> Path:
     if meta.get("base"):
         candidates.append(Path(meta["base"]))
     for c in candidates:
-        if (c / CONFIG_NAME).is_file():
+        if ckpt.is_checkpoint(c):
             return c
     raise CheckpointError(f"{directory}: base checkpoint not found (looked at {', '.join(map(str, candidates))}); "
                           "keep the base next to the fine-tuned directory or export with --merge")
@@ -114,7 +88,7 @@ def resolve_base(directory: Path, meta: Dict[str, Any]) -> Path:
 
 def read_finetune_meta(directory: os.PathLike) -> Dict[str, Any]:
     """The full ``config.json`` of a fine-tuned directory; CheckpointError if it is not one."""
-    cfg = read_checkpoint_config(directory)
-    if "finetune" not in cfg:
-        raise CheckpointError(f"{Path(directory) / CONFIG_NAME}: not a fine-tuned checkpoint (no 'finetune' section)")
+    cfg = ckpt.read_config(directory)
+    if ckpt.kind_of(cfg) == ckpt.BASE:
+        raise CheckpointError(f"{Path(directory) / ckpt.CONFIG_NAME}: not a fine-tuned checkpoint (no 'finetune' section)")
     return cfg

@@ -1,7 +1,7 @@
 """``FineTunedModel``: a base :class:`~medfm.models.MultiModalModel` + peft adapters + a task head.
 
 The base model knows nothing of heads; this type owns them and its own checkpoint
-format (see :mod:`medfm.finetune.layout` for the file layout):
+format (the files: :mod:`medfm.checkpoint`; the ``finetune`` section: :mod:`medfm.finetune.layout`):
 
 - :meth:`FineTunedModel.save_pretrained` writes only what was trained (peft adapters,
   or the trained encoder tensors of method ``full``, and the head) next to a reference to
@@ -10,9 +10,9 @@ format (see :mod:`medfm.finetune.layout` for the file layout):
   folded into the weights (loads without the base);
 - :meth:`FineTunedModel.from_pretrained` reads either, refusing a base whose weights changed.
 
-Importing this module registers the ``finetune`` checkpoint kind with
-:data:`medfm.registry.CHECKPOINT_KINDS`, so ``medfm.load_pretrained(DIR)``
-of a fine-tuned directory returns a ``FineTunedModel``.
+``medfm.load_pretrained(DIR)`` of a fine-tuned or merged directory returns a ``FineTunedModel``
+(:mod:`medfm.pretrained`); :func:`load_encoder` gives the encoder of a folder of any kind (what
+fine-tuning starts from).
 
 Everything the encoder offers (``encode``, ``encode_batch``, ``modalities``, ``adapters``,
 ``embed_dim``, ``tower``, ``logit_scale``, ...) is read through from :attr:`encoder`, so a
@@ -29,12 +29,12 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, load_model, save_file
 
+from .. import checkpoint as ckpt
+from ..checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_NAME, FULL_WEIGHTS, HEAD_WEIGHTS
 from ..errors import CheckpointError
 from ..io import atomic_directory
 from ..models.multimodal import MultiModalModel
-from ..registry import register_checkpoint_kind
-from .layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_WEIGHTS, CONFIG_NAME, FULL_WEIGHTS, HEAD_WEIGHTS,
-                         base_sha256, portable_meta, read_finetune_meta, resolve_base, write_config)
+from .layout import base_sha256, portable_meta, read_finetune_meta, resolve_base, write_config
 from .heads import TaskHead, TaskSpec
 from .lora import apply_lora, freeze, load_lora_state_dict, lora_state_dict, merge_lora
 
@@ -152,19 +152,16 @@ class FineTunedModel(nn.Module):
         d = Path(directory)
         cfg = read_finetune_meta(d)
         meta = cfg["finetune"]
-        if meta.get("merged"):
-            encoder = MultiModalModel.from_pretrained(d, finetune=False)
+        if ckpt.kind_of(cfg) == ckpt.MERGED:
+            encoder = MultiModalModel.from_pretrained(d)
         else:
             base = resolve_base(d, meta)
-            if verify_base and meta.get("base_sha256") and (base / BASE_WEIGHTS).is_file():
+            if verify_base and meta.get("base_sha256") and ckpt.weights_sha256(base) is not None:
                 if base_sha256(base) != meta["base_sha256"]:
                     raise CheckpointError(f"{d}: the base checkpoint {base} has changed since fine-tuning "
                                           "(weights hash differs)")
             meta = {**meta, "base": str(base)}  # where the base was found (a later save refers to it)
-            encoder = MultiModalModel.from_pretrained(base)
-            if isinstance(encoder, FineTunedModel):  # a fine-tuned base: keep its encoder, drop its head
-                encoder = encoder.encoder
-            encoder = cls._load_trained(d, encoder, meta)
+            encoder = cls._load_trained(d, load_encoder(base), meta)  # a fine-tuned base: its encoder
         head = TaskHead(**meta["head"])
         if not (d / HEAD_WEIGHTS).is_file():
             raise CheckpointError(f"{d}: {HEAD_WEIGHTS} missing")
@@ -198,6 +195,14 @@ class FineTunedModel(nn.Module):
         return encoder
 
 
+def load_encoder(directory: os.PathLike) -> MultiModalModel:
+    """The encoder of a checkpoint folder of any kind (:mod:`medfm.checkpoint`): a base as it is,
+    a fine-tuned or merged one with its training applied (LoRA layers kept, head dropped)."""
+    if ckpt.checkpoint_kind(directory) == ckpt.BASE:
+        return MultiModalModel.from_pretrained(directory)
+    return FineTunedModel.from_pretrained(directory).encoder
+
+
 def load_finetuned(directory: os.PathLike, verify_base: bool = True) -> FineTunedModel:
     """:meth:`FineTunedModel.from_pretrained` (the name earlier medfm versions exported)."""
     return FineTunedModel.from_pretrained(directory, verify_base=verify_base)
@@ -209,5 +214,3 @@ def export_merged(model: FineTunedModel, directory: os.PathLike) -> Path:
         raise CheckpointError(f"export_merged needs a FineTunedModel, got {type(model).__name__}")
     return model.save_merged(directory)
 
-
-register_checkpoint_kind("finetune")(FineTunedModel.from_pretrained)

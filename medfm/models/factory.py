@@ -9,13 +9,14 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+from ..checkpoint import is_checkpoint
 from ..errors import ConfigError
 from ..io import deep_merge, load_config_file
 from ..registry import MODELS, get_modality
 from ..schema import to_dict
 from .config import ModelConfig, map_moved_settings, model_defaults, validate_model_config
 from .init import apply_init, prepare_init
-from .multimodal import CONFIG_NAME, MultiModalModel
+from .multimodal import MultiModalModel
 from .presets import preset_config
 from medfm.configs import config_path
 
@@ -103,7 +104,10 @@ def create_model(config: Union[str, os.PathLike, Mapping[str, Any]], pretrained:
             :class:`~medfm.models.config.ModelConfig`, or a checkpoint directory.
             ``config["modalities"]`` maps modality names to adapter options;
             ``config["towers"][name]`` overrides parts of the tower config the adapter proposes.
-        pretrained: a checkpoint directory whose weights are loaded (strictly).
+        pretrained: a checkpoint directory whose weights are loaded (strictly). A checkpoint
+            directory (as ``config`` or ``pretrained``) must hold the complete base layout: a
+            fine-tuned folder that holds only what was trained is a :class:`CheckpointError`
+            (:func:`medfm.load_pretrained` loads it as a ``FineTunedModel``).
             ``config["modalities"][m]["init"]`` imports a tower's weights from a timm / MAE /
             RETFound / OCTCube / MONAI / open_clip / Hugging Face / medfm file instead
             (:mod:`medfm.models.init`); the report is ``model.init_reports``.
@@ -114,7 +118,7 @@ def create_model(config: Union[str, os.PathLike, Mapping[str, Any]], pretrained:
         >>> model = create_model({"name": "medfm-tiny", "modalities": {"ecg": {}, "text": {}}})
         >>> z = model.encode("ecg", torch.randn(2, 12, 5000))   # (2, 64)
     """
-    if isinstance(config, (str, os.PathLike)) and (Path(config) / CONFIG_NAME).is_file():
+    if isinstance(config, (str, os.PathLike)) and is_checkpoint(config):
         model = MultiModalModel.from_pretrained(config)
         if pretrained is not None:
             raise ConfigError("give a checkpoint directory either as config or as pretrained, not both")
@@ -146,7 +150,3 @@ def create_model(config: Union[str, os.PathLike, Mapping[str, Any]], pretrained:
         apply_init(model, init)
     return model
 
-
-def load_pretrained(directory: os.PathLike) -> MultiModalModel:
-    """Load a checkpoint directory written by ``save_pretrained`` (base or fine-tuned)."""
-    return MultiModalModel.from_pretrained(directory)

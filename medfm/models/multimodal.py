@@ -13,34 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
+from .. import checkpoint as ckpt
 from ..errors import CheckpointError, ConfigError
-from ..config_files import load_data_file
-from ..io import atomic_directory, deep_merge, write_json
+from ..io import atomic_directory, deep_merge
 from ..layers.trunk import Trunk
-from ..registry import CHECKPOINT_KINDS, TOWERS, get_modality
+from ..registry import TOWERS, get_modality
 from .config import ModelConfig, migrate_saved_config
-from .files import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME  # noqa: F401  (re-exported)
-
-def read_checkpoint_config(directory: os.PathLike) -> Dict[str, Any]:
-    """The checked ``config.json`` of a medfm checkpoint directory (a base model or one built on it).
-
-    Raises:
-        CheckpointError: naming the file, when it is missing, unreadable, not a medfm model config,
-            or of a newer format version.
-    """
-    directory = Path(directory)
-    cfg_path = directory / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{directory}: not a medfm checkpoint (no {CONFIG_NAME})")
-    try:
-        meta = load_data_file(cfg_path, kind="json")  # size and nesting bounded
-    except (OSError, ValueError, ConfigError) as e:
-        raise CheckpointError(f"{cfg_path}: unreadable config: {type(e).__name__}: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
-        raise CheckpointError(f"{cfg_path}: not a medfm model config")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: format version {meta['format_version']} is newer than this medfm")
-    return meta
 
 
 class MultiModalModel(nn.Module):
@@ -91,6 +69,8 @@ class MultiModalModel(nn.Module):
                                                                            ModelConfig.init_logit_scale))))
         self.logit_bias = nn.Parameter(torch.tensor(float(self.config.get("init_logit_bias",
                                                                           ModelConfig.init_logit_bias))))
+        #: the tensor names this config builds: what the base layout can hold and rebuild
+        self._built_keys = frozenset(self.state_dict())
 
     # ------------------------------------------------------------------ api
     @property
@@ -149,34 +129,37 @@ class MultiModalModel(nn.Module):
 
     # --------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: os.PathLike, extra: Optional[Dict[str, Any]] = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (+ ``modalities/<name>/`` adapter files).
+        """Write the base layout (:mod:`medfm.checkpoint`): ``config.json`` + ``model.safetensors``
+        + ``modalities/<name>/`` adapter files; ``extra`` adds sections to ``config.json``.
 
         Everything is written into a temporary sibling first and then moved into
         ``directory`` entry by entry with ``os.replace``, weights before config, so a
         crash never leaves a config pointing at torn weights. Other files already in
         ``directory`` (metrics, training checkpoints) are kept.
+
+        Raises:
+            CheckpointError: the model holds tensors its config does not build (layers injected
+                after it was built): the base layout could not rebuild them.
         """
-        unmerged = next((n for n, _ in self.named_parameters() if ".lora_" in n), None)
-        if unmerged is not None:  # peft layers injected by fine-tuning: this layout would not load them
-            raise CheckpointError(f"{directory}: this model carries unmerged LoRA layers ({unmerged}); save the "
-                                  "fine-tuned model (FineTunedModel.save_pretrained, adapters only) or merge "
-                                  "them first (FineTunedModel.save_merged)")
+        changed = sorted(set(self.state_dict()) ^ self._built_keys)
+        if changed:
+            raise CheckpointError(f"{directory}: this model holds tensors its config does not build ({changed[0]}, "
+                                  f"{len(changed)} in all): layers were injected after it was built (e.g. unmerged "
+                                  "LoRA layers); save it with what injected them, or merge them first")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         staging = directory.parent / f".{directory.name}.staging"
         with atomic_directory(staging) as tmp:
-            cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config_with_adapters()}
-            if getattr(self, "init_sources", None):  # weights this model started from (name + sha256)
-                cfg["init_sources"] = self.init_sources
-            if extra:
-                cfg.update(extra)
-            save_model(self, str(tmp / WEIGHTS_NAME))
+            cfg = ckpt.new_config(self.config_with_adapters(),
+                                  init_sources=getattr(self, "init_sources", None) or None)  # weights it started from
+            cfg.update(extra or {})
+            save_model(self, str(tmp / ckpt.WEIGHTS_NAME))
             for name, adapter in self.adapters.items():
-                sub = tmp / "modalities" / name
+                sub = ckpt.adapter_dir(tmp, name)
                 sub.mkdir(parents=True, exist_ok=True)
                 adapter.save_pretrained(sub)
-            write_json(tmp / CONFIG_NAME, cfg)
-        for entry in (WEIGHTS_NAME, "modalities", CONFIG_NAME):
+            ckpt.write_config(tmp, cfg)
+        for entry in (ckpt.WEIGHTS_NAME, ckpt.ADAPTERS_DIR, ckpt.CONFIG_NAME):
             src, dst = staging / entry, directory / entry
             if not src.exists():
                 continue
@@ -192,32 +175,26 @@ class MultiModalModel(nn.Module):
         return cfg
 
     @classmethod
-    def from_pretrained(cls, directory: os.PathLike, strict: bool = True, finetune: bool = True) -> "MultiModalModel":
-        """Load what :meth:`save_pretrained` wrote. Reads safetensors only — never unpickles.
+    def from_pretrained(cls, directory: os.PathLike, strict: bool = True) -> "MultiModalModel":
+        """Load the base layout of a checkpoint folder (what :meth:`save_pretrained` wrote; also the
+        encoder of a merged fine-tuned export). Reads safetensors only — never unpickles.
 
-        A directory whose ``config.json`` carries a section registered with
-        :data:`medfm.registry.CHECKPOINT_KINDS` (a fine-tuned checkpoint: ``"finetune"``) is handed to
-        that kind's loader, which may return another type; ``finetune=False`` reads only the
-        complete base layout (``config.json`` ``model`` + ``model.safetensors``) of the directory.
+        A fine-tuned folder holding only what was trained is refused with a
+        :class:`CheckpointError` (:func:`medfm.checkpoint.read_base_config`): which class loads
+        which kind of checkpoint is :func:`medfm.load_pretrained`'s choice, not the model layer's.
         """
         directory = Path(directory)
-        weights = directory / WEIGHTS_NAME
-        meta = read_checkpoint_config(directory)
-        if finetune:
-            for section, loader in CHECKPOINT_KINDS.items():
-                if section in meta:
-                    return loader(directory)
+        weights = directory / ckpt.WEIGHTS_NAME
+        meta = ckpt.read_base_config(directory)
         config = migrate_saved_config(meta["model"])
         adapters = {}
         for name, options in config.get("modalities", {}).items():
             adapter = get_modality(name, **options)
-            sub = directory / "modalities" / name
+            sub = ckpt.adapter_dir(directory, name)
             if sub.is_dir():
                 adapter.load_pretrained(sub)
             adapters[name] = adapter
         model = cls(config, adapters)
-        if not weights.is_file():
-            raise CheckpointError(f"{directory}: {WEIGHTS_NAME} is missing")
         try:
             missing, unexpected = load_model(model, str(weights), strict=False)
         except Exception as e:  # torn or forged safetensors (header, offsets, dtype)

@@ -1,6 +1,5 @@
-"""Load public ViT checkpoints (timm ViT, MAE, RETFound, OCTCube) from local files into the engine's ``vit`` towers.
-
-The engine's tower (``medfm.models.vit_tower.ViTTower``) holds
+"""Public ViT checkpoints (timm ViT, MAE, RETFound, OCTCube; MONAI and open_clip by their names)
+mapped onto the engine's ``vit`` tower (:mod:`medfm.models.vit_tower`), which holds
 
     embedder.proj.{weight,bias}    Conv2d/Conv3d patch projection
     embedder.pos_embed             (1, N, D) over the patch grid, no class-token slot
@@ -16,15 +15,18 @@ folded into ``cls_token`` or dropped), 2D patch projections are inflated to 3D
 tubelets (I3D: repeated over depth and divided by the depth, so a volume constant
 along depth gives the 2D response), input channels adapted with timm's
 ``adapt_input_conv``, patch sizes resampled with timm's ``resample_patch_embed``.
-Everything not loaded is listed in a :class:`KeyReport`; nothing is dropped silently.
+MONAI's ``ViT`` names (:func:`monai_to_timm`) and open_clip's transformer blocks
+(:func:`openclip_blocks`, :func:`openclip_visual_to_timm`, :func:`load_openclip_text`) are
+mapped to timm's first. Everything not loaded is listed in a
+:class:`~medfm.models.state_dicts.KeyReport`; nothing is dropped silently. Which file layout a
+checkpoint is in, and what it fixes about the architecture, is the formats' business
+(:mod:`medfm.modalities.weight_formats`).
 """
 from __future__ import annotations
 
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -33,8 +35,8 @@ import torch.nn.functional as F
 
 from medfm.errors import CheckpointError
 
-WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict", "module", "encoder")
-STRIP_PREFIXES = ("module.", "model.", "encoder.", "backbone.", "visual.", "_orig_mod.")
+from .state_dicts import KeyReport, load_state_dict_file, strip_prefixes
+
 RENAMES: Sequence[Tuple[str, str]] = (
     (r"^patch_embed\.proj\.", "embedder.proj."),
     (r"^blocks\.", "trunk.blocks."),
@@ -42,91 +44,6 @@ RENAMES: Sequence[Tuple[str, str]] = (
     (r"^norm_pre\.", "trunk.norm_pre."),
     (r"^fc_norm\.", "trunk.norm."),
 )
-
-
-#: keys of heads used only in pretraining (not part of an encoder checkpoint)
-PRETRAINING_HEADS = re.compile(r"^(decoder\.|mlm_head\.|cls\.predictions\.|lm_head\.)")
-
-
-@dataclass
-class KeyReport:
-    """What :func:`load_vit_weights` did with every key.
-
-    Attributes:
-        loaded: target keys that received a tensor.
-        adapted: ``(target key, how)`` for tensors reshaped on the way.
-        missing: target keys the checkpoint did not provide (decoder keys listed too).
-        unexpected: source keys with no place in the target (MAE decoder, classifier head, ...).
-        mismatched: ``(key, source shape, target shape)`` that could not be adapted (not loaded).
-        notes: what else the import should tell (a shared trunk, a pooling the engine does differently).
-    """
-
-    loaded: List[str] = field(default_factory=list)
-    adapted: List[Tuple[str, str]] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-
-    @property
-    def missing_encoder(self) -> List[str]:
-        """Missing keys outside pretraining-only heads (MAE decoder, MLM heads): those an encoder checkpoint
-        should have had."""
-        return [k for k in self.missing if not PRETRAINING_HEADS.match(k)]
-
-    def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors ({len(self.adapted)} adapted)"]
-        lines += [f"  adapted    {k}: {how}" for k, how in self.adapted]
-        lines += [f"  missing    {k}" for k in self.missing]
-        lines += [f"  unexpected {k}" for k in self.unexpected]
-        lines += [f"  mismatched {k}: checkpoint {s} vs model {t}" for k, s, t in self.mismatched]
-        lines += [f"  note       {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Read ``.safetensors`` or a torch file (``weights_only=True``) and unwrap ``{"model": ...}``."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file not found")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused, corrupt file, ...
-        import pickle
-
-        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(
-                f"{p}: refused: this pickle needs code beyond tensors and plain containers to load, and medfm "
-                f"only reads torch files with torch.load(weights_only=True) (running a checkpoint's code is how "
-                f"a malicious file takes over a machine); re-save its state dict as .safetensors where you "
-                f"trust it. torch says: {first}") from e
-        raise CheckpointError(f"{p}: cannot read checkpoint: {type(e).__name__}: {e}") from e
-    for _ in range(3):
-        if isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
-            inner = next((sd[k] for k in WRAPPER_KEYS if k in sd and isinstance(sd[k], Mapping)), None)
-            if inner is None:
-                break
-            sd = inner
-    if not isinstance(sd, Mapping) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{p}: no tensor state dict found (top-level keys: {list(sd)[:10] if isinstance(sd, Mapping) else type(sd)})")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-
-
-def strip_prefixes(key: str) -> str:
-    """Drop wrapper prefixes (``module.`` from DDP, ``model.``, ``encoder.``, ...)."""
-    changed = True
-    while changed:
-        changed = False
-        for pre in STRIP_PREFIXES:
-            if key.startswith(pre):
-                key, changed = key[len(pre):], True
-    return key
 
 
 def rename_key(key: str) -> str:
@@ -149,7 +66,7 @@ def resample_grid_pos(pos: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequ
     d = pos.shape[-1]
     nd = len(src_grid)
     if nd == 2:  # timm's resampling (bicubic, antialiased), as timm does for its own checkpoints
-        from timm.layers import resample_abs_pos_embed
+        from timm.layers import resample_abs_pos_embed  # deferred: timm (~1 s) when a grid changes
 
         return resample_abs_pos_embed(pos, list(dst_grid), list(src_grid), num_prefix_tokens=0)
     grid = pos.reshape(1, *src_grid, d).movedim(-1, 1).float()
@@ -164,7 +81,7 @@ def inflate_patch_weight(w: torch.Tensor, depth: int) -> torch.Tensor:
 
 
 def _adapt_patch_weight(w: torch.Tensor, target: torch.Tensor) -> Tuple[Optional[torch.Tensor], str]:
-    from timm.models._manipulate import adapt_input_conv
+    from timm.models._manipulate import adapt_input_conv  # deferred: timm (~1 s) when adapting a patch
 
     how = []
     if w.shape[1] != target.shape[1]:
@@ -178,7 +95,7 @@ def _adapt_patch_weight(w: torch.Tensor, target: torch.Tensor) -> Tuple[Optional
         return None, ""
     if w.shape[2:] != target.shape[2:]:
         if w.ndim == 4:
-            from timm.layers import resample_patch_embed
+            from timm.layers import resample_patch_embed  # deferred: timm (~1 s), as above
 
             w = resample_patch_embed(w, list(target.shape[2:]))
         else:
@@ -336,3 +253,124 @@ def load_vit_weights(target: nn.Module, checkpoint: Union[str, os.PathLike, Mapp
         if report.missing_encoder or report.mismatched or bad_unexp:
             raise CheckpointError("checkpoint does not fit the tower:\n" + str(report))
     return report
+
+
+# ----------------------------------------------------------------------- MONAI
+_MONAI_RENAMES = (
+    (r"^patch_embedding\.patch_embeddings\.", "patch_embed.proj."),
+    (r"^patch_embedding\.position_embeddings$", "pos_embed"),
+    (r"^blocks\.(\d+)\.mlp\.linear1\.", r"blocks.\1.mlp.fc1."),
+    (r"^blocks\.(\d+)\.mlp\.linear2\.", r"blocks.\1.mlp.fc2."),
+    (r"^blocks\.(\d+)\.attn\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^classification_head\.", "head."),
+)
+
+
+def monai_to_timm(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """MONAI ``ViT`` key names → timm ``VisionTransformer`` names (same tensors, same qkv layout)."""
+    out = {}
+    for k, v in sd.items():
+        k = strip_prefixes(k)
+        for pat, rep in _MONAI_RENAMES:
+            k = re.sub(pat, rep, k)
+        out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------- open_clip
+_OC_BLOCK = (
+    (r"\.ln_1\.", ".norm1."), (r"\.ln_2\.", ".norm2."), (r"\.attn\.in_proj_weight$", ".attn.qkv.weight"),
+    (r"\.attn\.in_proj_bias$", ".attn.qkv.bias"), (r"\.attn\.out_proj\.", ".attn.proj."),
+    (r"\.mlp\.c_fc\.", ".mlp.fc1."), (r"\.mlp\.c_proj\.", ".mlp.fc2."),
+)
+
+
+def openclip_blocks(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """``{prefix}transformer.resblocks.i.*`` → timm ``blocks.i.*``."""
+    out = {}
+    pre = prefix + "transformer.resblocks."
+    for k, v in sd.items():
+        if k.startswith(pre):
+            name = "blocks." + k[len(pre):]
+            for pat, rep in _OC_BLOCK:
+                name = re.sub(pat, rep, name)
+            out[name] = v
+    return out
+
+
+def openclip_depth(sd, prefix) -> int:
+    pre = prefix + "transformer.resblocks."
+    idx = {int(k[len(pre):].split(".")[0]) for k in sd if k.startswith(pre)}
+    return max(idx) + 1 if idx else 0
+
+
+def openclip_visual_to_timm(sd: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """open_clip's ViT image tower in timm names (``conv1`` → patch projection, ``class_embedding`` →
+    class token, ``ln_pre``/``ln_post`` → pre-norm/final norm, ``resblocks`` → blocks), and the
+    ``visual.*`` keys that have no place in a tower (other than the projection)."""
+    src = {"patch_embed.proj.weight": sd["visual.conv1.weight"],
+           "cls_token": sd["visual.class_embedding"].reshape(1, 1, -1),
+           "pos_embed": sd["visual.positional_embedding"][None]}
+    for a, b in (("visual.ln_pre.", "norm_pre."), ("visual.ln_post.", "norm.")):
+        for s in ("weight", "bias"):
+            if a + s in sd:
+                src[b + s] = sd[a + s]
+    src.update(openclip_blocks(sd, "visual."))
+    other = [k for k in sd if k.startswith("visual.") and not k.startswith(
+        ("visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre",
+         "visual.ln_post", "visual.transformer.resblocks", "visual.proj"))]
+    return src, other
+
+
+def load_openclip_text(tower: nn.Module, sd: Mapping[str, torch.Tensor], where: str, modality: str) -> KeyReport:
+    """open_clip's text transformer into a ``vit`` tower with a token embedder: ``token_embedding``
+    + ``positional_embedding`` (truncated to the tower's context) → embedder, causal blocks →
+    trunk, ``ln_final`` → the trunk's final norm; biases the source has none of are zero-filled."""
+    emb = tower.embedder
+    if not hasattr(emb, "embed"):
+        raise CheckpointError(f"open_clip init: the {modality!r} tower has no token embedder")
+    report = KeyReport()
+    new: Dict[str, torch.Tensor] = {}
+    tgt = tower.state_dict()
+    tok, pos = sd["token_embedding.weight"], sd["positional_embedding"]
+    if tok.shape != tgt["embedder.embed.weight"].shape:
+        raise CheckpointError(
+            f"{where}: vocabulary of {tok.shape[0]} tokens × {tok.shape[1]}, but the {modality!r} "
+            f"tower has {tuple(tgt['embedder.embed.weight'].shape)}; the tokenizer must match the checkpoint")
+    new["embedder.embed.weight"] = tok
+    if pos.shape[0] < tgt["embedder.pos_embed"].shape[1]:
+        raise CheckpointError(f"{where}: context length {pos.shape[0]} is shorter than the tower's "
+                              f"{tgt['embedder.pos_embed'].shape[1]}")
+    new["embedder.pos_embed"] = pos[None, :tgt["embedder.pos_embed"].shape[1]]
+    if pos.shape[0] != tgt["embedder.pos_embed"].shape[1]:
+        report.adapted.append(("embedder.pos_embed", f"context {pos.shape[0]} truncated to "
+                                                     f"{tgt['embedder.pos_embed'].shape[1]}"))
+    for name, v in openclip_blocks(sd, "").items():
+        new["trunk." + name] = v
+    for s in ("weight", "bias"):
+        new["trunk.norm." + s] = sd["ln_final." + s]
+    bad = [(k, tuple(v.shape), tuple(tgt[k].shape)) for k, v in new.items() if k in tgt and v.shape != tgt[k].shape]
+    if bad:
+        report.mismatched += bad
+        new = {k: v for k, v in new.items() if k in tgt and v.shape == tgt[k].shape}
+    report.unexpected += [k for k in new if k not in tgt]
+    new = {k: v for k, v in new.items() if k in tgt}
+    for name, t in tgt.items():
+        if name not in new and re.match(r"^trunk\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc[12])\.bias$", name) \
+                and name[:-4] + "weight" in new:
+            new[name] = torch.zeros_like(t)
+            report.adapted.append((name, "zeros (the source layer has no bias)"))
+    tower.load_state_dict(new, strict=False)
+    report.loaded = sorted(new)
+    report.missing = sorted(k for k in tgt if k not in new)
+    return report
+
+
+def note_shared_trunk(model, modality: str, report: KeyReport) -> None:
+    """A note when the tower's trunk is shared with other towers (they now hold these weights too)."""
+    tower = model.tower(modality)
+    trunk = getattr(tower, "trunk", None)
+    others = [m for m in model.modalities if m != modality and getattr(model.tower(m), "trunk", None) is trunk]
+    if trunk is not None and others:
+        report.notes.append(f"the trunk is shared with {', '.join(others)}: those towers now use these weights too "
+                            "(set model.trunk.shared: false to keep them apart)")
