@@ -24,7 +24,7 @@ from medfm.registry import register_weight_format
 
 from .family_load import check_spec, fill_module, fill_projection, fill_scalar, first_file, json_file
 from .weight_formats import WeightFormat
-from .weights import KeyReport, load_state_dict_file
+from medfm.models.state_dicts import KeyReport, load_state_dict_file
 
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")

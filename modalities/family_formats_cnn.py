@@ -20,7 +20,7 @@ from medfm.registry import register_weight_format
 
 from .family_load import check_spec, fill_module, fill_projection
 from .weight_formats import WeightFormat, state_keys
-from .weights import KeyReport, load_state_dict_file
+from medfm.models.state_dicts import KeyReport, load_state_dict_file
 
 #: blocks per stage of MONAI's ResNets (basic blocks; 50+ are bottlenecks)
 _DEPTHS = {(1, 1, 1, 1): "resnet10", (2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}

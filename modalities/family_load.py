@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from medfm.errors import CheckpointError
 
-from .weights import KeyReport
+from medfm.models.state_dicts import KeyReport
 
 
 def fill_module(module: nn.Module, sd: Mapping[str, torch.Tensor], report: KeyReport, label: str) -> None:

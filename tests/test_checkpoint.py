@@ -138,11 +138,13 @@ def test_the_model_layer_knows_nothing_of_fine_tuning():
 
 
 #: product modules that spell a file name of another layout that happens to share medfm's
-#: (a Hugging Face model folder's config.json / model.safetensors), or write the training config
-#: beside a run's checkpoints (medfm/train)
-OTHER_LAYOUTS = {"config.json": {"models/hf_tower.py", "models/init.py", "modalities/weight_formats.py"},
-                 "model.safetensors": {"modalities/weight_formats.py"},
-                 "run_config.json": {"train/resume_checkpoint.py", "train/pretrainer.py"}}
+#: (a Hugging Face model folder's config.json / model.safetensors / tokenizer files)
+OTHER_LAYOUTS = {"config.json": {"models/hf_tower.py", "models/hf_encoder_tower.py", "models/init.py",
+                                 "modalities/weight_formats.py", "modalities/family_formats.py"},
+                 "model.safetensors": {"modalities/weight_formats.py", "modalities/family_formats.py"},
+                 # a Hugging Face tokenizer folder of a family preset (modalities/spec_text.py)
+                 "tokenizer.json": {"modalities/spec_text.py"},
+                 "tokenizer_config.json": {"modalities/spec_text.py"}}
 
 
 def test_only_the_checkpoint_module_spells_the_layout():

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..models.lora_targets import FAMILY_TARGETS
+from .lora_targets import FAMILY_TARGETS, targets_for
 from ..errors import CheckpointError
 
 _BLOCK = r"trunk\.blocks\.\d+\."
@@ -73,8 +73,10 @@ def default_preset(tower: nn.Module) -> str:
 def _patterns(tower: nn.Module, target_modules: TargetSpec) -> Tuple[List[str], str]:
     """Regexes for one tower and a label for messages."""
     if target_modules is None or target_modules == "auto":
-        if getattr(tower, "lora_targets", None):  # a library tower names its family's (medfm.models.lora_targets)
-            return list(tower.lora_targets), f"{type(tower).__name__} family preset"
+        families = getattr(tower, "backbone_families", None)  # a library tower's (medfm.finetune.lora_targets)
+        targets = targets_for(tower, families) if families else ()
+        if targets:
+            return list(targets), f"{type(tower).__name__} family preset"
         name = default_preset(tower)
         return list(PRESETS[name]), name
     if isinstance(target_modules, str) and target_modules in FAMILY_TARGETS and target_modules not in PRESETS:

@@ -30,7 +30,6 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..registry import register_tower
 from .library_tower import LibraryTower, build_head
-from .lora_targets import targets_for
 
 #: (model_type of a two-tower folder, part) → model_type of the half transformers builds
 HALVES = {("clip", "vision"): "clip_vision_model", ("clip", "text"): "clip_text_model",
@@ -105,7 +104,7 @@ class HFEncoderTower(LibraryTower):
         self.input_name = ("pixel_values" if self.model_type.endswith("vision_model") else
                            "input_values" if self.model_type in SIGNAL_TYPES else "input_ids")
         self.head, self.width = build_head(head, int(self.model.config.hidden_size), "hf_encoder tower")
-        self.lora_targets = targets_for(self.model, ("clip", "bert", "hubert"))
+        self.backbone_families = ("clip", "bert", "hubert")  # adaptable-layer families (medfm.finetune.lora_targets)
 
     @property
     def vocab_size(self) -> int:

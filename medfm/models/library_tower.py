@@ -9,8 +9,9 @@ MONAI). It adds what the engine needs around it:
   model's projection is then the second linear layer, as open_clip's ``mlp`` text projection);
 * ``forward_features(x, mask) -> (B, N, C)`` — the backbone's tokens (a CNN's feature map is
   flattened to ``(B, H·W[·D], C)``);
-* ``lora_targets`` — the LoRA target-module regexes of the backbone's family
-  (:mod:`medfm.models.lora_targets`), used when a fine-tune config says ``target_modules: auto``;
+* ``backbone_families`` — the layer-naming families of the backbone (``"resnet"``, ``"clip"``, ...):
+  fine-tuning's ``target_modules: auto`` adapts the layers those families' recipes adapt
+  (:mod:`medfm.finetune.lora_targets`);
 * frozen normalisation layers keep their running statistics in training mode (:meth:`LibraryTower.train`);
 * ``objectives`` — what the tower supports. Masked pretraining (MAE/MLM) is medfm's own
   ``vit`` tower's: :meth:`LibraryTower.masked_loss` refuses it by name.

@@ -25,7 +25,6 @@ from safetensors.torch import load_file
 from ..errors import CheckpointError, ConfigError
 from ..registry import register_tower
 from .library_tower import LibraryTower, build_head, flatten_map
-from .lora_targets import targets_for
 
 RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 
@@ -96,7 +95,7 @@ class MonaiTower(LibraryTower):
         else:
             base = int(self.model.in_planes)
         self.head, self.width = build_head(head, base, "monai tower")
-        self.lora_targets = targets_for(self.model, ("monai-resnet", "segresnet"))
+        self.backbone_families = ("monai-resnet", "segresnet")  # adaptable-layer families (medfm.finetune.lora_targets)
 
     def export_config(self) -> Dict[str, Any]:
         cfg = copy.deepcopy(self.config)

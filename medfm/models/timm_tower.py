@@ -26,7 +26,6 @@ import torch.nn as nn
 from ..errors import CheckpointError, ConfigError
 from ..registry import register_tower
 from .library_tower import LibraryTower, build_head, flatten_map
-from .lora_targets import targets_for
 
 _TIMM_FAMILIES = ("timm-transformer", "resnet", "densenet", "efficientnet")
 
@@ -104,7 +103,7 @@ class TimmTower(LibraryTower):
                                        state_dict_prefix)
         base = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
         self.head, self.width = build_head(head, base, "timm tower")
-        self.lora_targets = targets_for(self.model, _TIMM_FAMILIES)
+        self.backbone_families = _TIMM_FAMILIES  # adaptable-layer families (medfm.finetune.lora_targets)
 
     def export_config(self) -> Dict[str, Any]:
         """The config a checkpoint stores: the architecture, not the files (the weights are in the checkpoint)."""

@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..checkpoint import RUN_CONFIG
 from ..card import write_model_card
 from ..data import read_manifest, select_split
 from ..data.dataset import manifest_loader
@@ -262,7 +263,7 @@ class Trainer(RunState):
         metrics = None
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / "run_config.json", self.portable_config())
+            write_json(self.out / RUN_CONFIG, self.portable_config())
             write_init_report(self.out, self.model)
             # also when no intact checkpoint exists (killed before or during the first write): a fresh
             # start must not keep the steps the killed run logged

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from ..checkpoint import RUN_CONFIG
 from ..errors import CheckpointError
 from ..config_files import load_data_file
 from ..io import atomic_directory, atomic_write_text, write_json
@@ -81,7 +82,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer_state: Dict[str, Any
         model.save_pretrained(tmp)
         torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "step": int(step), "position": dict(position), "rng": rng_states}, tmp / STATE_NAME)
-        write_json(tmp / "run_config.json", run_config)
+        write_json(tmp / RUN_CONFIG, run_config)
         if extra is not None:
             extra(tmp)
     atomic_write_text(root / LATEST, name + "\n")
@@ -239,4 +240,4 @@ def first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
 
 
 def read_run_config(ckpt: Path) -> Dict[str, Any]:
-    return load_data_file(Path(ckpt) / "run_config.json", kind="json")  # size and nesting bounded
+    return load_data_file(Path(ckpt) / RUN_CONFIG, kind="json")  # size and nesting bounded

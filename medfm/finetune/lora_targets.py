@@ -1,8 +1,8 @@
 """LoRA target-module presets of the backbone families that libraries build.
 
 Regexes over module names *inside a tower* (``re.fullmatch``, as :mod:`medfm.finetune.lora`
-uses them). A library tower sets ``lora_targets`` to the presets of its backbone that match at
-least one of its layers (:func:`targets_for`), so ``target_modules: auto`` adapts the layers the
+uses them). A library tower names the ``backbone_families`` of its backbone; the presets of those
+that match at least one of its layers (:func:`targets_for`) are what ``target_modules: auto`` adapts the layers the
 family's fine-tuning recipes adapt: attention and MLP projections of transformers, the 3×3 / 1×1
 convolutions of CNN blocks (peft's LoRA adapts ``Conv2d`` and ``Conv3d``).
 """
