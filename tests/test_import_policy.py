@@ -25,18 +25,10 @@ UNEXPLAINED_IN = {
     "evaluation/embed.py": "embedding speed (issue 27, perf)",
     "evaluation/embed_dist.py": "embedding speed (issue 27, perf)",
     "evaluation/embed_shards.py": "embedding speed (issue 27, perf)",
-    "medfm/finetune/lora.py": "one checkpoint module (issue 21, ckpt)",
-    "medfm/registry.py": "one checkpoint module (issue 21, ckpt)",
-    "medfm/train/loop.py": "typed config (issue 21, cfg)",
-    "modalities/weight_formats.py": "one checkpoint module (issue 21, ckpt)",
-    "modalities/weights.py": "one checkpoint module (issue 21, ckpt)",
 }
 MAX_LINES = 500
 #: files over MAX_LINES, each with the work that splits it (remove an entry when that work lands)
 OVER_MAX_LINES = {
-    "medfm/finetune/finetuner.py": "typed config (issue 21, cfg)",
-    "medfm/train/pretrainer.py": "typed config (issue 21, cfg)",
-    "modalities/weight_formats.py": "one checkpoint module (issue 21, ckpt)",
 }
 
 

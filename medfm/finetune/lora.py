@@ -55,6 +55,14 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
 #: parts of a tower that only serve masked-modelling pretraining (never adapted).
 PRETRAINING_ONLY = re.compile(r"(?:decoder|mlm_head)(?:\..*)?|(?:.+\.)?cls\.predictions(?:\..*)?")
 
+def _peft():
+    """The peft package, imported with the first adapter (it pulls in transformers: about 5 s, which
+    loading a base checkpoint through :mod:`medfm.finetune.model` must not pay)."""
+    import peft  # deferred: peft imports transformers (seconds); only fine-tuning and adapters need it
+
+    return peft
+
+
 #: layer types peft's LoRA can adapt (the presets only pick ``nn.Linear``).
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
@@ -135,7 +143,7 @@ def shared_with(model: nn.Module, modalities: Iterable[str]) -> List[str]:
 def lora_config(target_names: Sequence[str], r: int = 8, alpha: float = 16, dropout: float = 0.0,
                 dora: bool = False):
     """A ``peft.LoraConfig`` over exactly ``target_names`` (qualified module names)."""
-    from peft import LoraConfig
+    LoraConfig = _peft().LoraConfig
 
     if int(r) < 1:
         raise ConfigError(f"lora.r must be >= 1, got {r}")
@@ -165,7 +173,7 @@ def apply_lora(model: nn.Module, modalities: Iterable[str], r: int = 8, alpha: f
     Returns:
         The ``peft.LoraConfig`` used (its ``target_modules`` are the qualified names).
     """
-    from peft import inject_adapter_in_model
+    inject_adapter_in_model = _peft().inject_adapter_in_model
 
     if config is None:
         names = find_target_modules(model, list(modalities), target_modules)
@@ -179,7 +187,7 @@ def apply_lora(model: nn.Module, modalities: Iterable[str], r: int = 8, alpha: f
 
 def lora_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """``(name, layer)`` of every peft tuner layer in ``model`` (de-duplicated)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    BaseTunerLayer = _peft().tuners.tuners_utils.BaseTunerLayer
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
@@ -195,7 +203,7 @@ def lora_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     Keys are ``base_model.model.<module>.lora_A.weight`` (adapter name removed), so
     ``peft.PeftModel.from_pretrained(base, DIR)`` over the base ``MultiModalModel`` loads every tensor.
     """
-    from peft.utils import get_peft_model_state_dict
+    get_peft_model_state_dict = _peft().utils.get_peft_model_state_dict
 
     own = {n: p for n, p in model.named_parameters()}  # no duplicate names for a shared trunk
     own.update({n: b for n, b in model.named_buffers()})
@@ -209,7 +217,7 @@ def load_lora_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor]) 
     Keys without the ``base_model.model.`` prefix (adapters written by medfm before it wrote
     peft's own layout) load too: the prefix is optional here.
     """
-    from peft.utils import set_peft_model_state_dict
+    set_peft_model_state_dict = _peft().utils.set_peft_model_state_dict
 
     state_dict = {k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else k: v for k, v in state_dict.items()}
     result = set_peft_model_state_dict(model, state_dict)
