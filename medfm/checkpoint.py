@@ -155,7 +155,8 @@ def read_base_config(directory: os.PathLike) -> Dict[str, Any]:
         raise CheckpointError(
             f"{d}: a fine-tuned checkpoint (method {ft.get('method', '?')}) that holds only what was trained, "
             f"over the base {ft.get('base_name') or ft.get('base_relative') or '?'}: load it with "
-            "medfm.load_pretrained, give its base, or export it merged (medfm export --merge)")
+            "medfm.load_pretrained, give its base, or save it merged (medfm finetune --merge, or "
+            "medfm.load_pretrained(DIR).save_merged(OUT))")
     if not (d / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"{d}: {WEIGHTS_NAME} is missing")
     return meta
