@@ -115,9 +115,9 @@ def _status_mb(key: str) -> float:
     return 0.0
 
 
-def _peak_child(build: Callable[[], Callable[[], Any]], q) -> None:
+def _peak_child(build: Callable[..., Callable[[], Any]], args: tuple, q) -> None:
     try:
-        fn = build()
+        fn = build(*args)
         with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS
             f.write("5")
         base = _status_mb("VmRSS")
@@ -127,14 +127,15 @@ def _peak_child(build: Callable[[], Callable[[], Any]], q) -> None:
         q.put(RuntimeError(repr(e)))
 
 
-def median_peak_mb(build: Callable[[], Callable[[], Any]], runs: int = 3) -> Tuple[float, List[float]]:
-    """Peak RSS growth (MiB) of ``build()()`` over the process after ``build()``: median of ``runs`` fresh
-    (forked) processes, and the values. ``build`` makes the model and input; the callable it returns is measured."""
+def median_peak_mb(build: Callable[..., Callable[[], Any]], args: tuple = (), runs: int = 3) -> Tuple[float, List[float]]:
+    """Peak RSS growth (MiB) of ``build(*args)()`` over the process after ``build``: the median of ``runs``
+    (≥ 3) fresh processes (``spawn``: nothing inherited), and the values. ``build`` (a module-level
+    function) makes the model and input; the callable it returns is what is measured."""
     vals = []
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     for _ in range(max(3, runs)):
         q = ctx.Queue()
-        p = ctx.Process(target=_peak_child, args=(build, q))
+        p = ctx.Process(target=_peak_child, args=(build, args, q))
         p.start()
         v = q.get()
         p.join()
