@@ -17,6 +17,7 @@ Sides, interleaved round by round (A, B, C, ... A, B, C, ...), each embedding th
   ``model.encode`` under ``torch.inference_mode`` (the peer);
 - ``workers=0``: ``embed_manifest(num_workers=0)``, the old path (no data-loader workers);
 - ``default``: ``embed_manifest()`` with the defaults the CLI uses (workers and threads from the cores);
+- ``workers=C``: one worker per core (C = the cores), the encoder's threads as the default;
 - ``default, warm cache``: the same reading the preprocessing cache (``--cache-dir``) filled by an untimed run.
 
 The limit: FLOPs per sample (``torch.utils.flop_counter`` with CPU attention counted analytically,
@@ -116,6 +117,8 @@ def bench(modality: str, rows: int, rounds: int, batch_size: int, spec, threads:
             "workers=0 (old path)": side("workers=0 (old path)",
                                          lambda: embed_manifest(model, df, modality, num_workers=0, **kw).emb),
             "default": side("default", lambda: embed_manifest(model, df, modality, **kw).emb),
+            f"workers={threads}": side(f"workers={threads}",
+                                       lambda: embed_manifest(model, df, modality, num_workers=threads, **kw).emb),
             "default, warm cache": side("default, warm cache",
                                         lambda: embed_manifest(model, df, modality, cache_dir=cache, **kw).emb),
         }

@@ -10,7 +10,7 @@ def add_inference_args(parser: argparse.ArgumentParser, *, cache: bool = True, w
     """Add the flags to ``parser`` (``cache=False``, ``workers_default=0``: a command that reads one query,
     ``search``, where starting a worker costs more than reading the query)."""
     g = parser.add_argument_group("speed (the results do not depend on these)")
-    default = ("one per core beyond the first, none for a single batch" if workers_default is None
+    default = ("one per core up to 8, none for a single batch" if workers_default is None
                else str(workers_default))
     g.add_argument("--workers", type=int, default=workers_default, metavar="N",
                    help=f"data-loader processes that read and preprocess while the model encodes "

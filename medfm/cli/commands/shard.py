@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", default=None, help="only rows of this split")
     p.add_argument("--label-columns", default="", help="comma-separated columns whose vocabularies are indexed")
     p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers that read and preprocess (default: one per core beyond the first)")
+                   help="DataLoader workers that read and preprocess (default: one per core, up to 8)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--max-skip-fraction", type=float, default=None, metavar="F",
                    help="fail (exit 1, no index.json) when more than this share of the rows holding a modality "
