@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.measure import count_flops, interleaved, machine_line, med, median_peak_mb, ratio_range  # noqa: E402
 
 SHAPES = {"oct (1,1,60,256,256) p3x16x16": ((60, 256, 256), (3, 16, 16)),
-          "ct (1,1,160,224,224) p4x16x16": ((160, 224, 224), (4, 16, 16))}
+          "ct (1,1,160,224,224) p4x16x16": ((160, 224, 224), (4, 16, 16)),
+          "small (1,1,32,128,128) p4x16x16": ((32, 128, 128), (4, 16, 16))}  # a quick check: --shapes small
 MASKS = (0.9, 0.75)
 
 
@@ -121,7 +122,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="interleaved rounds (one step of each side per round)")
     ap.add_argument("--mem-runs", type=int, default=3, help="fresh processes per memory figure (median; 0 = skip)")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--shapes", default=",".join(k.split()[0] for k in SHAPES))
+    ap.add_argument("--shapes", default="oct,ct", help="comma-separated: oct, ct, small")
     ap.add_argument("--masks", default=",".join(str(m) for m in MASKS))
     a = ap.parse_args()
     import torch
