@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import multiprocessing as mp
 import os
 from typing import Any, Callable, Iterator, Optional
 
@@ -44,9 +45,9 @@ MAX_DEFAULT_WORKERS = 8
 
 
 def default_workers(n_samples: int, batch_size: int, cores: Optional[int] = None) -> int:
-    """Workers for ``n_samples`` in batches of ``batch_size``: 0 for a single batch, else one per core
-    (at most :data:`MAX_DEFAULT_WORKERS`)."""
-    if n_samples <= batch_size:
+    """Workers for ``n_samples`` in batches of ``batch_size``: 0 for a single batch or inside a daemonic
+    process (which may not start children), else one per core (at most :data:`MAX_DEFAULT_WORKERS`)."""
+    if n_samples <= batch_size or mp.current_process().daemon:
         return 0
     c = usable_cores() if cores is None else int(cores)
     return max(1, min(c, MAX_DEFAULT_WORKERS))

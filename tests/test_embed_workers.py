@@ -61,6 +61,22 @@ def test_default_workers_from_the_cores():
     assert default_workers(100, 32, cores=1) == 1
 
 
+def _workers_in_daemon(q):
+    q.put(default_workers(100, 32, cores=4))
+
+
+def test_no_default_workers_inside_a_daemonic_process():
+    """A daemonic process (e.g. a data-loader worker that embeds) may not start children: 0 workers."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_workers_in_daemon, args=(q,), daemon=True)
+    p.start()
+    assert q.get(timeout=60) == 0
+    p.join()
+
+
 def test_inference_threads_sets_and_restores():
     before = torch.get_num_threads()
     with inference_threads(1) as n:
