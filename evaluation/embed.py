@@ -156,7 +156,8 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
     ``root``/``confine``: where path cells may lead (``data.root``, ``data.confine_paths``;
     :mod:`medfm.data.confine`). ``num_workers`` (``--workers``) processes read and preprocess while
     this one encodes with ``threads`` (``--threads``) intra-op threads under ``torch.inference_mode``;
-    ``None`` chooses from the cores (:mod:`.embed_loader`). The result does not depend on either.
+    ``None`` chooses from the cores (:mod:`.embed_loader`). Workers do not change the result; another
+    thread count changes it by float rounding only (≤ 1e-6, tested).
     ``cache_dir``: the on-disk preprocessing cache training uses (``data.cache_dir``;
     :class:`medfm.data.cache.PreprocessCache`), read and filled here.
 
