@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_index import clustered  # noqa: E402
+from bench_index import cluster_model, clustered  # noqa: E402
 
 from medfm.demo.machine import gemm_gflops  # noqa: E402
 from medfm.evaluation.embed import Embeddings, save_embeddings  # noqa: E402
@@ -56,14 +56,12 @@ def write_gallery(d: Path, n: int, dim: int, file_rows: int, seed: int = 0) -> G
     files = -(-n // file_rows)
     names = [d / f"emb.rank{f:05d}-of-{files:05d}.safetensors" for f in range(files)]
     done = d / "COMPLETE.json"
-    want = {"n": n, "dim": dim, "file_rows": file_rows, "seed": seed}
+    want = {"n": n, "dim": dim, "file_rows": file_rows, "seed": seed, "generator": "bench_index.cluster_model"}
     if done.exists() and json.loads(done.read_text()) == want and all(p.exists() for p in names):
         print(f"reusing the gallery in {d}", flush=True)
         return Gallery(names)
     rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((1000, dim), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    basis = rng.standard_normal((32, dim), dtype=np.float32) / np.sqrt(dim)
+    centers, basis = cluster_model(dim, rng)  # bench_index.py's generator, as the docstring says
     t = time.perf_counter()
     for f, p in enumerate(names):
         m = min(file_rows, n - f * file_rows)

@@ -1,34 +1,32 @@
-"""One 3D MAE pretraining step: medfm's vit tower vs MONAI's ``MaskedAutoEncoderViT`` (baseline).
+"""One 3D MAE pretraining step: medfm's vit tower vs MONAI's ``MaskedAutoEncoderViT``, as built and with SDPA.
 
 Same input, patch size, encoder width/depth/heads, MLP ratio, decoder width/depth/heads
 and mask ratio; both encode visible tokens only. One step = forward + MSE on masked
-patches + backward + AdamW step. Each (shape, mask, implementation) runs in a fresh
-process so that its peak memory (CPU: peak RSS growth over the process after model
-and input are built; CUDA: ``max_memory_allocated``) is its own.
+patches + backward + AdamW step. Peers: MONAI as its constructor builds it (explicit softmax
+attention: it does not pass ``use_flash_attention`` through) and MONAI with
+``use_flash_attention = True`` set on every ``SABlock`` (SDPA, what its best users do).
+
+Time: the three sides run one step each in turn (medfm, MONAI, MONAI+SDPA, medfm, ...) in one
+process, so load changes hit all alike; wall and CPU seconds are medians, the speed-up is the
+per-round ratio (median, min–max). FLOPs are counted with attention (analytic for CPU SDPA,
+:mod:`benchmarks.measure`). Memory: peak RSS growth of one step over the process after model,
+optimizer state and input are built, median of ``--mem-runs`` fresh processes per side (CPU only).
 
     python benchmarks/bench_mae3d.py [--device cpu|cuda] [--width 192 --depth 4 --steps 3]
-
-Prints a table with time and memory ratios medfm / MONAI (< 1 = medfm better).
 """
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
-import statistics
-import time
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.measure import count_flops, interleaved, machine_line, med, median_peak_mb, ratio_range  # noqa: E402
 
 SHAPES = {"oct (1,1,60,256,256) p3x16x16": ((60, 256, 256), (3, 16, 16)),
-          "ct (1,1,160,224,224) p4x16x16": ((160, 224, 224), (4, 16, 16))}
+          "ct (1,1,160,224,224) p4x16x16": ((160, 224, 224), (4, 16, 16)),
+          "small (1,1,32,128,128) p4x16x16": ((32, 128, 128), (4, 16, 16))}  # a quick check: --shapes small
 MASKS = (0.9, 0.75)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _build(impl: str, size, patch, mask: float, a):
@@ -65,57 +63,51 @@ def _build(impl: str, size, patch, mask: float, a):
     return model, step
 
 
-def _run(impl, size, patch, mask, a, q):
-    try:
-        q.put(_step_stats(impl, size, patch, mask, a))
-    except BaseException as e:  # report the child's failure instead of hanging the parent
-        q.put(e if isinstance(e, Exception) else RuntimeError(repr(e)))
+def _monai_sdpa(model) -> int:
+    """Turn on SDPA in every MONAI attention block (MONAI's constructor does not pass the flag through):
+    what a user who wants MONAI fast does. Returns the number of blocks switched."""
+    from monai.networks.blocks.selfattention import SABlock
+
+    blocks = [m for m in model.modules() if isinstance(m, SABlock)]
+    for m in blocks:
+        m.use_flash_attention = True
+    return len(blocks)
 
 
-def _step_stats(impl, size, patch, mask, a):
+def _setup(impl: str, size, patch, mask: float, a):
+    """``(model, one_step)`` on CPU/CUDA with its optimizer; ``impl`` in IMPLS."""
     import torch
 
     torch.manual_seed(0)
-    torch.set_num_threads(a.threads) if a.threads else None
+    model, step = _build("monai" if impl.startswith("monai") else impl, size, patch, mask, a)
+    if impl == "monai+sdpa":
+        assert _monai_sdpa(model) > 0
     dev = torch.device(a.device)
-    model, step = _build(impl, size, patch, mask, a)
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(1, 1, *size, device=dev)
-    base = _rss_mb()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base_cuda = torch.cuda.memory_allocated()
-    times = []
-    for i in range(a.steps + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def one():
         opt.zero_grad(set_to_none=True)
         loss = step(x)
         loss.backward()
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        if i:  # first step is warm-up (allocations, optimizer state)
-            times.append(time.perf_counter() - t0)
-    if dev.type == "cuda":
-        mem = (torch.cuda.max_memory_allocated() - base_cuda) / 2 ** 20
-    else:
-        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    return statistics.median(times), mem, float(loss)
+        return loss
+    one()  # warm-up: allocations, optimizer state
+    return model, one
 
 
-def measure(impl, size, patch, mask, a):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(impl, size, patch, mask, a, q))
-    p.start()
-    out = q.get()
-    p.join()
-    if isinstance(out, Exception):
-        raise out
-    return out
+def _peak_build(impl, size, patch, mask, a):
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    return _setup(impl, size, patch, mask, a)[1]
+
+
+IMPLS = ("monai", "monai+sdpa", "medfm")
 
 
 def main() -> None:
@@ -127,19 +119,43 @@ def main() -> None:
     ap.add_argument("--dec-width", type=int, default=96)  # MONAI 3D sin-cos needs multiples of 6
     ap.add_argument("--dec-depth", type=int, default=1)
     ap.add_argument("--dec-heads", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3, help="interleaved rounds (one step of each side per round)")
+    ap.add_argument("--mem-runs", type=int, default=3, help="fresh processes per memory figure (median; 0 = skip)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--shapes", default="oct,ct", help="comma-separated: oct, ct, small")
+    ap.add_argument("--masks", default=",".join(str(m) for m in MASKS))
     a = ap.parse_args()
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    line, _ = machine_line(torch.get_num_threads())
+    print(line)
     print(f"device={a.device} encoder {a.width}w x {a.depth}d x {a.heads}h, decoder {a.dec_width}w x {a.dec_depth}d; "
-          f"median of {a.steps} steps after 1 warm-up; baseline = MONAI MaskedAutoEncoderViT")
-    hdr = f"{'volume':32s} {'mask':>5s} {'MONAI s':>8s} {'medfm s':>8s} {'time x':>7s} {'MONAI MiB':>10s} {'medfm MiB':>10s} {'mem x':>6s}"
+          f"{a.steps} interleaved rounds after 1 warm-up step each; memory: median of {a.mem_runs} fresh processes; "
+          f"peers: MONAI MaskedAutoEncoderViT as built (explicit softmax) and with SDPA on its blocks")
+    hdr = (f"{'volume':32s} {'mask':>5s} {'side':>11s} {'GFLOP':>7s} {'wall s':>7s} {'CPU s':>7s} {'GFLOP/s':>8s} "
+           f"{'MiB':>7s} {'medfm speed-up':>19s} {'medfm mem x':>11s}")
     print(hdr)
     print("-" * len(hdr))
     for label, (size, patch) in SHAPES.items():
-        for mask in MASKS:
-            tb, mb, _ = measure("monai", size, patch, mask, a)
-            tm, mm, _ = measure("medfm", size, patch, mask, a)
-            print(f"{label:32s} {mask:5.2f} {tb:8.3f} {tm:8.3f} {tm / tb:7.2f} {mb:10.0f} {mm:10.0f} {mm / max(mb, 1e-9):6.2f}")
+        if label.split()[0] not in a.shapes.split(","):
+            continue
+        for mask in (float(m) for m in a.masks.split(",")):
+            sides = {impl: _setup(impl, size, patch, mask, a)[1] for impl in IMPLS}
+            flops = {impl: count_flops(fn) for impl, fn in sides.items()}
+            times = interleaved(sides, a.steps)
+            del sides
+            mem = {impl: (median_peak_mb(_peak_build, (impl, size, patch, mask, a), runs=a.mem_runs)[0]
+                          if a.mem_runs else float("nan")) for impl in IMPLS}
+            for impl in IMPLS:
+                t = times[impl]
+                w, c = med([x[0] for x in t]), med([x[1] for x in t])
+                vs = "" if impl == "medfm" else ratio_range(times["medfm"], t)
+                mx = "" if impl == "medfm" else f"{mem['medfm'] / max(mem[impl], 1e-9):.2f}"
+                print(f"{label:32s} {mask:5.2f} {impl:>11s} {flops[impl] / 1e9:7.1f} {w:7.3f} {c:7.3f} "
+                      f"{flops[impl] / w / 1e9:8.1f} {mem[impl]:7.0f} {vs:>19s} {mx:>11s}", flush=True)
+    print(machine_line(torch.get_num_threads())[0] + " (after)")
 
 
 if __name__ == "__main__":

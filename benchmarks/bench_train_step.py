@@ -2,19 +2,25 @@
 
 Run by hand:  python benchmarks/bench_train_step.py [--width 384 --depth 6 --tokens 196 --batch 32]
 
-FLOPs of one step (forward + backward) are counted by ``torch.utils.flop_counter.FlopCounterMode``;
-the baseline is a square float32 matmul measured in the same run on the same device. A second
-row runs the same trunk with timm's non-fused (explicit softmax) attention instead of SDPA.
+FLOPs of one step (forward + backward) are counted by ``torch.utils.flop_counter.FlopCounterMode`` with
+CPU SDPA added analytically (torch's counter gives 0 for it; :mod:`benchmarks.measure`), so the SDPA
+and explicit-softmax rows count the same work; the baseline is a square float32 matmul measured in
+the same run on the same device. A second row runs the same trunk with timm's non-fused (explicit
+softmax) attention instead of SDPA. The machine line (one-thread GEMM rate, load) is printed first.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+import sys
+from pathlib import Path
 
-from medfm.layers import Trunk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.measure import count_flops, machine_line  # noqa: E402
+from medfm.layers import Trunk  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:
@@ -46,9 +52,7 @@ def step_flops_per_s(args, device, fused: bool):
         trunk(x).float().pow(2).mean().backward()
         opt.step()
 
-    with FlopCounterMode(display=False) as counter:
-        trunk(x).float().pow(2).mean().backward()
-    flops = counter.get_total_flops()
+    flops = count_flops(lambda: trunk(x).float().pow(2).mean().backward())
     sec = timed(step, args.repeat)
     return flops, sec
 
@@ -64,6 +68,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(machine_line(torch.get_num_threads())[0])
     base = matmul_flops_per_s(args.matmul, device, args.repeat)
     rows = [("matmul %dx%d (baseline)" % (args.matmul, args.matmul), None, None, base)]
     for fused in (True, False):

@@ -10,7 +10,10 @@
 
     python benchmarks/bench_weights_export.py [--threads 1] [--batch 4] [--reps 3] [--work /tmp/medfm_bench]
 
-Prints the measured fp32 GEMM rate first: the machine is shared, so compare ratios, not seconds.
+Prints the machine line first (one-thread fp32 GEMM rate, load): the machine is shared, so compare ratios
+within a run, not seconds. Import: median time and peak memory of 3 fresh processes per path, the paths
+interleaved. Export: PyTorch eager and onnxruntime (as exported, and with --onnxruntime-fusions) interleaved
+round by round; FLOPs counted (2 per multiply-add, attention included), not multiply-adds.
 """
 from __future__ import annotations
 
@@ -19,10 +22,14 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import statistics
+import sys
 import time
 from pathlib import Path
 
-from medfm.demo.machine import gemm_gflops
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.measure import count_flops, interleaved, machine_line, ratio_range  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -78,7 +85,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--import-reps", type=int, default=2, help="fresh processes per import path (best time kept)")
+    ap.add_argument("--import-reps", type=int, default=3,
+                    help="fresh processes per import path, interleaved (median time and memory; at least 3)")
     ap.add_argument("--work", default="/tmp/medfm_bench_weights")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
@@ -88,7 +96,7 @@ def main() -> None:
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"fp32 GEMM (1024², {a.threads} thread(s)): {gemm_gflops(1024, threads=a.threads):.1f} GFLOP/s (shared, loaded machine)")
+    print(machine_line(a.threads)[0])
     torch.manual_seed(0)
     vit = timm.models.vision_transformer.VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12,
                                                            num_heads=12, num_classes=0)
@@ -100,14 +108,19 @@ def main() -> None:
     del vit
     kinds = [("medfm random init (no import)", pth), ("timm (reference library)", pth),
              ("medfm import .pth (RETFound layout)", pth), ("medfm import .safetensors (timm)", st)]
+    runs = {kind: [] for kind, _ in kinds}
+    for _ in range(max(3, a.import_reps)):  # interleaved: the machine's load changes over minutes
+        for kind, path in kinds:
+            runs[kind].append(run_job(kind, str(path), a.threads))
     rows = []
-    for kind, path in kinds:  # interleaved repeats: the machine's load changes over minutes
-        runs = [run_job(kind, str(path), a.threads) for _ in range(a.import_reps)]
-        best = min(runs, key=lambda r: r["seconds"])
-        best["peak_rss_growth_mb"] = max(r["peak_rss_growth_mb"] for r in runs)
-        rows.append(best)
+    for kind, _ in kinds:
+        r = dict(runs[kind][0])
+        r["seconds"] = statistics.median(x["seconds"] for x in runs[kind])
+        r["peak_rss_growth_mb"] = statistics.median(x["peak_rss_growth_mb"] for x in runs[kind])
+        rows.append(r)
     ref = rows[1]
-    print(f"\nbest of {a.import_reps} fresh processes each; peak RSS growth = ru_maxrss minus RSS after imports")
+    print(f"\nmedian of {max(3, a.import_reps)} fresh processes each (interleaved); peak RSS growth = ru_maxrss "
+          f"minus RSS after imports")
     print("| path | time (s) | ×timm | peak RSS growth (MiB) | ×timm | parameters |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['kind']} | {r['seconds']:.2f} | {r['seconds'] / ref['seconds']:.2f} | "
@@ -117,8 +130,8 @@ def main() -> None:
     # ---- export + throughput
     import medfm
     import numpy as np
-    import onnxruntime as ort
     from medfm.export import export_model
+    from medfm.export_ort import ort_session
 
     torch.set_num_threads(a.threads)
     model = medfm.create_model({"name": "medfm-base",
@@ -129,34 +142,38 @@ def main() -> None:
     export_model(ckpt, "onnx", work / "onnx")
     print(f"\nONNX export of the ViT-B tower: {time.perf_counter() - t:.1f} s, "
           f"{(work / 'onnx' / 'fundus.onnx').stat().st_size / 2**20:.0f} MiB")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1
-    sess = ort.InferenceSession(str(work / "onnx" / "fundus.onnx"), so, providers=["CPUExecutionProvider"])
+    fused = work / "onnx_fused"
+    export_model(ckpt, "onnx", fused, fuse=True)
+    sessions = {"onnxruntime (CPU EP, as exported)": ort_session(work / "onnx" / "fundus.onnx", a.threads),
+                "onnxruntime (CPU EP, --onnxruntime-fusions)": ort_session(fused / "fundus.onnx", a.threads)}
     model.eval()
     x = torch.randn(a.batch, 3, 224, 224)
-    with torch.no_grad():
+    with torch.inference_mode():
         want = model.encode("fundus", x)
-    got = sess.run(None, {"x": x.numpy()})[0]
-    diff = float(np.abs(got - want.numpy()).max())
+        flops = count_flops(lambda: model.encode("fundus", x))  # FLOPs (2 per multiply-add), attention included
+    diffs = {k: float(np.abs(s.run(None, {"x": x.numpy()})[0] - want.numpy()).max()) for k, s in sessions.items()}
+
+    def eager():
+        with torch.inference_mode():
+            model.encode("fundus", x)
+    sides = {"pytorch (eager, fp32)": eager}
+    sides.update({k: (lambda s=s: s.run(None, {"x": x.numpy()})) for k, s in sessions.items()})
+    for fn in sides.values():
+        fn()  # warm-up
+    times = interleaved(sides, a.reps)
+    base = times["pytorch (eager, fp32)"]
+    print(f"\nembedding throughput, batch {a.batch} × 3×224², {a.threads} thread(s), {a.reps} interleaved rounds, "
+          f"{flops / a.batch / 1e9:.1f} GFLOP/image (FLOPs, attention included)")
+    print("| runtime | s / batch (wall) | CPU s / batch | images / s | GFLOP/s | ×pytorch (per round) | max abs diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     timings = {}
-    for name, fn in (("pytorch (eager, fp32)", lambda: model.encode("fundus", x)),
-                     ("onnxruntime (CPU EP)", lambda: sess.run(None, {"x": x.numpy()}))):
-        with torch.no_grad():
-            fn()  # warm-up
-            ts = []
-            for _ in range(a.reps):
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-        timings[name] = min(ts)
-    base = timings["pytorch (eager, fp32)"]
-    print(f"\nembedding throughput, batch {a.batch} × 3×224², {a.threads} thread(s), best of {a.reps} "
-          f"(ONNX vs PyTorch max abs diff {diff:.2e}):")
-    print("| runtime | s / batch | images / s | ×pytorch |\n| --- | --- | --- | --- |")
-    for name, s in timings.items():
-        print(f"| {name} | {s:.3f} | {a.batch / s:.2f} | {base / s:.2f} |")
-    gflop = 17.56 * a.batch  # ViT-B/16 at 224²: ~17.6 GFLOPs per image forward
-    print(f"(pytorch at {gflop / base:.1f} GFLOP/s effective; GEMM again now: {gemm_gflops(1024, threads=a.threads):.1f} GFLOP/s)")
+    for name, t in times.items():
+        w, c = statistics.median(x[0] for x in t), statistics.median(x[1] for x in t)
+        timings[name] = w
+        print(f"| {name} | {w:.3f} | {c:.3f} | {a.batch / w:.2f} | {flops / w / 1e9:.1f} | {ratio_range(t, base)} | "
+              f"{diffs.get(name, 0.0):.1e} |")
+    print(machine_line(a.threads)[0] + " (after)")
+    diff = max(diffs.values())
     print(json.dumps({"import": rows, "throughput_s_per_batch": timings, "onnx_max_abs_diff": diff}))
 
 

@@ -24,11 +24,11 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medfm.errors import CheckpointError, ConfigError, DataError, MedFMError
 
+from .embed_loader import ValueDataset, inference_loader, inference_threads
 from .index import model_fingerprint
 import medfm
 from medfm.models.init import apply_init, init_fingerprint, model_config_with_init
@@ -116,7 +116,7 @@ def logit_scale(model: Any, cap: float = 100.0) -> float:
     return float(min(cap, float(torch.exp(ls.detach()).item()))) if ls is not None else cap
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_batch_items(model: Any, modality: str, items: List[Dict[str, Any]]) -> np.ndarray:
     """Collate preprocessed items with the modality's adapter and encode → ``(B, D)`` float32."""
     batch = model.adapters[modality].collate(items)
@@ -125,35 +125,41 @@ def encode_batch_items(model: Any, modality: str, items: List[Dict[str, Any]]) -
 
 
 def encode_values(model: Any, modality: str, values: Sequence[Any], *, batch_size: int = 64,
-                  source: str = "query") -> np.ndarray:
+                  source: str = "query", num_workers: int = 0, threads: Optional[int] = None) -> np.ndarray:
     """Encode raw cells (texts, sequences, file paths) of ``modality`` → ``(N, D)`` float32.
 
     Any unreadable value raises :class:`DataError` naming it (this is for prompts and queries,
-    where skipping silently would change the answer).
+    where skipping silently would change the answer). ``num_workers`` processes read the values
+    (default 0: one query or a few prompts load faster here than a worker starts);
+    ``threads``: the encoder's (:func:`~.embed_loader.inference_threads`).
     """
     adapter = require_modality(model, modality)
+    labels = [v if adapter.input_kind == "path" else f"{source}[{j}]" for j, v in enumerate(values)]
+    ds = ValueDataset(adapter, list(values), labels)
     out = []
-    for s in range(0, len(values), batch_size):
-        items = []
-        for j, v in enumerate(values[s:s + batch_size]):
-            label = v if adapter.input_kind == "path" else f"{source}[{s + j}]"
-            items.append(adapter.load(v, train=False, sample_id=str(label)))
-        out.append(encode_batch_items(model, modality, items))
+    with inference_threads(threads):
+        for items in inference_loader(ds, list, batch_size=batch_size, workers=num_workers):
+            out.append(encode_batch_items(model, modality, items))
     if not out:
         return np.zeros((0, getattr(model, "embed_dim", 0)), dtype=np.float32)
     return np.concatenate(out).astype(np.float32)
 
 
-@torch.no_grad()
 def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: int = 32,
-                   base_dir: Optional[Any] = None, column: Optional[str] = None, num_workers: int = 0,
-                   progress: bool = True, root: Optional[Any] = None, confine: bool = True) -> Embeddings:
+                   base_dir: Optional[Any] = None, column: Optional[str] = None, num_workers: Optional[int] = None,
+                   threads: Optional[int] = None, cache_dir: Optional[Any] = None, progress: bool = True,
+                   root: Optional[Any] = None, confine: bool = True) -> Embeddings:
     """Embed every row of ``df`` that holds ``modality``.
 
     Rows whose cell is empty are listed in ``absent``; rows that cannot be read are
     skipped and listed with their reason in ``skipped`` (never silently dropped).
     ``root``/``confine``: where path cells may lead (``data.root``, ``data.confine_paths``;
-    :mod:`medfm.data.confine`).
+    :mod:`medfm.data.confine`). ``num_workers`` (``--workers``) processes read and preprocess while
+    this one encodes with ``threads`` (``--threads``) intra-op threads under ``torch.inference_mode``;
+    ``None`` chooses from the cores (:mod:`.embed_loader`). Workers do not change the result; another
+    thread count changes it by float rounding only (≤ 1e-6, tested).
+    ``cache_dir``: the on-disk preprocessing cache training uses (``data.cache_dir``;
+    :class:`medfm.data.cache.PreprocessCache`), read and filled here.
 
     Returns:
         :class:`Embeddings` with ``emb (N_ok, embed_dim)`` in manifest order.
@@ -166,18 +172,18 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
                         source=df.attrs.get("source", "manifest"), field=col)
     adapters = {modality: adapter}
     ds = ManifestDataset(df, adapters, train=False, columns={modality: col}, base_dir=base_dir, root=root,
-                         confine=confine)
-    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                    collate_fn=MultiModalCollate(adapters))
+                         confine=confine, cache_dir=cache_dir)
+    dl = inference_loader(ds, MultiModalCollate(adapters), batch_size=batch_size, workers=num_workers)
     bar = tqdm(total=len(ds), desc=f"embed {modality}", unit="sample", disable=not progress)
-    emb = encode_batches(model, modality, dl, bar=bar)
+    with inference_threads(threads):
+        emb = encode_batches(model, modality, dl, bar=bar)
     bar.close()
     seen = set(emb.ids) | {s["id"] for s in emb.skipped}
     emb.absent = [str(i) for i in df["id"] if str(i) not in seen]
     return emb
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_batches(model: Any, modality: str, batches: Iterable[Dict[str, Any]], *, bar: Any = None) -> Embeddings:
     """Encode the ``modality`` rows of :class:`~medfm.data.MultiModalCollate` batches, in order.
 

@@ -55,9 +55,10 @@ def merge_embeddings(parts: Sequence[Embeddings]) -> Embeddings:
 def embed_ranks(model: Any, df: pd.DataFrame, modality: str, *, out: Any, batch_size: int = 32,
                 column: Optional[str] = None, progress: bool = True, model_fingerprint: Optional[str] = None,
                 model_dir: Optional[str] = None, root: Optional[Any] = None,
-                confine: bool = True) -> Optional[Embeddings]:
+                confine: bool = True, **loading: Any) -> Optional[Embeddings]:
     """Embed this rank's rows, write its part, and on rank 0 return the merged result (``None`` elsewhere).
-    ``root``/``confine`` as in :func:`~.embed.embed_manifest`.
+    ``root``/``confine`` and ``loading`` (``num_workers``, ``threads``, ``cache_dir``) as in
+    :func:`~.embed.embed_manifest`.
 
     Call inside an initialised process group (``torchrun``); a single process embeds everything.
     """
@@ -66,7 +67,7 @@ def embed_ranks(model: Any, df: pd.DataFrame, modality: str, *, out: Any, batch_
         rows = df.iloc[a:b].reset_index(drop=True)
         rows.attrs.update(df.attrs)
         return embed_manifest(model, rows, modality, batch_size=batch_size, column=column,
-                              progress=progress and rank == 0, root=root, confine=confine)
+                              progress=progress and rank == 0, root=root, confine=confine, **loading)
 
     return _run_ranks(part, modality, out=out, model_fingerprint=model_fingerprint, model_dir=model_dir)
 

@@ -22,11 +22,12 @@ index's ``n_empty``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from medfm.errors import ConfigError, DataError
 
 from .embed import Embeddings, encode_batches, require_modality
+from .embed_loader import inference_threads
 from medfm.data.shards import check_adapters, decode_sample, iter_shard, sample_record
 from medfm.data import MultiModalCollate
 
@@ -83,10 +84,11 @@ def unstored_absent(index: Any, modality: str) -> List[Tuple[int, str]]:
 
 
 def embed_shards(model: Any, index: Any, modality: str, *, batch_size: int = 32, rank: int = 0,
-                 world_size: int = 1, progress: bool = True) -> Embeddings:
+                 world_size: int = 1, progress: bool = True, threads: Optional[int] = None) -> Embeddings:
     """Embed ``modality`` of the samples in an opened shard set (:func:`medfm.data.shards.open_index`).
 
     ``rank``/``world_size`` select this rank's batches (:func:`rank_batches`); the default embeds all.
+    ``threads``: the encoder's (:func:`~.embed_loader.inference_threads`, as the manifest path).
     Returns :class:`Embeddings` with ``emb (N, embed_dim)`` float32 in manifest-row order.
     """
     from tqdm.auto import tqdm
@@ -136,7 +138,8 @@ def embed_shards(model: Any, index: Any, modality: str, *, batch_size: int = 32,
     total = sum(int(s["counts"].get(modality, 0)) for s in index.shards
                 if int(s["last_row"]) >= rows[0] and int(s["first_row"]) < rows[1])
     bar = tqdm(total=total, desc=f"embed {modality} (shards)", unit="sample", disable=not progress)
-    emb = encode_batches(model, modality, batches(), bar=bar)
+    with inference_threads(threads):
+        emb = encode_batches(model, modality, batches(), bar=bar)
     bar.close()
     lo, hi = rows
     early = [e for e in shard_errors(index, modality)

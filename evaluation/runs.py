@@ -38,7 +38,8 @@ class RunInputs:
 
     ``columns``: ``{modality: manifest column}`` (``--column`` flags over the checkpoint's mapping);
     ``data``: ``{"root", "confine"}``, where path cells may lead (``--data-root``, ``--no-confine-paths``;
-    :mod:`medfm.data.confine`);
+    :mod:`medfm.data.confine`), and how samples are loaded: ``num_workers``, ``threads``, ``cache_dir``
+    (``--workers``, ``--threads``, ``--cache-dir``; :mod:`.embed_loader`);
     ``init``: ``{modality: init spec}`` weight imports (``--init``); ``baseline``: a classical
     baseline's name (:mod:`.baselines`) scored on the same samples (read from the same mapped
     columns), or None; ``max_skip_fraction``: the largest share of rows holding a modality that may be

@@ -34,6 +34,7 @@ from .errors import UsageError
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, adapter_dir, weight_files
 from .finetune.model import FineTunedModel
 from .io import atomic_write_text, hash_file, write_json
+from .export_ort import fuse_for_onnxruntime
 from .pretrained import load_pretrained
 
 log = logging.getLogger("medfm.export")
@@ -124,8 +125,10 @@ def preprocessing_record(model: nn.Module, modality: str, inputs: Dict[str, Any]
     return rec
 
 
-def export_tower(model: nn.Module, modality: str, fmt: str, path: Path, opset: int = 17) -> Dict[str, Any]:
-    """Write one tower to ``path``; returns ``{"inputs", "file"}``."""
+def export_tower(model: nn.Module, modality: str, fmt: str, path: Path, opset: int = 17,
+                 fuse: bool = False) -> Dict[str, Any]:
+    """Write one tower to ``path``; returns ``{"inputs", "file"}`` (+ ``"onnxruntime_fusions"`` with ``fuse``:
+    the ONNX file rewritten with onnxruntime's transformer fusions, :mod:`medfm.export_ort`)."""
     enc = TowerEncoder(model, modality).eval()
     inputs, described = example_inputs(model, modality)
     names = list(inputs)
@@ -146,7 +149,10 @@ def export_tower(model: nn.Module, modality: str, fmt: str, path: Path, opset: i
             traced.save(str(path))
         else:
             raise UsageError(f"export format must be one of {FORMATS}, got {fmt!r}")
-    return {"inputs": described, "file": path.name}
+    info = {"inputs": described, "file": path.name}
+    if fuse and fmt == "onnx":
+        info["onnxruntime_fusions"] = fuse_for_onnxruntime(path, {n: inputs[n].numpy() for n in names})
+    return info
 
 
 def model_identity(model_dir: os.PathLike) -> Dict[str, Any]:
@@ -157,12 +163,13 @@ def model_identity(model_dir: os.PathLike) -> Dict[str, Any]:
 
 
 def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities: Optional[Sequence[str]] = None,
-                 opset: int = 17) -> Dict[str, Any]:
+                 opset: int = 17, fuse: bool = False) -> Dict[str, Any]:
     """Export every tower (or ``modalities``) of a checkpoint directory; returns the written manifest.
 
     Writes ``OUT/<modality>.onnx`` (or ``.pt``), ``OUT/modalities/<m>/`` (tokenizer / adapter files),
     ``OUT/preprocessing.json`` and the model card ``OUT/README.md``; nothing outside ``OUT``
-    (``model_dir`` may be read-only).
+    (``model_dir`` may be read-only). ``fuse``: ONNX files for onnxruntime only, with its transformer
+    fusions (faster on CPU; :func:`medfm.export_ort.fuse_for_onnxruntime`), recorded per tower.
     """
     if fmt not in FORMATS:
         raise UsageError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -181,9 +188,11 @@ def export_model(model_dir: os.PathLike, fmt: str, out: os.PathLike, modalities:
                                 "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100)),
                                 "init_sources": getattr(model, "init_sources", {}), "towers": {}}
     for m in mods:
-        info = export_tower(model, m, fmt, out / f"{m}{suffix}", opset=opset)
+        info = export_tower(model, m, fmt, out / f"{m}{suffix}", opset=opset, fuse=fuse)
         files = _tokenizer_files(model, m, out)
         manifest["towers"][m] = {**preprocessing_record(model, m, info["inputs"], files), "file": info["file"]}
+        if info.get("onnxruntime_fusions"):
+            manifest["towers"][m]["runtime"] = {"requires": "onnxruntime", "fused": info["onnxruntime_fusions"]}
         log.info("exported %s → %s", m, out / info["file"])
     write_json(out / "preprocessing.json", manifest)
     if (Path(model_dir) / WEIGHTS_NAME).is_file() or (Path(model_dir) / CONFIG_NAME).is_file():

@@ -7,6 +7,7 @@ import sys
 from medfm.errors import DataError, UsageError
 from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add_skip_args, column_map,
                               data_options, init_overrides)
+from medfm.cli.inference_args import add_inference_args, inference_options
 
 
 def register(subparsers) -> None:
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
 
     add_init_args(p)
     add_data_args(p)
+    add_inference_args(p)
     p.set_defaults(func=run)
 
 
@@ -80,9 +82,9 @@ def _embed_manifest(args, model, fp):
 
         return embed_ranks(model, df, args.modality, out=args.out, batch_size=args.batch_size, column=column,
                            progress=not args.no_progress, model_fingerprint=fp, model_dir=args.model,
-                           **data_options(args))
+                           **data_options(args), **inference_options(args))
     return embed_manifest(model, df, args.modality, batch_size=args.batch_size, column=column,
-                          progress=not args.no_progress, **data_options(args))
+                          progress=not args.no_progress, **data_options(args), **inference_options(args))
 
 
 def _embed_shards(args, model, fp):
@@ -99,4 +101,5 @@ def _embed_shards(args, model, fp):
     # deferred: keeps `medfm --help` from importing the training/evaluation stack
     from medfm.evaluation.embed_shards import embed_shards
 
-    return embed_shards(model, index, args.modality, batch_size=args.batch_size, progress=not args.no_progress)
+    return embed_shards(model, index, args.modality, batch_size=args.batch_size, progress=not args.no_progress,
+                        threads=args.threads)

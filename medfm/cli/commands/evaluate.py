@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add_skip_args, column_map,
                               data_options, init_overrides)
+from medfm.cli.inference_args import add_inference_args, inference_options
 from medfm.errors import UsageError
 
 from .evaluate_extra import add_compare_parser
@@ -19,6 +20,7 @@ def _common(p) -> None:
     add_init_args(p)
     add_column_args(p)
     add_data_args(p)
+    add_inference_args(p)
     add_skip_args(p)
     p.add_argument("--baseline", default=None, metavar="NAME",
                    help="also score a classical baseline on the same samples: kmer (kmer<k>) for dna, tfidf for "
@@ -81,7 +83,8 @@ def _inputs(args):
 
     return RunInputs(model=args.model, manifest=args.manifest, out=args.out, n_boot=args.n_boot,
                      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                     init=init_overrides(args), columns=column_map(args, args.model), data=data_options(args),
+                     init=init_overrides(args), columns=column_map(args, args.model),
+                     data={**data_options(args), **inference_options(args)},
                      baseline=args.baseline, max_skip_fraction=args.max_skip_fraction)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from medfm.cli.common import add_column_args, add_data_args, add_skip_args, column_map, data_options
+from medfm.cli.inference_args import add_inference_args, inference_options
 from medfm.errors import DataError, UsageError
 
 
@@ -43,6 +44,7 @@ def register(subparsers) -> None:
 
     add_column_args(b, bare_means="modality")
     add_data_args(b)
+    add_inference_args(b)
     b.set_defaults(func=run)
 
 
@@ -65,7 +67,7 @@ def run(args) -> int:
 
     column = column_map(args, args.model).get(args.modality) or args.modality
     emb = embed_manifest(model, df, args.modality, batch_size=args.batch_size, progress=not args.no_progress,
-                         column=column, **data_options(args))
+                         column=column, **data_options(args), **inference_options(args))
     if emb.skipped:
         print(report_skipped(emb, args.modality), file=sys.stderr)
     if len(emb.ids) == 0 and not emb.skipped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from medfm.cli.inference_args import add_inference_args
 from medfm.errors import ConfigError, DataError, UsageError
 from medfm.modality import file_reference
 
@@ -27,6 +28,7 @@ def register(subparsers) -> None:
                         "a query file that is in the index is left out, with its patient: a model's neighbours, "
                         "not the query itself)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_inference_args(p, cache=False, workers_default=0)
     p.set_defaults(func=run)
 
 
@@ -73,7 +75,7 @@ def run(args) -> int:
         modality = args.query_modality or index.info.get("modality")
         adapter = require_modality(model, modality)
         value, label = _query_value(adapter, args.query), args.query
-    z = encode_values(model, modality, [value], source=label)
+    z = encode_values(model, modality, [value], source=label, num_workers=args.workers or 0, threads=args.threads)
     own = {"sample": [], "patient": []}
     if args.text is None and not args.include_self:
         own = index.self_positions(sample_key(args.query, Path.cwd()))

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="also close a shard after this many samples")
     p.add_argument("--split", default=None, help="only rows of this split")
     p.add_argument("--label-columns", default="", help="comma-separated columns whose vocabularies are indexed")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers that read and preprocess")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers that read and preprocess (default: one per core, up to 8)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--max-skip-fraction", type=float, default=None, metavar="F",
                    help="fail (exit 1, no index.json) when more than this share of the rows holding a modality "
@@ -104,6 +105,13 @@ def _adapters(args, df, model_cfg, columns, config_dir) -> Dict[str, Any]:
     return adapters
 
 
+def _workers(args, n_rows: int) -> int:
+    # deferred: keeps `medfm --help` from importing torch
+    from medfm.evaluation.embed_loader import check_count, default_workers
+
+    return default_workers(n_rows, 1) if args.workers is None else check_count("workers", args.workers)
+
+
 def run(args) -> int:
     # deferred: keeps `medfm --help` from importing pandas and torch
     from medfm.data import read_manifest, select_split
@@ -120,7 +128,7 @@ def run(args) -> int:
     with limits(**(data.get("limits") or {})):
         index = write_shards(df, adapters, args.out, shard_size=args.shard_size, max_samples=args.max_samples,
                              columns={m: columns.get(m, m) for m in adapters}, label_columns=labels,
-                             num_workers=args.workers, progress=not args.no_progress,
+                             num_workers=_workers(args, len(df)), progress=not args.no_progress,
                              data_root=optional_config_path(data.get("root"), config_dir, "data.root"),
                              confine=bool(data.get("confine_paths", True)), max_skip_fraction=max_skip)
     info = index.info

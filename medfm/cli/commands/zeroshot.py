@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add_skip_args, column_map,
                               data_options, init_overrides)
+from medfm.cli.inference_args import add_inference_args, inference_options
 
 
 def register(subparsers) -> None:
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
     add_init_args(p)
     add_column_args(p)
     add_data_args(p)
+    add_inference_args(p)
     add_skip_args(p)
     p.set_defaults(func=run)
 
@@ -45,7 +47,8 @@ def run(args) -> int:
 
     inputs = RunInputs(model=args.model, manifest=args.manifest, out=args.out, n_boot=args.n_boot,
                        batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                       init=init_overrides(args), columns=column_map(args, args.model), data=data_options(args),
+                       init=init_overrides(args), columns=column_map(args, args.model),
+                       data={**data_options(args), **inference_options(args)},
                        max_skip_fraction=args.max_skip_fraction)
     run = evaluate_zeroshot(inputs, args.modality, label_column=args.label_column,
                             label_columns=parse_label_columns(args.label_columns), prompts=args.prompts,
