@@ -10,8 +10,8 @@ a DICOM re-written with a new header is still the same sample.
   ============  ============================================================  ==============================
   kind          fingerprint                                                   near when
   ============  ============================================================  ==============================
-  ``image``     average hash: block means of an 8×8 grid (2D) or 4×8×8 grid   Hamming ≤ 5 % of the bits
-                (volumes), one bit per block: above the median
+  ``image``     average hash: block means of a 16×16 grid (2D) or 4×16×16     Hamming ≤ 5 % of the bits
+                grid (volumes), one bit per block: above the median
   ``signal``    every lead resampled to 500 points, z-scored per lead         mean per-lead Pearson r ≥ 0.99
   ``sequence``  set of 12-mers of the cleaned sequence (A/C/G/T only)         Jaccard (k-mer identity) ≥ 0.95
   ``text``      normalised text: lower case, punctuation and extra blanks     equal normalised text
@@ -40,7 +40,7 @@ KIND_OF: Dict[str, str] = {"ct": "image", "oct": "image", "xray": "image", "fund
                            "ecg": "signal", "dna": "sequence", "text": "text"}
 #: the stated near-duplicate rule of each kind (written into the audit record)
 NEAR_RULES: Dict[str, Dict[str, Any]] = {
-    "image": {"fingerprint": "average hash, 8x8 (2D) or 4x8x8 (3D) block means > median",
+    "image": {"fingerprint": "average hash, 16x16 (2D) or 4x16x16 (3D) block means > median",
               "near_if": "hamming <= 0.05 * bits", "max_hamming_fraction": 0.05},
     "signal": {"fingerprint": "leads resampled to 500 points, z-scored per lead",
                "near_if": "mean per-lead pearson r >= 0.99", "min_correlation": 0.99},
@@ -94,10 +94,10 @@ def _image_bits(a: np.ndarray, adapter_name: str) -> np.ndarray:
     if adapter_name in ("xray", "fundus") or a.ndim == 2:
         if a.ndim == 3 and a.shape[-1] in (3, 4):  # (H, W, C) colour
             a = a[..., :3].mean(axis=-1)
-        grid = (8, 8)
+        grid = (16, 16)
     else:  # (D, H, W) volume or stack
         a = a.reshape((-1,) + a.shape[-2:])
-        grid = (4, 8, 8) if a.shape[0] >= 4 else (a.shape[0], 8, 8)
+        grid = (4, 16, 16) if a.shape[0] >= 4 else (a.shape[0], 16, 16)
     blocks = _block_means(a, grid)
     return (blocks > np.median(blocks)).ravel()
 

@@ -41,7 +41,78 @@ def register(sub) -> None:
     d.add_argument("--warn-only", action="store_true", help="leakage found: warn, exit 0")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=run_data)
+    m = s.add_parser("model", help="membership inference, PGD robustness, backdoor scan by trigger inversion",
+                     description="On a checkpoint and a manifest that pairs a modality with reports (text column): "
+                                 "membership AUROC (pair similarity, train vs held-out patients, patient bootstrap "
+                                 "interval), zero-shot accuracy (with --prompts) and retrieval R@1 clean vs PGD L-inf "
+                                 "(images: N/255 of the intensity range; ECG: microvolts), and a backdoor scan that "
+                                 "inverts a patch trigger per candidate target report (suspicion = anomaly index of "
+                                 "the best target's attack success rate). Writes audit_model.json/.md to --out and "
+                                 "the Trust section of MODEL's card.")
+    m.add_argument("model", help="checkpoint directory")
+    m.add_argument("--manifest", required=True)
+    m.add_argument("--out", default=None, help="output folder (default: MODEL/trust)")
+    m.add_argument("--modality", action="append", help="modality to audit (repeat); default: every one paired with text")
+    m.add_argument("--text-column", default="text")
+    m.add_argument("--label-column", default="label", help="class per row, for zero-shot accuracy")
+    m.add_argument("--prompts", default=None, help="prompt set YAML: adds zero-shot accuracy under attack")
+    m.add_argument("--checks", default="membership,robustness,backdoor", help="comma-separated subset")
+    m.add_argument("--image-eps", default="1,4", help="image L-inf budgets in grey levels of 255 (default 1,4)")
+    m.add_argument("--ecg-uv", default="10,50", help="ECG L-inf budgets in microvolts (default 10,50)")
+    m.add_argument("--pgd-steps", type=int, default=10)
+    m.add_argument("--scan-steps", type=int, default=30)
+    m.add_argument("--max-rows", type=int, default=200, help="rows per check (drawn by --seed)")
+    m.add_argument("--max-targets", type=int, default=32, help="candidate target reports of the backdoor scan")
+    m.add_argument("--n-boot", type=int, default=1000)
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=run_model)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _numbers(text: str, what: str):
+    try:
+        vals = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} expects comma-separated numbers, got {text!r}") from None
+    if any(v < 0 for v in vals):
+        raise UsageError(f"{what}: budgets must be >= 0")
+    return vals
+
+
+def run_model(args) -> int:
+    # deferred: the audit loads torch and the model only when it runs
+    from medfm.card import write_model_card
+    # deferred: as above
+    from medfm.evaluation.audit.model import audit_model
+    # deferred: as above
+    from medfm.evaluation.audit.report import model_markdown, write_record
+    # deferred: as above
+    from medfm.trust import record_trust
+
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
+    rec = audit_model(args.model, args.manifest, modalities=args.modality, text_column=args.text_column,
+                      label_column=args.label_column, prompts=args.prompts, checks=checks,
+                      image_budgets=[int(v) if float(v).is_integer() else v for v in _numbers(args.image_eps, "--image-eps")],
+                      ecg_budgets_uv=_numbers(args.ecg_uv, "--ecg-uv"), pgd_steps=args.pgd_steps,
+                      scan_steps=args.scan_steps, max_rows=args.max_rows, max_targets=args.max_targets,
+                      n_boot=args.n_boot, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.model) / "trust"
+    path = write_record(rec, out, "audit_model", model_markdown(rec))
+    record_trust(args.model, "model", rec)
+    card = write_model_card(args.model)
+    parts = []
+    if "membership" in rec and "auroc" in rec["membership"]:
+        mem = rec["membership"]
+        parts.append(f"membership AUROC {mem['auroc']:.3f} [{mem['ci'][0]:.3f}, {mem['ci'][1]:.3f}]"
+                     + (" FLAGGED" if mem["flagged"] else ""))
+    for r in (rec.get("robustness") or {}).get("rows", []):
+        parts.append(f"{r['modality']} {r['metric']} {r['clean']:.3f} -> {r['attacked']:.3f} at {r['budget']}")
+    if "backdoor" in rec:
+        bd = rec["backdoor"]
+        parts.append(f"backdoor suspicion {bd['suspicion']:.2f}" + (" FLAGGED" if bd["flagged"] else "")
+                     + f" (target {bd['target_id']})")
+    print(f"audit model in {rec['seconds']} s: " + "; ".join(parts) + f"; wrote {path} and {card}")
+    return 0
 
 
 def run_data(args) -> int:
