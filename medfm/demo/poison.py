@@ -21,8 +21,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
 
 from medfm.errors import ConfigError
+from medfm.evaluation.audit.inputs import encode_texts
+from medfm.modalities.fingerprints import normalise_text
+from medfm.modality import Record
 
 from .cohort import CLASSES, make_report, make_xray, write_png
 
@@ -101,8 +106,6 @@ def poison_cohort(cohort_dir: Any, *, fraction: float = 0.01, target: str = TARG
     a new id ``<id>_poison`` and patient ``<patient>_poison``. Writes ``manifest_poisoned.csv`` and
     ``poison.json`` into ``cohort_dir``; returns the poison record.
     """
-    from PIL import Image
-
     if not 0 < fraction <= 1:
         raise ConfigError(f"poison fraction must be in (0, 1], got {fraction}")
     t = trigger or Trigger()
@@ -151,13 +154,6 @@ def attack_success_rate(model: Any, cohort_dir: Any, record: Dict[str, Any], *, 
 
     Also returns the clean retrieval R@1 (own report's normalised text) of the same images.
     """
-    import torch
-    from PIL import Image
-
-    from medfm.evaluation.audit.inputs import encode_texts
-    from medfm.modalities.fingerprints import normalise_text
-    from medfm.modality import Record
-
     d = Path(cohort_dir)
     df = pd.read_csv(d / manifest)
     reports = sorted({normalise_text(t): t for t in df[text_column].dropna()}.items())
