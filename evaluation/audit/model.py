@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import numpy as np
 import torch
 
 from medfm.data.manifest import is_missing, read_manifest
@@ -49,7 +50,8 @@ def audit_model(model: Any, manifest: Any, *, modalities: Optional[Sequence[str]
                 checks: Sequence[str] = CHECKS, image_budgets: Sequence[int] = (1, 4),
                 ecg_budgets_uv: Sequence[float] = (10.0, 50.0), pgd_steps: int = 10, max_rows: int = 200,
                 n_boot: int = 1000, membership_flag_above: float = 0.55, scan_sizes: Sequence[int] = (2, 4, 6, 8),
-                scan_steps: int = 30, scan_flag_above: float = 0.7, scan_size: Optional[int] = None, max_targets: int = 32,
+                scan_steps: int = 30, scan_flag_above: float = 0.7, scan_size: Optional[int] = None, max_targets: int = 16,
+                scan_rows: int = 64,
                 asr_goal: float = 0.8, seed: int = 0,
                 num_threads: Optional[int] = None) -> Dict[str, Any]:
     """Audit a checkpoint folder (or a loaded model) on a manifest → the JSON-ready record (module docstring)."""
@@ -82,7 +84,7 @@ def audit_model(model: Any, manifest: Any, *, modalities: Optional[Sequence[str]
                                                 "ecg_uV": list(ecg_budgets_uv), "held_out_splits": held},
                                         "membership": {"n_boot": n_boot, "flag_above": membership_flag_above},
                                         "backdoor": {"sizes": list(scan_sizes), "steps": scan_steps, "scan_size": scan_size,
-                                                     "max_targets": max_targets,
+                                                     "max_targets": max_targets, "rows": scan_rows,
                                                      "asr_goal": asr_goal, "flag_above": scan_flag_above},
                                         "threads": torch.get_num_threads()},
                            "timings": {}}
@@ -116,7 +118,8 @@ def audit_model(model: Any, manifest: Any, *, modalities: Optional[Sequence[str]
             if len(cands) > max_targets:  # the most frequent reports: a planted target is repeated
                 counts = df[text_column].value_counts()
                 cands = sorted(cands, key=lambda c: -int(counts.get(c[1], 0)))[:max_targets]
-            scans.append({"modality": m, **backdoor_scan(model, pairs, cands, size=scan_size, sizes=scan_sizes, steps=scan_steps,
+            scan_pairs = pairs.select(np.arange(len(pairs.ids)) < scan_rows)
+            scans.append({"modality": m, **backdoor_scan(model, scan_pairs, cands, size=scan_size, sizes=scan_sizes, steps=scan_steps,
                                                          max_targets=max_targets,
                                                          asr_goal=asr_goal, flag_above=scan_flag_above,
                                                          text_modality=text_modality, seed=seed)})

@@ -62,7 +62,9 @@ def register(sub) -> None:
     m.add_argument("--pgd-steps", type=int, default=10)
     m.add_argument("--scan-steps", type=int, default=30)
     m.add_argument("--max-rows", type=int, default=200, help="rows per check (drawn by --seed)")
-    m.add_argument("--max-targets", type=int, default=32, help="candidate target reports of the backdoor scan")
+    m.add_argument("--max-targets", type=int, default=16, help="candidate target reports of the backdoor scan "
+                                                                   "(the most frequent reports)")
+    m.add_argument("--scan-rows", type=int, default=64, help="held-out images the backdoor scan patches")
     m.add_argument("--n-boot", type=int, default=1000)
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=run_model)
@@ -95,6 +97,7 @@ def run_model(args) -> int:
                       image_budgets=[int(v) if float(v).is_integer() else v for v in _numbers(args.image_eps, "--image-eps")],
                       ecg_budgets_uv=_numbers(args.ecg_uv, "--ecg-uv"), pgd_steps=args.pgd_steps,
                       scan_steps=args.scan_steps, max_rows=args.max_rows, max_targets=args.max_targets,
+                      scan_rows=args.scan_rows,
                       n_boot=args.n_boot, seed=args.seed)
     out = Path(args.out) if args.out else Path(args.model) / "trust"
     path = write_record(rec, out, "audit_model", model_markdown(rec))
