@@ -4,8 +4,8 @@ For each seed: an X-ray–report cohort (:func:`medfm.demo.poison.xray_report_co
 (CLIP on ``manifest.csv``) and a poisoned one (``manifest_poisoned.csv``: a fraction of the training
 pairs copied with the patch trigger and one target report). For every model: the planted trigger's
 attack success rate, the backdoor scan (suspicion, target found), membership AUROC. For the first seed,
-the poisoned model is also fine-tuned with the ``cleanclip`` objective (``train.init_from``) and measured
-again. Prints one line per model and writes ``OUT/calibration.json`` with the AUROC of the suspicion
+the poisoned model is also fine-tuned with the ``cleanclip`` objective (``train.init_from``) on the clean
+pairs (CleanCLIP's protocol: the defender fine-tunes on data it trusts) and measured again. Prints one line per model and writes ``OUT/calibration.json`` with the AUROC of the suspicion
 score (poisoned = positive).
 
     python benchmarks/audit_calibration.py OUT [--seeds 5] [--fraction 0.1] [--steps 200]
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--patients", type=int, default=200)
     ap.add_argument("--max-rows", type=int, default=32)
-    ap.add_argument("--scan-steps", type=int, default=15)
+    ap.add_argument("--scan-steps", type=int, default=30)
     ap.add_argument("--trigger-size", type=int, default=12)
     ap.add_argument("--trigger-cell", type=int, default=4)
     ap.add_argument("--cleanclip-steps", type=int, default=100)
@@ -77,7 +77,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
         if seed == 0 and args.cleanclip_steps:
-            secs = train(cohort / "manifest_poisoned.csv", cohort / "cleanclip", args.cleanclip_steps, seed,
+            secs = train(cohort / "manifest.csv", cohort / "cleanclip", args.cleanclip_steps, seed,
                          objectives=[{"name": "cleanclip"}], init_from=str(cohort / "poisoned"), lr=1e-3)
             row = {"seed": seed, "kind": "cleanclip", "train_s": round(secs, 1),
                    **measure(cohort / "cleanclip", cohort, poison, args)}
