@@ -187,3 +187,22 @@ def test_card_says_not_audited_then_the_audit(trained, capsys):
     assert "leakage across splits none found" in card and "not audited" not in card
     front = card.split("---")[1]
     assert "medfm_trust:" in front and "audited: true" in front and "leakage_found: false" in front
+
+
+def test_input_budgets_in_data_units():
+    """Images: ε of the [0, 1] intensity range is ε / std in input units; ECG: b µV is b / 1000 / σ_lead."""
+    from types import SimpleNamespace
+
+    from medfm.evaluation.audit.inputs import Pairs, input_budget
+
+    ecg = medfm.get_modality("ecg")
+    sigma = torch.tensor([[0.5] * 12, [2.0] * 12])
+    pairs = Pairs("ecg", torch.zeros(2, 12, 250), None, ["a", "b"], ["p", "q"], ["test"] * 2, [None] * 2, ["x"] * 2,
+                  ["x"] * 2, sigma)
+    eps, rng = input_budget(SimpleNamespace(adapters={"ecg": ecg}), pairs, 50.0)
+    assert eps.shape == (2, 12, 1) and rng == (None, None)
+    assert eps[0, 0, 0].item() == pytest.approx(0.1) and eps[1, 0, 0].item() == pytest.approx(0.025)
+    xray = medfm.get_modality("xray")  # meanstd 0.5 / 0.5
+    img = Pairs("xray", torch.zeros(1, 1, 8, 8), None, ["a"], ["p"], ["test"], [None], ["x"], ["x"])
+    eps, (lo, hi) = input_budget(SimpleNamespace(adapters={"xray": xray}), img, 4 / 255)
+    assert float(eps.max()) == pytest.approx(8 / 255) and (lo, hi) == (-1.0, 1.0)
