@@ -28,6 +28,7 @@ from .checkpoint import read_config
 from .config_files import load_data_file
 from .errors import ConfigError
 from .io import atomic_write_text
+from .trust import trust_fields, trust_section
 
 CARD_NAME = "README.md"
 
@@ -167,6 +168,7 @@ def render_model_card(directory: os.PathLike) -> str:
     index = model_index(d.resolve().name, ft, metrics, latest)
     if index:
         front["model-index"] = index
+    front["medfm_trust"] = trust_fields(d)
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {d.resolve().name}", "",
              "A medfm multimodal encoder: per-modality towers projected into one "
@@ -230,7 +232,8 @@ def render_model_card(directory: os.PathLike) -> str:
     if not metrics and not latest:
         lines.append("- none found beside this checkpoint (run `medfm zeroshot` / `medfm evaluate`, then "
                      "`medfm card DIR`)")
-    lines += ["", "## How to use", "", "```python", "import medfm",
+    lines += [""] + trust_section(d)
+    lines += ["## How to use", "", "```python", "import medfm",
               f"model = medfm.load_pretrained({d.resolve().name!r})   # this folder",
               f"z = model.encode({(mods or ['modality'])[0]!r}, x)   # (B, {model.get('embed_dim')})", "```", ""]
     return "\n".join(lines)
