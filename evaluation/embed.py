@@ -36,6 +36,7 @@ from medfm.models import resolve_config
 from medfm.checkpoint import is_checkpoint
 from medfm.data import ManifestDataset, MultiModalCollate, read_manifest, select_split
 from medfm.data.skips import ledger_of
+import hashlib
 
 FORMAT = "medfm-embeddings"
 FORMAT_VERSION = "1"
@@ -80,7 +81,6 @@ def load_model(model_dir: Any, init: Optional[Dict[str, Any]] = None):
 
     d = Path(str(model_dir))
     if init and not is_checkpoint(d):
-        import hashlib
 
         model = medfm.create_model(resolve_config(model_config_with_init(str(model_dir), init)))
         base = hashlib.sha256(json.dumps(model.config, sort_keys=True, default=str).encode()).hexdigest()

@@ -24,6 +24,7 @@ from medfm.errors import ConfigError
 from .embed import Embeddings, embed_manifest, load_embeddings, save_embeddings
 from .embed_shards import embed_shards
 from medfm.train.distributed import barrier, init_distributed
+import torch.distributed as dist
 
 
 def rank_rows(n: int, batch_size: int, rank: int, world_size: int) -> Tuple[int, int]:
@@ -88,7 +89,6 @@ def embed_shard_ranks(model: Any, index: Any, modality: str, *, out: Any, batch_
 def _run_ranks(part: Callable[[int, int], Embeddings], modality: str, *, out: Any,
                model_fingerprint: Optional[str], model_dir: Optional[str]) -> Optional[Embeddings]:
     """Run ``part(rank, world)``, write ``OUT.rankR-of-W``, barrier, merge on rank 0, tear down the group."""
-    import torch.distributed as dist
 
     info = init_distributed("cpu")
     rank, world = info.rank, info.world_size

@@ -30,6 +30,7 @@ from .embed import Embeddings, encode_batches, require_modality
 from .embed_loader import inference_threads
 from medfm.data.shards import check_adapters, decode_sample, iter_shard, sample_record
 from medfm.data import MultiModalCollate
+from tqdm.auto import tqdm
 
 
 log = logging.getLogger("medfm.evaluation")
@@ -91,7 +92,6 @@ def embed_shards(model: Any, index: Any, modality: str, *, batch_size: int = 32,
     ``threads``: the encoder's (:func:`~.embed_loader.inference_threads`, as the manifest path).
     Returns :class:`Embeddings` with ``emb (N, embed_dim)`` float32 in manifest-row order.
     """
-    from tqdm.auto import tqdm
 
     adapter = require_modality(model, modality)
     if modality not in index.modalities:

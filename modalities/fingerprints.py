@@ -28,9 +28,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
+from scipy import sparse
 
 __all__ = ["KIND_OF", "NEAR_RULES", "SHARED_CONTENT_IS_NATURAL", "Fingerprint", "content_hash", "fingerprint",
            "kind_of", "near_pairs", "normalise_text"]
@@ -194,7 +195,6 @@ def near_pairs(fps: Sequence[Fingerprint]) -> List[Tuple[int, int, float]]:
 
 def _jaccard_distance(sets: Sequence[frozenset]) -> np.ndarray:
     """``1 - |A∩B| / |A∪B|`` for every pair of k-mer sets (a sparse presence matrix, one product)."""
-    from scipy import sparse
 
     vocab: Dict[str, int] = {}
     rows, cols = [], []

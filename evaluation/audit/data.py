@@ -33,6 +33,7 @@ from medfm.modalities.dicom_profile import dicom_files, header_phi
 from medfm.modalities.fingerprints import NEAR_RULES, SHARED_CONTENT_IS_NATURAL, Fingerprint, fingerprint, near_pairs
 from medfm.modalities.phi_text import find_phi
 from medfm.registry import get_modality, list_modalities
+from tqdm.auto import tqdm
 
 __all__ = ["LABEL_COLUMNS", "SITE_COLUMNS", "audit_manifest"]
 
@@ -94,7 +95,6 @@ def _str(v: Any) -> Optional[str]:
 def _read_cells(df: pd.DataFrame, mod_cols: Dict[str, str], progress: bool) -> Tuple[Dict[str, Dict[int, Fingerprint]],
                                                                                    Dict[str, Dict[int, str]], List[Dict]]:
     """Fingerprints per column ``{column: {row: Fingerprint}}``, resolved DICOM-capable paths, and skips."""
-    from tqdm.auto import tqdm
 
     base = Path(df.attrs["base_dir"]) if df.attrs.get("base_dir") else None
     adapters = {c: get_modality(a) for c, a in mod_cols.items()}

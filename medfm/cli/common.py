@@ -1,6 +1,8 @@
 """Helpers shared by the CLI commands: config loading with ``--set`` overrides, ``--init`` weight imports."""
 from __future__ import annotations
 
+import importlib
+
 import argparse
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -121,3 +123,18 @@ def add_skip_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-skip-fraction", type=float, default=None, metavar="F",
                         help="fail (exit 1, with a summary by reason) when more than this share of the rows "
                              "holding the modality are unreadable (default 0.5; rows without it do not count)")
+
+
+def lazy_run(target: str):
+    """``func`` of a subcommand: ``"medfm.cli.runners.embed:run"`` is imported when the command runs.
+
+    Building the parser imports every command module (:func:`medfm.cli.build_parser`), so a command
+    module holds its parser alone and what it runs lives in :mod:`medfm.cli.runners`, which imports
+    its training/evaluation stack at module top (as pip's command table does)."""
+    module, name = target.split(":")
+
+    def run(args) -> int:
+        return getattr(importlib.import_module(module), name)(args)
+
+    run.target = target
+    return run

@@ -32,6 +32,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.models._manipulate import adapt_input_conv  # the towers are timm blocks: timm is loaded with them
 
 from medfm.errors import CheckpointError
 
@@ -66,8 +68,6 @@ def resample_grid_pos(pos: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequ
     d = pos.shape[-1]
     nd = len(src_grid)
     if nd == 2:  # timm's resampling (bicubic, antialiased), as timm does for its own checkpoints
-        from timm.layers import resample_abs_pos_embed  # deferred: timm (~1 s) when a grid changes
-
         return resample_abs_pos_embed(pos, list(dst_grid), list(src_grid), num_prefix_tokens=0)
     grid = pos.reshape(1, *src_grid, d).movedim(-1, 1).float()
     mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[nd]
@@ -81,8 +81,6 @@ def inflate_patch_weight(w: torch.Tensor, depth: int) -> torch.Tensor:
 
 
 def _adapt_patch_weight(w: torch.Tensor, target: torch.Tensor) -> Tuple[Optional[torch.Tensor], str]:
-    from timm.models._manipulate import adapt_input_conv  # deferred: timm (~1 s) when adapting a patch
-
     how = []
     if w.shape[1] != target.shape[1]:
         how.append(f"in_chans {w.shape[1]}→{target.shape[1]} (timm adapt_input_conv: "
@@ -95,8 +93,6 @@ def _adapt_patch_weight(w: torch.Tensor, target: torch.Tensor) -> Tuple[Optional
         return None, ""
     if w.shape[2:] != target.shape[2:]:
         if w.ndim == 4:
-            from timm.layers import resample_patch_embed  # deferred: timm (~1 s), as above
-
             w = resample_patch_embed(w, list(target.shape[2:]))
         else:
             scale = math.prod(w.shape[2:]) / math.prod(target.shape[2:])

@@ -1,19 +1,7 @@
 """``medfm audit data MANIFEST`` and ``medfm audit model MODEL --manifest M``: trust audits."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from medfm.errors import UsageError
-
-
-def _pairs(values, what: str):
-    out = {}
-    for v in values or ():
-        col, sep, adapter = v.partition("=")
-        if not sep or not col or not adapter:
-            raise UsageError(f"{what} expects COLUMN=ADAPTER, got {v!r}")
-        out[col] = adapter
-    return out or None
+from medfm.cli.common import lazy_run
 
 
 def register(sub) -> None:
@@ -40,7 +28,7 @@ def register(sub) -> None:
     d.add_argument("--model-dir", default=None, help="also record this audit on the card of this checkpoint")
     d.add_argument("--warn-only", action="store_true", help="leakage found: warn, exit 0")
     d.add_argument("--no-progress", action="store_true")
-    d.set_defaults(func=run_data)
+    d.set_defaults(func=lazy_run("medfm.cli.runners.audit:run_data"))
     m = s.add_parser("model", help="membership inference, PGD robustness, backdoor scan by trigger inversion",
                      description="On a checkpoint and a manifest that pairs a modality with reports (text column): "
                                  "membership AUROC (pair similarity, train vs held-out patients, patient bootstrap "
@@ -67,85 +55,5 @@ def register(sub) -> None:
     m.add_argument("--scan-rows", type=int, default=64, help="held-out images the backdoor scan patches")
     m.add_argument("--n-boot", type=int, default=1000)
     m.add_argument("--seed", type=int, default=0)
-    m.set_defaults(func=run_model)
+    m.set_defaults(func=lazy_run("medfm.cli.runners.audit:run_model"))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
-
-
-def _numbers(text: str, what: str):
-    try:
-        vals = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what} expects comma-separated numbers, got {text!r}") from None
-    if any(v < 0 for v in vals):
-        raise UsageError(f"{what}: budgets must be >= 0")
-    return vals
-
-
-def run_model(args) -> int:
-    # deferred: the audit loads torch and the model only when it runs
-    from medfm.card import write_model_card
-    # deferred: as above
-    from medfm.evaluation.audit.model import audit_model
-    # deferred: as above
-    from medfm.evaluation.audit.report import model_markdown, write_record
-    # deferred: as above
-    from medfm.trust import record_trust
-
-    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
-    rec = audit_model(args.model, args.manifest, modalities=args.modality, text_column=args.text_column,
-                      label_column=args.label_column, prompts=args.prompts, checks=checks,
-                      image_budgets=[int(v) if float(v).is_integer() else v for v in _numbers(args.image_eps, "--image-eps")],
-                      ecg_budgets_uv=_numbers(args.ecg_uv, "--ecg-uv"), pgd_steps=args.pgd_steps,
-                      scan_steps=args.scan_steps, max_rows=args.max_rows, max_targets=args.max_targets,
-                      scan_rows=args.scan_rows,
-                      n_boot=args.n_boot, seed=args.seed)
-    out = Path(args.out) if args.out else Path(args.model) / "trust"
-    path = write_record(rec, out, "audit_model", model_markdown(rec))
-    record_trust(args.model, "model", rec)
-    card = write_model_card(args.model)
-    parts = []
-    if "membership" in rec and "auroc" in rec["membership"]:
-        mem = rec["membership"]
-        parts.append(f"membership AUROC {mem['auroc']:.3f} [{mem['ci'][0]:.3f}, {mem['ci'][1]:.3f}]"
-                     + (" FLAGGED" if mem["flagged"] else ""))
-    for r in (rec.get("robustness") or {}).get("rows", []):
-        parts.append(f"{r['modality']} {r['metric']} {r['clean']:.3f} -> {r['attacked']:.3f} at {r['budget']}")
-    if "backdoor" in rec:
-        bd = rec["backdoor"]
-        parts.append(f"backdoor suspicion {bd['suspicion']:.2f}" + (" FLAGGED" if bd["flagged"] else "")
-                     + f" (target {bd['target_id']})")
-    print(f"audit model in {rec['seconds']} s: " + "; ".join(parts) + f"; wrote {path} and {card}")
-    return 0
-
-
-def run_data(args) -> int:
-    # deferred: the audit reads through the adapters (numpy, pandas, pydicom) only when it runs
-    from medfm.evaluation.audit.data import audit_manifest
-    # deferred: as above
-    from medfm.evaluation.audit.report import data_markdown, write_record
-    # deferred: as above
-    from medfm.trust import record_trust
-
-    if args.template_min_patients < 2:
-        raise UsageError("--template-min-patients must be at least 2")
-    rec = audit_manifest(args.manifest, columns=_pairs(args.column, "--column"), label_columns=args.label_column,
-                         site_columns=args.site_column, template_min_patients=args.template_min_patients,
-                         progress=not args.no_progress)
-    out = Path(args.out or f"audit_{Path(args.manifest).name.split('.')[0]}")
-    path = write_record(rec, out, "audit_data", data_markdown(rec))
-    if args.model_dir:
-        # deferred: as above
-        from medfm.card import write_model_card
-
-        record_trust(args.model_dir, "data", rec)
-        write_model_card(args.model_dir)
-    s = rec["summary"]
-    print(f"audit data: {s['rows']} rows in {rec['seconds']} s; leakage pairs {s['n_leakage_pairs']}, patients in "
-          f"several splits {s['n_patients_across_splits']}, duplicate clusters {s['n_duplicate_clusters']}, conflicts "
-          f"{s['n_conflicts']}, PHI text hits {s['phi_text_hits']}, DICOM cells with PHI {s['phi_dicom_cells']}; "
-          f"wrote {path} and {path.with_suffix('.md')}")
-    if s["leakage_found"]:
-        print(f"medfm: leakage across splits found ({s['n_leakage_pairs']} pairs, {s['n_patients_across_splits']} "
-              f"patients)" + (" [--warn-only]" if args.warn_only else ""), flush=True)
-        return 0 if args.warn_only else 1
-    return 0

@@ -1,15 +1,7 @@
 """``medfm demo --out DIR [--quick] [--seed N]``: the whole loop on the embedded cohort."""
 from __future__ import annotations
 
-
-def run(args) -> int:
-    from ...demo import run_demo  # deferred: keeps `medfm --help` from importing the training/evaluation stack
-
-    results = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
-    weak = [f"{r['block']} {r['metric']}" for r in results["summary"] if not r["beats_chance"]]
-    if weak:  # a demo, not a test: say so, but the run itself succeeded
-        print(f"medfm demo: {len(weak)} metric(s) did not beat chance: {', '.join(weak)}")
-    return 0
+from medfm.cli.common import lazy_run
 
 
 def register(sub) -> None:
@@ -19,4 +11,4 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a shorter run (fewer samples and steps; about a minute)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cohort and of training (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=lazy_run("medfm.cli.runners.demo:run"))

@@ -1,10 +1,10 @@
 """``medfm evaluate retrieval|probe|bioscan``: retrieval metrics, linear/kNN/few-shot probes, BIOSCAN accuracy."""
 from __future__ import annotations
 
-from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add_skip_args, column_map,
-                              data_options, init_overrides)
-from medfm.cli.inference_args import add_inference_args, inference_options
-from medfm.errors import UsageError
+from medfm.cli.common import lazy_run
+
+from medfm.cli.common import add_column_args, add_data_args, add_init_args, add_skip_args
+from medfm.cli.inference_args import add_inference_args
 
 from .evaluate_extra import add_compare_parser
 
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     r.add_argument("--gallery-modality", required=True)
     r.add_argument("--match", default="id", help="id | patient | label:COLUMN")
     r.add_argument("--split", default=None)
-    r.set_defaults(func=run_retrieval)
+    r.set_defaults(func=lazy_run("medfm.cli.runners.evaluate:run_retrieval"))
     b = sub.add_parser(
         "probe", help="linear probe (C chosen on validation), kNN and few-shot on frozen embeddings",
         description="Splits from the manifest's 'split' column (train/val/test) or a patient-grouped split; "
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     b.add_argument("--few-shot-seeds", type=int, default=5)
     b.add_argument("--test-size", type=float, default=0.2, help="patient fraction for test when no split column")
     b.add_argument("--val-size", type=float, default=0.1)
-    b.set_defaults(func=run_probe)
+    b.set_defaults(func=lazy_run("medfm.cli.runners.evaluate:run_probe"))
     t = sub.add_parser(
         "bioscan", help="BIOSCAN protocol: top-1 accuracy per taxonomic rank, seen vs unseen species",
         description="Queries (rows of --query-split) take the taxonomy of their nearest key (rows of "
@@ -72,69 +72,4 @@ def register(subparsers) -> None:
     t.add_argument("--train-split", default=None, help="split whose species count as seen (default: --key-split)")
     t.add_argument("--ranks", default="order_name,family_name,genus_name,species_name",
                    help="comma-separated rank columns, coarse to fine; the last is the species")
-    t.set_defaults(func=run_bioscan)
-
-
-def _inputs(args):
-    # deferred here and in each run: the evaluation stack (torch, scikit-learn, matplotlib) loads only
-    # when a command runs, not for `medfm --help`
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.evaluation.runs import RunInputs
-
-    return RunInputs(model=args.model, manifest=args.manifest, out=args.out, n_boot=args.n_boot,
-                     batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                     init=init_overrides(args), columns=column_map(args, args.model),
-                     data={**data_options(args), **inference_options(args)},
-                     baseline=args.baseline, max_skip_fraction=args.max_skip_fraction)
-
-
-def run_retrieval(args) -> int:
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.evaluation.runs import evaluate_retrieval
-
-    qm, gm = args.query_modality, args.gallery_modality
-    run = evaluate_retrieval(_inputs(args), qm, gm, match=args.match, split=args.split)
-    m, info = run.result.metrics, run.result.info
-    print(f"{qm}_to_{gm}_R@1 {m[f'{qm}_to_{gm}_R@1']:.4f}  {gm}_to_{qm}_R@1 {m[f'{gm}_to_{qm}_R@1']:.4f}"
-          f"; wrote {run.paths['results']} and {run.paths['report']}")
-    n_rows, n_distinct = info["n_gallery"], info.get("n_gallery_unique", {}).get(f"{qm}_to_{gm}", info["n_gallery"])
-    if n_distinct < n_rows:
-        print(f"  the {gm} gallery holds {n_distinct} distinct values in {n_rows} rows: each is ranked once "
-              f"(R@k and its chance count distinct {gm} values)")
-    return 0
-
-
-def run_probe(args) -> int:
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.evaluation.labels import parse_label_columns
-    from medfm.evaluation.runs import evaluate_probe
-
-    try:
-        shots = [int(s) for s in args.shots.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--shots must be comma-separated integers, not {args.shots!r}") from None
-    run = evaluate_probe(_inputs(args), args.modality, label_column=args.label_column,
-                         label_columns=parse_label_columns(args.label_columns), knn_k=args.knn_k, shots=shots,
-                         few_shot_seeds=args.few_shot_seeds, test_size=args.test_size, val_size=args.val_size)
-    m, c = run.result.metrics, run.result.info["linear_C"]
-    if run.result.task == "probe-multilabel":
-        print(f"multi-label probe ({len(run.result.info['classes'])} findings, C={c:g}): test macro AUROC linear "
-              f"{m['linear/macro_auroc']:.4f}, kNN {m['knn/macro_auroc']:.4f}; wrote {run.paths['results']}")
-    else:
-        print(f"linear probe (C={c:g}) test accuracy {m['linear/accuracy']:.4f}, kNN "
-              f"{m['knn/accuracy']:.4f}; wrote {run.paths['results']} and {run.paths['report']}")
-    return 0
-
-
-def run_bioscan(args) -> int:
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.evaluation.runs import evaluate_bioscan
-
-    ranks = [r.strip() for r in args.ranks.split(",") if r.strip()]
-    run = evaluate_bioscan(_inputs(args), args.query_modality, key_modality=args.key_modality,
-                           query_split=args.query_split, key_split=args.key_split, train_split=args.train_split,
-                           ranks=ranks)
-    m = run.result.metrics
-    print(f"bioscan: seen {m['seen/n']} / unseen {m['unseen/n']} queries; "
-          f"{ranks[-1]} micro accuracy seen {m[f'seen/{ranks[-1]}/micro']:.4f}; wrote {run.paths['results']}")
-    return 0
+    t.set_defaults(func=lazy_run("medfm.cli.runners.evaluate:run_bioscan"))

@@ -1,7 +1,7 @@
 """``medfm export MODEL_DIR --format onnx|torchscript --out DIR``: one file per tower for deployment."""
 from __future__ import annotations
 
-import json
+from medfm.cli.common import lazy_run
 
 
 def register(sub) -> None:
@@ -19,14 +19,4 @@ def register(sub) -> None:
     p.add_argument("--onnxruntime-fusions", action="store_true",
                    help="rewrite the ONNX towers with onnxruntime's transformer fusions (faster on CPU; the files "
                         "then run on onnxruntime only; kept only where the output is unchanged within 1e-4)")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    from medfm.export import export_model  # deferred: keeps `medfm --help` from importing the training/evaluation stack
-
-    manifest = export_model(args.model_dir, args.format, args.out, modalities=args.modality, opset=args.opset,
-                            fuse=args.onnxruntime_fusions)
-    print(json.dumps({"out": str(args.out), "format": args.format,
-                      "files": {m: t["file"] for m, t in manifest["towers"].items()}}))
-    return 0
+    p.set_defaults(func=lazy_run("medfm.cli.runners.export:run"))

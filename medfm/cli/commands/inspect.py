@@ -1,8 +1,7 @@
 """``medfm inspect FILE [--modality M] [--model DIR]``: what the adapter sees, and a PNG preview."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from medfm.cli.common import lazy_run
 
 
 def register(subparsers) -> None:
@@ -18,33 +17,4 @@ def register(subparsers) -> None:
                    help="checkpoint whose adapter (options, tokenizer) to use; default: the modality's defaults")
     p.add_argument("--out", default=None, help="preview PNG (default: ./inspect_<name>.png)")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.modalities.inspect import inspect_source, render_preview
-
-    adapters = None
-    if args.model:
-        # deferred: keeps `medfm --help` from importing the training/evaluation stack
-        from medfm.evaluation.embed import load_model
-
-        model, _ = load_model(args.model)
-        adapters = dict(model.adapters)
-    result = inspect_source(args.file, args.modality, adapters)
-    name = Path(args.file.partition("#")[0]).name.split(".")[0] or "input"
-    out = Path(args.out) if args.out else Path(f"inspect_{name}.png")
-    result["info"]["preview"] = str(render_preview(result, out))
-    info = result["info"]
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-        return 0
-    print(f"{info['modality']}: {info['source']}")
-    for note in info.get("notes", ()):
-        print(f"  note: {note}")
-    for section in ("read", "meta", "tensor"):
-        for k, v in info.get(section, {}).items():
-            print(f"  {section}.{k}: {v}")
-    print(f"  preview: {info['preview']}")
-    return 0
+    p.set_defaults(func=lazy_run("medfm.cli.runners.inspect:run"))

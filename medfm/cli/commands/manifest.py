@@ -1,12 +1,7 @@
 """``medfm manifest SOURCE... --out cohort.csv``: a manifest from folders of real files and tables."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from medfm.data.confine import sidecar_path
-from medfm.errors import MedFMError, UsageError
-from medfm.registry import get_modality
-from medfm.io import atomic_write_text, write_json
+from medfm.cli.common import lazy_run
 
 
 def register(subparsers) -> None:
@@ -42,52 +37,4 @@ def register(subparsers) -> None:
                    help="folders walked below a source at most (default 32)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
-    p.set_defaults(func=run)
-
-
-def _verifier():
-
-    adapters = {}
-
-    def verify(entry):
-        try:
-            ad = adapters.get(entry.modality) or adapters.setdefault(entry.modality, get_modality(entry.modality))
-            ad.read(entry.value, sample_id=entry.key)
-        except MedFMError as e:
-            return getattr(e, "reason", str(e))
-        except Exception as e:  # a reader library failed in its own words
-            return f"{type(e).__name__}: {e}"
-        return None
-    return verify
-
-
-def run(args) -> int:
-    # deferred: keeps `medfm --help` from importing pandas (and the source scanners)
-    from medfm.data.cohort import (build_manifest, format_summary, load_or_create_salt, parse_fractions,
-                                   salt_from_text)
-
-    out = Path(args.out)
-    if out.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet"):
-        raise UsageError(f"--out must end in .csv, .tsv, .jsonl or .parquet, not {out.suffix!r}")
-    split = parse_fractions(args.split) if args.split else None
-    if args.salt is not None and args.salt_file is not None:
-        raise UsageError("give --salt TEXT or --salt-file FILE, not both")
-    salt = salt_from_text(args.salt) if args.salt is not None else load_or_create_salt(args.salt_file or str(out) + ".salt")
-    res = build_manifest(args.sources, out, salt=salt, split=split, seed=args.seed,
-                         verify=_verifier() if args.verify else None, follow_links=args.follow_links,
-                         max_depth=args.max_depth, progress=not args.no_progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sfx = out.suffix.lower()
-    if sfx == ".parquet":
-        res.df.to_parquet(out, index=False)
-    elif sfx == ".jsonl":
-        atomic_write_text(out, res.df.to_json(orient="records", lines=True))
-    else:
-        atomic_write_text(out, res.df.to_csv(index=False, sep="\t" if sfx == ".tsv" else ","))
-    res.summary["manifest"] = str(out)
-    write_json(sidecar_path(out), res.summary)
-    if args.json:
-        print(json.dumps(res.summary, indent=2))
-    else:
-        print(f"wrote {out}: " + format_summary(res.summary))
-    return 0
+    p.set_defaults(func=lazy_run("medfm.cli.runners.manifest:run"))

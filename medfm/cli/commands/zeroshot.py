@@ -1,9 +1,10 @@
 """``medfm zeroshot``: zero-shot classification from a prompt set (or class prototypes)."""
 from __future__ import annotations
 
-from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add_skip_args, column_map,
-                              data_options, init_overrides)
-from medfm.cli.inference_args import add_inference_args, inference_options
+from medfm.cli.common import lazy_run
+
+from medfm.cli.common import add_column_args, add_data_args, add_init_args, add_skip_args
+from medfm.cli.inference_args import add_inference_args
 
 
 def register(subparsers) -> None:
@@ -36,26 +37,4 @@ def register(subparsers) -> None:
     add_data_args(p)
     add_inference_args(p)
     add_skip_args(p)
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    # deferred: the evaluation stack (torch, scikit-learn, matplotlib) loads only when the command runs
-    from medfm.evaluation.labels import parse_label_columns
-    # deferred: keeps `medfm --help` from importing the training/evaluation stack
-    from medfm.evaluation.runs import RunInputs, evaluate_zeroshot
-
-    inputs = RunInputs(model=args.model, manifest=args.manifest, out=args.out, n_boot=args.n_boot,
-                       batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
-                       init=init_overrides(args), columns=column_map(args, args.model),
-                       data={**data_options(args), **inference_options(args)},
-                       max_skip_fraction=args.max_skip_fraction)
-    run = evaluate_zeroshot(inputs, args.modality, label_column=args.label_column,
-                            label_columns=parse_label_columns(args.label_columns), prompts=args.prompts,
-                            prototypes=args.prototypes, support_split=args.support_split, split=args.split,
-                            text_modality=args.text_modality)
-    res = run.result
-    print(f"{res.task}: n={res.n} macro AUROC {res.metrics['macro_auroc']:.4f}"
-          + (f" accuracy {res.metrics['accuracy']:.4f}" if "accuracy" in res.metrics else "")
-          + f"; wrote {run.paths['results']} and {run.paths['report']}")
-    return 0
+    p.set_defaults(func=lazy_run("medfm.cli.runners.zeroshot:run"))
