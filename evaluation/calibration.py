@@ -35,7 +35,10 @@ from sklearn.metrics import roc_curve
 from medfm.errors import UsageError
 from medfm.metrics import _group_index, bootstrap_replicates
 
-from .report import plt
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 EPS = 1e-7
 Interval = Tuple[float, float]

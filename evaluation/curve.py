@@ -25,7 +25,10 @@ from sklearn.linear_model import LogisticRegression
 from medfm.errors import DataError, UsageError
 from medfm.metrics import multiclass_metrics
 
-from .report import plt
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 DEFAULT_NS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 METRICS = ("macro_auroc", "balanced_accuracy", "accuracy")

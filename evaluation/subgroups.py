@@ -165,7 +165,7 @@ def subgroup_markdown(table: Dict[str, Any], min_size: int) -> List[str]:
                 v = e["metrics"].get(k)
                 c = e["ci"].get(k)
                 cells.append("n/a" if v is None or np.isnan(v) else f"{v:.3f}" + (
-                    f" [{c[0]:.3f}, {c[1]:.3f}]" if c and not np.isnan(c[0]) else ""))
+                    f" [{c[0]:.3f}, {c[1]:.3f}]" if c and c[0] is not None and not np.isnan(c[0]) else ""))
             lines.append(f"| {label} | {e['n']} | {e['n_patients']} | " + " | ".join(cells) + " |")
         if t["gap"]:
             lines += [""] + [f"- worst-group gap in {k}: {v['gap']:.3f} (best {v['best']}, worst {v['worst']})"

@@ -5,6 +5,7 @@ from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add
                               data_options, init_overrides)
 from medfm.errors import UsageError
 
+from .evaluate_clinical import add_clinical_args, clinical_options
 from .evaluate_extra import add_compare_parser
 
 
@@ -55,6 +56,7 @@ def register(subparsers) -> None:
     b.add_argument("--few-shot-seeds", type=int, default=5)
     b.add_argument("--test-size", type=float, default=0.2, help="patient fraction for test when no split column")
     b.add_argument("--val-size", type=float, default=0.1)
+    add_clinical_args(b, curve=True)
     b.set_defaults(func=run_probe)
     t = sub.add_parser(
         "bioscan", help="BIOSCAN protocol: top-1 accuracy per taxonomic rank, seen vs unseen species",
@@ -111,7 +113,8 @@ def run_probe(args) -> int:
         raise UsageError(f"--shots must be comma-separated integers, not {args.shots!r}") from None
     run = evaluate_probe(_inputs(args), args.modality, label_column=args.label_column,
                          label_columns=parse_label_columns(args.label_columns), knn_k=args.knn_k, shots=shots,
-                         few_shot_seeds=args.few_shot_seeds, test_size=args.test_size, val_size=args.val_size)
+                         few_shot_seeds=args.few_shot_seeds, test_size=args.test_size, val_size=args.val_size,
+                         clinical=clinical_options(args))
     m, c = run.result.metrics, run.result.info["linear_C"]
     if run.result.task == "probe-multilabel":
         print(f"multi-label probe ({len(run.result.info['classes'])} findings, C={c:g}): test macro AUROC linear "
@@ -119,6 +122,9 @@ def run_probe(args) -> int:
     else:
         print(f"linear probe (C={c:g}) test accuracy {m['linear/accuracy']:.4f}, kNN "
               f"{m['knn/accuracy']:.4f}; wrote {run.paths['results']} and {run.paths['report']}")
+    for name, x in (run.result.info.get("label_efficiency") or {}).get("crossover", {}).items():
+        print(f"  label efficiency: {name} " + (f"catches the model at n = {x['n']} per class" if x["n"] is not None
+                                                 else "does not catch the model within the data"))
     return 0
 
 

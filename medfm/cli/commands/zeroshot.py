@@ -4,6 +4,8 @@ from __future__ import annotations
 from medfm.cli.common import (add_column_args, add_data_args, add_init_args, add_skip_args, column_map,
                               data_options, init_overrides)
 
+from .evaluate_clinical import add_clinical_args, clinical_options
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,7 +21,10 @@ def register(subparsers) -> None:
                    help="class name per row (multi-class) or findings separated by '|' (multi-label)")
     p.add_argument("--label-columns", default=None, metavar="A,B,C",
                    help="multi-label from 0/1 columns, one per finding (instead of --label-column)")
-    p.add_argument("--prompts", help="prompt set YAML (see configs/prompts/)")
+    p.add_argument("--prompts", action="append", default=None, metavar="FILE|FOLDER",
+                   help="prompt set YAML (see configs/prompts/) or a folder of them; repeatable. Several sets: the "
+                        "headline uses their ensemble, and each set is also scored alone (mean and spread per metric); "
+                        "shipped folders: ptbxl_superclasses, chexpert14, bold_orders (configs/prompts/sets/)")
     p.add_argument("--prototypes", action="store_true",
                    help="non-text zero-shot: class prototypes from the rows of --support-split")
     p.add_argument("--support-split", default="train")
@@ -34,6 +39,7 @@ def register(subparsers) -> None:
     add_column_args(p)
     add_data_args(p)
     add_skip_args(p)
+    add_clinical_args(p, curve=False)
     p.set_defaults(func=run)
 
 
@@ -50,7 +56,7 @@ def run(args) -> int:
     run = evaluate_zeroshot(inputs, args.modality, label_column=args.label_column,
                             label_columns=parse_label_columns(args.label_columns), prompts=args.prompts,
                             prototypes=args.prototypes, support_split=args.support_split, split=args.split,
-                            text_modality=args.text_modality)
+                            text_modality=args.text_modality, clinical=clinical_options(args))
     res = run.result
     print(f"{res.task}: n={res.n} macro AUROC {res.metrics['macro_auroc']:.4f}"
           + (f" accuracy {res.metrics['accuracy']:.4f}" if "accuracy" in res.metrics else "")
