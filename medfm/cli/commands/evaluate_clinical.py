@@ -13,7 +13,7 @@ def add_clinical_args(p, *, curve: bool) -> None:
                         "at a threshold chosen on validation")
     g.add_argument("--threshold", default="youden", metavar="RULE",
                    help="operating-threshold rule on validation: youden (max TPR - FPR) or sensitivity:T (the highest "
-                        "threshold reaching sensitivity T); implies --calibrate when given")
+                        "threshold reaching sensitivity T); a rule other than youden implies --calibrate")
     g.add_argument("--ece-bins", type=int, default=15)
     g.add_argument("--subgroups", default=None, metavar="COL[:RULE],...",
                    help="metrics per subgroup of manifest columns with the worst-group gap; numeric columns in "
