@@ -130,7 +130,12 @@ def test_label_efficiency_and_partial_leads(quick_run):
     assert set(le["crossover"]) == {"random weights", "baseline/kmer6"}
     assert sum("label efficiency" in n for n in dna["notes"]) == 2
     assert "dna_label_efficiency.png" in dna["plots"]
-    table = res["blocks"]["ecg"]["tables"]["partial_leads"]
+    ecg = res["blocks"]["ecg"]
+    if "label_efficiency" in ecg:  # leave-one-source-out on the most frequent code
+        assert set(ecg["label_efficiency"]["crossover"]) == {"random weights", "baseline/ecg-features"}
+    else:  # a quick run may lack a class in every fold: the note says so
+        assert any("label-efficiency curve not computed" in n for n in ecg["notes"])
+    table = ecg["tables"]["partial_leads"]
     assert [r["leads"] for r in table] == ["all 12", "I", "I,II", "limb", "precordial"]
     assert table[0]["macro_auroc"] == _value(res["blocks"]["ecg"], "pretrained/macro_auroc")
 

@@ -35,6 +35,8 @@ from . import TRUNK, Stopwatch, block_result, pretrain
 from .baselines import ecg_features
 from medfm.modalities.ecg_leads import parse_lead_spec
 
+from .efficiency import crossover_note, ecg_curve
+
 #: lead subsets of the partial-input table (the other leads absent at evaluation)
 LEAD_SETS = ("I", "I,II", "limb", "precordial")
 
@@ -300,6 +302,14 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     with sw("probes"):
         mae = probe_codes(emb_mae, ok, codes, n_boot=nb, seed=seed)
         rnd = probe_codes(emb_rand, ok, codes, n_boot=nb, seed=seed)
+    with sw("label_efficiency"):  # the task API's curve on the most frequent code, leave-one-source-out
+        try:
+            curve = ecg_curve(emb_mae, emb_rand, feats, ok, codes[0], out_dir, seeds=int(budget.get("curve_seeds", 5)))
+            res["label_efficiency"], res["tables"]["label_efficiency"] = curve, curve["table"]
+            res["plots"].append(out_dir / curve["plot"])
+            res["notes"] += crossover_note(f"ECG {SNOMED_NAMES.get(codes[0], codes[0])}", curve)
+        except ValueError as e:  # too few records of a class in a quick run: say so, keep the block
+            res["notes"].append(f"label-efficiency curve not computed: {e}")
     with sw("partial_leads"):  # one row per lead subset: the pretrained tower's pooled macro AUROC
         rows = [("all 12", mae)] + [(spec, probe_codes(e, ok, codes, n_boot=nb, seed=seed)) for spec, e in lead_emb.items()]
         res["tables"]["partial_leads"] = [{"leads": spec, "macro_auroc": r["macro_auroc"]["value"],
