@@ -318,7 +318,8 @@ def evaluate_zeroshot(inp: RunInputs, modality: str, *, label_column: Optional[s
     if y.ndim == 1:
         plots.append(plot_confusion(y, scores.argmax(1), classes, out / "confusion.png"))
     if clinical is not None:
-        val = _validation(model, full, df, modality, label_column, clinical, inp, prompt_set, classes)
+        val = _validation(model, full, df, modality, label_column, clinical, inp, prompt_set, classes,
+                          exclude_split=support_split if prototypes else None)
         plots += zeroshot_extras(res, clinical, y=y, rows=rows, ids=list(emb.ids), model=model, modality=modality,
                                  score=lambda E: zs.zeroshot_scores(E, clf, scale), val=val, eval_rows=df,
                                  embed=lambda m, d: _embed(m, d, modality, inp), zs_kw={"classifier": clf, **zs_kw},
@@ -333,9 +334,11 @@ def evaluate_zeroshot(inp: RunInputs, modality: str, *, label_column: Optional[s
 
 
 def _validation(model: Any, full: pd.DataFrame, evaluated: pd.DataFrame, modality: str, label_column: str,
-                opts: ClinicalOptions, inp: RunInputs, prompt_set: Any, classes: Sequence[str]):
-    """``(y_val, val embeddings)`` of the labelled ``opts.calibration_split`` rows that are not evaluated, or None."""
-    if not opts.calibrate or "split" not in full.columns:
+                opts: ClinicalOptions, inp: RunInputs, prompt_set: Any, classes: Sequence[str],
+                exclude_split: Optional[str] = None):
+    """``(y_val, val embeddings)`` of the labelled ``opts.calibration_split`` rows that are not evaluated (nor of
+    ``exclude_split``, the prototypes' support), or None."""
+    if not opts.calibrate or "split" not in full.columns or opts.calibration_split == exclude_split:
         return None
     vdf = full[(full["split"].astype(str) == opts.calibration_split) & ~full["id"].isin(evaluated["id"])]
     vdf = vdf[vdf[label_column].notna() | (prompt_set is not None and prompt_set.task == "multilabel")]

@@ -117,7 +117,10 @@ def zeroshot_extras(res: tasks.TaskResult, opts: ClinicalOptions, *, y: np.ndarr
                     ids: Sequence[str], model: Any, modality: str, score: Callable[[np.ndarray], np.ndarray],
                     val: Optional[Tuple[np.ndarray, np.ndarray]], eval_rows: pd.DataFrame, embed: EmbedFn,
                     zs_kw: Dict[str, Any], out: Path, source: str) -> List[Path]:
-    """Calibration (``val``: ``(y_val, val embeddings)`` or None), subgroups and lead subsets of a zero-shot run."""
+    """Calibration (``val``: ``(y_val, val embeddings)`` or None), subgroups and lead subsets of a zero-shot run.
+
+    Lead subsets re-embed the evaluated rows only: the classifier (text prompts, or prototypes of the full-lead
+    support rows) stays the run's, as when a model built on 12-lead data meets a device with fewer leads."""
     plots: List[Path] = []
     groups = rows["patient_id"].astype(str).to_numpy()
     scores = res.details["scores"]
