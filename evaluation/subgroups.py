@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from medfm.errors import DataError, UsageError
-from medfm.metrics import metrics_with_ci
+from medfm.metrics import classification_metrics, cluster_bootstrap
 
 from .calibration import expected_calibration_error
 
@@ -123,10 +123,12 @@ def run_subgroups(y: np.ndarray, scores: np.ndarray, groups: Sequence[Any], clas
             m = labels == label
             entry: Dict[str, Any] = {"n": int(m.sum()), "n_patients": int(len(set(g[m]))), "too_small": bool(m.sum() < min_size)}
             if not entry["too_small"]:
-                point, ci = metrics_with_ci(y[m], scores[m], g[m], list(classes), n_boot=n_boot, seed=seed)
-                point["ece"] = expected_calibration_error(y[m], scores[m])
-                entry["metrics"] = {k: point[k] for k in (*SUMMARY, "ece") if k in point}
-                entry["ci"] = {k: list(ci[k]) for k in SUMMARY if k in ci}
+                def fn(yy, ss):
+                    full = classification_metrics(yy, ss, list(classes))
+                    return {**{k: full[k] for k in SUMMARY if k in full}, "ece": expected_calibration_error(yy, ss)}
+                entry["metrics"] = fn(y[m], scores[m])
+                ci = cluster_bootstrap(fn, y[m], scores[m], g[m], n_boot=n_boot, seed=seed) if n_boot > 0 else {}
+                entry["ci"] = {k: list(v) for k, v in ci.items()}
             out[str(label)] = entry
         gaps = worst_group_gaps(out)
         table[col] = {"rule": how, "groups": out, "gap": gaps}
@@ -143,7 +145,8 @@ def worst_group_gaps(groups: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, A
         vals = {k: m[metric] for k, m in scored.items() if metric in m and not np.isnan(m[metric])}
         if len(vals) < 2:
             continue
-        hi, lo = max(vals, key=vals.get), min(vals, key=vals.get)
+        order = sorted(vals, key=vals.get)  # two distinct groups even when tied
+        lo, hi = order[0], order[-1]
         best, worst = (lo, hi) if metric == "ece" else (hi, lo)
         out[metric] = {"gap": float(abs(vals[hi] - vals[lo])), "best": best, "worst": worst}
     return out
@@ -163,7 +166,7 @@ def subgroup_markdown(table: Dict[str, Any], min_size: int) -> List[str]:
             cells = []
             for k in ("accuracy", "balanced_accuracy", "macro_auroc", "ece"):
                 v = e["metrics"].get(k)
-                c = e["ci"].get(k)
+                c = e.get("ci", {}).get(k)
                 cells.append("n/a" if v is None or np.isnan(v) else f"{v:.3f}" + (
                     f" [{c[0]:.3f}, {c[1]:.3f}]" if c and c[0] is not None and not np.isnan(c[0]) else ""))
             lines.append(f"| {label} | {e['n']} | {e['n_patients']} | " + " | ".join(cells) + " |")
