@@ -13,7 +13,8 @@ agree) and tests each metric:
 
 * AUROC (per class, one-vs-rest for multi-class; per finding for multi-label): the paired
   DeLong test (:func:`medfm.metrics.delong_test`);
-* every other metric (accuracy, macro AUROC/AUPRC/F1, R@k, MRR, mAP): a paired
+* every other metric (accuracy, macro AUROC/AUPRC/F1, expected calibration error ``ece`` — and
+  ``calibrated/ece`` when both runs wrote temperature-scaled scores — R@k, MRR, mAP): a paired
   patient-cluster bootstrap of the difference B − A, with a percentile 95 % interval and a
   two-sided bootstrap p-value ``min(1, 2 · min(P(Δ ≤ 0), P(Δ ≥ 0)))``.
 """
@@ -29,6 +30,7 @@ from medfm.errors import DataError
 
 from medfm.metrics import _group_index, bootstrap_replicates, classification_metrics, delong_test
 
+from .calibration import expected_calibration_error
 from .retrieval import metrics_from_ranks
 
 PREDICTIONS = "predictions.npz"
@@ -37,7 +39,7 @@ PREDICTIONS = "predictions.npz"
 def write_predictions(out_dir: Any, *, ids: Sequence[str], groups: Sequence[str], task: str,
                       y_true: Optional[np.ndarray] = None, scores: Optional[np.ndarray] = None,
                       classes: Optional[Sequence[str]] = None, first_rank: Optional[np.ndarray] = None,
-                      ap: Optional[np.ndarray] = None) -> Path:
+                      ap: Optional[np.ndarray] = None, scores_scaled: Optional[np.ndarray] = None) -> Path:
     """Write ``out_dir/predictions.npz`` (see the module docstring). Ids only, no manifest content."""
     arrays: Dict[str, np.ndarray] = {"ids": np.asarray([str(i) for i in ids]),
                                      "groups": np.asarray([str(g) for g in groups]),
@@ -45,6 +47,8 @@ def write_predictions(out_dir: Any, *, ids: Sequence[str], groups: Sequence[str]
     if y_true is not None:
         arrays.update(y_true=np.asarray(y_true), scores=np.asarray(scores, dtype=np.float64),
                       classes=np.asarray([str(c) for c in classes]))
+    if scores_scaled is not None:  # temperature-scaled scores (--calibrate): compared as calibrated/ece
+        arrays["scores_scaled"] = np.asarray(scores_scaled, dtype=np.float64)
     if first_rank is not None:
         arrays.update(first_rank=np.asarray(first_rank), ap=np.asarray(ap, dtype=np.float64))
     path = Path(out_dir) / PREDICTIONS
@@ -97,6 +101,15 @@ def _summarise(point_a: Dict[str, float], point_b: Dict[str, float], reps: Dict[
     return out
 
 
+def _with_calibration(y: np.ndarray, scores: np.ndarray, scaled: Optional[np.ndarray], classes) -> Dict[str, float]:
+    """:func:`~medfm.metrics.classification_metrics` plus ``ece`` (and ``calibrated/ece`` of scaled scores)."""
+    out = classification_metrics(y, scores, classes)
+    out["ece"] = expected_calibration_error(y, scores)
+    if scaled is not None:
+        out["calibrated/ece"] = expected_calibration_error(y, scaled)
+    return out
+
+
 def compare_predictions(a: Dict[str, Any], b: Dict[str, Any], *, n_boot: int = 1000, seed: int = 0,
                         source: str = "compare") -> Dict[str, Any]:
     """Paired tests of B against A (``diff = B − A``) on their common samples; see the module docstring."""
@@ -124,11 +137,15 @@ def compare_predictions(a: Dict[str, Any], b: Dict[str, Any], *, n_boot: int = 1
     if not np.array_equal(ya, yb):
         raise DataError("the two results disagree on the labels of common samples; not the same task", source=source)
     sa, sb = a["scores"][ia], sb_all[ib]
+    both_scaled = "scores_scaled" in a and "scores_scaled" in b
+    xa = a["scores_scaled"][ia] if both_scaled else None
+    xb = b["scores_scaled"][:, perm][ib] if both_scaled else None
     classes = [str(c) for c in a["classes"]]
-    pt_a, pt_b = classification_metrics(ya, sa, classes), classification_metrics(ya, sb, classes)
+    pt_a, pt_b = _with_calibration(ya, sa, xa, classes), _with_calibration(ya, sb, xb, classes)
 
     def fn(idx):
-        ma, mb = classification_metrics(ya[idx], sa[idx], classes), classification_metrics(ya[idx], sb[idx], classes)
+        ma = _with_calibration(ya[idx], sa[idx], None if xa is None else xa[idx], classes)
+        mb = _with_calibration(ya[idx], sb[idx], None if xb is None else xb[idx], classes)
         return {k: mb[k] - ma[k] for k in ma if k in mb}
     metrics = _summarise(pt_a, pt_b, bootstrap_replicates(fn, clusters, n_boot=n_boot, seed=seed))
     for c, name in enumerate(classes):  # AUROC per class/finding: the paired DeLong test

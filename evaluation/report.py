@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_curve  # noqa: E402
 from .embed import write_init_report_for
+from .report_sections import clinical_sections
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -166,6 +167,7 @@ def render_markdown(record: Mapping[str, Any], plots: Sequence[Path] = ()) -> st
     if ci:
         lines += ["", f"Intervals: {record.get('ci_method', 'percentile bootstrap')}."]
     lines += _baseline_table(record)
+    lines += clinical_sections(record)
     for p in plots:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
     return "\n".join(lines) + "\n"

@@ -29,7 +29,10 @@ from .embed import (Embeddings, base_record, check_usable, embed_manifest, encod
                     report_skipped, require_modality, rows_for)
 from .labels import JOINED, is_multilabel_column, join_binary_columns, multilabel_targets
 from .report import plot_confusion, plot_rank_bars, plot_recall_at_k, plot_roc, write_evaluation
+from .prompt_sets import ensemble_set, load_prompt_sets
 from .retrieval import keys_from_manifest
+from .runs_clinical import ClinicalOptions, probe_extras, zeroshot_extras
+from .tasks_clinical import add_prompt_sensitivity
 
 
 @dataclass
@@ -150,8 +153,9 @@ def evaluate_retrieval(inp: RunInputs, query_modality: str, gallery_modality: st
 # ---------------------------------------------------------------------- probe
 def evaluate_probe(inp: RunInputs, modality: str, *, label_column: Optional[str] = None,
                    label_columns: Sequence[str] = (), knn_k: int = 20, shots: Sequence[int] = (1, 5, 10),
-                   few_shot_seeds: int = 5, test_size: float = 0.2, val_size: float = 0.1) -> EvaluationRun:
-    """Linear / kNN / few-shot probes of ``modality``'s embeddings.
+                   few_shot_seeds: int = 5, test_size: float = 0.2, val_size: float = 0.1,
+                   clinical: Optional[ClinicalOptions] = None) -> EvaluationRun:
+    """Linear / kNN / few-shot probes of ``modality``'s embeddings (``clinical``: :mod:`.runs_clinical` additions).
 
     Labels: ``label_column`` (one class per row, or ``|``-separated findings: multi-label) or
     ``label_columns`` (0/1 columns: multi-label). Splits: the manifest's ``split`` column, else a
@@ -192,10 +196,14 @@ def evaluate_probe(inp: RunInputs, modality: str, *, label_column: Optional[str]
         B, info = probe_features(inp.baseline, model, modality, rows, splits == "train", labelled.attrs.get("base_dir"),
                                  column=inp.columns.get(modality))
         baseline = tasks.Baseline((B,), info)
-    res = tasks.run_probe(emb.emb, y, splits, classes=classes, groups=rows["patient_id"], knn_k=knn_k,
-                          shots=shots, few_shot_seeds=few_shot_seeds, n_boot=inp.n_boot, seed=inp.seed,
-                          baseline=baseline, source=inp.manifest)
+    probe_kw = dict(classes=classes, groups=rows["patient_id"], n_boot=inp.n_boot, seed=inp.seed, source=inp.manifest)
+    res = tasks.run_probe(emb.emb, y, splits, knn_k=knn_k, shots=shots, few_shot_seeds=few_shot_seeds,
+                          baseline=baseline, **probe_kw)
     out = _out(inp)
+    extra_plots = [] if clinical is None else probe_extras(
+        res, clinical, X=emb.emb, y=y, splits=splits, rows=rows, ids=list(emb.ids), model=model, modality=modality,
+        labelled=labelled, embed=lambda m, d: _embed(m, d, modality, inp), baseline=baseline, probe_kw=probe_kw,
+        out=out, source=inp.manifest)
     y_te, lin, te = res.details["y_test"], res.details["linear"], res.details["test"]
     if multilabel:
         plots = [plot_roc(y_te, lin, classes, out / "roc.png", title="linear probe ROC (test, per finding)")]
@@ -205,9 +213,11 @@ def evaluate_probe(inp: RunInputs, modality: str, *, label_column: Optional[str]
                  plot_confusion(y_te, lin.argmax(1), classes, out / "confusion.png", title="linear probe (test)")]
         fields = {"label_column": label_column,
                   "split_source": "manifest split column" if "split" in df.columns else "deterministic split by patient"}
-    run = _write(inp, fp, df, res, plots, modality=modality, knn_k=knn_k, n_skipped=len(emb.skipped), **fields)
+    run = _write(inp, fp, df, res, plots + extra_plots, modality=modality, knn_k=knn_k, n_skipped=len(emb.skipped),
+                 **fields)
     write_predictions(out, ids=np.asarray(emb.ids)[te], groups=rows["patient_id"].astype(str).to_numpy()[te],
-                      task="multilabel" if multilabel else "multiclass", y_true=y_te, scores=lin, classes=classes)
+                      task="multilabel" if multilabel else "multiclass", y_true=y_te, scores=lin, classes=classes,
+                      scores_scaled=(res.details.get("calibration") or {}).get("scaled"))
     return run
 
 
@@ -245,18 +255,20 @@ def evaluate_bioscan(inp: RunInputs, query_modality: str, *, key_modality: Optio
 
 # ------------------------------------------------------------------ zero-shot
 def evaluate_zeroshot(inp: RunInputs, modality: str, *, label_column: Optional[str] = None,
-                      label_columns: Sequence[str] = (), prompts: Optional[str] = None, prototypes: bool = False,
+                      label_columns: Sequence[str] = (), prompts: Any = None, prototypes: bool = False,
                       support_split: str = "train", split: Optional[str] = None,
-                      text_modality: str = "text") -> EvaluationRun:
-    """Zero-shot classification of ``modality`` from a prompt-set file, or (``prototypes``) from class
-    prototypes of the ``support_split`` rows (non-text zero-shot; support and evaluated patients must
-    not overlap)."""
+                      text_modality: str = "text", clinical: Optional[ClinicalOptions] = None) -> EvaluationRun:
+    """Zero-shot classification of ``modality`` from prompt sets (a file, a folder, or a list of them:
+    several sets are ensembled and each is also scored alone, :mod:`.prompt_sets`), or (``prototypes``)
+    from class prototypes of the ``support_split`` rows (non-text zero-shot; support and evaluated
+    patients must not overlap). ``clinical``: :mod:`.runs_clinical` additions."""
     if bool(prompts) == bool(prototypes):
         raise UsageError("give exactly one of --prompts FILE or --prototypes")
     binary_cols = list(label_columns)
     if bool(label_column) == bool(binary_cols):
         raise UsageError("give exactly one of --label-column COL or --label-columns A,B,C")
-    prompt_set = zs.load_prompt_set(prompts) if prompts else None
+    prompt_sets = load_prompt_sets([prompts] if isinstance(prompts, str) else list(prompts)) if prompts else []
+    prompt_set = (ensemble_set(prompt_sets) if len(prompt_sets) > 1 else prompt_sets[0]) if prompt_sets else None
     model, fp = load_model(inp.model, init=inp.init)
     require_modality(model, modality)
     if binary_cols:  # 0/1 columns → one '|'-separated column, the multi-label path below
@@ -297,19 +309,54 @@ def evaluate_zeroshot(inp: RunInputs, modality: str, *, label_column: Optional[s
         clf, y, classes, n_support = _prototype_classifier(model, full, rows, modality, label_column, support_split, inp)
         task = "zeroshot-prototypes"
         extra["n_support"] = n_support
-    res = tasks.run_zeroshot(emb.emb, y, clf, classes=classes, groups=rows["patient_id"].astype(str).to_numpy(),
-                             logit_scale=scale, n_boot=inp.n_boot, seed=inp.seed, task=task)
+    zs_kw = dict(classes=classes, groups=rows["patient_id"].astype(str).to_numpy(), logit_scale=scale,
+                 n_boot=inp.n_boot, seed=inp.seed, task=task)
+    res = tasks.run_zeroshot(emb.emb, y, clf, **zs_kw)
+    if len(prompt_sets) > 1:
+        encode = lambda t: encode_values(model, text_modality, t, source="prompt")  # noqa: E731
+        add_prompt_sensitivity(res, {s.name: tasks.run_zeroshot(emb.emb, y, zs.text_classifier(encode, s), **zs_kw)
+                                     for s in prompt_sets})
     out = _out(inp)
     scores = res.details["scores"]
     plots = [plot_roc(y, scores, classes, out / "roc.png", title=f"{task} ROC")]
     if y.ndim == 1:
         plots.append(plot_confusion(y, scores.argmax(1), classes, out / "confusion.png"))
+    if clinical is not None:
+        val = _validation(model, full, df, modality, label_column, clinical, inp, prompt_set, classes,
+                          exclude_split=support_split if prototypes else None)
+        plots += zeroshot_extras(res, clinical, y=y, rows=rows, ids=list(emb.ids), model=model, modality=modality,
+                                 score=lambda E: zs.zeroshot_scores(E, clf, scale), val=val, eval_rows=df,
+                                 embed=lambda m, d: _embed(m, d, modality, inp), zs_kw={"classifier": clf, **zs_kw},
+                                 out=out, source=inp.manifest)
     run = _write(inp, fp, df, res, plots, modality=modality, n_patients=int(rows["patient_id"].nunique()),
                  label_column=label_column if not binary_cols else None, label_columns=binary_cols or None,
                  n_skipped=len(emb.skipped), skipped_ids=[s["id"] for s in emb.skipped], **extra)
     write_predictions(out, ids=emb.ids, groups=rows["patient_id"].astype(str),
-                      task="multilabel" if y.ndim == 2 else "multiclass", y_true=y, scores=scores, classes=classes)
+                      task="multilabel" if y.ndim == 2 else "multiclass", y_true=y, scores=scores, classes=classes,
+                      scores_scaled=(res.details.get("calibration") or {}).get("scaled"))
     return run
+
+
+def _validation(model: Any, full: pd.DataFrame, evaluated: pd.DataFrame, modality: str, label_column: str,
+                opts: ClinicalOptions, inp: RunInputs, prompt_set: Any, classes: Sequence[str],
+                exclude_split: Optional[str] = None):
+    """``(y_val, val embeddings)`` of the labelled ``opts.calibration_split`` rows that are not evaluated (nor of
+    ``exclude_split``, the prototypes' support), or None."""
+    if not opts.calibrate or "split" not in full.columns or opts.calibration_split == exclude_split:
+        return None
+    vdf = full[(full["split"].astype(str) == opts.calibration_split) & ~full["id"].isin(evaluated["id"])]
+    vdf = vdf[vdf[label_column].notna() | (prompt_set is not None and prompt_set.task == "multilabel")]
+    if prompt_set is None:  # prototypes: validation rows of the known classes only
+        vdf = vdf[vdf[label_column].astype(str).isin(list(classes))]
+    vdf = vdf.reset_index(drop=True)
+    vdf.attrs.update(full.attrs)
+    if len(vdf) == 0:
+        return None
+    ev = _embed(model, vdf, modality, inp)
+    vals = list(rows_for(vdf, ev.ids)[label_column])
+    if prompt_set is not None:
+        return zs.label_targets(vals, prompt_set, source=inp.manifest, column=label_column), ev.emb
+    return np.array([list(classes).index(str(v)) for v in vals], dtype=np.int64), ev.emb
 
 
 def _prototype_classifier(model: Any, full: pd.DataFrame, rows: pd.DataFrame, modality: str, label_column: str,

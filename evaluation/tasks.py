@@ -18,6 +18,11 @@ protocol — which rows enter, how the bootstrap resamples, what chance is — i
 Each accepts an optional :class:`Baseline` — a classical encoder's features of the same rows —
 scored by the same protocol, its metrics stored beside the model's as ``baseline/<name>/<metric>``.
 
+The clinical additions — calibration and an operating threshold, subgroups, the label-efficiency
+curve with its crossover n, prompt sensitivity, partial ECG inputs — extend a finished result:
+``add_calibration``, ``add_subgroups``, ``add_curve``, ``add_prompt_sensitivity`` and ``add_lead_sets``
+of :mod:`.tasks_clinical`.
+
 A :class:`TaskResult` serialises with :meth:`TaskResult.to_dict` (the fields of ``results.json``)
 and renders with :meth:`TaskResult.markdown` (``report.md``); arrays that plots and
 ``predictions.npz`` need stay in :attr:`TaskResult.details`, which is never serialised.

@@ -120,6 +120,26 @@ def test_ecg_records_table_probes_and_feature_baseline(quick_run):
         assert np.median(brady) < 60
 
 
+def test_label_efficiency_and_partial_leads(quick_run):
+    """The task API's curve on the DNA block (model, random twin, k-mer 6; crossover in the notes) and the ECG
+    block's partial-lead table (all 12, then each subset)."""
+    _, res, _ = quick_run
+    dna = res["blocks"]["dna"]
+    le = dna["label_efficiency"]
+    assert set(le["curves"]) == {"model", "random weights", "baseline/kmer6"} and le["ns"][-1] == "all"
+    assert set(le["crossover"]) == {"random weights", "baseline/kmer6"}
+    assert sum("label efficiency" in n for n in dna["notes"]) == 2
+    assert "dna_label_efficiency.png" in dna["plots"]
+    ecg = res["blocks"]["ecg"]
+    if "label_efficiency" in ecg:  # leave-one-source-out on the most frequent code
+        assert set(ecg["label_efficiency"]["crossover"]) == {"random weights", "baseline/ecg-features"}
+    else:  # a quick run may lack a class in every fold: the note says so
+        assert any("label-efficiency curve not computed" in n for n in ecg["notes"])
+    table = ecg["tables"]["partial_leads"]
+    assert [r["leads"] for r in table] == ["all 12", "I", "I,II", "limb", "precordial"]
+    assert table[0]["macro_auroc"] == _value(res["blocks"]["ecg"], "pretrained/macro_auroc")
+
+
 def test_imaging_ct_control_and_oct_files(quick_run):
     _, res, _ = quick_run
     img = res["blocks"]["imaging"]

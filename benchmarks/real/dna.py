@@ -42,6 +42,7 @@ from medfm.demo.machine import gemm_gflops
 from medfm.evaluation.vectors import l2_normalize
 
 from .baselines import kmer_frequencies
+from .efficiency import crossover_note, dna_curve
 
 RANKS = ("order_name", "family_name", "genus_name", "species_name")
 #: k = 6 non-overlapping tokens for the transformer + a bag of overlapping 5-mers added to the pooled
@@ -287,6 +288,7 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     with sw("kmer_baselines"):
         for k in (4, 5, 6):
             X = kmer_frequencies(df["nucleotides"].tolist(), k)
+            X_kmer6 = X
             reps[f"kmer{k}"] = evaluate_representation(X, df, n_boot=nb, seed=seed, probe=(k == 4))
             res["baselines"].append(f"kmer{k}")
     ssl_cfg = ssl_config(budget, seed)
@@ -299,9 +301,15 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     res["trunk_gate"] = {"random": float(random_init.towers["dna"].trunk_gate.detach()),
                          "ssl": float(ssl.towers["dna"].trunk_gate.detach())}
     with sw("embed_eval"):
-        for name, model in (("ssl", ssl), ("random", random_init)):
-            reps[name] = evaluate_representation(_embed(model, df), df, n_boot=nb, seed=seed)
+        X_rep = {name: _embed(model, df) for name, model in (("ssl", ssl), ("random", random_init))}
+        for name, X in X_rep.items():
+            reps[name] = evaluate_representation(X, df, n_boot=nb, seed=seed)
     res["baselines"].append("random")
+    with sw("label_efficiency"):  # the task API's curve: ssl vs its random twin vs k-mer 6, crossover n
+        curve = dna_curve(X_rep["ssl"], X_rep["random"], X_kmer6, df, out_dir, seeds=int(budget.get("curve_seeds", 5)))
+        res["label_efficiency"], res["tables"]["label_efficiency"] = curve, curve["table"]
+        res["plots"].append(out_dir / curve["plot"])
+        res["notes"] += crossover_note("DNA species", curve)
     with sw("learning_curve"):
         res["tables"]["learning_curve"] = learning_curve(reps, info, curve_steps, df, n_boot=nb, seed=seed)
     with sw("clibd_train"):

@@ -33,6 +33,12 @@ import pandas as pd
 
 from . import TRUNK, Stopwatch, block_result, pretrain
 from .baselines import ecg_features
+from medfm.modalities.ecg_lead_sets import parse_lead_spec
+
+from .efficiency import crossover_note, ecg_curve
+
+#: lead subsets of the partial-input table (the other leads absent at evaluation)
+LEAD_SETS = ("I", "I,II", "limb", "precordial")
 
 SNOMED_NAMES = {
     "427084000": "sinus tachycardia", "284470004": "premature atrial contraction", "426783006": "sinus rhythm",
@@ -220,8 +226,11 @@ def fold_embeddings(ok: pd.DataFrame, budget: Dict[str, Any], seed: int, out_dir
                 wins.append({"x": adapter.preprocess(type(r)(r.data[:, start:], r.meta), train=False)["x"]})
             windows.append(wins)
 
-    def encode_all(m):
-        return np.mean([encode_items(m, items) for items in windows], axis=0)
+    def encode_all(m, keep=None):
+        """Mean over windows; ``keep (12,)``: the other leads absent (zeroed, as the adapter leaves them)."""
+        wins = windows if keep is None else [[{"x": it["x"] * torch.as_tensor(keep, dtype=it["x"].dtype)[:, None]}
+                                              for it in items] for items in windows]
+        return np.mean([encode_items(m, items) for items in wins], axis=0)
 
     manifest = pd.DataFrame({"id": ok["record"], "patient_id": ok["record"], "split": "train", "ecg": ok["path"],
                              "source": ok["source"]})
@@ -243,6 +252,8 @@ def fold_embeddings(ok: pd.DataFrame, budget: Dict[str, Any], seed: int, out_dir
                 raise RuntimeError(f"pretraining without {held}: {info['n_skipped']} training samples could not be read")
             with sw("embed"), torch.no_grad():
                 emb[held] = encode_all(model)
+                for spec in LEAD_SETS:  # partial inputs: the same tower, only these leads present
+                    infos.setdefault("_leads", {}).setdefault(spec, {})[held] = encode_all(model, parse_lead_spec(spec))
                 if emb_rand is None:
                     emb_rand = encode_all(init)
                 if every:
@@ -287,9 +298,25 @@ def run(data_dir: Path, out_dir: Path, budget: Dict[str, Any], seed: int = 0) ->
     emb_mae, emb_rand, res["training"] = fold_embeddings(ok, budget, seed, out_dir, MAE_OPTIONS, sw,
                                                          curve_points=int(budget.get("curve_points", 0)), **PRETRAIN)
     curve = res["training"].pop("curve", {})
+    lead_emb = res["training"].pop("_leads", {})
     with sw("probes"):
         mae = probe_codes(emb_mae, ok, codes, n_boot=nb, seed=seed)
         rnd = probe_codes(emb_rand, ok, codes, n_boot=nb, seed=seed)
+    with sw("label_efficiency"):  # the task API's curve on the most frequent code, leave-one-source-out
+        try:
+            curve = ecg_curve(emb_mae, emb_rand, feats, ok, codes[0], out_dir, seeds=int(budget.get("curve_seeds", 5)))
+            res["label_efficiency"], res["tables"]["label_efficiency"] = curve, curve["table"]
+            res["plots"].append(out_dir / curve["plot"])
+            res["notes"] += crossover_note(f"ECG {SNOMED_NAMES.get(codes[0], codes[0])}", curve)
+        except ValueError as e:  # too few records of a class in a quick run: say so, keep the block
+            res["notes"].append(f"label-efficiency curve not computed: {e}")
+    with sw("partial_leads"):  # one row per lead subset: the pretrained tower's pooled macro AUROC
+        rows = [("all 12", mae)] + [(spec, probe_codes(e, ok, codes, n_boot=nb, seed=seed)) for spec, e in lead_emb.items()]
+        res["tables"]["partial_leads"] = [{"leads": spec, "macro_auroc": r["macro_auroc"]["value"],
+                                           "ci_low": r["macro_auroc"]["ci"][0], "ci_high": r["macro_auroc"]["ci"][1]}
+                                          for spec, r in rows]
+        for spec, r in rows[1:]:
+            res["metrics"][f"pretrained_leads_{spec}/macro_auroc"] = r["macro_auroc"]
     from . import verdict
     for rep, r in (("pretrained", mae), ("random", rnd), ("simple_features", base)):
         for k, v in r.items():

@@ -6,6 +6,7 @@ from medfm.cli.common import lazy_run
 from medfm.cli.common import add_column_args, add_data_args, add_init_args, add_skip_args
 from medfm.cli.inference_args import add_inference_args
 
+from .evaluate_clinical import add_clinical_args
 from .evaluate_extra import add_compare_parser
 
 
@@ -58,6 +59,7 @@ def register(subparsers) -> None:
     b.add_argument("--few-shot-seeds", type=int, default=5)
     b.add_argument("--test-size", type=float, default=0.2, help="patient fraction for test when no split column")
     b.add_argument("--val-size", type=float, default=0.1)
+    add_clinical_args(b, curve=True)
     b.set_defaults(func=lazy_run("medfm.cli.runners.evaluate:run_probe"))
     t = sub.add_parser(
         "bioscan", help="BIOSCAN protocol: top-1 accuracy per taxonomic rank, seen vs unseen species",

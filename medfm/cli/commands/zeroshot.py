@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from medfm.cli.common import lazy_run
 
+from .evaluate_clinical import add_clinical_args
+
 from medfm.cli.common import add_column_args, add_data_args, add_init_args, add_skip_args
 from medfm.cli.inference_args import add_inference_args
 
@@ -21,7 +23,10 @@ def register(subparsers) -> None:
                    help="class name per row (multi-class) or findings separated by '|' (multi-label)")
     p.add_argument("--label-columns", default=None, metavar="A,B,C",
                    help="multi-label from 0/1 columns, one per finding (instead of --label-column)")
-    p.add_argument("--prompts", help="prompt set YAML (see configs/prompts/)")
+    p.add_argument("--prompts", action="append", default=None, metavar="FILE|FOLDER",
+                   help="prompt set YAML (see configs/prompts/) or a folder of them; repeatable. Several sets: the "
+                        "headline uses their ensemble, and each set is also scored alone (mean and spread per metric); "
+                        "shipped folders: ptbxl_superclasses, chexpert14, bold_orders (configs/prompts/sets/)")
     p.add_argument("--prototypes", action="store_true",
                    help="non-text zero-shot: class prototypes from the rows of --support-split")
     p.add_argument("--support-split", default="train")
@@ -37,4 +42,5 @@ def register(subparsers) -> None:
     add_data_args(p)
     add_inference_args(p)
     add_skip_args(p)
+    add_clinical_args(p, curve=False)
     p.set_defaults(func=lazy_run("medfm.cli.runners.zeroshot:run"))

@@ -1,6 +1,8 @@
 """What ``medfm evaluate`` runs (its parser: :mod:`medfm.cli.commands.evaluate`)."""
 from __future__ import annotations
 
+from medfm.cli.runners.evaluate_clinical import clinical_options
+
 from medfm.cli.common import column_map, data_options, init_overrides
 from medfm.cli.inference_args import inference_options
 from medfm.errors import UsageError
@@ -42,7 +44,8 @@ def run_probe(args) -> int:
         raise UsageError(f"--shots must be comma-separated integers, not {args.shots!r}") from None
     run = evaluate_probe(_inputs(args), args.modality, label_column=args.label_column,
                          label_columns=parse_label_columns(args.label_columns), knn_k=args.knn_k, shots=shots,
-                         few_shot_seeds=args.few_shot_seeds, test_size=args.test_size, val_size=args.val_size)
+                         few_shot_seeds=args.few_shot_seeds, test_size=args.test_size, val_size=args.val_size,
+                         clinical=clinical_options(args))
     m, c = run.result.metrics, run.result.info["linear_C"]
     if run.result.task == "probe-multilabel":
         print(f"multi-label probe ({len(run.result.info['classes'])} findings, C={c:g}): test macro AUROC linear "
@@ -50,6 +53,9 @@ def run_probe(args) -> int:
     else:
         print(f"linear probe (C={c:g}) test accuracy {m['linear/accuracy']:.4f}, kNN "
               f"{m['knn/accuracy']:.4f}; wrote {run.paths['results']} and {run.paths['report']}")
+    for name, x in (run.result.info.get("label_efficiency") or {}).get("crossover", {}).items():
+        print(f"  label efficiency: {name} " + (f"catches the model at n = {x['n']} per class" if x["n"] is not None
+                                                 else "does not catch the model within the data"))
     return 0
 
 

@@ -1,6 +1,8 @@
 """What ``medfm zeroshot`` runs (its parser: :mod:`medfm.cli.commands.zeroshot`)."""
 from __future__ import annotations
 
+from medfm.cli.runners.evaluate_clinical import clinical_options
+
 from medfm.cli.common import column_map, data_options, init_overrides
 from medfm.cli.inference_args import inference_options
 from medfm.evaluation.labels import parse_label_columns
@@ -16,7 +18,7 @@ def run(args) -> int:
     run = evaluate_zeroshot(inputs, args.modality, label_column=args.label_column,
                             label_columns=parse_label_columns(args.label_columns), prompts=args.prompts,
                             prototypes=args.prototypes, support_split=args.support_split, split=args.split,
-                            text_modality=args.text_modality)
+                            text_modality=args.text_modality, clinical=clinical_options(args))
     res = run.result
     print(f"{res.task}: n={res.n} macro AUROC {res.metrics['macro_auroc']:.4f}"
           + (f" accuracy {res.metrics['accuracy']:.4f}" if "accuracy" in res.metrics else "")
