@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -174,9 +174,11 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
     ds = ManifestDataset(df, adapters, train=False, columns={modality: col}, base_dir=base_dir, root=root,
                          confine=confine, cache_dir=cache_dir)
     dl = inference_loader(ds, MultiModalCollate(adapters), batch_size=batch_size, workers=num_workers)
+    if dl.num_workers:  # workers read; this process logs what they met
+        ds.warn = False
     bar = tqdm(total=len(ds), desc=f"embed {modality}", unit="sample", disable=not progress)
     with inference_threads(threads):
-        emb = encode_batches(model, modality, dl, bar=bar)
+        emb = encode_batches(model, modality, dl, bar=bar, on_batch=ds.log_problems if dl.num_workers else None)
     bar.close()
     seen = set(emb.ids) | {s["id"] for s in emb.skipped}
     emb.absent = [str(i) for i in df["id"] if str(i) not in seen]
@@ -184,8 +186,10 @@ def embed_manifest(model: Any, df: pd.DataFrame, modality: str, *, batch_size: i
 
 
 @torch.inference_mode()
-def encode_batches(model: Any, modality: str, batches: Iterable[Dict[str, Any]], *, bar: Any = None) -> Embeddings:
-    """Encode the ``modality`` rows of :class:`~medfm.data.MultiModalCollate` batches, in order.
+def encode_batches(model: Any, modality: str, batches: Iterable[Dict[str, Any]], *, bar: Any = None,
+                   on_batch: Optional[Callable[[Dict[str, Any]], None]] = None) -> Embeddings:
+    """Encode the ``modality`` rows of :class:`~medfm.data.MultiModalCollate` batches, in order
+    (``on_batch(batch)`` first, e.g. to log what worker processes met).
 
     The batches' ``errors`` become ``skipped`` ({"id", "reason"}); ``absent`` is left empty (the
     caller knows which rows it asked for). Returns ``emb (N_present, embed_dim)`` float32.
@@ -194,6 +198,8 @@ def encode_batches(model: Any, modality: str, batches: Iterable[Dict[str, Any]],
     embs: List[np.ndarray] = []
     skipped: List[Dict[str, str]] = []
     for batch in batches:
+        if on_batch is not None:
+            on_batch(batch)
         for sid, _mod, reason in batch.get("errors", []):
             skipped.append({"id": str(sid), "reason": str(reason)})
         present = batch["present"].get(modality)

@@ -158,6 +158,18 @@ class ManifestDataset(Dataset):
             return adapter.augment(item, rng) if self.train else item
         return adapter.load(value, train=self.train, rng=rng, sample_id=sid, row=row)
 
+    def log_problems(self, item: Mapping[str, Any]) -> None:
+        """Log an item's (or a collated batch's) ``errors`` and ``flags`` through this dataset's ledger.
+
+        For loaders whose worker processes read the samples: there ``warn`` is off (a worker's log
+        would escape the ledger's once-then-count summary and the caller's log handlers), and the
+        process that receives the items logs them here.
+        """
+        for sid, mod, reason in item.get("errors", ()):
+            self._log.add_error(sid, mod, str(reason))
+        for sid, mod, note in item.get("flags", ()):
+            self._log.add_flag(sid, mod, str(note))
+
     def __getitem__(self, index: int) -> Dict[str, Any]:
         row = self._records[index]
         sid = row["id"]

@@ -367,6 +367,9 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
           if tensor_adapters else None)
     rows = range(start, len(df))
     it: Any = rows
+    parent_logs = ds is not None and bool(num_workers)
+    if parent_logs:  # workers read; this process logs what they met (ManifestDataset.log_problems)
+        ds.warn = False
     if ds is not None:
         it = DataLoader(ds, batch_size=None, sampler=list(rows), collate_fn=_identity, num_workers=num_workers,
                         prefetch_factor=4 if num_workers else None)
@@ -382,6 +385,8 @@ def write_shards(df: pd.DataFrame, adapters: Mapping[str, Any], out: str, *, sha
         sid = str(row["id"])
         if ds is None:
             item = {"id": sid, "inputs": {}, "errors": []}
+        elif parent_logs:
+            ds.log_problems(item)
         errs = list(item.get("errors", []))
         inputs = {} if item.get("skipped") else dict(item["inputs"])
         values = {}
