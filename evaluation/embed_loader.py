@@ -10,8 +10,8 @@ One owner for the three settings every inference command shares (``medfm embed``
   2 cores, interleaved): 2 workers 1.26× (1.14–1.65) the samples/s of none, 1 worker 1.07×
   (0.99–1.61): preprocessing, not the encoder, is the work, so every core should preprocess.
 - ``threads``: the encoder's intra-op threads in the main process (``torch.set_num_threads``,
-  restored afterwards). ``None``: ``OMP_NUM_THREADS`` when set, else one per core. Workers run one thread each (torch's DataLoader
-  default), so preprocessing and encoding overlap instead of fighting over OpenMP threads.
+  restored afterwards). ``None``: the process's current torch thread count (torch's default: one per
+  physical core, or ``OMP_NUM_THREADS``). Workers run one thread each (torch's DataLoader default), so preprocessing and encoding overlap instead of fighting over OpenMP threads.
 
 Workers are forked with the parent's input limits (:mod:`medfm.limits`) set again in each one,
 so a ``--limit`` given on the command line holds in workers started with ``spawn`` too.
@@ -54,8 +54,10 @@ def default_workers(n_samples: int, batch_size: int, cores: Optional[int] = None
 
 
 def default_threads() -> int:
-    """The encoder's threads: ``OMP_NUM_THREADS`` when the user set it (torch reads it), else :func:`usable_cores`."""
-    return torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else usable_cores()
+    """The encoder's threads when ``--threads`` is not given: the process's current torch setting
+    (torch's own default is one per physical core, or ``OMP_NUM_THREADS``), so a caller's
+    ``torch.set_num_threads`` holds and a result does not depend on the machine's core count."""
+    return torch.get_num_threads()
 
 
 def check_count(name: str, value: Optional[int]) -> Optional[int]:

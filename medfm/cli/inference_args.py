@@ -16,7 +16,7 @@ def add_inference_args(parser: argparse.ArgumentParser, *, cache: bool = True, w
                    help=f"data-loader processes that read and preprocess while the model encodes "
                         f"(default: {default}; 0 reads in the main process)")
     g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="intra-op threads of the encoder (default: OMP_NUM_THREADS when set, else one per core)")
+                   help="intra-op threads of the encoder (default: torch's setting: OMP_NUM_THREADS when set, else one per core)")
     if cache:
         g.add_argument("--cache-dir", default=None, metavar="DIR",
                        help="on-disk cache of the preprocessed samples, shared with training's data.cache_dir")
