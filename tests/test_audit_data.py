@@ -118,3 +118,16 @@ def test_shared_data_unmodified_one_explained_alarm(tmp_path):
     assert set(leaks[0]["ids"]) == {"ecg9", "ecg10"} and rec["duplicates"]["ecg"]["n_clusters"] == 1
     assert rec["summary"]["phi_text_hits"] == 0
     assert rec["duplicates"]["text"]["n_shared_content_clusters"] == rec["duplicates"]["text"]["n_clusters"]
+
+
+def test_an_audit_that_read_nothing_fails(tmp_path, capsys):
+    """No cell read (an empty manifest, or every file unreadable) is exit 1 with the reason, never a pass."""
+    empty = tmp_path / "empty.csv"
+    empty.write_text("id,patient_id,split,ecg\n")
+    assert main(["audit", "data", str(empty), "--out", str(tmp_path / "a"), "--no-progress"]) == 1
+    assert "nothing to audit" in capsys.readouterr().err
+    broken = tmp_path / "broken.csv"
+    (tmp_path / "x.hea").write_text("not a header\n")
+    broken.write_text("id,patient_id,split,ecg\ns1,p1,train,x.hea\ns2,p2,test,x.hea\n")
+    assert main(["audit", "data", str(broken), "--out", str(tmp_path / "b"), "--no-progress", "--warn-only"]) == 1
+    assert "2 unreadable cells" in capsys.readouterr().err

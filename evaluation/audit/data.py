@@ -28,7 +28,7 @@ import pandas as pd
 
 from medfm.data.confine import confinement
 from medfm.data.manifest import is_missing, read_manifest
-from medfm.errors import MedFMError
+from medfm.errors import MedFMError, UnusableDataError
 from medfm.modalities.dicom_profile import dicom_files, header_phi
 from medfm.modalities.fingerprints import NEAR_RULES, SHARED_CONTENT_IS_NATURAL, Fingerprint, fingerprint, near_pairs
 from medfm.modalities.phi_text import find_phi
@@ -264,6 +264,12 @@ def audit_manifest(manifest: Any, *, columns: Optional[Dict[str, str]] = None, l
     sites = list(site_columns) if site_columns is not None else [c for c in df.columns if c in SITE_COLUMNS]
     text_cols = [c for c, a in mod_cols.items() if a == "text"]
     fps, paths, skips = _read_cells(df, mod_cols, progress)
+    if not any(fps.get(c) for c in mod_cols):  # an audit that read nothing says nothing: not a pass
+        raise UnusableDataError(
+            f"nothing to audit: no cell of the modality columns {sorted(mod_cols)} could be read "
+            f"({len(df)} rows, {len(skips)} unreadable cells)" if mod_cols else
+            f"nothing to audit: no column is named like a modality (give --column COLUMN=ADAPTER)",
+            source=Path(str(manifest)).name)
     dups = {c: _duplicates(df, c, fps[c], labels, [t for t in text_cols if t != c], template_min_patients)
             for c in mod_cols}
     leaks = [p for d in dups.values() for p in d.pop("leakage_pairs")]
