@@ -13,6 +13,8 @@ import ast
 from pathlib import Path
 from typing import List, Tuple
 
+from test_layering import _says_why  # one rule for what counts as a stated reason
+
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ("medfm", "modalities", "evaluation")
 
@@ -29,18 +31,6 @@ OVER_MAX_LINES: dict = {}
 
 def _product_files() -> List[Path]:
     return sorted(p for pkg in PRODUCT for p in (ROOT / pkg).rglob("*.py"))
-
-
-def _says_why(lines: List[str], i: int) -> bool:
-    """Line ``i`` (an import) or the block of imports and comments right above it has ``# deferred:``."""
-    while i >= 0:
-        text = lines[i].strip()
-        if "# deferred:" in text:
-            return True
-        if not text.startswith(("from ", "import ", "#", ")")) and not text.endswith((",", "(")):
-            return False
-        i -= 1
-    return False
 
 
 def function_level_imports(path: Path) -> List[Tuple[int, str, bool]]:
